@@ -1,0 +1,33 @@
+namespace MountQcow;
+
+/// <summary>
+/// Base of every error about an image. <see cref="Exception.Message"/> is one line a
+/// user can read: which file, and what is wrong with it.
+/// </summary>
+public abstract class ImageException : Exception
+{
+    protected ImageException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
+/// <summary>The file is not an image of the format that was expected (e.g. no qcow2 magic).</summary>
+public sealed class NotQcow2Exception(string path, string detail)
+    : ImageException($"{path}: not a qcow2 image ({detail})");
+
+/// <summary>
+/// The image contradicts the format: a table offset out of range or unaligned, a loop, an
+/// invalid entry. The message says where it was found, as QEMU's corruption reports do.
+/// </summary>
+public sealed class CorruptImageException(string path, string detail)
+    : ImageException($"{path}: corrupt image: {detail}")
+{
+    /// <summary>What is wrong, without the file name.</summary>
+    public string Detail { get; } = detail;
+}
+
+/// <summary>The image is valid but uses something this program does not implement.</summary>
+public sealed class UnsupportedFeatureException(string path, string detail)
+    : ImageException($"{path}: unsupported: {detail}");
+
+/// <summary>Reading or writing the host file failed (the device, not the format, is at fault).</summary>
+public sealed class ImageIOException(string message, Exception? inner = null)
+    : ImageException(message, inner);

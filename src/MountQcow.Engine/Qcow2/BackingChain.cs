@@ -1,0 +1,73 @@
+using MountQcow.Storage;
+
+namespace MountQcow.Qcow2;
+
+/// <summary>
+/// The files met while opening one image's backing chain: resolves relative names the way
+/// QEMU does (against the folder of the image that names them), and refuses loops and
+/// absurd depth.
+/// </summary>
+internal sealed class BackingChain(int maxDepth)
+{
+    private readonly HashSet<string> _seen = new(StringComparer.Ordinal);
+
+    /// <summary>Records that <paramref name="path"/> is being opened as the next layer.</summary>
+    public void Enter(string path)
+    {
+        string full = System.IO.Path.GetFullPath(path);
+        if (!_seen.Add(full))
+            throw new CorruptImageException(path, "the backing chain loops back to this file");
+        if (_seen.Count > maxDepth)
+            throw new UnsupportedFeatureException(path, $"the backing chain is deeper than {maxDepth} files");
+    }
+
+    /// <summary>Resolves a backing file name stored in <paramref name="imagePath"/>: relative to the image's folder.</summary>
+    public string Resolve(string imagePath, string name)
+    {
+        if (name.StartsWith("json:", StringComparison.Ordinal) || name.Contains("://", StringComparison.Ordinal))
+            throw new UnsupportedFeatureException(imagePath, $"backing or data file '{name}' is not a plain file name");
+        if (System.IO.Path.IsPathRooted(name)) return name;
+        string folder = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(imagePath)) ?? ".";
+        return System.IO.Path.Combine(folder, name);
+    }
+
+    /// <summary>
+    /// Resolves an external data file name: relative to the image's folder like a backing file,
+    /// or, where only that exists, to the working directory (as QEMU 7 opens it).
+    /// </summary>
+    public string ResolveDataFile(string imagePath, string name)
+    {
+        string besideImage = Resolve(imagePath, name);
+        return !File.Exists(besideImage) && File.Exists(name) ? System.IO.Path.GetFullPath(name) : besideImage;
+    }
+
+    /// <summary>Opens the backing file read-only, as the format says (or by probing when it says nothing).</summary>
+    public (IBlockDevice Device, string Format) OpenBacking(string overlay, string backingPath, string? format, ImageOptions options)
+    {
+        if (!File.Exists(backingPath))
+            throw new ImageIOException($"{overlay}: backing file {backingPath} is missing");
+        format ??= Probe(backingPath);
+        var readOnly = options with { Writable = false };
+        switch (format)
+        {
+            case "qcow2":
+                return (Qcow2Image.Open(backingPath, readOnly, this), "qcow2");
+            case "raw":
+                Enter(backingPath);
+                return (FileBlockDevice.Open(backingPath, writable: false), "raw");
+            default:
+                throw new UnsupportedFeatureException(overlay, $"backing file {backingPath} has format '{format}' (only qcow2 and raw are read)");
+        }
+    }
+
+    // Without a backing format extension QEMU probes the file; qcow2 has a magic, anything else is raw here.
+    private static string Probe(string path)
+    {
+        using var file = FileBlockDevice.Open(path, writable: false);
+        if (file.Length < 8) return "raw";
+        Span<byte> start = stackalloc byte[8];
+        file.ReadAt(start, 0);
+        if (BigEndian.U32(start, 0) != Qcow2Limits.Magic) return "raw";
+        return BigEndian.U32(start, 4) == 1 ? "qcow" : "qcow2";
+    }
+}

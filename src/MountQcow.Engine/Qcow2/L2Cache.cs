@@ -1,0 +1,73 @@
+using System.Numerics;
+
+namespace MountQcow.Qcow2;
+
+/// <summary>
+/// A bounded cache of L2 tables, in host byte order, direct-mapped by L1 index.
+/// </summary>
+/// <remarks>
+/// Memory: <see cref="Capacity"/> tables of one cluster each, so <see cref="MemoryBytes"/> =
+/// Capacity × cluster size. Coverage: each table maps (cluster size / entry size) clusters, so
+/// 64 KiB clusters give 512 MiB of guest disk per table and a 16 MiB cache maps 128 GiB.
+/// Direct mapping by L1 index means a sequential reader never evicts a table it will need again,
+/// and a hit is one array read and one compare, with no lock: a table is an immutable object
+/// for readers, so a reader that holds one keeps it alive (the garbage collector is the pin).
+/// Writers mutate tables only while holding the image's exclusive write lock.
+/// </remarks>
+internal sealed class L2Cache
+{
+    /// <summary>A cached L2 table: its host offset and its entries (two u64 per entry with extended L2).</summary>
+    public sealed class Table(long offset, ulong[] entries)
+    {
+        public long Offset { get; } = offset;
+        public ulong[] Entries { get; } = entries;
+    }
+
+    private readonly Table?[] _slots;
+    private readonly int _mask;
+    private long _misses;
+
+    /// <param name="budgetBytes">Memory the cache may use.</param>
+    /// <param name="clusterSize">Size of one L2 table.</param>
+    /// <param name="l1Size">Number of L2 tables the image can have; no more slots than that are made.</param>
+    public L2Cache(long budgetBytes, int clusterSize, int l1Size)
+    {
+        // A power of two within the budget (at least 4 tables), but no more slots than the image has tables.
+        long tables = Math.Clamp(budgetBytes / clusterSize, 4, 1 << 20);
+        tables = Math.Min(tables, (long)BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, l1Size)));
+        int capacity = 1 << BitOperations.Log2((ulong)tables);
+        _slots = new Table?[capacity];
+        _mask = capacity - 1;
+        MemoryBytes = (long)capacity * clusterSize;
+    }
+
+    /// <summary>Number of tables the cache holds at most.</summary>
+    public int Capacity => _slots.Length;
+
+    /// <summary>Most memory the cached tables take.</summary>
+    public long MemoryBytes { get; }
+
+    /// <summary>Number of tables read from the image so far.</summary>
+    public long Misses => Interlocked.Read(ref _misses);
+
+    /// <summary>The cached table for <paramref name="l1Index"/> if it is the one at <paramref name="offset"/>.</summary>
+    public Table? TryGet(long l1Index, long offset)
+    {
+        var table = Volatile.Read(ref _slots[l1Index & _mask]);
+        return table is not null && table.Offset == offset ? table : null;
+    }
+
+    /// <summary>Caches a table that was just read, replacing whatever held its slot.</summary>
+    public Table Add(long l1Index, Table table)
+    {
+        Interlocked.Increment(ref _misses);
+        Volatile.Write(ref _slots[l1Index & _mask], table);
+        return table;
+    }
+
+    /// <summary>Forgets a table (its cluster was freed or it moved).</summary>
+    public void Remove(long l1Index)
+    {
+        Volatile.Write(ref _slots[l1Index & _mask], null);
+    }
+}

@@ -1,0 +1,272 @@
+using System.Buffers.Binary;
+
+namespace MountQcow.Qcow2;
+
+// Every on-disk offset, mask and flag of qcow2 is named in this file, and only here.
+// Source: QEMU docs/interop/qcow2.txt. All numbers are big-endian on disk.
+
+/// <summary>Byte offsets of the header fields ("Header" in qcow2.txt).</summary>
+internal static class HeaderField
+{
+    public const int Magic = 0;                  // u32 "QFI\xfb"
+    public const int Version = 4;                // u32
+    public const int BackingFileOffset = 8;      // u64
+    public const int BackingFileSize = 16;       // u32
+    public const int ClusterBits = 20;           // u32
+    public const int Size = 24;                  // u64 virtual size
+    public const int CryptMethod = 32;           // u32
+    public const int L1Size = 36;                // u32 entries
+    public const int L1TableOffset = 40;         // u64
+    public const int RefcountTableOffset = 48;   // u64
+    public const int RefcountTableClusters = 56; // u32
+    public const int NbSnapshots = 60;           // u32
+    public const int SnapshotsOffset = 64;       // u64
+    public const int V2HeaderLength = 72;        // a version 2 header ends here
+    public const int IncompatibleFeatures = 72;  // u64, version 3
+    public const int CompatibleFeatures = 80;    // u64
+    public const int AutoclearFeatures = 88;     // u64
+    public const int RefcountOrder = 96;         // u32
+    public const int HeaderLength = 100;         // u32
+    public const int V3MinHeaderLength = 104;
+    public const int CompressionType = 104;      // u8, present when header_length > 104
+    public const int V3HeaderLength = 112;       // what we write: compression type plus padding to 8
+}
+
+/// <summary>Format constants and limits.</summary>
+internal static class Qcow2Limits
+{
+    public const uint Magic = 0x514649FB; // "QFI\xfb"
+    public const int MinClusterBits = 9;
+    public const int MaxClusterBits = 21;           // QEMU's implementation limit: 2 MiB
+    public const int MinExtendedL2ClusterBits = 14; // extended L2 needs clusters of at least 16 KiB
+    public const int MaxBackingFileNameLength = 1023;
+    public const long MaxL1Bytes = 32L << 20;       // QEMU's limit on the active L1 table
+    public const long MaxRefcountTableBytes = 8L << 20;
+    public const int MaxSnapshots = 65536;
+    public const long MaxSnapshotTableBytes = 64L << 20;
+    public const int SnapshotTableMinExtraData = 16; // version 3 entries carry at least 16 bytes of extra data
+    public const int Subclusters = 32;              // per cluster, with extended L2 entries
+    public const int SectorSize = 512;              // unit of compressed cluster lengths
+    public const int FeatureNameEntryLength = 48;
+    public const int FeatureNameLength = 46;
+}
+
+/// <summary>incompatible_features (header bytes 72-79). An unknown bit means the image cannot be opened.</summary>
+[Flags]
+public enum IncompatibleFeatures : ulong
+{
+    None = 0,
+    Dirty = 1UL << 0,
+    Corrupt = 1UL << 1,
+    ExternalDataFile = 1UL << 2,
+    CompressionType = 1UL << 3,
+    ExtendedL2 = 1UL << 4,
+}
+
+/// <summary>compatible_features (header bytes 80-87). Unknown bits may be ignored.</summary>
+[Flags]
+public enum CompatibleFeatures : ulong
+{
+    None = 0,
+    LazyRefcounts = 1UL << 0,
+}
+
+/// <summary>autoclear_features (header bytes 88-95). A writer clears the bits it does not maintain.</summary>
+[Flags]
+public enum AutoclearFeatures : ulong
+{
+    None = 0,
+    Bitmaps = 1UL << 0,
+    RawExternalData = 1UL << 1,
+}
+
+/// <summary>The feature bitmaps, as numbered in the feature name table.</summary>
+public enum FeatureKind : byte
+{
+    Incompatible = 0,
+    Compatible = 1,
+    Autoclear = 2,
+}
+
+/// <summary>compression_type (header byte 104).</summary>
+public enum CompressionType : byte
+{
+    /// <summary>Raw deflate ("zlib" in QEMU's words), the default.</summary>
+    Deflate = 0,
+    Zstd = 1,
+}
+
+/// <summary>crypt_method (header bytes 32-35).</summary>
+public enum CryptMethod : uint
+{
+    None = 0,
+    Aes = 1,
+    Luks = 2,
+}
+
+/// <summary>Header extension types ("Header extensions" in qcow2.txt).</summary>
+internal static class ExtensionType
+{
+    public const uint End = 0x00000000;
+    public const uint BackingFormat = 0xe2792aca;
+    public const uint FeatureNameTable = 0x6803f857;
+    public const uint Bitmaps = 0x23852875;
+    public const uint FullDiskEncryption = 0x0537be77;
+    public const uint ExternalDataFile = 0x44415441;
+}
+
+/// <summary>An active or snapshot L1 entry: where one L2 table lives.</summary>
+internal readonly struct L1Entry(ulong raw)
+{
+    private const ulong OffsetMask = 0x00ff_ffff_ffff_fe00; // bits 9-55
+    private const ulong CopiedFlag = 1UL << 63;             // the L2 table's refcount is exactly one
+
+    public ulong Raw => raw;
+
+    /// <summary>Host offset of the L2 table; 0 when no table is allocated.</summary>
+    public long L2Offset => (long)(raw & OffsetMask);
+
+    public bool Copied => (raw & CopiedFlag) != 0;
+
+    public static L1Entry Create(long l2Offset, bool copied) =>
+        new(((ulong)l2Offset & OffsetMask) | (copied ? CopiedFlag : 0));
+}
+
+/// <summary>How one guest cluster is stored, as an L2 entry says.</summary>
+internal enum ClusterKind : byte
+{
+    /// <summary>Not allocated here: read the backing file, or zeros without one.</summary>
+    Unallocated,
+    /// <summary>Reads as zeros (the zero flag, or a zero subcluster).</summary>
+    Zero,
+    /// <summary>Stored uncompressed at a host offset.</summary>
+    Data,
+    /// <summary>Stored compressed; the descriptor says where and how long.</summary>
+    Compressed,
+}
+
+/// <summary>A (first 64 bits of an) L2 entry.</summary>
+internal readonly struct L2Entry(ulong raw)
+{
+    private const ulong OffsetMask = 0x00ff_ffff_ffff_fe00; // standard descriptor bits 9-55
+    private const ulong ZeroFlag = 1UL << 0;                // standard descriptor bit 0 (not with extended L2)
+    private const ulong CompressedFlag = 1UL << 62;
+    private const ulong CopiedFlag = 1UL << 63;
+    private const ulong StandardReservedMask = 0x3f00_0000_0000_01fe; // bits 1-8 and 56-61
+
+    public ulong Raw => raw;
+
+    public bool IsCompressed => (raw & CompressedFlag) != 0;
+
+    public bool Copied => (raw & CopiedFlag) != 0;
+
+    /// <summary>Bit 0 of a standard descriptor; means "reads as zeros" only without extended L2 entries.</summary>
+    public bool ZeroFlagSet => (raw & ZeroFlag) != 0;
+
+    /// <summary>Host cluster offset of a standard cluster (0: none).</summary>
+    public long HostOffset => (long)(raw & OffsetMask);
+
+    /// <summary>Reserved bits of a standard descriptor that are set (should be none).</summary>
+    public ulong ReservedBits => raw & StandardReservedMask;
+
+    /// <summary>
+    /// Whether a standard entry points at host data. Offset 0 means unallocated, except with an
+    /// external data file, where 0 is a real offset and the copied flag marks it allocated.
+    /// </summary>
+    public bool HasHostCluster(bool externalData) => HostOffset != 0 || (externalData && Copied);
+
+    /// <summary>Where a compressed cluster's bytes are: host offset (unaligned) and an upper bound of their length.</summary>
+    public (long Offset, int Length) CompressedLocation(int clusterBits)
+    {
+        // Compressed descriptor: bits 0..x-1 host offset, x..61 additional 512-byte sectors,
+        // with x = 62 - (cluster_bits - 8).
+        int x = 62 - (clusterBits - 8);
+        long offset = (long)(raw & ((1UL << x) - 1));
+        long sectors = (long)((raw >> x) & ((1UL << (clusterBits - 8)) - 1)) + 1;
+        return (offset, (int)(sectors * Qcow2Limits.SectorSize - (offset & (Qcow2Limits.SectorSize - 1))));
+    }
+
+    public static L2Entry Standard(long hostOffset, bool copied) =>
+        new(((ulong)hostOffset & OffsetMask) | (copied ? CopiedFlag : 0));
+
+    public static L2Entry ZeroCluster(long preallocatedOffset) =>
+        new(((ulong)preallocatedOffset & OffsetMask) | ZeroFlag);
+
+    public static L2Entry CompressedCluster(long hostOffset, int length, int clusterBits)
+    {
+        int x = 62 - (clusterBits - 8);
+        long sectors = ((hostOffset & (Qcow2Limits.SectorSize - 1)) + length + Qcow2Limits.SectorSize - 1) / Qcow2Limits.SectorSize;
+        return new(CompressedFlag | ((ulong)(sectors - 1) << x) | (ulong)hostOffset);
+    }
+
+    public static readonly L2Entry Unallocated = new(0);
+}
+
+/// <summary>The second 64 bits of an extended L2 entry: per-subcluster allocation and zero bits.</summary>
+internal readonly struct SubclusterBitmap(ulong raw)
+{
+    public ulong Raw => raw;
+
+    /// <summary>Bit i: subcluster i is allocated (bits 0-31).</summary>
+    public uint Allocated => (uint)raw;
+
+    /// <summary>Bit i: subcluster i reads as zeros (bits 32-63).</summary>
+    public uint Zero => (uint)(raw >> 32);
+
+    public static SubclusterBitmap Create(uint allocated, uint zero) => new(allocated | ((ulong)zero << 32));
+}
+
+/// <summary>A refcount table entry: where one refcount block lives.</summary>
+internal readonly struct RefcountTableEntry(ulong raw)
+{
+    private const ulong OffsetMask = 0xffff_ffff_ffff_fe00; // bits 9-63
+
+    public ulong Raw => raw;
+
+    public long BlockOffset => (long)(raw & OffsetMask);
+
+    public ulong ReservedBits => raw & ~OffsetMask;
+
+    public static RefcountTableEntry Create(long blockOffset) => new((ulong)blockOffset & OffsetMask);
+}
+
+/// <summary>Byte offsets in a snapshot table entry ("Snapshots" in qcow2.txt).</summary>
+internal static class SnapshotField
+{
+    public const int L1TableOffset = 0;    // u64
+    public const int L1Size = 8;           // u32
+    public const int IdLength = 12;        // u16
+    public const int NameLength = 14;      // u16
+    public const int DateSeconds = 16;     // u32
+    public const int DateNanoseconds = 20; // u32
+    public const int VmClockNs = 24;       // u64
+    public const int VmStateSize32 = 32;   // u32
+    public const int ExtraDataSize = 36;   // u32
+    public const int FixedLength = 40;
+    public const int ExtraVmStateSize = 0; // u64, in the extra data
+    public const int ExtraDiskSize = 8;    // u64, in the extra data
+}
+
+/// <summary>Big-endian reads and writes of header and table fields.</summary>
+internal static class BigEndian
+{
+    public static uint U32(ReadOnlySpan<byte> b, int at) => BinaryPrimitives.ReadUInt32BigEndian(b[at..]);
+    public static ulong U64(ReadOnlySpan<byte> b, int at) => BinaryPrimitives.ReadUInt64BigEndian(b[at..]);
+    public static ushort U16(ReadOnlySpan<byte> b, int at) => BinaryPrimitives.ReadUInt16BigEndian(b[at..]);
+    public static void Put(Span<byte> b, int at, uint v) => BinaryPrimitives.WriteUInt32BigEndian(b[at..], v);
+    public static void Put(Span<byte> b, int at, ulong v) => BinaryPrimitives.WriteUInt64BigEndian(b[at..], v);
+    public static void Put(Span<byte> b, int at, ushort v) => BinaryPrimitives.WriteUInt16BigEndian(b[at..], v);
+
+    /// <summary>Converts a table of big-endian u64 entries, in place, to host order.</summary>
+    public static void ToHost(Span<ulong> table)
+    {
+        if (BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(table, table);
+    }
+
+    /// <summary>Converts host-order u64 entries to big-endian into <paramref name="destination"/>.</summary>
+    public static void ToDisk(ReadOnlySpan<ulong> table, Span<ulong> destination)
+    {
+        if (BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(table, destination);
+        else table.CopyTo(destination);
+    }
+}

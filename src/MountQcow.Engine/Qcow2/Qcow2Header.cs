@@ -1,0 +1,330 @@
+using System.Text;
+using MountQcow.Storage;
+
+namespace MountQcow.Qcow2;
+
+/// <summary>A name the image gives one feature bit (the feature name table extension).</summary>
+public readonly record struct FeatureName(FeatureKind Kind, int Bit, string Name);
+
+/// <summary>
+/// The parsed and checked header of a qcow2 image, with its header extensions. Every number
+/// is validated against the format and the file's size before anything else uses it.
+/// </summary>
+public sealed class Qcow2Header
+{
+    private static readonly FeatureName[] s_knownFeatures =
+    [
+        new(FeatureKind.Incompatible, 0, "dirty bit"),
+        new(FeatureKind.Incompatible, 1, "corrupt bit"),
+        new(FeatureKind.Incompatible, 2, "external data file"),
+        new(FeatureKind.Incompatible, 3, "compression type"),
+        new(FeatureKind.Incompatible, 4, "extended L2 entries"),
+        new(FeatureKind.Compatible, 0, "lazy refcounts"),
+        new(FeatureKind.Autoclear, 0, "bitmaps"),
+        new(FeatureKind.Autoclear, 1, "raw external data"),
+    ];
+
+    private Qcow2Header() { }
+
+    public int Version { get; private init; }
+    public int ClusterBits { get; private init; }
+    public int ClusterSize => 1 << ClusterBits;
+    public long VirtualSize { get; private init; }
+    public CryptMethod CryptMethod { get; private init; }
+    public int L1Size { get; private init; }
+    public long L1TableOffset { get; private init; }
+    public long RefcountTableOffset { get; private init; }
+    public int RefcountTableClusters { get; private init; }
+    public int SnapshotCount { get; private init; }
+    public long SnapshotsOffset { get; private init; }
+    public IncompatibleFeatures Incompatible { get; private init; }
+    public CompatibleFeatures Compatible { get; private init; }
+    public AutoclearFeatures Autoclear { get; private init; }
+    public int RefcountOrder { get; private init; }
+    public int RefcountBits => 1 << RefcountOrder;
+    public int HeaderLength { get; private init; }
+    public CompressionType CompressionType { get; private init; }
+
+    /// <summary>Backing file name as stored (may be relative to the image's folder); null when none.</summary>
+    public string? BackingFile { get; private init; }
+
+    /// <summary>The backing format extension ("qcow2", "raw", ...); null when absent.</summary>
+    public string? BackingFormat { get; private init; }
+
+    /// <summary>External data file name as stored; null when absent.</summary>
+    public string? DataFile { get; private init; }
+
+    /// <summary>Feature names from the image's own table.</summary>
+    public IReadOnlyList<FeatureName> FeatureNames { get; private init; } = [];
+
+    /// <summary>Number of persistent bitmaps (bitmaps extension), 0 when none.</summary>
+    public int BitmapCount { get; private init; }
+
+    /// <summary>Whether a full disk encryption header extension is present.</summary>
+    public bool HasEncryptionHeader { get; private init; }
+
+    /// <summary>Types of header extensions this program does not know (kept, never interpreted).</summary>
+    public IReadOnlyList<uint> UnknownExtensions { get; private init; } = [];
+
+    /// <summary>Where the header extension area ends (the first free byte after the header and its extensions).</summary>
+    public int ExtensionsEnd { get; private init; }
+
+    public bool HasExternalDataFile => Incompatible.HasFlag(IncompatibleFeatures.ExternalDataFile);
+    public bool HasExtendedL2 => Incompatible.HasFlag(IncompatibleFeatures.ExtendedL2);
+    public bool IsDirty => Incompatible.HasFlag(IncompatibleFeatures.Dirty);
+    public bool IsMarkedCorrupt => Incompatible.HasFlag(IncompatibleFeatures.Corrupt);
+
+    /// <summary>Bits of each L2 entry's index: cluster_bits - 3, one less with 128-bit extended entries.</summary>
+    public int L2Bits => ClusterBits - (HasExtendedL2 ? 4 : 3);
+
+    /// <summary>L1 entries needed to map the whole virtual size.</summary>
+    public long RequiredL1Entries => RequiredL1(VirtualSize, ClusterBits, L2Bits);
+
+    internal static long RequiredL1(long virtualSize, int clusterBits, int l2Bits)
+    {
+        int shift = clusterBits + l2Bits;
+        return (long)(((ulong)virtualSize + (1UL << shift) - 1) >> shift);
+    }
+
+    /// <summary>Reads and checks the header at the start of <paramref name="file"/>.</summary>
+    /// <exception cref="NotQcow2Exception">The file does not start with the qcow2 magic.</exception>
+    /// <exception cref="CorruptImageException">A field contradicts the format or the file's size.</exception>
+    /// <exception cref="UnsupportedFeatureException">A field asks for something not implemented.</exception>
+    public static Qcow2Header Read(IBlockDevice file, string path)
+    {
+        long fileLength = file.Length;
+        if (fileLength < HeaderField.V2HeaderLength)
+        {
+            if (fileLength >= 4)
+            {
+                Span<byte> magic = stackalloc byte[4];
+                file.ReadAt(magic, 0);
+                if (BigEndian.U32(magic, 0) == Qcow2Limits.Magic)
+                    throw new CorruptImageException(path, $"file of {fileLength} bytes is too short for a qcow2 header");
+            }
+            throw new NotQcow2Exception(path, fileLength == 0 ? "the file is empty" : $"only {fileLength} bytes long");
+        }
+        Span<byte> start = stackalloc byte[HeaderField.V3HeaderLength];
+        file.ReadAt(start, 0);
+        if (BigEndian.U32(start, HeaderField.Magic) != Qcow2Limits.Magic)
+            throw new NotQcow2Exception(path, "no QFI\\xfb magic at offset 0");
+        uint clusterBits = BigEndian.U32(start, HeaderField.ClusterBits);
+        if (clusterBits < Qcow2Limits.MinClusterBits)
+            throw new CorruptImageException(path, $"cluster_bits {clusterBits} is below the minimum of {Qcow2Limits.MinClusterBits}");
+        if (clusterBits > Qcow2Limits.MaxClusterBits)
+            throw new UnsupportedFeatureException(path, $"cluster size 2^{clusterBits} (the limit is 2 MiB)");
+        byte[] first = new byte[1 << (int)clusterBits];
+        file.ReadAt(first, 0);
+        return Parse(first, fileLength, path);
+    }
+
+    /// <summary>Parses a header from the image's first cluster (zero-padded past the end of a short file).</summary>
+    internal static Qcow2Header Parse(ReadOnlySpan<byte> first, long fileLength, string path)
+    {
+        void Corrupt(string what) => throw new CorruptImageException(path, what);
+
+        uint version = BigEndian.U32(first, HeaderField.Version);
+        if (version is not (2 or 3))
+        {
+            if (version == 1) throw new UnsupportedFeatureException(path, "qcow version 1 (only qcow2 versions 2 and 3 are read)");
+            throw new UnsupportedFeatureException(path, $"qcow2 version {version}");
+        }
+        int clusterBits = (int)BigEndian.U32(first, HeaderField.ClusterBits);
+        int clusterSize = 1 << clusterBits;
+        if (first.Length < clusterSize) throw new ArgumentException("the first cluster must be given whole", nameof(first));
+
+        ulong incompatible = 0, compatible = 0, autoclear = 0;
+        int refcountOrder = 4, headerLength = HeaderField.V2HeaderLength;
+        var compression = CompressionType.Deflate;
+        if (version >= 3)
+        {
+            incompatible = BigEndian.U64(first, HeaderField.IncompatibleFeatures);
+            compatible = BigEndian.U64(first, HeaderField.CompatibleFeatures);
+            autoclear = BigEndian.U64(first, HeaderField.AutoclearFeatures);
+            uint order = BigEndian.U32(first, HeaderField.RefcountOrder);
+            if (order > 6) Corrupt($"refcount_order {order} is above 6");
+            refcountOrder = (int)order;
+            uint length = BigEndian.U32(first, HeaderField.HeaderLength);
+            if (length < HeaderField.V3MinHeaderLength) Corrupt($"header_length {length} is below 104");
+            if (length % 8 != 0) Corrupt($"header_length {length} is not a multiple of 8");
+            if (length > clusterSize) Corrupt($"header_length {length} exceeds the cluster size {clusterSize}");
+            headerLength = (int)length;
+            if (headerLength > HeaderField.CompressionType)
+            {
+                byte type = first[HeaderField.CompressionType];
+                if (type > (byte)CompressionType.Zstd)
+                    throw new UnsupportedFeatureException(path, $"compression type {type}");
+                compression = (CompressionType)type;
+            }
+        }
+
+        // Extensions come first: the feature name table names unknown incompatible bits.
+        long backingOffset = (long)BigEndian.U64(first, HeaderField.BackingFileOffset);
+        int extensionEnd = backingOffset > 0 && backingOffset < clusterSize ? (int)backingOffset : clusterSize;
+        var names = new List<FeatureName>();
+        var unknown = new List<uint>();
+        string? backingFormat = null, dataFile = null;
+        int bitmaps = 0;
+        bool encryptionHeader = false;
+        int at = headerLength;
+        while (at + 8 <= extensionEnd)
+        {
+            uint type = BigEndian.U32(first, at);
+            uint len = BigEndian.U32(first, at + 4);
+            if (type == ExtensionType.End) break;
+            if (len > extensionEnd - at - 8) Corrupt($"header extension 0x{type:x8} at offset {at} is {len} bytes, past the end of the extension area");
+            ReadOnlySpan<byte> data = first.Slice(at + 8, (int)len);
+            switch (type)
+            {
+                case ExtensionType.BackingFormat:
+                    backingFormat = Encoding.UTF8.GetString(data);
+                    break;
+                case ExtensionType.ExternalDataFile:
+                    dataFile = Encoding.UTF8.GetString(data);
+                    break;
+                case ExtensionType.FeatureNameTable:
+                    for (int e = 0; e + Qcow2Limits.FeatureNameEntryLength <= data.Length; e += Qcow2Limits.FeatureNameEntryLength)
+                    {
+                        var entry = data.Slice(e, Qcow2Limits.FeatureNameEntryLength);
+                        var name = entry.Slice(2, Qcow2Limits.FeatureNameLength);
+                        int nul = name.IndexOf((byte)0);
+                        names.Add(new((FeatureKind)entry[0], entry[1], Encoding.UTF8.GetString(nul < 0 ? name : name[..nul])));
+                    }
+                    break;
+                case ExtensionType.Bitmaps:
+                    if (len < 24) Corrupt($"bitmaps extension is {len} bytes, expected at least 24");
+                    bitmaps = (int)Math.Min(BigEndian.U32(data, 0), int.MaxValue);
+                    break;
+                case ExtensionType.FullDiskEncryption:
+                    encryptionHeader = true;
+                    break;
+                default:
+                    unknown.Add(type);
+                    break;
+            }
+            at += 8 + (int)((len + 7) & ~7u);
+        }
+
+        var header = new Qcow2Header
+        {
+            Version = (int)version,
+            ClusterBits = clusterBits,
+            VirtualSize = (long)BigEndian.U64(first, HeaderField.Size),
+            CryptMethod = (CryptMethod)BigEndian.U32(first, HeaderField.CryptMethod),
+            L1Size = (int)Math.Min(BigEndian.U32(first, HeaderField.L1Size), int.MaxValue),
+            L1TableOffset = (long)BigEndian.U64(first, HeaderField.L1TableOffset),
+            RefcountTableOffset = (long)BigEndian.U64(first, HeaderField.RefcountTableOffset),
+            RefcountTableClusters = (int)Math.Min(BigEndian.U32(first, HeaderField.RefcountTableClusters), int.MaxValue),
+            SnapshotCount = (int)Math.Min(BigEndian.U32(first, HeaderField.NbSnapshots), int.MaxValue),
+            SnapshotsOffset = (long)BigEndian.U64(first, HeaderField.SnapshotsOffset),
+            Incompatible = (IncompatibleFeatures)incompatible,
+            Compatible = (CompatibleFeatures)compatible,
+            Autoclear = (AutoclearFeatures)autoclear,
+            RefcountOrder = refcountOrder,
+            HeaderLength = headerLength,
+            CompressionType = compression,
+            BackingFormat = backingFormat,
+            DataFile = dataFile,
+            FeatureNames = names,
+            BitmapCount = bitmaps,
+            HasEncryptionHeader = encryptionHeader,
+            UnknownExtensions = unknown,
+            ExtensionsEnd = Math.Min(at, extensionEnd),
+            BackingFile = ReadBackingName(first, backingOffset, clusterSize, path),
+        };
+        header.Validate(fileLength, path);
+        return header;
+    }
+
+    private static string? ReadBackingName(ReadOnlySpan<byte> first, long offset, int clusterSize, string path)
+    {
+        if (offset == 0) return null;
+        uint size = BigEndian.U32(first, HeaderField.BackingFileSize);
+        if (size == 0) return null;
+        if (size > Qcow2Limits.MaxBackingFileNameLength)
+            throw new CorruptImageException(path, $"backing file name is {size} bytes long (the limit is {Qcow2Limits.MaxBackingFileNameLength})");
+        if (offset < HeaderField.V2HeaderLength || offset + size > clusterSize)
+            throw new CorruptImageException(path, $"backing file name at 0x{offset:x} (+{size}) lies outside the first cluster");
+        return Encoding.UTF8.GetString(first.Slice((int)offset, (int)size));
+    }
+
+    private void Validate(long fileLength, string path)
+    {
+        void Corrupt(string what) => throw new CorruptImageException(path, what);
+
+        var unknownIncompatible = (ulong)Incompatible & ~(ulong)(IncompatibleFeatures.Dirty | IncompatibleFeatures.Corrupt |
+            IncompatibleFeatures.ExternalDataFile | IncompatibleFeatures.CompressionType | IncompatibleFeatures.ExtendedL2);
+        if (unknownIncompatible != 0)
+            throw new UnsupportedFeatureException(path, "incompatible feature " + DescribeBits(FeatureKind.Incompatible, unknownIncompatible));
+        if (CryptMethod != CryptMethod.None)
+        {
+            if (CryptMethod is CryptMethod.Aes or CryptMethod.Luks)
+                throw new UnsupportedFeatureException(path, $"encrypted image ({(CryptMethod == CryptMethod.Aes ? "AES" : "LUKS")})");
+            Corrupt($"crypt_method {(uint)CryptMethod} is not a known method");
+        }
+        if (Incompatible.HasFlag(IncompatibleFeatures.CompressionType) != (CompressionType != CompressionType.Deflate))
+            Corrupt($"the compression type bit is {(Incompatible.HasFlag(IncompatibleFeatures.CompressionType) ? "set" : "clear")} but compression_type is {(int)CompressionType}");
+        if (HasExtendedL2 && ClusterBits < Qcow2Limits.MinExtendedL2ClusterBits)
+            Corrupt($"extended L2 entries need clusters of at least 16 KiB, not {ClusterSize} bytes");
+        if (VirtualSize < 0) Corrupt($"virtual size 0x{(ulong)VirtualSize:x} is too large");
+
+        long clusterMask = ClusterSize - 1;
+        // The active L1 table: large enough for the virtual size, aligned, inside the file.
+        if ((long)L1Size * 8 > Qcow2Limits.MaxL1Bytes) Corrupt($"active L1 table of {L1Size} entries is too large");
+        if (L1Size < RequiredL1Entries)
+            Corrupt($"L1 table of {L1Size} entries is too small for a virtual size of {VirtualSize} bytes (needs {RequiredL1Entries})");
+        if (L1Size > 0) CheckTable("L1 table", L1TableOffset, (long)L1Size * 8, clusterMask, fileLength, path);
+        if (Version >= 3 || RefcountTableClusters > 0)
+        {
+            long refcountBytes = (long)RefcountTableClusters * ClusterSize;
+            if (refcountBytes > Qcow2Limits.MaxRefcountTableBytes) Corrupt($"refcount table of {RefcountTableClusters} clusters is too large");
+            if (RefcountTableClusters > 0) CheckTable("refcount table", RefcountTableOffset, refcountBytes, clusterMask, fileLength, path);
+        }
+        if (SnapshotCount > Qcow2Limits.MaxSnapshots) Corrupt($"{SnapshotCount} snapshots is more than the limit of {Qcow2Limits.MaxSnapshots}");
+        if (SnapshotCount > 0) CheckTable("snapshot table", SnapshotsOffset, 0, clusterMask, fileLength, path);
+        if (HasExternalDataFile && BackingFile != null && Autoclear.HasFlag(AutoclearFeatures.RawExternalData))
+            Corrupt("a raw external data file cannot be combined with a backing file");
+    }
+
+    /// <summary>Checks that a table starts cluster-aligned and lies inside the file.</summary>
+    internal static void CheckTable(string what, long offset, long length, long clusterMask, long fileLength, string path)
+    {
+        if (offset <= 0 || (offset & clusterMask) != 0)
+            throw new CorruptImageException(path, $"{what} offset 0x{offset:x} is {(offset <= 0 ? "invalid" : "unaligned")}");
+        if (offset > fileLength || length > fileLength - offset)
+            throw new CorruptImageException(path, $"{what} at 0x{offset:x} (+0x{length:x}) reaches past the end of the file (0x{fileLength:x})");
+    }
+
+    /// <summary>Names the set bits of one feature bitmap, with the image's own names where it has them.</summary>
+    public string DescribeBits(FeatureKind kind, ulong bits)
+    {
+        var parts = new List<string>();
+        for (int bit = 0; bit < 64; bit++)
+        {
+            if ((bits & (1UL << bit)) == 0) continue;
+            string? name = FeatureNames.FirstOrDefault(f => f.Kind == kind && f.Bit == bit).Name
+                           ?? s_knownFeatures.FirstOrDefault(f => f.Kind == kind && f.Bit == bit).Name;
+            parts.Add(name is null ? $"bit {bit}" : $"'{name}' (bit {bit})");
+        }
+        return string.Join(", ", parts);
+    }
+
+    /// <summary>The names of every feature bit the image sets, for display.</summary>
+    public IEnumerable<string> FeatureList()
+    {
+        foreach (var (kind, bits) in new[]
+                 {
+                     (FeatureKind.Incompatible, (ulong)Incompatible), (FeatureKind.Compatible, (ulong)Compatible),
+                     (FeatureKind.Autoclear, (ulong)Autoclear),
+                 })
+        {
+            for (int bit = 0; bit < 64; bit++)
+            {
+                if ((bits & (1UL << bit)) == 0) continue;
+                yield return FeatureNames.FirstOrDefault(f => f.Kind == kind && f.Bit == bit).Name
+                             ?? s_knownFeatures.FirstOrDefault(f => f.Kind == kind && f.Bit == bit).Name
+                             ?? $"{kind.ToString().ToLowerInvariant()} bit {bit}";
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+using System.Buffers;
+using System.Runtime.InteropServices;
+using MountQcow.Compression;
+using MountQcow.Storage;
+
+namespace MountQcow.Qcow2;
+
+/// <summary>How to open an image.</summary>
+public sealed record ImageOptions
+{
+    /// <summary>Open the top image for writing (backing files are never written).</summary>
+    public bool Writable { get; init; }
+
+    /// <summary>Memory for the L2 cache of each image in the chain.</summary>
+    public long L2CacheBytes { get; init; } = DefaultL2CacheBytes;
+
+    /// <summary>Longest backing chain accepted, counting the top image.</summary>
+    public int MaxChainDepth { get; init; } = 64;
+
+    /// <summary>Receives warnings (e.g. an image marked corrupt opened read-only).</summary>
+    public Action<string>? Warn { get; init; }
+
+    public const long DefaultL2CacheBytes = 16L << 20;
+}
+
+/// <summary>
+/// A qcow2 image as a block device: the virtual disk, read (and, when opened writable,
+/// written) at guest offsets. Safe for concurrent use from many threads.
+/// </summary>
+public sealed partial class Qcow2Image : IBlockDevice
+{
+    private readonly IBlockDevice _file;
+    private readonly IBlockDevice _data;
+    private readonly IBlockDevice? _backing;
+    private readonly ClusterMap _map;
+    private readonly CompressedClusterCache _compressed;
+    private readonly CompressedClusterCache.DecompressInto _decompressInto;
+    private readonly int _clusterSize;
+    private readonly long _clusterMask;
+    private long _decompressions;
+
+    private Qcow2Image(string path, IBlockDevice file, IBlockDevice data, IBlockDevice? backing,
+        Qcow2Header header, ulong[] l1, IReadOnlyList<Snapshot> snapshots, ImageOptions options)
+    {
+        Path = path;
+        _file = file;
+        _data = data;
+        _backing = backing;
+        Header = header;
+        Snapshots = snapshots;
+        _clusterSize = header.ClusterSize;
+        _clusterMask = _clusterSize - 1;
+        _map = new ClusterMap(file, path, header, l1, options.L2CacheBytes);
+        _compressed = new CompressedClusterCache(_clusterSize);
+        _decompressInto = DecompressCluster;
+        CanWrite = options.Writable;
+    }
+
+    /// <summary>The image file's path.</summary>
+    public string Path { get; }
+
+    /// <summary>The header as read at open.</summary>
+    public Qcow2Header Header { get; }
+
+    /// <summary>The device below this image (a qcow2 image or a raw file), if any.</summary>
+    public IBlockDevice? Backing => _backing;
+
+    /// <summary>Internal snapshots in the image.</summary>
+    public IReadOnlyList<Snapshot> Snapshots { get; }
+
+    /// <summary>Resolved path of the external data file, if the image has one.</summary>
+    public string? DataFilePath { get; private init; }
+
+    /// <summary>Resolved path of the backing file, if any.</summary>
+    public string? BackingPath { get; private init; }
+
+    /// <summary>Format of the backing file as opened ("qcow2" or "raw").</summary>
+    public string? BackingFormatUsed { get; private init; }
+
+    /// <summary>Memory the L2 cache may use.</summary>
+    public long L2CacheMemory => _map.Cache.MemoryBytes;
+
+    /// <summary>Counters: L2 tables read, clusters decompressed, and decompressed-cluster cache hits.</summary>
+    public (long L2Misses, long Decompressions, long CompressedCacheHits) Counters =>
+        (_map.Cache.Misses, Interlocked.Read(ref _decompressions), _compressed.Hits);
+
+    public long Length => Header.VirtualSize;
+
+    public bool CanWrite { get; }
+
+    /// <summary>
+    /// Opens a qcow2 image and its backing chain.
+    /// </summary>
+    /// <exception cref="ImageIOException">A file of the chain is missing or unreadable.</exception>
+    /// <exception cref="NotQcow2Exception">The file is not a qcow2 image.</exception>
+    /// <exception cref="CorruptImageException">The image contradicts the format.</exception>
+    /// <exception cref="UnsupportedFeatureException">The image needs something not implemented.</exception>
+    public static Qcow2Image Open(string path, ImageOptions? options = null) =>
+        Open(path, options ?? new ImageOptions(), new BackingChain(options?.MaxChainDepth ?? 64));
+
+    internal static Qcow2Image Open(string path, ImageOptions options, BackingChain chain)
+    {
+        var file = FileBlockDevice.Open(path, options.Writable);
+        IBlockDevice? data = null, backing = null;
+        try
+        {
+            var header = Qcow2Header.Read(file, path);
+            if (header.IsMarkedCorrupt)
+            {
+                if (options.Writable)
+                    throw new UnsupportedFeatureException(path, "the image is marked corrupt; it may only be opened read-only (repair it with 'qemu-img check -r all')");
+                options.Warn?.Invoke($"{path}: the image is marked corrupt; opened read-only");
+            }
+            chain.Enter(path);
+            var l1 = ReadL1(file, header);
+            var snapshots = SnapshotTable.Read(file, header, path);
+            string? dataPath = null;
+            if (header.HasExternalDataFile)
+            {
+                if (header.DataFile is null)
+                    throw new UnsupportedFeatureException(path, "the image uses an external data file but does not name it");
+                dataPath = chain.ResolveDataFile(path, header.DataFile);
+                data = FileBlockDevice.Open(dataPath, options.Writable);
+            }
+            string? backingPath = null, backingFormat = null;
+            if (header.BackingFile is not null)
+            {
+                backingPath = chain.Resolve(path, header.BackingFile);
+                (backing, backingFormat) = chain.OpenBacking(path, backingPath, header.BackingFormat, options);
+            }
+            return new Qcow2Image(path, file, data ?? file, backing, header, l1, snapshots, options)
+            {
+                DataFilePath = dataPath,
+                BackingPath = backingPath,
+                BackingFormatUsed = backingFormat,
+            };
+        }
+        catch
+        {
+            backing?.Dispose();
+            data?.Dispose();
+            file.Dispose();
+            throw;
+        }
+    }
+
+    private static ulong[] ReadL1(IBlockDevice file, Qcow2Header header)
+    {
+        var l1 = new ulong[header.L1Size];
+        file.ReadAt(MemoryMarshal.AsBytes(l1.AsSpan()), header.L1TableOffset);
+        BigEndian.ToHost(l1);
+        return l1;
+    }
+
+    public void ReadAt(Span<byte> buffer, long offset)
+    {
+        BlockDevices.CheckRange(offset, buffer.Length, Length);
+        while (!buffer.IsEmpty)
+        {
+            var run = _map.Map(offset, buffer.Length);
+            int n = (int)run.Length;
+            var part = buffer[..n];
+            switch (run.Kind)
+            {
+                case ClusterKind.Data:
+                    _data.ReadAt(part, run.HostOffset);
+                    break;
+                case ClusterKind.Zero:
+                    part.Clear();
+                    break;
+                case ClusterKind.Unallocated:
+                    ReadBelow(part, offset);
+                    break;
+                case ClusterKind.Compressed:
+                    ReadCompressed(part, offset, run.Descriptor);
+                    break;
+            }
+            buffer = buffer[n..];
+            offset += n;
+        }
+    }
+
+    /// <summary>Reads what lies under an unallocated run: the backing device, zeros past its end.</summary>
+    private void ReadBelow(Span<byte> part, long offset)
+    {
+        long below = _backing is null ? 0 : Math.Clamp(_backing.Length - offset, 0, part.Length);
+        if (below > 0) _backing!.ReadAt(part[..(int)below], offset);
+        part[(int)below..].Clear();
+    }
+
+    private void ReadCompressed(Span<byte> part, long offset, ulong descriptor)
+    {
+        int inCluster = (int)(offset & _clusterMask);
+        if (inCluster == 0 && part.Length == _clusterSize)
+            DecompressCluster(descriptor, part); // a whole cluster goes straight to the caller
+        else
+            _compressed.Read(offset >> Header.ClusterBits, descriptor, inCluster, part, _decompressInto);
+    }
+
+    /// <summary>Decompresses the cluster an L2 entry describes into <paramref name="cluster"/>.</summary>
+    private void DecompressCluster(ulong descriptor, Span<byte> cluster)
+    {
+        if (Header.HasExternalDataFile)
+            throw new CorruptImageException(Path, "compressed cluster in an image with an external data file");
+        var (hostOffset, length) = new L2Entry(descriptor).CompressedLocation(Header.ClusterBits);
+        if (hostOffset >= _file.Length)
+            throw new CorruptImageException(Path, $"compressed cluster at 0x{hostOffset:x} lies past the end of the file");
+        byte[] input = ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            _file.ReadAt(input.AsSpan(0, length), hostOffset); // past the end of the file reads zeros
+            string? error;
+            try
+            {
+                error = ClusterCodec.Decompress(Header.CompressionType, input, length, cluster);
+            }
+            catch (DllNotFoundException e)
+            {
+                throw new UnsupportedFeatureException(Path, e.Message);
+            }
+            if (error is not null)
+                throw new CorruptImageException(Path, $"compressed cluster at 0x{hostOffset:x} (+{length}): {error}");
+            Interlocked.Increment(ref _decompressions);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(input);
+        }
+    }
+
+    /// <summary>
+    /// Data where a layer of the chain stores something; zeros where every layer reads as zeros
+    /// (zero clusters, unallocated everywhere, past the end of a shorter backing file).
+    /// </summary>
+    public Extent GetExtent(long offset, long maxLength)
+    {
+        BlockDevices.CheckRange(offset, 0, Length);
+        maxLength = Math.Min(maxLength, Length - offset);
+        if (maxLength <= 0) return new(ExtentKind.Zero, 0);
+        var run = _map.Map(offset, maxLength);
+        switch (run.Kind)
+        {
+            case ClusterKind.Data:
+            case ClusterKind.Compressed:
+                return new(ExtentKind.Data, run.Length);
+            case ClusterKind.Zero:
+                return new(ExtentKind.Zero, run.Length);
+            default:
+                long below = _backing is null ? 0 : Math.Clamp(_backing.Length - offset, 0, run.Length);
+                if (below == 0) return new(ExtentKind.Zero, run.Length);
+                var extent = _backing!.GetExtent(offset, below);
+                return extent with { Length = Math.Max(1, extent.Length) };
+        }
+    }
+
+    /// <summary>Every file of the chain, top first: (path, format) pairs.</summary>
+    public IEnumerable<(string Path, string Format, IBlockDevice Device)> Chain()
+    {
+        IBlockDevice? device = this;
+        string? path = Path, format = "qcow2";
+        while (device is not null)
+        {
+            yield return (path!, format!, device);
+            if (device is not Qcow2Image image) yield break;
+            (device, path, format) = (image._backing, image.BackingPath, image.BackingFormatUsed);
+        }
+    }
+
+    public void Dispose()
+    {
+        _backing?.Dispose();
+        if (!ReferenceEquals(_data, _file)) _data.Dispose();
+        _file.Dispose();
+    }
+}

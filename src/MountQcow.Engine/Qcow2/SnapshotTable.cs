@@ -1,0 +1,74 @@
+using System.Text;
+using MountQcow.Storage;
+
+namespace MountQcow.Qcow2;
+
+/// <summary>One internal snapshot, as the snapshot table describes it.</summary>
+public sealed record Snapshot(
+    string Id,
+    string Name,
+    DateTimeOffset Date,
+    TimeSpan VmClock,
+    long VmStateSize,
+    long DiskSize,
+    long L1TableOffset,
+    int L1Size,
+    byte[] ExtraData);
+
+/// <summary>Reads and checks the snapshot table ("Snapshots" in qcow2.txt).</summary>
+internal static class SnapshotTable
+{
+    public static IReadOnlyList<Snapshot> Read(IBlockDevice file, Qcow2Header header, string path)
+    {
+        if (header.SnapshotCount == 0) return [];
+        long fileLength = file.Length;
+        long clusterMask = header.ClusterSize - 1;
+        // The table's length is only known by walking it; read it in growing pieces, bounded by QEMU's limit.
+        long limit = Math.Min(Qcow2Limits.MaxSnapshotTableBytes, fileLength - header.SnapshotsOffset);
+        var table = new byte[(int)Math.Min(limit, Math.Max(4096, header.SnapshotCount * 128L))];
+        file.ReadAt(table, header.SnapshotsOffset);
+        var list = new List<Snapshot>(header.SnapshotCount);
+        long at = 0;
+        for (int i = 0; i < header.SnapshotCount; i++)
+        {
+            string where = $"snapshot table entry {i} at 0x{header.SnapshotsOffset + at:x}";
+            EnsureRead(ref table, at + SnapshotField.FixedLength, limit, file, header, path, where);
+            var fixedPart = table.AsSpan((int)at, SnapshotField.FixedLength);
+            int idLength = BigEndian.U16(fixedPart, SnapshotField.IdLength);
+            int nameLength = BigEndian.U16(fixedPart, SnapshotField.NameLength);
+            uint extraLength = BigEndian.U32(fixedPart, SnapshotField.ExtraDataSize);
+            if (extraLength > 1024) throw new CorruptImageException(path, $"{where}: {extraLength} bytes of extra data is too much");
+            long entryLength = SnapshotField.FixedLength + extraLength + idLength + nameLength;
+            EnsureRead(ref table, at + entryLength, limit, file, header, path, where);
+            var entry = table.AsSpan((int)at, (int)entryLength);
+            var extra = entry.Slice(SnapshotField.FixedLength, (int)extraLength);
+            long vmState = BigEndian.U32(entry, SnapshotField.VmStateSize32);
+            long diskSize = header.VirtualSize;
+            if (extra.Length >= SnapshotField.ExtraVmStateSize + 8) vmState = (long)BigEndian.U64(extra, SnapshotField.ExtraVmStateSize);
+            if (extra.Length >= SnapshotField.ExtraDiskSize + 8) diskSize = (long)BigEndian.U64(extra, SnapshotField.ExtraDiskSize);
+            long l1Offset = (long)BigEndian.U64(entry, SnapshotField.L1TableOffset);
+            uint l1Size = BigEndian.U32(entry, SnapshotField.L1Size);
+            if ((long)l1Size * 8 > Qcow2Limits.MaxL1Bytes) throw new CorruptImageException(path, $"{where}: L1 table of {l1Size} entries is too large");
+            if (l1Size > 0) Qcow2Header.CheckTable($"{where}: L1 table", l1Offset, l1Size * 8L, clusterMask, fileLength, path);
+            int idAt = SnapshotField.FixedLength + (int)extraLength;
+            list.Add(new Snapshot(
+                Encoding.UTF8.GetString(entry.Slice(idAt, idLength)),
+                Encoding.UTF8.GetString(entry.Slice(idAt + idLength, nameLength)),
+                DateTimeOffset.FromUnixTimeSeconds(BigEndian.U32(entry, SnapshotField.DateSeconds))
+                    .AddTicks(BigEndian.U32(entry, SnapshotField.DateNanoseconds) / 100),
+                TimeSpan.FromTicks((long)(BigEndian.U64(entry, SnapshotField.VmClockNs) / 100)),
+                vmState, diskSize, l1Offset, (int)l1Size, extra.ToArray()));
+            at += (entryLength + 7) & ~7L;
+        }
+        return list;
+    }
+
+    private static void EnsureRead(ref byte[] table, long needed, long limit, IBlockDevice file, Qcow2Header header, string path, string where)
+    {
+        if (needed <= table.Length) return;
+        if (needed > limit) throw new CorruptImageException(path, $"{where} reaches past the end of the snapshot table area");
+        var bigger = new byte[(int)Math.Min(limit, Math.Max(needed, (long)table.Length * 2))];
+        file.ReadAt(bigger, header.SnapshotsOffset);
+        table = bigger;
+    }
+}

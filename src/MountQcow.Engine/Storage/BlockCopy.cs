@@ -1,0 +1,133 @@
+using System.Buffers;
+
+namespace MountQcow.Storage;
+
+/// <summary>How <see cref="BlockCopy"/> copies.</summary>
+public sealed record CopyOptions
+{
+    /// <summary>
+    /// The target already reads as zeros everywhere (a new sparse file, a new image): zero runs
+    /// are skipped. Otherwise they are written as zeros.
+    /// </summary>
+    public bool TargetIsZeroed { get; init; }
+
+    /// <summary>Bytes each worker handles at a time.</summary>
+    public int ChunkSize { get; init; } = 4 << 20;
+
+    /// <summary>Granularity of zero detection inside data: all-zero blocks of this size are not written to a zeroed target.</summary>
+    public int ZeroBlockSize { get; init; } = 4096;
+
+    /// <summary>Parallel workers; by default one per processor (at least two, so I/O overlaps work).</summary>
+    public int Workers { get; init; } = Math.Max(2, Environment.ProcessorCount);
+}
+
+/// <summary>
+/// Copies one device onto another in parallel chunks, skipping what reads as zeros where the
+/// target is already zeroed. Used by export (qcow2 to raw) and convert (raw to qcow2).
+/// </summary>
+public sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOptions options)
+{
+    private long _nextChunk;
+    private long _done;
+    private long _written;
+
+    /// <summary>Bytes of the source handled so far (for progress).</summary>
+    public long Done => Interlocked.Read(ref _done);
+
+    /// <summary>Bytes actually written to the target so far.</summary>
+    public long Written => Interlocked.Read(ref _written);
+
+    public long Total => source.Length;
+
+    /// <summary>Runs the copy on worker threads and returns when it is finished, flushed, or failed.</summary>
+    public void Run(CancellationToken cancel = default)
+    {
+        if (target.Length < source.Length)
+            throw new ArgumentException($"the target ({target.Length} bytes) is smaller than the source ({source.Length} bytes)");
+        var failures = new List<Exception>();
+        var threads = Enumerable.Range(0, options.Workers).Select(_ => new Thread(() =>
+        {
+            try
+            {
+                Work(cancel);
+            }
+            catch (Exception e)
+            {
+                lock (failures) failures.Add(e);
+                Interlocked.Exchange(ref _nextChunk, long.MaxValue / 2); // stop the others
+            }
+        }) { IsBackground = true, Name = "copy worker" }).ToList();
+        threads.ForEach(t => t.Start());
+        threads.ForEach(t => t.Join());
+        if (failures.Count > 0) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failures[0]).Throw();
+        cancel.ThrowIfCancellationRequested();
+        target.Flush();
+    }
+
+    private void Work(CancellationToken cancel)
+    {
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(options.ChunkSize);
+        try
+        {
+            while (true)
+            {
+                cancel.ThrowIfCancellationRequested();
+                long start = Interlocked.Increment(ref _nextChunk) - 1;
+                if (start >= (source.Length + options.ChunkSize - 1) / options.ChunkSize) return;
+                start *= options.ChunkSize;
+                long end = Math.Min(source.Length, start + options.ChunkSize);
+                for (long at = start; at < end;)
+                {
+                    var extent = source.GetExtent(at, end - at);
+                    long length = Math.Clamp(extent.Length, 1, end - at);
+                    if (extent.Kind == ExtentKind.Zero)
+                    {
+                        if (!options.TargetIsZeroed) target.WriteZeros(at, length, discard: false);
+                    }
+                    else
+                    {
+                        var data = buffer.AsSpan(0, (int)length);
+                        source.ReadAt(data, at);
+                        WriteData(data, at);
+                    }
+                    at += length;
+                    Interlocked.Add(ref _done, length);
+                }
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    // Writes data, leaving out all-zero blocks when the target already reads as zeros.
+    private void WriteData(ReadOnlySpan<byte> data, long offset)
+    {
+        if (!options.TargetIsZeroed)
+        {
+            Write(data, offset);
+            return;
+        }
+        int block = options.ZeroBlockSize;
+        int runStart = -1;
+        for (int at = 0; ; at += block)
+        {
+            bool end = at >= data.Length;
+            if (!end && data.Slice(at, Math.Min(block, data.Length - at)).ContainsAnyExcept((byte)0))
+            {
+                if (runStart < 0) runStart = at;
+                continue;
+            }
+            if (runStart >= 0) Write(data[runStart..Math.Min(at, data.Length)], offset + runStart);
+            runStart = -1;
+            if (end) return;
+        }
+    }
+
+    private void Write(ReadOnlySpan<byte> data, long offset)
+    {
+        target.WriteAt(data, offset);
+        Interlocked.Add(ref _written, data.Length);
+    }
+}

@@ -1,0 +1,169 @@
+using Microsoft.Win32.SafeHandles;
+
+namespace MountQcow.Storage;
+
+/// <summary>
+/// A host file or block device, read and written with <see cref="RandomAccess"/> at explicit
+/// offsets. Reads past the end of the file return zeros, as QEMU's file driver does, so a
+/// cluster at the file's tail that was never written in full still reads.
+/// </summary>
+public sealed class FileBlockDevice : IBlockDevice
+{
+    private readonly SafeFileHandle _handle;
+    private long _length;
+
+    private FileBlockDevice(SafeFileHandle handle, string path, bool writable, long length, bool isBlockDevice = false)
+    {
+        _handle = handle;
+        Path = path;
+        CanWrite = writable;
+        _length = length;
+        IsBlockDevice = isBlockDevice;
+    }
+
+    /// <summary>Whether this is a block device rather than a regular file (its size comes from the device).</summary>
+    public bool IsBlockDevice { get; }
+
+    /// <summary>The path the device was opened with.</summary>
+    public string Path { get; }
+
+    /// <summary>The OS handle, for callers that lock or query the file itself.</summary>
+    public SafeFileHandle Handle => _handle;
+
+    public long Length => Volatile.Read(ref _length);
+
+    public bool CanWrite { get; }
+
+    /// <summary>Opens an existing file or block device.</summary>
+    /// <exception cref="ImageIOException">The file is missing or cannot be opened.</exception>
+    public static FileBlockDevice Open(string path, bool writable)
+    {
+        SafeFileHandle handle;
+        try
+        {
+            handle = File.OpenHandle(path, FileMode.Open,
+                writable ? FileAccess.ReadWrite : FileAccess.Read,
+                writable ? FileShare.ReadWrite : FileShare.ReadWrite | FileShare.Delete);
+        }
+        catch (FileNotFoundException) { throw new ImageIOException($"{path}: no such file"); }
+        catch (DirectoryNotFoundException) { throw new ImageIOException($"{path}: no such file or directory"); }
+        catch (UnauthorizedAccessException)
+        {
+            throw new ImageIOException($"{path}: permission denied{(writable ? " (opening for writing)" : "")}");
+        }
+        catch (IOException e) { throw new ImageIOException($"{path}: {e.Message}", e); }
+        try
+        {
+            long length = RandomAccess.GetLength(handle);
+            // Block devices report size 0 through fstat; seeking to their end gives the size.
+            long deviceLength = length == 0 ? Posix.SeekEnd(handle) : 0;
+            return new FileBlockDevice(handle, path, writable, Math.Max(length, deviceLength), deviceLength > 0);
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Creates (or, with <paramref name="overwrite"/>, truncates) a regular file for writing.</summary>
+    public static FileBlockDevice Create(string path, bool overwrite)
+    {
+        try
+        {
+            var handle = File.OpenHandle(path, overwrite ? FileMode.Create : FileMode.CreateNew,
+                FileAccess.ReadWrite, FileShare.Read);
+            return new FileBlockDevice(handle, path, true, 0);
+        }
+        catch (IOException e) when (!overwrite && File.Exists(path))
+        {
+            throw new ImageIOException($"{path}: already exists", e);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ImageIOException($"{path}: {e.Message}", e);
+        }
+    }
+
+    public void ReadAt(Span<byte> buffer, long offset)
+    {
+        if (offset < 0) throw new ArgumentOutOfRangeException(nameof(offset));
+        int done = 0;
+        try
+        {
+            while (done < buffer.Length)
+            {
+                int n = RandomAccess.Read(_handle, buffer[done..], offset + done);
+                if (n == 0) break;
+                done += n;
+            }
+        }
+        catch (IOException e)
+        {
+            throw new ImageIOException($"{Path}: read of {buffer.Length} bytes at 0x{offset:x} failed: {e.Message}", e);
+        }
+        buffer[done..].Clear();
+    }
+
+    public void WriteAt(ReadOnlySpan<byte> buffer, long offset)
+    {
+        BlockDevices.CheckWritable(this);
+        try
+        {
+            RandomAccess.Write(_handle, buffer, offset);
+        }
+        catch (IOException e)
+        {
+            throw new ImageIOException($"{Path}: write of {buffer.Length} bytes at 0x{offset:x} failed: {e.Message}", e);
+        }
+        long end = offset + buffer.Length;
+        long seen;
+        while (end > (seen = Volatile.Read(ref _length)) &&
+               Interlocked.CompareExchange(ref _length, end, seen) != seen) { }
+    }
+
+    public Extent GetExtent(long offset, long maxLength)
+    {
+        long length = Length;
+        if (offset >= length) return new(ExtentKind.Zero, maxLength);
+        if (Posix.ProbeHole(_handle, offset, length) is not { } probe) return new(ExtentKind.Data, maxLength);
+        return new(probe.IsData ? ExtentKind.Data : ExtentKind.Zero, Math.Clamp(probe.End - offset, 1, maxLength));
+    }
+
+    public void WriteZeros(long offset, long length, bool discard)
+    {
+        BlockDevices.CheckWritable(this);
+        if (discard && offset + length <= Length && Posix.PunchHole(_handle, offset, length)) return;
+        BlockDevices.WriteZerosByWriting(this, offset, length);
+    }
+
+    /// <summary>Sets the file's length (regular files only).</summary>
+    public void SetLength(long length)
+    {
+        BlockDevices.CheckWritable(this);
+        try
+        {
+            RandomAccess.SetLength(_handle, length);
+        }
+        catch (IOException e)
+        {
+            throw new ImageIOException($"{Path}: cannot set length to {length}: {e.Message}", e);
+        }
+        Volatile.Write(ref _length, length);
+    }
+
+    public void Flush()
+    {
+        if (!CanWrite) return;
+        try
+        {
+            RandomAccess.FlushToDisk(_handle);
+        }
+        catch (IOException e)
+        {
+            throw new ImageIOException($"{Path}: flush failed: {e.Message}", e);
+        }
+    }
+
+    public void Dispose() => _handle.Dispose();
+}

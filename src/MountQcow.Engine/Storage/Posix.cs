@@ -1,0 +1,41 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+
+namespace MountQcow.Storage;
+
+/// <summary>The few libc calls the storage layer needs that .NET does not wrap.</summary>
+internal static partial class Posix
+{
+    private const int SEEK_END = 2;
+    private const int SEEK_DATA = 3;
+    private const int SEEK_HOLE = 4;
+    private const int FALLOC_FL_KEEP_SIZE = 0x01;
+    private const int FALLOC_FL_PUNCH_HOLE = 0x02;
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial long lseek(SafeFileHandle fd, long offset, int whence);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fallocate(SafeFileHandle fd, int mode, long offset, long length);
+
+    /// <summary>The size of a file or block device, by seeking to its end.</summary>
+    public static long SeekEnd(SafeFileHandle fd) => OperatingSystem.IsLinux() ? Math.Max(0, lseek(fd, 0, SEEK_END)) : 0;
+
+    /// <summary>
+    /// Where the data run or hole containing <paramref name="offset"/> ends, using SEEK_HOLE and
+    /// SEEK_DATA; null where the file system cannot tell.
+    /// </summary>
+    public static (bool IsData, long End)? ProbeHole(SafeFileHandle fd, long offset, long fileLength)
+    {
+        if (!OperatingSystem.IsLinux() || offset >= fileLength) return null;
+        long data = lseek(fd, offset, SEEK_DATA);
+        if (data < 0) return Marshal.GetLastPInvokeError() == 6 /* ENXIO: only a hole follows */ ? (false, fileLength) : null;
+        if (data > offset) return (false, data);
+        long hole = lseek(fd, offset, SEEK_HOLE);
+        return hole < 0 ? null : (true, Math.Min(hole, fileLength));
+    }
+
+    /// <summary>Releases the storage of a byte range, keeping the file's size; false where unsupported.</summary>
+    public static bool PunchHole(SafeFileHandle fd, long offset, long length) =>
+        OperatingSystem.IsLinux() && fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0;
+}

@@ -1,0 +1,64 @@
+using System.Diagnostics;
+using MountQcow.Qcow2;
+using MountQcow.Storage;
+
+namespace MountQcow.Host;
+
+/// <summary>`mountqcow export IMAGE OUTPUT`: the virtual disk as raw bytes, sparse in a file, whole on a device.</summary>
+internal static class ExportCommand
+{
+    public static int Run(ExportOptions o)
+    {
+        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn });
+        bool created = !File.Exists(o.Output);
+        var (target, zeroed) = OpenTarget(o.Output, image.Length, o.Force);
+        var clock = Stopwatch.StartNew();
+        using var cancel = Cli.CancelOnCtrlC();
+        try
+        {
+            using (target)
+            {
+                var copy = new BlockCopy(image, target, new CopyOptions { TargetIsZeroed = zeroed });
+                ProgressView.Run("exporting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress);
+                Console.Error.WriteLine(
+                    $"exported {Units.Bytes(image.Length)} ({Units.Bytes(copy.Written)} of data) to {o.Output} in {clock.Elapsed.TotalSeconds:0.0} s");
+            }
+        }
+        catch when (created)
+        {
+            File.Delete(o.Output); // never leave a half-written file behind that looks complete
+            throw;
+        }
+        return Program.Ok;
+    }
+
+    /// <summary>Opens the output: a new sparse file (zeroed), a regular file with --force, or a block device.</summary>
+    private static (FileBlockDevice Target, bool Zeroed) OpenTarget(string path, long size, bool force)
+    {
+        if (Directory.Exists(path)) throw new UserError($"{path} is a directory");
+        if (!File.Exists(path))
+        {
+            var created = FileBlockDevice.Create(path, overwrite: false);
+            created.SetLength(size);
+            return (created, true);
+        }
+        var existing = FileBlockDevice.Open(path, writable: true);
+        if (existing.IsBlockDevice)
+        {
+            if (existing.Length < size)
+            {
+                existing.Dispose();
+                throw new UserError($"{path} holds {existing.Length} bytes, less than the disk's {size}");
+            }
+            return (existing, false);
+        }
+        if (!force)
+        {
+            existing.Dispose();
+            throw new UserError($"{path} already exists (use --force to overwrite it)");
+        }
+        existing.SetLength(0);
+        existing.SetLength(size);
+        return (existing, true);
+    }
+}

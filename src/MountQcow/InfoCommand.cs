@@ -1,0 +1,90 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using MountQcow.Qcow2;
+
+namespace MountQcow.Host;
+
+/// <summary>What `mountqcow info` reports, in the shape its JSON takes.</summary>
+internal sealed record ImageInfo(
+    string Image,
+    string Format,
+    int Version,
+    long VirtualSize,
+    long FileSize,
+    int ClusterSize,
+    string Compression,
+    int RefcountBits,
+    string[] Features,
+    bool Dirty,
+    bool Corrupt,
+    LayerInfo[] BackingChain,
+    string? DataFile,
+    bool DataFileRaw,
+    SnapshotInfo[] Snapshots,
+    int Bitmaps);
+
+internal sealed record LayerInfo(string Path, string Format, long VirtualSize);
+
+internal sealed record SnapshotInfo(string Id, string Name, DateTimeOffset Date, long VmStateSize, long DiskSize);
+
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, WriteIndented = true)]
+[JsonSerializable(typeof(ImageInfo))]
+internal sealed partial class InfoJson : JsonSerializerContext;
+
+internal static class InfoCommand
+{
+    public static int Run(InfoOptions o)
+    {
+        var warnings = new List<string>();
+        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = warnings.Add });
+        var info = Describe(image);
+        if (o.Json)
+        {
+            Console.WriteLine(JsonSerializer.Serialize(info, InfoJson.Default.ImageInfo));
+        }
+        else
+        {
+            foreach (string w in warnings) Console.Error.WriteLine($"mountqcow: warning: {w}");
+            Print(info);
+        }
+        return Program.Ok;
+    }
+
+    public static ImageInfo Describe(Qcow2Image image)
+    {
+        var h = image.Header;
+        var chain = image.Chain().Skip(1).Select(l => new LayerInfo(l.Path, l.Format, l.Device.Length)).ToArray();
+        return new ImageInfo(
+            image.Path, "qcow2", h.Version, h.VirtualSize, new FileInfo(image.Path).Length, h.ClusterSize,
+            h.CompressionType == CompressionType.Zstd ? "zstd" : "deflate",
+            h.RefcountBits, h.FeatureList().ToArray(), h.IsDirty, h.IsMarkedCorrupt, chain,
+            image.DataFilePath, h.Autoclear.HasFlag(AutoclearFeatures.RawExternalData),
+            image.Snapshots.Select(s => new SnapshotInfo(s.Id, s.Name, s.Date, s.VmStateSize, s.DiskSize)).ToArray(),
+            h.BitmapCount);
+    }
+
+    private static void Print(ImageInfo i)
+    {
+        void Line(string key, string value) => Console.WriteLine($"{key + ":",-16}{value}");
+        Line("image", i.Image);
+        Line("format", $"qcow2, version {i.Version}");
+        Line("virtual size", $"{Units.Bytes(i.VirtualSize)} ({i.VirtualSize} bytes)");
+        Line("file size", Units.Bytes(i.FileSize));
+        Line("cluster size", $"{i.ClusterSize} bytes");
+        Line("compression", i.Compression == "zstd" ? "zstd" : "deflate (zlib)");
+        Line("refcount bits", i.RefcountBits.ToString());
+        Line("features", i.Features.Length == 0 ? "none" : string.Join(", ", i.Features));
+        Line("state", i.Corrupt ? "marked corrupt (read-only)" : i.Dirty ? "dirty (refcounts may be stale)" : "clean");
+        if (i.BackingChain.Length == 0) Line("backing file", "none");
+        for (int n = 0; n < i.BackingChain.Length; n++)
+        {
+            var layer = i.BackingChain[n];
+            Line(n == 0 ? "backing chain" : "", $"{new string(' ', 2 * n)}{(n > 0 ? "└ " : "")}{layer.Path} ({layer.Format}, {Units.Bytes(layer.VirtualSize)})");
+        }
+        if (i.DataFile is not null) Line("data file", $"{i.DataFile}{(i.DataFileRaw ? " (a consistent raw image)" : "")}");
+        Line("snapshots", i.Snapshots.Length.ToString());
+        foreach (var s in i.Snapshots)
+            Line("", $"{s.Id,-4} {s.Name,-20} {s.Date.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC  vm state {Units.Bytes(s.VmStateSize)}");
+        if (i.Bitmaps > 0) Line("bitmaps", i.Bitmaps.ToString());
+    }
+}

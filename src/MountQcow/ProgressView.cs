@@ -1,0 +1,29 @@
+using Spectre.Console;
+
+namespace MountQcow.Host;
+
+/// <summary>Draws a progress bar on the terminal (stderr) while long work runs; silent when stderr is not a terminal.</summary>
+internal static class ProgressView
+{
+    public static void Run(string label, long total, Func<long> done, Action work, bool enabled)
+    {
+        if (!enabled || Console.IsErrorRedirected || total == 0)
+        {
+            work();
+            return;
+        }
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+        var task = Task.Factory.StartNew(work, TaskCreationOptions.LongRunning);
+        console.Progress()
+            .AutoClear(true)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(),
+                new TransferSpeedColumn(), new RemainingTimeColumn())
+            .Start(ctx =>
+            {
+                var bar = ctx.AddTask(label, maxValue: total);
+                while (!task.Wait(100)) bar.Value = done();
+                bar.Value = done();
+            });
+        task.GetAwaiter().GetResult();
+    }
+}
