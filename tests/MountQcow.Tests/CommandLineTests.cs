@@ -1,0 +1,143 @@
+using System.Text.Json;
+using Xunit;
+
+namespace MountQcow.Tests;
+
+/// <summary>The info and export verbs, their output, errors and exit codes.</summary>
+public sealed class CommandLineTests : IDisposable
+{
+    private readonly ImageBuilder _b = new();
+
+    public void Dispose() => _b.Dispose();
+
+    private string SmallImage(string name = "small.qcow2", string options = "")
+    {
+        string image = _b.Create(name, "20M", options);
+        _b.Write(image, 1000, 300_000, Fill.Random, 1);
+        _b.Write(image, (20 << 20) - 1, 1, Fill.Text, 2);
+        return image;
+    }
+
+    private static void AssertOneLineError(Run.Result r, string expected)
+    {
+        Assert.Equal(1, r.ExitCode);
+        Assert.Equal("", r.Stdout);
+        string line = Assert.Single(r.Stderr.TrimEnd('\n').Split('\n'));
+        Assert.StartsWith("mountqcow: ", line);
+        Assert.Contains(expected, line);
+        Assert.DoesNotContain("   at ", r.Stderr);
+    }
+
+    [QemuFact]
+    public void InfoPrintsTheImagesFacts()
+    {
+        string baseImage = SmallImage("info-base.qcow2");
+        string image = _b.Create("info.qcow2", "", "compression_type=zstd,lazy_refcounts=on,cluster_size=16384", backing: "info-base.qcow2");
+        var r = HostProcess.Run("info", image);
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("qcow2, version 3", r.Stdout);
+        Assert.Contains("20 MiB (20971520 bytes)", r.Stdout);
+        Assert.Contains("16384 bytes", r.Stdout);
+        Assert.Contains("zstd", r.Stdout);
+        Assert.Contains("lazy refcounts", r.Stdout);
+        Assert.Contains($"{baseImage} (qcow2", r.Stdout);
+        Assert.Contains("state:          clean", r.Stdout);
+    }
+
+    [QemuFact]
+    public void InfoJsonIsMachineReadable()
+    {
+        string image = SmallImage(options: "extended_l2=on");
+        _b.Img("snapshot", "-c", "snap1", image);
+        var r = HostProcess.Run("info", "--json", image);
+        Assert.Equal(0, r.ExitCode);
+        using var json = JsonDocument.Parse(r.Stdout);
+        var root = json.RootElement;
+        Assert.Equal(3, root.GetProperty("version").GetInt32());
+        Assert.Equal(20 << 20, root.GetProperty("virtualSize").GetInt64());
+        Assert.Equal(65536, root.GetProperty("clusterSize").GetInt32());
+        Assert.Contains("extended L2 entries", root.GetProperty("features").EnumerateArray().Select(f => f.GetString()));
+        Assert.Equal("snap1", root.GetProperty("snapshots")[0].GetProperty("name").GetString());
+        Assert.False(root.GetProperty("dirty").GetBoolean());
+    }
+
+    [QemuFact]
+    public void ExportWritesWhatQemuImgConvertWrites()
+    {
+        string image = SmallImage();
+        string output = _b.PathOf("exported.raw");
+        var r = HostProcess.Run("export", image, output);
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("exported 20 MiB", r.Stderr);
+        Assert.Equal(File.ReadAllBytes(_b.Expected(image)), File.ReadAllBytes(output));
+    }
+
+    [QemuFact]
+    public void ExportRefusesToOverwriteWithoutForce()
+    {
+        string image = SmallImage();
+        string output = _b.PathOf("exists.raw");
+        File.WriteAllText(output, "precious");
+        AssertOneLineError(HostProcess.Run("export", image, output), "already exists (use --force");
+        Assert.Equal("precious", File.ReadAllText(output));
+        Assert.Equal(0, HostProcess.Run("export", "--force", image, output).ExitCode);
+        Assert.Equal(File.ReadAllBytes(_b.Expected(image)), File.ReadAllBytes(output));
+    }
+
+    [QemuFact]
+    public void ExportOfACorruptImageFailsAndLeavesNoOutput()
+    {
+        string image = SmallImage();
+        ImageBuilder.PokeU64(image, (long)ImageBuilder.ReadU64(image, 40), (1UL << 63) | 0x10200); // unaligned L2 table
+        string output = _b.PathOf("never.raw");
+        AssertOneLineError(HostProcess.Run("export", image, output), "L2 table offset 0x10200 unaligned (L1 index 0)");
+        Assert.False(File.Exists(output));
+    }
+
+    [Fact]
+    public void MissingFileIsOneLine() =>
+        AssertOneLineError(HostProcess.Run("info", "/nonexistent/vm.qcow2"), "/nonexistent/vm.qcow2: no such file");
+
+    [Fact]
+    public void NotQcow2IsOneLine()
+    {
+        string raw = _b.Raw("plain.raw", 1 << 20, (0, 512, Fill.Text, 1));
+        AssertOneLineError(HostProcess.Run("info", raw), "not a qcow2 image");
+    }
+
+    [QemuFact]
+    public void UnsupportedFeatureIsOneLine()
+    {
+        string image = SmallImage();
+        ImageBuilder.PokeU64(image, 72, 1UL << 50);
+        AssertOneLineError(HostProcess.Run("info", image), "unsupported: incompatible feature bit 50");
+    }
+
+    [QemuFact]
+    public void VerboseAddsTheStackTrace()
+    {
+        string image = SmallImage();
+        ImageBuilder.PokeU32(image, 20, 3);
+        var r = HostProcess.Run("info", "--verbose", image);
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("   at ", r.Stderr);
+    }
+
+    [Fact]
+    public void HelpListsTheVerbsAndExitsZero()
+    {
+        var r = HostProcess.Run("--help");
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("info", r.Stdout);
+        Assert.Contains("export", r.Stdout);
+        Assert.Contains("Exit status", r.Stdout);
+    }
+
+    [Fact]
+    public void WrongCommandLineExitsTwo()
+    {
+        var r = HostProcess.Run("export", "only-one-argument");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("OUTPUT", r.Stderr);
+    }
+}
