@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # build.sh          restore, build Release, publish the host to artifacts/mountqcow/mountqcow
+# build.sh demo     build, make a small demo image, mount it and read a partition's files
 # build.sh test     build, then run every test; the last line is "N passed, N failed"
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -21,6 +22,7 @@ need_packages() {
 }
 
 build() {
+  need_packages fuse3 || true  # mounting needs it; building does not
   dotnet build MountQcow.sln -c Release -nologo -clp:"ErrorsOnly;NoSummary" -v:q
   dotnet publish src/MountQcow/MountQcow.csproj -c Release --no-build -nologo -v:q -o artifacts/mountqcow >/dev/null
   echo "built artifacts/mountqcow/mountqcow"
@@ -45,8 +47,38 @@ run_tests() {
   [ "$failed" -eq 0 ]
 }
 
+demo() {
+  need_packages fuse3 qemu-utils e2fsprogs fdisk
+  build
+  local dir=$root/artifacts/demo mq=$root/artifacts/mountqcow/mountqcow
+  mkdir -p "$dir/mnt"
+  [ -f "$dir/demo.qcow2" ] || demo/make-demo.sh "$dir/demo.qcow2"
+  if mountpoint -q "$dir/mnt"; then fusermount3 -u "$dir/mnt" 2>/dev/null || umount "$dir/mnt"; fi
+  echo
+  echo "\$ mountqcow $dir/demo.qcow2 $dir/mnt"
+  "$mq" "$dir/demo.qcow2" "$dir/mnt"
+  echo "\$ ls -l $dir/mnt"
+  ls -l "$dir/mnt"
+  if [ "$(id -u)" -eq 0 ]; then
+    mkdir -p "$dir/p2"
+    mountpoint -q "$dir/p2" && umount "$dir/p2"
+    echo "\$ mount -o loop,ro $dir/mnt/p2.raw $dir/p2"
+    mount -o loop,ro "$dir/mnt/p2.raw" "$dir/p2"
+    echo "\$ ls -R $dir/p2/home"
+    ls -R "$dir/p2/home"
+    echo "\$ cat $dir/p2/home/demo/README.txt"
+    cat "$dir/p2/home/demo/README.txt"
+    umount "$dir/p2"
+  else
+    echo "to read the files inside: sudo mount -o loop,ro $dir/mnt/p2.raw /mnt"
+  fi
+  echo
+  echo "the demo image stays mounted at $dir/mnt; unmount it with: fusermount3 -u $dir/mnt"
+}
+
 case "$cmd" in
   build) build ;;
+  demo) demo ;;
   test) build && run_tests ;;
   *) sed -n '2,3p' "$0"; exit 2 ;;
 esac

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using MountQcow.Partitions;
 using MountQcow.Qcow2;
 
 namespace MountQcow.Host;
@@ -21,7 +22,12 @@ internal sealed record ImageInfo(
     string? DataFile,
     bool DataFileRaw,
     SnapshotInfo[] Snapshots,
-    int Bitmaps);
+    int Bitmaps,
+    PartitionsInfo Partitions);
+
+internal sealed record PartitionsInfo(string Scheme, int SectorSize, PartitionInfo[] Entries, string[] Warnings);
+
+internal sealed record PartitionInfo(int Number, string File, string Type, string TypeCode, long Start, long Size, string Name, bool Bootable);
 
 internal sealed record LayerInfo(string Path, string Format, long VirtualSize);
 
@@ -60,8 +66,14 @@ internal static class InfoCommand
             h.RefcountBits, h.FeatureList().ToArray(), h.IsDirty, h.IsMarkedCorrupt, chain,
             image.DataFilePath, h.Autoclear.HasFlag(AutoclearFeatures.RawExternalData),
             image.Snapshots.Select(s => new SnapshotInfo(s.Id, s.Name, s.Date, s.VmStateSize, s.DiskSize)).ToArray(),
-            h.BitmapCount);
+            h.BitmapCount,
+            DescribePartitions(PartitionReader.Read(image)));
     }
+
+    private static PartitionsInfo DescribePartitions(PartitionTable table) =>
+        new(table.Scheme.ToString().ToLowerInvariant(), table.SectorSize,
+            table.Partitions.Select(p => new PartitionInfo(p.Number, p.FileName, p.TypeName, p.TypeCode, p.Start, p.Length, p.Name, p.Bootable)).ToArray(),
+            table.Warnings.ToArray());
 
     private static void Print(ImageInfo i)
     {
@@ -86,5 +98,15 @@ internal static class InfoCommand
         foreach (var s in i.Snapshots)
             Line("", $"{s.Id,-4} {s.Name,-20} {s.Date.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC  vm state {Units.Bytes(s.VmStateSize)}");
         if (i.Bitmaps > 0) Line("bitmaps", i.Bitmaps.ToString());
+        var parts = i.Partitions;
+        Line("partitions", parts.Scheme == "none" ? "none (no partition table)"
+            : $"{parts.Scheme.ToUpperInvariant()}, {parts.SectorSize}-byte sectors, {parts.Entries.Length} partition{(parts.Entries.Length == 1 ? "" : "s")}");
+        if (parts.Entries.Length > 0)
+        {
+            Console.WriteLine($"  {"file",-8} {"start",14} {"size",10}  {"type",-24} name");
+            foreach (var p in parts.Entries)
+                Console.WriteLine($"  {p.File,-8} {p.Start,14} {Units.Bytes(p.Size),10}  {p.Type + (p.Bootable ? " *" : ""),-24} {p.Name}");
+        }
+        foreach (string w in parts.Warnings) Console.WriteLine($"  warning: {w}");
     }
 }

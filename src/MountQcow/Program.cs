@@ -17,11 +17,14 @@ internal static class Program
             s.CaseInsensitiveEnumValues = true;
             s.AutoVersion = true;
         });
-        var result = parser.ParseArguments<InfoOptions, ExportOptions>(args);
+        // With no arguments at all, show the overview (and fail) rather than the default verb's complaint.
+        bool empty = args.Length == 0;
+        var result = parser.ParseArguments<MountOptions, InfoOptions, ExportOptions>(empty ? ["help"] : args);
         return result.MapResult(
+            (MountOptions o) => Run(o, () => MountCommand.Run(o, args)),
             (InfoOptions o) => Run(o, () => InfoCommand.Run(o)),
             (ExportOptions o) => Run(o, () => ExportCommand.Run(o)),
-            errors => ShowHelp(result, errors));
+            errors => ShowHelp(result, errors, failed: empty));
     }
 
     private static int Run(CommonOptions options, Func<int> command)
@@ -30,7 +33,7 @@ internal static class Program
         {
             return command();
         }
-        catch (Exception e) when (e is ImageException or IOException or UnauthorizedAccessException or UserError)
+        catch (Exception e) when (e is ImageException or IOException or UnauthorizedAccessException or UserError or Fuse.FuseException)
         {
             Console.Error.WriteLine($"mountqcow: {e.Message}");
             if (options.Verbose) Console.Error.WriteLine(e);
@@ -43,10 +46,11 @@ internal static class Program
         }
     }
 
-    private static int ShowHelp(ParserResult<object> result, IEnumerable<Error> errors)
+    private static int ShowHelp(ParserResult<object> result, IEnumerable<Error> errors, bool failed)
     {
         var list = errors.ToList();
-        bool asked = list.IsHelp() || list.IsVersion();
+        bool asked = (list.IsHelp() || list.IsVersion()) && !failed;
+        string? usage = result.TypeInfo.Current is { } verb && s_usage.TryGetValue(verb, out string? u) ? u : null;
         var help = list.IsVersion()
             ? new HelpText(HeadingInfo.Default)
             : HelpText.AutoBuild(result, h =>
@@ -56,6 +60,7 @@ internal static class Program
                 h.AddDashesToOption = true;
                 h.AdditionalNewLineAfterOption = false;
                 h.MaximumDisplayWidth = 100;
+                if (usage is not null) h.AddPreOptionsLine($"usage: {usage}");
                 h.AddPostOptionsLines(Examples);
                 return HelpText.DefaultParsingErrorsHandler(result, h);
             }, e => e, verbsIndex: true);
@@ -63,13 +68,23 @@ internal static class Program
         return asked ? Ok : Usage;
     }
 
+    private static readonly Dictionary<Type, string> s_usage = new()
+    {
+        [typeof(MountOptions)] = "mountqcow [mount] IMAGE MOUNTPOINT [-f] [--rw] [-o OPTIONS]",
+        [typeof(InfoOptions)] = "mountqcow info IMAGE [--json]",
+        [typeof(ExportOptions)] = "mountqcow export IMAGE OUTPUT [--force]",
+    };
+
     private static readonly string[] Examples =
     [
         "Examples:",
-        "  mountqcow info vm.qcow2",
-        "  mountqcow export vm.qcow2 vm.raw",
+        "  mountqcow vm.qcow2 /mnt/vm                    mount: /mnt/vm/disk.raw, p1.raw, ...",
+        "  sudo mount -o loop,ro /mnt/vm/p1.raw /mnt/p1  then read a partition's files",
+        "  fusermount3 -u /mnt/vm                        unmount (umount as root)",
+        "  mountqcow info vm.qcow2                       what the image is",
+        "  mountqcow export vm.qcow2 vm.raw              the disk as a sparse raw file",
         "",
-        "Exit status: 0 success, 1 failure (bad image, I/O error), 2 wrong command line.",
+        "Exit status: 0 success, 1 failure (bad image, I/O error, mount refused), 2 wrong command line.",
     ];
 }
 

@@ -27,12 +27,38 @@ public static class Requirements
         : FindTool("fusermount3") is null ? "fuse3 not installed (apt-get install fuse3)"
         : null;
 
+    /// <summary>
+    /// Why a named need is missing, or null: a program on PATH, or "root", "fuse", "qemu",
+    /// "cc" (gcc with the libfuse3 headers).
+    /// </summary>
+    public static string? Missing(string need) => need switch
+    {
+        "root" => MissingRoot,
+        "fuse" => MissingFuse,
+        "qemu" => MissingQemu,
+        "cc" => FindTool("gcc") is null ? "gcc not installed"
+            : !File.Exists("/usr/include/fuse3/fuse.h") ? "libfuse3 headers not installed (apt-get install libfuse3-dev)" : null,
+        _ => FindTool(need) is null ? $"{need} not installed" : null,
+    };
+
     /// <summary>The skip reason for a set of needs, or null when the test must run.</summary>
     public static string? SkipReason(params string?[] missing)
     {
         string? reason = missing.FirstOrDefault(m => m is not null);
         return reason is null || Strict ? null : reason;
     }
+}
+
+/// <summary>A fact that needs the named programs or capabilities (see <see cref="Requirements.Missing"/>).</summary>
+public sealed class NeedsFactAttribute : FactAttribute
+{
+    public NeedsFactAttribute(params string[] needs) => Skip = Requirements.SkipReason(needs.Select(Requirements.Missing).ToArray());
+}
+
+/// <summary>A theory that needs the named programs or capabilities.</summary>
+public sealed class NeedsTheoryAttribute : TheoryAttribute
+{
+    public NeedsTheoryAttribute(params string[] needs) => Skip = Requirements.SkipReason(needs.Select(Requirements.Missing).ToArray());
 }
 
 /// <summary>A fact that needs qemu-img and qemu-io.</summary>

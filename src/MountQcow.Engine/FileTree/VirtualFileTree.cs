@@ -1,0 +1,225 @@
+using System.Text;
+using MountQcow.Partitions;
+using MountQcow.Storage;
+
+namespace MountQcow.FileTree;
+
+/// <summary>
+/// The outcome of a file operation, in words every backend understands; FUSE maps it to an
+/// errno, Dokan to an NTSTATUS.
+/// </summary>
+public enum FsStatus
+{
+    Ok,
+    NotFound,
+    IsDirectory,
+    ReadOnly,
+    NotPermitted,
+    InvalidArgument,
+    IoError,
+    NoSpace,
+    FileTooLarge,
+    NoData,
+    NotSupported,
+}
+
+/// <summary>A refusal with a status (reading past the end of the data for SEEK_DATA, a size change, ...).</summary>
+public sealed class FileTreeException(FsStatus status, string message) : Exception(message)
+{
+    public FsStatus Status { get; } = status;
+}
+
+/// <summary>
+/// One file of a mount: the whole disk or one partition, a window on a block device.
+/// Every operation is safe from many threads at once.
+/// </summary>
+public sealed class VirtualFile
+{
+    private long _allocated = -1;
+
+    internal VirtualFile(string name, IBlockDevice device, bool writable, Partition? partition)
+    {
+        Name = name;
+        NameUtf8 = Encoding.UTF8.GetBytes(name);
+        Device = device;
+        Writable = writable;
+        Partition = partition;
+    }
+
+    public string Name { get; }
+
+    /// <summary>The name in UTF-8, for backends that compare native strings without allocating.</summary>
+    public byte[] NameUtf8 { get; }
+
+    public IBlockDevice Device { get; }
+
+    public bool Writable { get; }
+
+    /// <summary>The partition this file shows; null for the whole disk.</summary>
+    public Partition? Partition { get; }
+
+    public long Length => Device.Length;
+
+    /// <summary>
+    /// Bytes that hold data (not holes), once the allocation scan has counted them; -1 before.
+    /// It is counted once per mount, so writes made since do not change it.
+    /// </summary>
+    public long AllocatedBytes => Volatile.Read(ref _allocated);
+
+    /// <summary>Reads up to <paramref name="buffer"/>.Length bytes at <paramref name="offset"/>; fewer at the end of the file.</summary>
+    public int Read(Span<byte> buffer, long offset)
+    {
+        if (offset < 0) throw new FileTreeException(FsStatus.InvalidArgument, "negative offset");
+        if (offset >= Length) return 0;
+        int n = (int)Math.Min(buffer.Length, Length - offset);
+        Device.ReadAt(buffer[..n], offset);
+        return n;
+    }
+
+    /// <summary>Writes inside the file; a write past its end is refused, since the disk has a fixed size.</summary>
+    public void Write(ReadOnlySpan<byte> data, long offset)
+    {
+        if (!Writable) throw new FileTreeException(FsStatus.ReadOnly, $"{Name} is read-only");
+        if (offset < 0) throw new FileTreeException(FsStatus.InvalidArgument, "negative offset");
+        if (offset > Length || data.Length > Length - offset)
+            throw new FileTreeException(FsStatus.FileTooLarge, $"{Name} has a fixed size of {Length} bytes");
+        Device.WriteAt(data, offset);
+    }
+
+    /// <summary>Makes a range read as zeros and releases its storage where the image can (punching a hole).</summary>
+    public void Discard(long offset, long length)
+    {
+        if (!Writable) throw new FileTreeException(FsStatus.ReadOnly, $"{Name} is read-only");
+        if (offset < 0 || length < 0 || offset > Length) throw new FileTreeException(FsStatus.InvalidArgument, "range outside the file");
+        Device.WriteZeros(offset, Math.Min(length, Length - offset), discard: true);
+    }
+
+    /// <summary>Size changes are refused: the virtual disk and its partitions have fixed sizes.</summary>
+    public void Resize(long length)
+    {
+        if (length != Length)
+            throw new FileTreeException(FsStatus.NotPermitted, $"{Name} has a fixed size of {Length} bytes");
+    }
+
+    /// <summary>
+    /// SEEK_DATA (<paramref name="data"/> true) or SEEK_HOLE from <paramref name="offset"/>,
+    /// answered from the image's cluster map. The end of the file counts as a hole.
+    /// </summary>
+    public long Seek(long offset, bool data)
+    {
+        if (offset < 0 || offset >= Length)
+            throw new FileTreeException(FsStatus.NoData, "offset at or past the end of the file");
+        for (long at = offset; at < Length;)
+        {
+            var extent = Device.GetExtent(at, Length - at);
+            if ((extent.Kind == ExtentKind.Data) == data) return at;
+            at += Math.Max(1, extent.Length);
+        }
+        if (data) throw new FileTreeException(FsStatus.NoData, "no data after the offset");
+        return Length;
+    }
+
+    /// <summary>Makes completed writes durable.</summary>
+    public void Flush() => Device.Flush();
+
+    /// <summary>Counts the bytes of the file that hold data.</summary>
+    internal void CountAllocation(CancellationToken cancel)
+    {
+        long total = 0;
+        for (long at = 0; at < Length && !cancel.IsCancellationRequested;)
+        {
+            var extent = Device.GetExtent(at, Length - at);
+            long n = Math.Max(1, extent.Length);
+            if (extent.Kind == ExtentKind.Data) total += n;
+            at += n;
+        }
+        if (!cancel.IsCancellationRequested) Volatile.Write(ref _allocated, total);
+    }
+}
+
+/// <summary>
+/// What a mount shows, independent of FUSE or Dokan: <c>disk.raw</c> (the whole virtual disk)
+/// and <c>pN.raw</c> for each partition, numbered as Linux numbers them.
+/// </summary>
+public sealed class VirtualFileTree : IDisposable
+{
+    private readonly CancellationTokenSource _stop = new();
+    private int _scanStarted;
+
+    private VirtualFileTree(IReadOnlyList<VirtualFile> files, PartitionTable table, bool writable, DateTimeOffset modified)
+    {
+        Files = files;
+        Partitions = table;
+        Writable = writable;
+        Modified = modified;
+    }
+
+    public const string DiskFileName = "disk.raw";
+
+    public IReadOnlyList<VirtualFile> Files { get; }
+
+    public PartitionTable Partitions { get; }
+
+    public bool Writable { get; }
+
+    /// <summary>The time every file shows as modified (the image file's own).</summary>
+    public DateTimeOffset Modified { get; }
+
+    /// <summary>Total bytes of all files.</summary>
+    public long TotalBytes => Files.Sum(f => f.Length);
+
+    /// <summary>Builds the tree for a disk: reads its partition table and makes one file per partition.</summary>
+    public static VirtualFileTree Create(IBlockDevice disk, bool writable, DateTimeOffset modified)
+    {
+        var table = PartitionReader.Read(disk);
+        var files = new List<VirtualFile> { new(DiskFileName, disk, writable, null) };
+        foreach (var p in table.Partitions)
+            files.Add(new VirtualFile(p.FileName, new SliceBlockDevice(disk, p.Start, p.Length, writable), writable, p));
+        return new VirtualFileTree(files, table, writable, modified);
+    }
+
+    /// <summary>The file with this UTF-8 name (no slashes), or null.</summary>
+    public VirtualFile? Find(ReadOnlySpan<byte> utf8Name)
+    {
+        foreach (var f in Files)
+            if (utf8Name.SequenceEqual(f.NameUtf8)) return f;
+        return null;
+    }
+
+    public VirtualFile? Find(string name) => Files.FirstOrDefault(f => f.Name == name);
+
+    /// <summary>Starts counting allocated bytes of every file on a background thread (once).</summary>
+    public void StartAllocationScan()
+    {
+        if (Interlocked.Exchange(ref _scanStarted, 1) == 1) return;
+        new Thread(() =>
+        {
+            try
+            {
+                foreach (var f in Files) f.CountAllocation(_stop.Token);
+            }
+            catch (Exception)
+            {
+                // A damaged image shows its errors on read; sizes on disk just stay estimates.
+            }
+        }) { IsBackground = true, Name = "allocation scan", Priority = ThreadPriority.BelowNormal }.Start();
+    }
+
+    /// <summary>Classifies an exception from a file operation, for the backend's single catch.</summary>
+    public static FsStatus StatusOf(Exception e) => e switch
+    {
+        FileTreeException f => f.Status,
+        ImageException { InnerException: IOException { HResult: 28 } } => FsStatus.NoSpace, // ENOSPC
+        IOException { HResult: 28 } => FsStatus.NoSpace,
+        ImageException or IOException => FsStatus.IoError,
+        NotSupportedException => FsStatus.ReadOnly,
+        ArgumentException => FsStatus.InvalidArgument,
+        _ => FsStatus.IoError,
+    };
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _stop.Dispose();
+    }
+}

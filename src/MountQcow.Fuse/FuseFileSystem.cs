@@ -1,0 +1,390 @@
+using System.Runtime.InteropServices;
+using MountQcow.FileTree;
+
+namespace MountQcow.Fuse;
+
+/// <summary>
+/// Serves a <see cref="VirtualFileTree"/> through libfuse's high-level API: a flat folder of
+/// files. Callbacks are static unmanaged functions; each has one catch that maps the
+/// exception to an errno. One file system per process.
+/// </summary>
+internal static unsafe class FuseFileSystem
+{
+    private const int ENOENT = 2, EIO = 5, ENXIO = 6, EISDIR = 21, EINVAL = 22, EFBIG = 27, ENOSPC = 28,
+        EROFS = 30, EPERM = 1, EOPNOTSUPP = 95;
+    private const int O_ACCMODE = 3, O_RDONLY = 0;
+    private const int SEEK_DATA = 3, SEEK_HOLE = 4;
+    private const int W_OK = 2;
+    private const uint S_IFDIR = 0x4000, S_IFREG = 0x8000;
+    private const int FALLOC_FL_KEEP_SIZE = 0x01, FALLOC_FL_PUNCH_HOLE = 0x02, FALLOC_FL_ZERO_RANGE = 0x10;
+    private const int MaxRequest = 1 << 20; // 1 MiB reads and writes: the kernel's largest FUSE request
+
+    private static VirtualFileTree s_tree = null!;
+    private static Action<string>? s_log;
+    private static uint s_uid, s_gid;
+    private static long s_mtimeSeconds;
+
+    /// <summary>The operations table, pointing at this class's callbacks.</summary>
+    public static fuse_operations Operations(VirtualFileTree tree, Action<string>? log)
+    {
+        s_tree = tree;
+        s_log = log;
+        s_uid = LibFuse3.getuid();
+        s_gid = LibFuse3.getgid();
+        s_mtimeSeconds = tree.Modified.ToUnixTimeSeconds();
+        return new fuse_operations
+        {
+            getattr = (nint)(delegate* unmanaged<byte*, void*, fuse_file_info*, int>)&GetAttr,
+            truncate = (nint)(delegate* unmanaged<byte*, long, fuse_file_info*, int>)&Truncate,
+            open = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Open,
+            read = (nint)(delegate* unmanaged<byte*, byte*, nuint, long, fuse_file_info*, int>)&Read,
+            write = (nint)(delegate* unmanaged<byte*, byte*, nuint, long, fuse_file_info*, int>)&Write,
+            statfs = (nint)(delegate* unmanaged<byte*, statvfs*, int>)&StatFs,
+            flush = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Flush,
+            release = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Release,
+            fsync = (nint)(delegate* unmanaged<byte*, int, fuse_file_info*, int>)&FSync,
+            opendir = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&OpenDir,
+            readdir = (nint)(delegate* unmanaged<byte*, void*, nint, long, fuse_file_info*, int, int>)&ReadDir,
+            releasedir = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Release,
+            init = (nint)(delegate* unmanaged<fuse_conn_info*, fuse_config*, void*>)&Init,
+            access = (nint)(delegate* unmanaged<byte*, int, int>)&Access,
+            fallocate = (nint)(delegate* unmanaged<byte*, int, long, long, fuse_file_info*, int>)&FAllocate,
+            lseek = (nint)(delegate* unmanaged<byte*, long, int, fuse_file_info*, long>)&LSeek,
+        };
+    }
+
+    public static int Errno(FsStatus status) => status switch
+    {
+        FsStatus.Ok => 0,
+        FsStatus.NotFound => ENOENT,
+        FsStatus.IsDirectory => EISDIR,
+        FsStatus.ReadOnly => EROFS,
+        FsStatus.NotPermitted => EPERM,
+        FsStatus.InvalidArgument => EINVAL,
+        FsStatus.NoSpace => ENOSPC,
+        FsStatus.FileTooLarge => EFBIG,
+        FsStatus.NoData => ENXIO,
+        FsStatus.NotSupported => EOPNOTSUPP,
+        _ => EIO,
+    };
+
+    /// <summary>The single catch of every callback: classify, log what is unexpected, return -errno.</summary>
+    private static int Fail(Exception e, string operation)
+    {
+        var status = VirtualFileTree.StatusOf(e);
+        if (status == FsStatus.IoError) s_log?.Invoke($"{operation}: {e.Message}");
+        return -Errno(status);
+    }
+
+    // Paths are "/" or "/name"; the file is found without allocating.
+    private static VirtualFile? FileAt(byte* path, out bool isRoot)
+    {
+        var span = MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path);
+        isRoot = span.Length == 1 && span[0] == (byte)'/';
+        return span.Length > 1 && span[0] == (byte)'/' ? s_tree.Find(span[1..]) : null;
+    }
+
+    // With nullpath_ok the path may be null when a file handle is given: fh is the file's index + 1.
+    private static VirtualFile? FileOf(byte* path, fuse_file_info* fi)
+    {
+        if (fi != null && fi->fh != 0 && fi->fh <= (ulong)s_tree.Files.Count) return s_tree.Files[(int)fi->fh - 1];
+        return path == null ? null : FileAt(path, out _);
+    }
+
+    [UnmanagedCallersOnly]
+    private static void* Init(fuse_conn_info* conn, fuse_config* cfg)
+    {
+        try
+        {
+            conn->max_read = MaxRequest;
+            conn->max_write = MaxRequest; // libfuse derives the kernel's max_pages from max_write
+            conn->max_readahead = Math.Min(conn->max_readahead, (uint)MaxRequest);
+            conn->want |= conn->capable & (fuse_conn_info.FUSE_CAP_ASYNC_READ | fuse_conn_info.FUSE_CAP_PARALLEL_DIROPS);
+            if (!s_tree.Writable)
+            {
+                // Nothing changes under a read-only mount: keep pages and attributes cached.
+                cfg->kernel_cache = 1;
+                cfg->entry_timeout = cfg->attr_timeout = cfg->negative_timeout = 86400;
+            }
+            else
+            {
+                cfg->entry_timeout = cfg->attr_timeout = 1;
+            }
+            cfg->nullpath_ok = 1;
+            cfg->use_ino = 0;
+        }
+        catch (Exception e)
+        {
+            Fail(e, "init");
+        }
+        return null;
+    }
+
+    [UnmanagedCallersOnly]
+    private static int GetAttr(byte* path, void* stat, fuse_file_info* fi)
+    {
+        try
+        {
+            var file = FileOf(path, fi);
+            if (file is null)
+            {
+                FileAt(path, out bool root);
+                if (!root) return -ENOENT;
+                FillStat(stat, S_IFDIR | (s_tree.Writable ? 0x1edu : 0x16du), 2, 0, 0); // 0755 / 0555
+                return 0;
+            }
+            long allocated = file.AllocatedBytes;
+            if (allocated < 0)
+            {
+                s_tree.StartAllocationScan();
+                allocated = file.Length; // until the scan has counted
+            }
+            FillStat(stat, S_IFREG | (file.Writable ? 0x1a4u : 0x124u), 1, file.Length, (allocated + 511) / 512); // 0644 / 0444
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "getattr");
+        }
+    }
+
+    private static void FillStat(void* stat, uint mode, uint links, long size, long blocks)
+    {
+        if (RuntimeInformation.ProcessArchitecture == Architecture.Arm64)
+        {
+            var s = (stat_arm64*)stat;
+            *s = default;
+            s->st_mode = mode;
+            s->st_nlink = links;
+            s->st_uid = s_uid;
+            s->st_gid = s_gid;
+            s->st_size = size;
+            s->st_blksize = MaxRequest;
+            s->st_blocks = blocks;
+            s->st_atim = s->st_mtim = s->st_ctim = s_mtimeSeconds;
+        }
+        else
+        {
+            var s = (stat_x64*)stat;
+            *s = default;
+            s->st_mode = mode;
+            s->st_nlink = links;
+            s->st_uid = s_uid;
+            s->st_gid = s_gid;
+            s->st_size = size;
+            s->st_blksize = MaxRequest; // tools size their buffers from this
+            s->st_blocks = blocks;
+            s->st_atim = s->st_mtim = s->st_ctim = s_mtimeSeconds;
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    private static int Open(byte* path, fuse_file_info* fi)
+    {
+        try
+        {
+            var file = FileAt(path, out bool root);
+            if (file is null) return root ? -EISDIR : -ENOENT;
+            if ((fi->flags & O_ACCMODE) != O_RDONLY && !file.Writable) return -EROFS;
+            fi->fh = (ulong)IndexOf(file) + 1;
+            if (!file.Writable) fi->bits |= fuse_file_info.KeepCache;
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "open");
+        }
+    }
+
+    private static int IndexOf(VirtualFile file)
+    {
+        for (int i = 0; i < s_tree.Files.Count; i++)
+            if (ReferenceEquals(s_tree.Files[i], file)) return i;
+        return -1;
+    }
+
+    [UnmanagedCallersOnly]
+    private static int Read(byte* path, byte* buffer, nuint size, long offset, fuse_file_info* fi)
+    {
+        try
+        {
+            var file = FileOf(path, fi);
+            if (file is null) return -ENOENT;
+            return file.Read(new Span<byte>(buffer, (int)Math.Min(size, MaxRequest)), offset);
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "read");
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    private static int Write(byte* path, byte* buffer, nuint size, long offset, fuse_file_info* fi)
+    {
+        try
+        {
+            var file = FileOf(path, fi);
+            if (file is null) return -ENOENT;
+            int n = (int)Math.Min(size, int.MaxValue);
+            file.Write(new ReadOnlySpan<byte>(buffer, n), offset);
+            return n;
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "write");
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    private static int Truncate(byte* path, long length, fuse_file_info* fi)
+    {
+        try
+        {
+            var file = FileOf(path, fi);
+            if (file is null) return -ENOENT;
+            if (!file.Writable) return -EROFS;
+            file.Resize(length);
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "truncate");
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    private static int FAllocate(byte* path, int mode, long offset, long length, fuse_file_info* fi)
+    {
+        try
+        {
+            var file = FileOf(path, fi);
+            if (file is null) return -ENOENT;
+            if ((mode & FALLOC_FL_PUNCH_HOLE) != 0 || (mode & FALLOC_FL_ZERO_RANGE) != 0)
+            {
+                file.Discard(offset, length);
+                return 0;
+            }
+            // Plain allocation: the space exists already unless it would grow the file.
+            if ((mode & ~FALLOC_FL_KEEP_SIZE) != 0) return -EOPNOTSUPP;
+            return offset + length > file.Length && (mode & FALLOC_FL_KEEP_SIZE) == 0 ? -EFBIG : 0;
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "fallocate");
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    private static int FSync(byte* path, int dataOnly, fuse_file_info* fi)
+    {
+        try
+        {
+            var file = FileOf(path, fi);
+            if (file is null) return -ENOENT;
+            file.Flush();
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "fsync");
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    private static int Flush(byte* path, fuse_file_info* fi) => 0;
+
+    [UnmanagedCallersOnly]
+    private static int Release(byte* path, fuse_file_info* fi) => 0;
+
+    [UnmanagedCallersOnly]
+    private static int OpenDir(byte* path, fuse_file_info* fi)
+    {
+        try
+        {
+            FileAt(path, out bool root);
+            return root ? 0 : -ENOENT;
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "opendir");
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    private static int ReadDir(byte* path, void* buffer, nint filler, long offset, fuse_file_info* fi, int flags)
+    {
+        try
+        {
+            var fill = (delegate* unmanaged<void*, byte*, void*, long, int, int>)filler;
+            byte* dot = stackalloc byte[] { (byte)'.', 0, (byte)'.', (byte)'.', 0 };
+            fill(buffer, dot, null, 0, 0);
+            fill(buffer, dot + 2, null, 0, 0);
+            Span<byte> name = stackalloc byte[256];
+            foreach (var file in s_tree.Files)
+            {
+                file.NameUtf8.CopyTo(name);
+                name[file.NameUtf8.Length] = 0;
+                fixed (byte* n = name) fill(buffer, n, null, 0, 0);
+            }
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "readdir");
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    private static int StatFs(byte* path, statvfs* st)
+    {
+        try
+        {
+            *st = default;
+            const uint block = 4096;
+            st->f_bsize = st->f_frsize = block;
+            st->f_blocks = (ulong)(s_tree.Files[0].Length + block - 1) / block;
+            st->f_files = (ulong)s_tree.Files.Count + 1;
+            st->f_namemax = 255;
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "statfs");
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    private static int Access(byte* path, int mask)
+    {
+        try
+        {
+            var file = FileAt(path, out bool root);
+            if (file is null && !root) return -ENOENT;
+            return (mask & W_OK) != 0 && !s_tree.Writable ? -EROFS : 0;
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "access");
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    private static long LSeek(byte* path, long offset, int whence, fuse_file_info* fi)
+    {
+        try
+        {
+            var file = FileOf(path, fi);
+            if (file is null) return -ENOENT;
+            return whence switch
+            {
+                SEEK_DATA => file.Seek(offset, data: true),
+                SEEK_HOLE => file.Seek(offset, data: false),
+                _ => -EINVAL, // the kernel answers SEEK_SET, SEEK_CUR and SEEK_END itself
+            };
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "lseek");
+        }
+    }
+}

@@ -1,0 +1,153 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using System.Text;
+using MountQcow.FileTree;
+
+namespace MountQcow.Fuse;
+
+/// <summary>FUSE cannot be used, or refused the mount; the message says why.</summary>
+public sealed class FuseException(string message) : Exception(message);
+
+/// <summary>How to mount.</summary>
+public sealed record FuseOptions
+{
+    /// <summary>Options for the kernel and libfuse, as in <c>-o a,b=c</c>.</summary>
+    public IReadOnlyList<string> MountOptions { get; init; } = [];
+
+    /// <summary>Print every FUSE request (libfuse's -d).</summary>
+    public bool Debug { get; init; }
+
+    /// <summary>Use a /dev/fuse descriptor per worker thread.</summary>
+    public bool CloneFd { get; init; } = true;
+
+    /// <summary>Receives errors met while serving (an I/O error on a read, say).</summary>
+    public Action<string>? Log { get; init; }
+}
+
+/// <summary>
+/// A FUSE mount of a <see cref="VirtualFileTree"/>: created mounted, served by <see cref="Run"/>
+/// until it is unmounted (by <see cref="RequestUnmount"/>, fusermount3 -u or umount), then disposed.
+/// </summary>
+public sealed unsafe class FuseMount : IDisposable
+{
+    private static int s_instances;
+    private nint _fuse;
+    private fuse_operations* _ops;
+    private int _unmountRequested;
+
+    private FuseMount(string mountpoint, nint fuse, fuse_operations* ops)
+    {
+        Mountpoint = mountpoint;
+        _fuse = fuse;
+        _ops = ops;
+    }
+
+    public string Mountpoint { get; }
+
+    /// <summary>The FUSE device; MOUNTQCOW_FUSE_DEVICE names another (for diagnosis and tests).</summary>
+    private static string Device => Environment.GetEnvironmentVariable("MOUNTQCOW_FUSE_DEVICE") ?? "/dev/fuse";
+
+    /// <summary>Why FUSE cannot be used on this machine, or null when it can.</summary>
+    public static string? Unavailable()
+    {
+        if (!OperatingSystem.IsLinux()) return LibFuse3.Load();
+        if (!File.Exists(Device))
+            return $"{Device} is missing: this machine has no FUSE (load the fuse module, or give the container --device /dev/fuse)";
+        if (LibFuse3.Load() is { } missing) return missing;
+        // libfuse opens the device itself before it asks fusermount3 for help.
+        if (LibFuse3.access(Device, LibFuse3.R_OK | LibFuse3.W_OK) != 0)
+            return $"{Device} is not open to this user (udev usually makes it mode 0666; as root: chmod 0666 {Device})";
+        return null;
+    }
+
+    /// <summary>Mounts <paramref name="tree"/> at <paramref name="mountpoint"/> (an existing empty directory).</summary>
+    /// <exception cref="FuseException">FUSE is unavailable, or libfuse refused the options or the mount.</exception>
+    public static FuseMount Mount(VirtualFileTree tree, string mountpoint, FuseOptions options)
+    {
+        if (Unavailable() is { } reason) throw new FuseException(reason);
+        if (Interlocked.Increment(ref s_instances) != 1)
+        {
+            Interlocked.Decrement(ref s_instances);
+            throw new FuseException("one FUSE mount per process");
+        }
+        var ops = (fuse_operations*)NativeMemory.AllocZeroed((nuint)sizeof(fuse_operations));
+        *ops = FuseFileSystem.Operations(tree, options.Log);
+        var argv = new List<string> { "mountqcow" };
+        if (options.Debug) argv.Add("-d");
+        if (options.MountOptions.Count > 0) argv.AddRange(["-o", string.Join(',', options.MountOptions)]);
+        nint fuse = 0;
+        var native = argv.Select(a => Marshal.StringToCoTaskMemUTF8(a)).ToArray();
+        try
+        {
+            fixed (nint* array = native)
+            {
+                var args = new fuse_args { argc = native.Length, argv = (byte**)array };
+                fuse = LibFuse3.fuse_new(&args, ops, (nuint)sizeof(fuse_operations), null);
+                if (LibFuse3.fuse_opt_free_args != null) LibFuse3.fuse_opt_free_args(&args);
+            }
+            if (fuse == 0) throw new FuseException($"libfuse refused the mount options: {string.Join(',', options.MountOptions)}");
+            byte[] path = Encoding.UTF8.GetBytes(mountpoint + "\0");
+            fixed (byte* p = path)
+            {
+                if (LibFuse3.fuse_mount(fuse, p) != 0)
+                    throw new FuseException($"cannot mount at {mountpoint} (libfuse's reason is above)");
+            }
+            return new FuseMount(mountpoint, fuse, ops);
+        }
+        catch
+        {
+            if (fuse != 0) LibFuse3.fuse_destroy(fuse);
+            NativeMemory.Free(ops);
+            Interlocked.Decrement(ref s_instances);
+            throw;
+        }
+        finally
+        {
+            foreach (nint a in native) Marshal.FreeCoTaskMem(a);
+        }
+    }
+
+    /// <summary>Serves requests on libfuse's worker threads until the file system is unmounted.</summary>
+    /// <returns>libfuse's result: 0 for a normal end.</returns>
+    public int Run(bool cloneFd = true)
+    {
+        if (LibFuse3.fuse_loop_mt_32 != null)
+        {
+            var config = new fuse_loop_config { clone_fd = cloneFd ? 1 : 0, max_idle_threads = 16 };
+            return LibFuse3.fuse_loop_mt_32(_fuse, &config);
+        }
+        return LibFuse3.fuse_loop_mt_30(_fuse, cloneFd ? 1 : 0);
+    }
+
+    /// <summary>
+    /// Ends the mount from any thread (a signal handler): the session stops, and the mount is
+    /// detached lazily, so a loop device still using a partition file keeps working until released.
+    /// </summary>
+    public void RequestUnmount()
+    {
+        if (Interlocked.Exchange(ref _unmountRequested, 1) == 1) return;
+        LibFuse3.fuse_session_exit(LibFuse3.fuse_get_session(_fuse));
+        if (LibFuse3.getuid() == 0)
+        {
+            LibFuse3.umount2(Mountpoint, LibFuse3.MNT_DETACH);
+            return;
+        }
+        using var helper = Process.Start(new ProcessStartInfo("fusermount3", ["-u", "-z", Mountpoint])
+        {
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        });
+        helper?.WaitForExit(10_000);
+    }
+
+    public void Dispose()
+    {
+        if (_fuse == 0) return;
+        LibFuse3.fuse_unmount(_fuse); // nothing to do if the connection already ended
+        LibFuse3.fuse_destroy(_fuse);
+        _fuse = 0;
+        NativeMemory.Free(_ops);
+        _ops = null;
+        Interlocked.Decrement(ref s_instances);
+    }
+}

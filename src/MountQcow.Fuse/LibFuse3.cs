@@ -1,0 +1,223 @@
+using System.Runtime.InteropServices;
+
+namespace MountQcow.Fuse;
+
+// A thin binding to libfuse3's high-level API (libfuse3.so.3, Debian package fuse3), with
+// FUSE_USE_VERSION 31 semantics. Structs keep their C names and layouts; a test compares
+// them with native/fuse-probe.c compiled against the installed headers.
+#pragma warning disable IDE1006, CS0649, CS8981 // C names; fields written by native code
+
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct fuse_args
+{
+    public int argc;
+    public byte** argv;
+    public int allocated;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+internal struct fuse_file_info
+{
+    public int flags;
+    public uint bits;      // writepage:1 direct_io:1 keep_cache:1 flush:1 nonseekable:1 flock_release:1 cache_readdir:1 noflush:1
+    public uint padding2;
+    public ulong fh;
+    public ulong lock_owner;
+    public uint poll_events;
+
+    public const uint DirectIo = 1u << 1;
+    public const uint KeepCache = 1u << 2;
+    public const uint NonSeekable = 1u << 4;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct fuse_conn_info
+{
+    public uint proto_major;
+    public uint proto_minor;
+    public uint max_write;
+    public uint max_read;
+    public uint max_readahead;
+    public uint capable;
+    public uint want;
+    public uint max_background;
+    public uint congestion_threshold;
+    public uint time_gran;
+    public fixed uint reserved[22];
+
+    public const uint FUSE_CAP_ASYNC_READ = 1 << 0;
+    public const uint FUSE_CAP_SPLICE_WRITE = 1 << 7;
+    public const uint FUSE_CAP_SPLICE_MOVE = 1 << 8;
+    public const uint FUSE_CAP_AUTO_INVAL_DATA = 1 << 12;
+    public const uint FUSE_CAP_ASYNC_DIO = 1 << 15;
+    public const uint FUSE_CAP_PARALLEL_DIROPS = 1 << 18;
+}
+
+/// <summary>The leading fields of struct fuse_config that are set in init (the rest is left as libfuse made it).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct fuse_config
+{
+    public int set_gid;
+    public uint gid;
+    public int set_uid;
+    public uint uid;
+    public int set_mode;
+    public uint umask;
+    public double entry_timeout;
+    public double negative_timeout;
+    public double attr_timeout;
+    public int intr;
+    public int intr_signal;
+    public int remember;
+    public int hard_remove;
+    public int use_ino;
+    public int readdir_ino;
+    public int direct_io;
+    public int kernel_cache;
+    public int auto_cache;
+    public int no_rofd_flush;
+    public int ac_attr_timeout_set;
+    public double ac_attr_timeout;
+    public int nullpath_ok;
+}
+
+/// <summary>struct fuse_operations: 42 function pointers, in order.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct fuse_operations
+{
+    public nint getattr, readlink, mknod, mkdir, unlink, rmdir, symlink, rename, link, chmod, chown, truncate,
+        open, read, write, statfs, flush, release, fsync, setxattr, getxattr, listxattr, removexattr,
+        opendir, readdir, releasedir, fsyncdir, init, destroy, access, create, @lock, utimens, bmap, ioctl,
+        poll, write_buf, read_buf, flock, fallocate, copy_file_range, lseek;
+}
+
+/// <summary>The FUSE_3.2 loop configuration (a plain struct, also understood by newer libfuse).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct fuse_loop_config
+{
+    public int clone_fd;
+    public uint max_idle_threads;
+}
+
+/// <summary>struct statvfs (the same on every 64-bit Linux).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct statvfs
+{
+    public ulong f_bsize;
+    public ulong f_frsize;
+    public ulong f_blocks;
+    public ulong f_bfree;
+    public ulong f_bavail;
+    public ulong f_files;
+    public ulong f_ffree;
+    public ulong f_favail;
+    public ulong f_fsid;
+    public ulong f_flag;
+    public ulong f_namemax;
+    public fixed int f_spare[6];
+}
+
+/// <summary>struct stat on x86-64 Linux.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 144)]
+internal struct stat_x64
+{
+    [FieldOffset(16)] public ulong st_nlink;
+    [FieldOffset(24)] public uint st_mode;
+    [FieldOffset(28)] public uint st_uid;
+    [FieldOffset(32)] public uint st_gid;
+    [FieldOffset(48)] public long st_size;
+    [FieldOffset(56)] public long st_blksize;
+    [FieldOffset(64)] public long st_blocks;
+    [FieldOffset(72)] public long st_atim;
+    [FieldOffset(88)] public long st_mtim;
+    [FieldOffset(104)] public long st_ctim;
+}
+
+/// <summary>struct stat on arm64 Linux (the generic layout).</summary>
+[StructLayout(LayoutKind.Explicit, Size = 128)]
+internal struct stat_arm64
+{
+    [FieldOffset(16)] public uint st_mode;
+    [FieldOffset(20)] public uint st_nlink;
+    [FieldOffset(24)] public uint st_uid;
+    [FieldOffset(28)] public uint st_gid;
+    [FieldOffset(48)] public long st_size;
+    [FieldOffset(56)] public int st_blksize;
+    [FieldOffset(64)] public long st_blocks;
+    [FieldOffset(72)] public long st_atim;
+    [FieldOffset(88)] public long st_mtim;
+    [FieldOffset(104)] public long st_ctim;
+}
+
+/// <summary>The libfuse3 functions the backend calls, resolved once from the shared library.</summary>
+internal static unsafe partial class LibFuse3
+{
+    public const string Library = "libfuse3.so.3";
+
+    public static delegate* unmanaged<fuse_args*, fuse_operations*, nuint, void*, nint> fuse_new;
+    public static delegate* unmanaged<nint, byte*, int> fuse_mount;
+    public static delegate* unmanaged<nint, void> fuse_unmount;
+    public static delegate* unmanaged<nint, void> fuse_destroy;
+    public static delegate* unmanaged<nint, nint> fuse_get_session;
+    public static delegate* unmanaged<nint, void> fuse_session_exit;
+    // fuse_loop_mt@FUSE_3.2 takes a fuse_loop_config*; fuse_loop_mt@FUSE_3.0 an int clone_fd.
+    public static delegate* unmanaged<nint, fuse_loop_config*, int> fuse_loop_mt_32;
+    public static delegate* unmanaged<nint, int, int> fuse_loop_mt_30;
+    public static delegate* unmanaged<fuse_args*, void> fuse_opt_free_args;
+
+    private static readonly object s_loadLock = new();
+    private static string? s_loadError;
+    private static bool s_loaded;
+
+    [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial nint dlvsym(nint handle, string symbol, string version);
+
+    [LibraryImport("libc")]
+    public static partial uint getuid();
+
+    [LibraryImport("libc")]
+    public static partial uint getgid();
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int umount2(string target, int flags);
+
+    public const int MNT_DETACH = 2;
+
+    [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int access(string path, int mode);
+
+    public const int R_OK = 4, W_OK = 2;
+
+    /// <summary>Loads libfuse3; returns null, or why it cannot be used (with the package to install).</summary>
+    public static string? Load()
+    {
+        lock (s_loadLock)
+        {
+            if (s_loaded || s_loadError is not null) return s_loadError;
+            if (!OperatingSystem.IsLinux())
+                return s_loadError = "FUSE mounts need Linux (on Windows, the Dokan backend mounts images)";
+            // MOUNTQCOW_LIBFUSE names another library file (for diagnosis and tests).
+            string library = Environment.GetEnvironmentVariable("MOUNTQCOW_LIBFUSE") ?? Library;
+            if (!NativeLibrary.TryLoad(library, typeof(LibFuse3).Assembly, null, out nint lib))
+                return s_loadError = $"libfuse3 is not installed ({library} not found; Debian/Ubuntu: apt-get install fuse3)";
+            nint Symbol(string name, string? version = null)
+            {
+                nint p = version is null ? 0 : dlvsym(lib, name, version);
+                return p != 0 ? p : NativeLibrary.TryGetExport(lib, name, out nint any) ? any : 0;
+            }
+            fuse_new = (delegate* unmanaged<fuse_args*, fuse_operations*, nuint, void*, nint>)Symbol("fuse_new", "FUSE_3.1");
+            fuse_mount = (delegate* unmanaged<nint, byte*, int>)Symbol("fuse_mount");
+            fuse_unmount = (delegate* unmanaged<nint, void>)Symbol("fuse_unmount");
+            fuse_destroy = (delegate* unmanaged<nint, void>)Symbol("fuse_destroy");
+            fuse_get_session = (delegate* unmanaged<nint, nint>)Symbol("fuse_get_session");
+            fuse_session_exit = (delegate* unmanaged<nint, void>)Symbol("fuse_session_exit");
+            fuse_loop_mt_32 = (delegate* unmanaged<nint, fuse_loop_config*, int>)dlvsym(lib, "fuse_loop_mt", "FUSE_3.2");
+            fuse_loop_mt_30 = (delegate* unmanaged<nint, int, int>)dlvsym(lib, "fuse_loop_mt", "FUSE_3.0");
+            fuse_opt_free_args = (delegate* unmanaged<fuse_args*, void>)Symbol("fuse_opt_free_args");
+            if (fuse_new == null || fuse_mount == null || fuse_destroy == null || (fuse_loop_mt_32 == null && fuse_loop_mt_30 == null))
+                return s_loadError = $"{Library} lacks the functions of libfuse 3 (too old or not libfuse)";
+            s_loaded = true;
+            return null;
+        }
+    }
+}

@@ -1,0 +1,210 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using MountQcow.FileTree;
+using MountQcow.Fuse;
+using MountQcow.Partitions;
+using MountQcow.Qcow2;
+
+namespace MountQcow.Host;
+
+/// <summary>
+/// `mountqcow IMAGE MOUNTPOINT`: checks what it can up front, then serves the mount in a
+/// background copy of itself (a .NET process cannot fork) and returns once the mount works
+/// or has failed; with -f it serves in the foreground.
+/// </summary>
+internal static class MountCommand
+{
+    // The background copy ends its stderr with one marker and its stdout with another; .NET keeps
+    // its own copies of the standard descriptors, so the pipes never reach end-of-file.
+    private const string ReadyMarker = "\u0001mountqcow-ready";
+    private const string StderrDone = "\u0001mountqcow-stderr-done";
+
+    public static int Run(MountOptions o, string[] args)
+    {
+        string image = Path.GetFullPath(o.Image);
+        string mountpoint = Path.GetFullPath(o.Mountpoint).TrimEnd('/');
+        if (mountpoint.Length == 0) mountpoint = "/";
+        if (!File.Exists(image))
+            throw new UserError(Directory.Exists(image) ? $"{o.Image} is a directory, not an image" : $"{o.Image}: no such file");
+        MountPoint.Check(o.Mountpoint, mountpoint);
+        if (FuseMount.Unavailable() is { } reason) throw new UserError(reason);
+        if (o.ReadWrite) throw new UserError("read-write mounts (--rw) are not available yet; mount read-only");
+        long l2Cache = Units.ParseSize(o.L2Cache);
+
+        if (!o.Foreground && !o.Debug && !o.ReadyMarker) return StartInBackground(args, mountpoint);
+        if (o.ReadyMarker) Native.NewSession();
+        return Serve(o, image, mountpoint, l2Cache);
+    }
+
+    private static int Serve(MountOptions o, string imagePath, string mountpoint, long l2Cache)
+    {
+        using var image = Qcow2Image.Open(imagePath, new ImageOptions { Writable = o.ReadWrite, L2CacheBytes = l2Cache, Warn = Cli.Warn });
+        using var tree = VirtualFileTree.Create(image, o.ReadWrite, File.GetLastWriteTimeUtc(imagePath));
+        foreach (string w in tree.Partitions.Warnings) Cli.Warn($"partition table: {w}");
+        tree.StartAllocationScan(); // sizes on disk for `ls -s` and `du`, counted while the mount starts
+        var options = MountOptionsFor(o, imagePath);
+        bool background = o.ReadyMarker;
+        using var mount = FuseMount.Mount(tree, mountpoint, new FuseOptions
+        {
+            MountOptions = options,
+            Debug = o.Debug,
+            Log = background ? null : message => Console.Error.WriteLine($"mountqcow: {message}"),
+        });
+        PrintSummary(o.Image, image, tree, mountpoint, options);
+        using var signals = new SignalHandlers(mount.RequestUnmount);
+        if (background)
+        {
+            Console.Error.WriteLine(StderrDone);
+            Console.Out.WriteLine(ReadyMarker);
+            Console.SetOut(TextWriter.Null);
+            Console.SetError(TextWriter.Null);
+            Native.DetachStdio();
+        }
+        int result = mount.Run();
+        return result == 0 ? Program.Ok : Program.Failed;
+    }
+
+    /// <summary>FUSE options: read-only unless --rw, a name for mount listings, and access for root where allowed.</summary>
+    private static List<string> MountOptionsFor(MountOptions o, string imagePath)
+    {
+        var options = new List<string>
+        {
+            $"fsname=mountqcow:{imagePath.Replace(",", "\\,")}",
+            "subtype=mountqcow",
+            "default_permissions",
+            "max_read=1048576",
+        };
+        if (!o.ReadWrite) options.Add("ro");
+        var user = (o.FuseOptions ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
+        if (Native.geteuid() != 0 && !user.Any(u => u is "allow_root" or "allow_other"))
+        {
+            // Root must be able to loop-mount what an ordinary user mounted.
+            if (MountPoint.UserAllowOther()) options.Add("allow_root");
+            else Cli.Warn("root cannot open these files (to loop-mount a partition) unless /etc/fuse.conf has the line 'user_allow_other'; add it and mount again");
+        }
+        options.AddRange(user);
+        return options;
+    }
+
+    private static void PrintSummary(string shownImage, Qcow2Image image, VirtualFileTree tree, string mountpoint, List<string> options)
+    {
+        var table = tree.Partitions;
+        string layout = table.Scheme switch
+        {
+            PartitionScheme.None => "no partition table",
+            _ => $"{table.Scheme.ToString().ToUpperInvariant()}, {table.Partitions.Count} partition{(table.Partitions.Count == 1 ? "" : "s")}",
+        };
+        Console.WriteLine($"mounted {shownImage} ({Units.Bytes(image.Length)} virtual, {layout}) {(tree.Writable ? "read-write" : "read-only")} at {mountpoint}");
+        string sudo = Native.geteuid() == 0 ? "" : "sudo ";
+        string ro = tree.Writable ? "" : ",ro";
+        var largest = table.Partitions.OrderByDescending(p => p.Length).FirstOrDefault();
+        if (largest is not null)
+            Console.WriteLine($"  loop-mount a partition:  {sudo}mount -o loop{ro} {mountpoint}/{largest.FileName} /mnt/p{largest.Number}");
+        else
+            Console.WriteLine($"  loop-mount the disk:     {sudo}mount -o loop{ro} {mountpoint}/{VirtualFileTree.DiskFileName} /mnt/disk");
+        Console.WriteLine($"  unmount:                 {(Native.geteuid() == 0 ? "umount" : "fusermount3 -u")} {mountpoint}");
+    }
+
+    /// <summary>Starts this program again in the foreground, detached, and waits for it to say it is mounted.</summary>
+    private static int StartInBackground(string[] args, string mountpoint)
+    {
+        var psi = new ProcessStartInfo(Environment.ProcessPath!)
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        // Run as "dotnet mountqcow.dll ...", the child needs the dll's path first.
+        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
+            psi.ArgumentList.Add(typeof(MountCommand).Assembly.Location);
+        foreach (string a in args) psi.ArgumentList.Add(a);
+        psi.ArgumentList.Add("--ready-marker");
+        using var child = Process.Start(psi) ?? throw new UserError("cannot start the background process");
+        child.StandardInput.Close();
+        var errors = new Thread(() =>
+        {
+            while (child.StandardError.ReadLine() is { } line && line != StderrDone) Console.Error.WriteLine(line);
+        }) { IsBackground = true };
+        errors.Start();
+        using var cancel = Cli.CancelOnCtrlC();
+        using var stopChild = cancel.Token.Register(() => child.Kill());
+        bool ready = false;
+        while (child.StandardOutput.ReadLine() is { } line)
+        {
+            if (line == ReadyMarker)
+            {
+                ready = true;
+                break;
+            }
+            Console.WriteLine(line);
+        }
+        errors.Join(TimeSpan.FromSeconds(5)); // the child's warnings come before its markers
+        if (!ready)
+        {
+            child.WaitForExit();
+            return child.ExitCode == 0 ? Program.Failed : child.ExitCode;
+        }
+        // Ready means mounted; make sure the files answer before saying so.
+        for (int i = 0; i < 100 && !File.Exists(Path.Combine(mountpoint, VirtualFileTree.DiskFileName)); i++) Thread.Sleep(50);
+        if (!File.Exists(Path.Combine(mountpoint, VirtualFileTree.DiskFileName)))
+            throw new UserError($"the mount at {mountpoint} does not answer");
+        return Program.Ok;
+    }
+
+    /// <summary>SIGINT, SIGTERM and SIGHUP unmount cleanly instead of killing the process.</summary>
+    private sealed class SignalHandlers : IDisposable
+    {
+        private readonly PosixSignalRegistration[] _registrations;
+
+        public SignalHandlers(Action unmount)
+        {
+            _registrations = new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM, PosixSignal.SIGHUP }
+                .Select(s => PosixSignalRegistration.Create(s, context =>
+                {
+                    context.Cancel = true;
+                    unmount();
+                }))
+                .ToArray();
+        }
+
+        public void Dispose()
+        {
+            foreach (var r in _registrations) r.Dispose();
+        }
+    }
+}
+
+/// <summary>Checks on the mount point, with the one-line errors a user needs.</summary>
+internal static class MountPoint
+{
+    public static void Check(string shown, string full)
+    {
+        if (!Directory.Exists(full))
+            throw new UserError(File.Exists(full) ? $"mount point {shown} is not a directory" : $"mount point {shown} does not exist");
+        if (IsMounted(full))
+            throw new UserError($"{shown} is already a mount point (unmount it first: fusermount3 -u {shown})");
+    }
+
+    /// <summary>Whether a path is a mount point, from /proc/self/mountinfo (field 5, octal-escaped).</summary>
+    public static bool IsMounted(string path)
+    {
+        if (!File.Exists("/proc/self/mountinfo")) return false;
+        string target = Path.GetFullPath(path).TrimEnd('/');
+        if (target.Length == 0) target = "/";
+        foreach (string line in File.ReadLines("/proc/self/mountinfo"))
+        {
+            string[] fields = line.Split(' ');
+            if (fields.Length > 4 && Unescape(fields[4]) == target) return true;
+        }
+        return false;
+    }
+
+    private static string Unescape(string field) =>
+        System.Text.RegularExpressions.Regex.Replace(field, @"\\([0-7]{3})", m => ((char)Convert.ToInt32(m.Groups[1].Value, 8)).ToString());
+
+    /// <summary>Whether /etc/fuse.conf lets ordinary users pass allow_other or allow_root.</summary>
+    public static bool UserAllowOther() =>
+        File.Exists("/etc/fuse.conf") &&
+        File.ReadLines("/etc/fuse.conf").Any(l => l.Trim() == "user_allow_other");
+}

@@ -1,0 +1,155 @@
+using Xunit;
+
+namespace MountQcow.Tests;
+
+/// <summary>Each way a mount can fail gives one line on stderr and exit status 1; nothing stays mounted.</summary>
+public sealed class MountErrorTests : IDisposable
+{
+    private readonly ImageBuilder _b = new();
+
+    public void Dispose() => _b.Dispose();
+
+    private string Image()
+    {
+        string image = _b.Create("e.qcow2", "16M");
+        _b.Write(image, 0, 4096, Fill.Text, 1);
+        return image;
+    }
+
+    private static void AssertFails(Run.Result r, string message)
+    {
+        Assert.Equal(1, r.ExitCode);
+        string line = Assert.Single(r.Stderr.TrimEnd('\n').Split('\n'));
+        Assert.StartsWith("mountqcow: ", line);
+        Assert.Contains(message, line);
+    }
+
+    [MountFact]
+    public void MissingImage() =>
+        AssertFails(MountedImage.Host(_b.PathOf("none.qcow2"), _b.Folder), "none.qcow2: no such file");
+
+    [MountFact]
+    public void NotQcow2()
+    {
+        string raw = _b.Raw("disk.img", 1 << 20, (0, 512, Fill.Random, 1));
+        string mnt = Directory.CreateDirectory(_b.PathOf("m")).FullName;
+        AssertFails(MountedImage.Host(raw, mnt), "not a qcow2 image");
+        Assert.False(MountedImage.IsMounted(mnt));
+    }
+
+    [MountFact]
+    public void MissingMountpoint() =>
+        AssertFails(MountedImage.Host(Image(), _b.PathOf("nowhere")), "does not exist");
+
+    [MountFact]
+    public void MountpointIsAFile()
+    {
+        string image = Image();
+        AssertFails(MountedImage.Host(image, image), "is not a directory");
+    }
+
+    [MountFact]
+    public void MountpointAlreadyMounted()
+    {
+        string image = Image();
+        string mnt = Directory.CreateDirectory(_b.PathOf("busy")).FullName;
+        using var first = MountedImage.Start(image, mnt);
+        AssertFails(MountedImage.Host(image, mnt), "already a mount point");
+    }
+
+    [MountFact]
+    public void NoFuseDevice()
+    {
+        string mnt = Directory.CreateDirectory(_b.PathOf("m")).FullName;
+        var r = Run.Capture("dotnet", [MountedImage.Dll, Image(), mnt], env: new Dictionary<string, string> { ["MOUNTQCOW_FUSE_DEVICE"] = "/dev/no-fuse-here" });
+        AssertFails(r, "/dev/no-fuse-here is missing: this machine has no FUSE");
+    }
+
+    [MountFact]
+    public void NoLibfuse()
+    {
+        string mnt = Directory.CreateDirectory(_b.PathOf("m")).FullName;
+        var r = Run.Capture("dotnet", [MountedImage.Dll, Image(), mnt], env: new Dictionary<string, string> { ["MOUNTQCOW_LIBFUSE"] = "libfuse3-absent.so.3" });
+        AssertFails(r, "apt-get install fuse3");
+    }
+
+    [MountFact]
+    public void CorruptImageFailsBeforeMounting()
+    {
+        string image = Image();
+        ImageBuilder.PokeU64(image, 40, 0x10008); // unaligned L1 table
+        string mnt = Directory.CreateDirectory(_b.PathOf("m")).FullName;
+        AssertFails(MountedImage.Host(image, mnt), "L1 table offset 0x10008 is unaligned");
+        Assert.False(MountedImage.IsMounted(mnt));
+    }
+
+    /// <summary>
+    /// An ordinary user mounts; root loop-mounts a partition file. With user_allow_other in
+    /// /etc/fuse.conf the mount asks for allow_root; without it, it says what to change.
+    /// </summary>
+    [NeedsFact("qemu", "fuse", "root", "setpriv", "sfdisk", "mkfs.ext4")]
+    public void RootCanLoopMountWhatAUserMounted()
+    {
+        var disk = DiskBuilder.GptWithExt4(_b, "user.raw");
+        string image = _b.Convert(disk.Raw, "user.qcow2");
+        File.SetUnixFileMode(_b.Folder, (UnixFileMode)0x1ed); // 0755: the user must reach the image
+        File.SetUnixFileMode(image, (UnixFileMode)0x1a4);
+        string mnt = Directory.CreateDirectory(_b.PathOf("usermnt")).FullName;
+        Run.Checked("chown", "nobody:nogroup", mnt);
+        const string conf = "/etc/fuse.conf";
+        string original = File.Exists(conf) ? File.ReadAllText(conf) : "";
+        var deviceMode = File.GetUnixFileMode("/dev/fuse");
+        try
+        {
+            // Without udev (containers), /dev/fuse is root's alone: the user is told so.
+            File.SetUnixFileMode("/dev/fuse", UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            var denied = AsNobody(image, mnt);
+            Assert.Equal(1, denied.ExitCode);
+            Assert.Contains("/dev/fuse is not open to this user", denied.Stderr);
+            File.SetUnixFileMode("/dev/fuse", (UnixFileMode)0x1b6); // 0666, as udev makes it
+
+            // Without user_allow_other: a warning that says what to change.
+            File.WriteAllText(conf, string.Join('\n', original.Split('\n').Where(l => l.Trim() != "user_allow_other")));
+            var r = AsNobody(image, mnt);
+            Assert.Equal(0, r.ExitCode);
+            Assert.Contains("add it and mount again", r.Stderr);
+            Assert.Contains("user_allow_other", r.Stderr);
+            Run.Checked("fusermount3", "-u", mnt);
+            WaitUnmounted(mnt);
+
+            // With it: allow_root, and root reads and loop-mounts the files.
+            File.WriteAllText(conf, original.TrimEnd('\n') + "\nuser_allow_other\n");
+            r = AsNobody(image, mnt);
+            Assert.True(r.ExitCode == 0, r.Stderr);
+            Assert.DoesNotContain("warning", r.Stderr);
+            Assert.Contains("sudo mount -o loop,ro", r.Stdout);
+            string inside = Directory.CreateDirectory(_b.PathOf("rootview")).FullName;
+            Run.Checked("mount", "-o", "loop,ro", Path.Combine(mnt, "p2.raw"), inside);
+            try
+            {
+                Assert.Equal(disk.RootFiles["etc/hostname"], File.ReadAllBytes(Path.Combine(inside, "etc/hostname")));
+            }
+            finally
+            {
+                Run.Checked("umount", inside);
+            }
+        }
+        finally
+        {
+            File.SetUnixFileMode("/dev/fuse", deviceMode);
+            File.WriteAllText(conf, original);
+            if (MountedImage.IsMounted(mnt)) Run.Capture("fusermount3", ["-u", "-z", mnt]);
+        }
+    }
+
+    private static Run.Result AsNobody(string image, string mnt) =>
+        Run.Capture("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "dotnet", MountedImage.Dll, image, mnt],
+            env: new Dictionary<string, string> { ["HOME"] = "/tmp", ["DOTNET_CLI_HOME"] = "/tmp" });
+
+    private static void WaitUnmounted(string mnt)
+    {
+        for (int i = 0; i < 100 && MountedImage.IsMounted(mnt); i++) Thread.Sleep(50);
+        int? pid = MountedImage.FindServer(mnt);
+        for (int i = 0; i < 100 && pid is int p && MountedImage.ProcessAlive(p); i++) Thread.Sleep(50);
+    }
+}

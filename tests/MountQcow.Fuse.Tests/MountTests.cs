@@ -1,0 +1,202 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using Xunit;
+
+namespace MountQcow.Tests;
+
+/// <summary>Real FUSE mounts made by the mountqcow program, read with ordinary tools.</summary>
+public sealed partial class MountTests : IDisposable
+{
+    private readonly ImageBuilder _b = new();
+
+    public void Dispose() => _b.Dispose();
+
+    private string NewMountpoint(string name) => Directory.CreateDirectory(_b.PathOf(name)).FullName;
+
+    /// <summary>A zstd-compressed qcow2 of a GPT disk with two ext4 partitions, and that disk.</summary>
+    private (string Image, DiskBuilder.Disk Disk) PartitionedImage()
+    {
+        var disk = DiskBuilder.GptWithExt4(_b, "vm.raw");
+        string image = _b.Convert(disk.Raw, "vm.qcow2", "compression_type=zstd", compress: true);
+        return (image, disk);
+    }
+
+    private static byte[] Slice(string raw, long start, long length)
+    {
+        var data = new byte[length];
+        using var f = File.OpenHandle(raw);
+        DeviceAssert.ReadExactly(f, data, start);
+        return data;
+    }
+
+    [MountFact]
+    public void DiskAndPartitionFilesHoldQemusBytes()
+    {
+        var (image, disk) = PartitionedImage();
+        string expected = _b.Expected(image);
+        using var mount = MountedImage.Start(image, NewMountpoint("mnt"));
+        Assert.Equal(["disk.raw", "p1.raw", "p2.raw"], Directory.GetFiles(mount.Mountpoint).Select(Path.GetFileName).Order());
+        Assert.Equal(File.ReadAllBytes(expected), File.ReadAllBytes(mount.PathOf("disk.raw")));
+        Assert.Equal(Slice(expected, disk.P1Start, disk.P1Size), File.ReadAllBytes(mount.PathOf("p1.raw")));
+        Assert.Equal(Slice(expected, disk.P2Start, disk.P2Size), File.ReadAllBytes(mount.PathOf("p2.raw")));
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.GroupRead | UnixFileMode.OtherRead, File.GetUnixFileMode(mount.PathOf("p2.raw")));
+        Assert.Equal(File.GetLastWriteTimeUtc(image).ToString("s"), File.GetLastWriteTimeUtc(mount.PathOf("disk.raw")).ToString("s"));
+        Assert.Contains("GPT, 2 partitions", mount.Output);
+        Assert.Contains($"mount -o loop,ro {mount.Mountpoint}/p2.raw", mount.Output);
+    }
+
+    [MountFact]
+    public void LoopMountedExt4PartitionShowsTheVmsFiles()
+    {
+        var (image, disk) = PartitionedImage();
+        using var mount = MountedImage.Start(image, NewMountpoint("mnt"));
+        string inside = NewMountpoint("p2");
+        Run.Checked("mount", "-o", "loop,ro", mount.PathOf("p2.raw"), inside);
+        try
+        {
+            foreach (var (path, data) in disk.RootFiles)
+                Assert.Equal(data, File.ReadAllBytes(Path.Combine(inside, path)));
+            Assert.Contains("test-vm", Run.Checked("grep", "-r", "test-vm", Path.Combine(inside, "etc")));
+        }
+        finally
+        {
+            Run.Checked("umount", inside);
+        }
+    }
+
+    [MountFact]
+    public void ManyReadersAtOnceGetTheRightBytes()
+    {
+        var (image, _) = PartitionedImage();
+        string expected = _b.Expected(image);
+        using var mount = MountedImage.Start(image, NewMountpoint("mnt"));
+        using var served = Storage.FileBlockDevice.Open(mount.PathOf("disk.raw"), writable: false);
+        DeviceAssert.SameAsRawConcurrently(served, expected, threads: 8, readsPerThread: 200);
+    }
+
+    [MountFact]
+    public void SeekDataAndSeekHoleFollowTheImagesAllocation()
+    {
+        string image = _b.Create("sparse.qcow2", "64M");
+        _b.Write(image, 0, 100_000, Fill.Random, 1);
+        _b.Write(image, 10 << 20, 65536 * 3, Fill.Text, 2);
+        _b.WriteZeros(image, 20 << 20, 1 << 20);
+        _b.Write(image, (64 << 20) - 4096, 4096, Fill.Random, 3);
+        using var mount = MountedImage.Start(image, NewMountpoint("mnt"));
+        using var json = JsonDocument.Parse(_b.Img("map", "--output=json", image));
+        using var file = File.OpenHandle(mount.PathOf("disk.raw"));
+        int fd = (int)file.DangerousGetHandle();
+        int checkedRanges = 0;
+        foreach (var range in json.RootElement.EnumerateArray())
+        {
+            long start = range.GetProperty("start").GetInt64();
+            long end = start + range.GetProperty("length").GetInt64();
+            bool data = range.GetProperty("data").GetBoolean();
+            long nextData = LSeek(fd, start, SeekData);
+            long nextHole = LSeek(fd, start, SeekHole);
+            if (data)
+            {
+                Assert.Equal(start, nextData);
+                Assert.True(nextHole >= end, $"SEEK_HOLE from data at {start} gave {nextHole}, before {end}");
+            }
+            else
+            {
+                Assert.Equal(start, nextHole);
+                Assert.True(nextData < 0 || nextData >= end, $"SEEK_DATA from a hole at {start} gave {nextData}, before {end}");
+            }
+            checkedRanges++;
+        }
+        Assert.True(checkedRanges >= 5);
+        Assert.Equal(-6, LSeek(fd, 64 << 20, SeekData)); // ENXIO at the end
+    }
+
+    private const int SeekData = 3, SeekHole = 4;
+
+    /// <summary>lseek, returning -errno on failure.</summary>
+    private static long LSeek(int fd, long offset, int whence)
+    {
+        long r = lseek(fd, offset, whence);
+        return r >= 0 ? r : -Marshal.GetLastPInvokeError();
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial long lseek(int fd, long offset, int whence);
+
+    [MountFact]
+    public void SizeOnDiskCountsAllocatedClusters()
+    {
+        string image = _b.Create("blocks.qcow2", "256M");
+        _b.Write(image, 5 << 20, 3 << 20, Fill.Random, 1);
+        using var mount = MountedImage.Start(image, NewMountpoint("mnt"));
+        long blocks = 0;
+        for (int i = 0; i < 100; i++)
+        {
+            blocks = long.Parse(Run.Checked("stat", "-c", "%b", mount.PathOf("disk.raw")).Trim());
+            if (blocks < (256L << 20) / 512) break;
+            Thread.Sleep(100);
+        }
+        Assert.Equal((3L << 20) / 512, blocks);
+        var statfs = Run.Checked("stat", "-f", "-c", "%S %b", mount.Mountpoint).Trim().Split(' ');
+        Assert.Equal(256L << 20, long.Parse(statfs[0]) * long.Parse(statfs[1]));
+    }
+
+    [MountFact]
+    public void ReadOnlyMountRefusesWrites()
+    {
+        var (image, _) = PartitionedImage();
+        using var mount = MountedImage.Start(image, NewMountpoint("mnt"));
+        var e = Assert.ThrowsAny<Exception>(() => File.OpenHandle(mount.PathOf("disk.raw"), FileMode.Open, FileAccess.Write));
+        Assert.True(e is IOException or UnauthorizedAccessException, e.GetType().Name);
+    }
+
+    [MountFact]
+    public void SigtermUnmountsAndEndsTheProcess()
+    {
+        var (image, _) = PartitionedImage();
+        string mnt = NewMountpoint("mnt");
+        using var mount = MountedImage.Start(image, mnt);
+        Run.Checked("kill", "-TERM", mount.ServerPid.ToString());
+        MountedImage.AssertGone(mount.ServerPid, mnt);
+    }
+
+    [MountFact]
+    public void FusermountEndsTheProcess()
+    {
+        var (image, _) = PartitionedImage();
+        string mnt = NewMountpoint("mnt");
+        using var mount = MountedImage.Start(image, mnt);
+        Run.Checked("fusermount3", "-u", mnt);
+        MountedImage.AssertGone(mount.ServerPid, mnt);
+    }
+
+    [MountFact]
+    public void UmountEndsTheProcess()
+    {
+        var (image, _) = PartitionedImage();
+        string mnt = NewMountpoint("mnt");
+        using var mount = MountedImage.Start(image, mnt);
+        Run.Checked("umount", mnt);
+        MountedImage.AssertGone(mount.ServerPid, mnt);
+    }
+
+    [MountFact]
+    public void ForegroundMountEndsOnCtrlC()
+    {
+        var (image, _) = PartitionedImage();
+        string mnt = NewMountpoint("mnt");
+        var psi = new ProcessStartInfo("dotnet", [MountedImage.Dll, "-f", image, mnt])
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        };
+        using var process = Process.Start(psi)!;
+        var output = process.StandardOutput.ReadLineAsync();
+        Assert.True(output.Wait(TimeSpan.FromSeconds(30)), "no output from the foreground mount");
+        Assert.StartsWith("mounted ", output.Result);
+        Assert.True(File.Exists(Path.Combine(mnt, "disk.raw")));
+        Run.Checked("kill", "-INT", process.Id.ToString());
+        Assert.True(process.WaitForExit(15_000), "the foreground mount did not end on SIGINT");
+        Assert.Equal(0, process.ExitCode);
+        Assert.False(MountedImage.IsMounted(mnt));
+    }
+}

@@ -1,0 +1,82 @@
+using System.Diagnostics;
+using Xunit;
+
+namespace MountQcow.Tests;
+
+/// <summary>
+/// A real mount made by the mountqcow program in the background, as a user makes one.
+/// Disposing unmounts it and waits for the serving process to end.
+/// </summary>
+internal sealed class MountedImage : IDisposable
+{
+    private MountedImage(string mountpoint, int pid, string output)
+    {
+        Mountpoint = mountpoint;
+        ServerPid = pid;
+        Output = output;
+    }
+
+    public string Mountpoint { get; }
+
+    /// <summary>The background process serving the mount.</summary>
+    public int ServerPid { get; }
+
+    /// <summary>What the mount command printed.</summary>
+    public string Output { get; }
+
+    public string PathOf(string file) => Path.Combine(Mountpoint, file);
+
+    public static string Dll => Path.Combine(AppContext.BaseDirectory, "mountqcow.dll");
+
+    public static Run.Result Host(params string[] args) => Run.Capture("dotnet", [Dll, .. args], timeoutSeconds: 120);
+
+    public static MountedImage Start(string image, string mountpoint, params string[] options)
+    {
+        Directory.CreateDirectory(mountpoint);
+        var r = Host([image, mountpoint, .. options]);
+        Assert.True(r.ExitCode == 0, $"mount failed ({r.ExitCode}): {r.Stderr}{r.Stdout}");
+        int pid = FindServer(mountpoint) ?? throw new InvalidOperationException("no process serves the mount");
+        return new MountedImage(mountpoint, pid, r.Stdout + r.Stderr);
+    }
+
+    /// <summary>The background process serving a mount point, found by its command line.</summary>
+    public static int? FindServer(string mountpoint)
+    {
+        foreach (string dir in Directory.GetDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out int pid)) continue;
+            try
+            {
+                string[] args = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0');
+                if (args.Contains("--ready-marker") && args.Contains(mountpoint)) return pid;
+            }
+            catch (IOException)
+            {
+                // the process ended while we looked
+            }
+        }
+        return null;
+    }
+
+    public static bool IsMounted(string path) =>
+        File.ReadLines("/proc/self/mountinfo").Any(l => l.Split(' ')[4] == path);
+
+    public static bool ProcessAlive(int pid) => Directory.Exists($"/proc/{pid}") &&
+        !File.ReadAllText($"/proc/{pid}/stat").Split(' ')[2].StartsWith('Z');
+
+    /// <summary>Waits until the serving process has gone and the mount with it.</summary>
+    public static void AssertGone(int pid, string mountpoint)
+    {
+        var clock = Stopwatch.StartNew();
+        while ((ProcessAlive(pid) || IsMounted(mountpoint)) && clock.Elapsed < TimeSpan.FromSeconds(15)) Thread.Sleep(50);
+        Assert.False(ProcessAlive(pid), $"process {pid} still runs");
+        Assert.False(IsMounted(mountpoint), $"{mountpoint} is still mounted");
+    }
+
+    public void Dispose()
+    {
+        if (IsMounted(Mountpoint)) Run.Capture("fusermount3", ["-u", "-z", Mountpoint]);
+        var clock = Stopwatch.StartNew();
+        while (ProcessAlive(ServerPid) && clock.Elapsed < TimeSpan.FromSeconds(15)) Thread.Sleep(50);
+    }
+}
