@@ -17,7 +17,7 @@ public enum Fill
 /// </summary>
 public sealed class ImageBuilder : IDisposable
 {
-    private readonly Dictionary<string, string> _expected = new();
+    private readonly Dictionary<string, (DateTime Stamp, long Length, string Raw)> _expected = new();
     private int _patterns;
 
     public ImageBuilder(string? folder = null)
@@ -87,20 +87,17 @@ public sealed class ImageBuilder : IDisposable
         File.WriteAllBytes(pattern, Content(fill, length, seed));
         QemuIo(image, format, $"write -q {(compressed ? "-c " : "")}-s {pattern} {offset} {length}");
         File.Delete(pattern);
-        _expected.Remove(image);
     }
 
     /// <summary>Writes zeros (zero clusters on qcow2 v3; with <paramref name="unmap"/> they may be discarded).</summary>
     public void WriteZeros(string image, long offset, long length, bool unmap = false)
     {
         QemuIo(image, "qcow2", $"write -q -z {(unmap ? "-u " : "")}{offset} {length}");
-        _expected.Remove(image);
     }
 
     public void Discard(string image, long offset, long length)
     {
         QemuIo(image, "qcow2", $"discard -q {offset} {length}");
-        _expected.Remove(image);
     }
 
     /// <summary>A sparse raw file of <paramref name="size"/> bytes with the given regions filled.</summary>
@@ -129,13 +126,19 @@ public sealed class ImageBuilder : IDisposable
         return path;
     }
 
-    /// <summary>The bytes QEMU says the image holds: qemu-img convert -O raw (made once per image state).</summary>
+    /// <summary>
+    /// The bytes QEMU says the image holds: qemu-img convert -O raw, made again whenever the
+    /// image file has changed since.
+    /// </summary>
     public string Expected(string image)
     {
-        if (_expected.TryGetValue(image, out string? raw)) return raw;
-        raw = image + ".expected.raw";
+        var info = new FileInfo(image);
+        if (_expected.TryGetValue(image, out var made) && made.Stamp == info.LastWriteTimeUtc && made.Length == info.Length)
+            return made.Raw;
+        string raw = image + ".expected.raw";
         Img("convert", "-U", "-O", "raw", image, raw);
-        _expected[image] = raw;
+        info.Refresh();
+        _expected[image] = (info.LastWriteTimeUtc, info.Length, raw);
         return raw;
     }
 

@@ -160,8 +160,11 @@ internal readonly struct L2Entry(ulong raw)
 
     public bool Copied => (raw & CopiedFlag) != 0;
 
-    /// <summary>Bit 0 of a standard descriptor; means "reads as zeros" only without extended L2 entries.</summary>
-    public bool ZeroFlagSet => (raw & ZeroFlag) != 0;
+    /// <summary>
+    /// The zero flag (bit 0) of a standard descriptor; means "reads as zeros" only without extended
+    /// L2 entries. Always false for a compressed entry, whose bit 0 belongs to its host offset.
+    /// </summary>
+    public bool ZeroFlagSet => !IsCompressed && (raw & ZeroFlag) != 0;
 
     /// <summary>Host cluster offset of a standard cluster (0: none).</summary>
     public long HostOffset => (long)(raw & OffsetMask);

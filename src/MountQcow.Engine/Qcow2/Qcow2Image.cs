@@ -128,12 +128,14 @@ public sealed partial class Qcow2Image : IBlockDevice
                 backingPath = chain.Resolve(path, header.BackingFile);
                 (backing, backingFormat) = chain.OpenBacking(path, backingPath, header.BackingFormat, options);
             }
-            return new Qcow2Image(path, file, data ?? file, backing, header, l1, snapshots, options)
+            var image = new Qcow2Image(path, file, data ?? file, backing, header, l1, snapshots, options)
             {
                 DataFilePath = dataPath,
                 BackingPath = backingPath,
                 BackingFormatUsed = backingFormat,
             };
+            if (options.Writable) image.OpenForWriting();
+            return image;
         }
         catch
         {
@@ -155,6 +157,24 @@ public sealed partial class Qcow2Image : IBlockDevice
     public void ReadAt(Span<byte> buffer, long offset)
     {
         BlockDevices.CheckRange(offset, buffer.Length, Length);
+        if (_rw is null)
+        {
+            ReadCore(buffer, offset);
+            return;
+        }
+        _rw.EnterReadLock();
+        try
+        {
+            ReadCore(buffer, offset);
+        }
+        finally
+        {
+            _rw.ExitReadLock();
+        }
+    }
+
+    private void ReadCore(Span<byte> buffer, long offset)
+    {
         while (!buffer.IsEmpty)
         {
             var run = _map.Map(offset, buffer.Length);
@@ -235,6 +255,20 @@ public sealed partial class Qcow2Image : IBlockDevice
     public Extent GetExtent(long offset, long maxLength)
     {
         BlockDevices.CheckRange(offset, 0, Length);
+        if (_rw is null) return ExtentCore(offset, maxLength);
+        _rw.EnterReadLock();
+        try
+        {
+            return ExtentCore(offset, maxLength);
+        }
+        finally
+        {
+            _rw.ExitReadLock();
+        }
+    }
+
+    private Extent ExtentCore(long offset, long maxLength)
+    {
         maxLength = Math.Min(maxLength, Length - offset);
         if (maxLength <= 0) return new(ExtentKind.Zero, 0);
         var run = _map.Map(offset, maxLength);
@@ -267,6 +301,19 @@ public sealed partial class Qcow2Image : IBlockDevice
     }
 
     public void Dispose()
+    {
+        try
+        {
+            CloseForWriting();
+        }
+        finally
+        {
+            _rw?.Dispose();
+            ReleaseFiles();
+        }
+    }
+
+    private void ReleaseFiles()
     {
         _backing?.Dispose();
         if (!ReferenceEquals(_data, _file)) _data.Dispose();

@@ -18,6 +18,37 @@ internal static partial class Posix
     [LibraryImport("libc", SetLastError = true)]
     private static partial int fallocate(SafeFileHandle fd, int mode, long offset, long length);
 
+    /// <summary>struct flock, the same on every 64-bit Linux.</summary>
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
+    private struct Flock
+    {
+        public short l_type;
+        public short l_whence;
+        public long l_start;
+        public long l_len;
+        public int l_pid;
+    }
+
+    private const int F_OFD_GETLK = 36, F_OFD_SETLK = 37;
+    private const short F_RDLCK = 0, F_WRLCK = 1, F_UNLCK = 2;
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fcntl(SafeFileHandle fd, int command, ref Flock lockInfo);
+
+    /// <summary>Takes a shared open-file-description lock on one byte; false if another holder conflicts.</summary>
+    public static bool LockByteShared(SafeFileHandle fd, long offset)
+    {
+        var l = new Flock { l_type = F_RDLCK, l_start = offset, l_len = 1 };
+        return fcntl(fd, F_OFD_SETLK, ref l) == 0;
+    }
+
+    /// <summary>Whether anyone else holds a lock on the byte (tested as if for an exclusive lock).</summary>
+    public static bool ByteLockedByOthers(SafeFileHandle fd, long offset)
+    {
+        var l = new Flock { l_type = F_WRLCK, l_start = offset, l_len = 1 };
+        return fcntl(fd, F_OFD_GETLK, ref l) == 0 && l.l_type != F_UNLCK;
+    }
+
     /// <summary>The size of a file or block device, by seeking to its end.</summary>
     public static long SeekEnd(SafeFileHandle fd) => OperatingSystem.IsLinux() ? Math.Max(0, lseek(fd, 0, SEEK_END)) : 0;
 

@@ -1,0 +1,349 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using MountQcow.Storage;
+
+namespace MountQcow.Qcow2;
+
+/// <summary>
+/// The refcounts of host clusters, and allocation, for a writable image. Used only under the
+/// image's write lock.
+/// </summary>
+/// <remarks>
+/// Crash safety follows one rule each way. Nothing references a cluster before its refcount
+/// is on disk: clusters are reserved in chunks (refcount 1, then a flush barrier) before
+/// they are handed out. Nothing is freed while a reference to it may still be on disk:
+/// decrements wait in <see cref="_pendingFrees"/> until the next flush. A crash therefore
+/// leaves leaked clusters at most. New refcount blocks go at the first cluster of the area
+/// they describe (free, since the area had no block) and count themselves, so creating one
+/// never recurses. Memory: refcount blocks are cached, at most <see cref="MaxCachedBlocks"/>
+/// of one cluster each.
+/// </remarks>
+internal sealed class Refcounts
+{
+    private const int MaxCachedBlocks = 256;
+    private const long ReserveBytes = 4 << 20;
+
+    private readonly IBlockDevice _file;
+    private readonly string _path;
+    private readonly int _clusterBits;
+    private readonly int _clusterSize;
+    private readonly int _order;
+    private readonly int _blockBits; // log2 of entries per refcount block
+    private readonly ulong _max;
+    private readonly Action<long, int> _writeTableLocation;
+    private readonly Dictionary<long, byte[]> _blocks = new();
+    private readonly List<long> _pendingFrees = new();
+    private ulong[] _table;
+    private long _tableOffset;
+    private int _tableClusters;
+    private long _end;       // first cluster past everything in use or reserved
+    private long _freeHint;  // no free cluster below this one
+    private long _reserveStart, _reserveEnd;
+
+    public Refcounts(IBlockDevice file, string path, Qcow2Header header, Action<long, int> writeTableLocation)
+    {
+        _file = file;
+        _path = path;
+        _clusterBits = header.ClusterBits;
+        _clusterSize = header.ClusterSize;
+        _order = header.RefcountOrder;
+        _blockBits = _clusterBits + 3 - _order;
+        _max = _order == 6 ? ulong.MaxValue : (1UL << (1 << _order)) - 1;
+        _writeTableLocation = writeTableLocation;
+        _tableOffset = header.RefcountTableOffset;
+        _tableClusters = header.RefcountTableClusters;
+        _table = new ulong[(long)_tableClusters * _clusterSize / 8];
+        file.ReadAt(MemoryMarshal.AsBytes(_table.AsSpan()), _tableOffset);
+        BigEndian.ToHost(_table);
+        _end = (file.Length + _clusterSize - 1) >> _clusterBits;
+    }
+
+    /// <summary>Largest refcount an entry can hold.</summary>
+    public ulong Max => _max;
+
+    private long EntriesPerBlock => 1L << _blockBits;
+
+    // ---- entries inside a block: 1, 2 and 4 bits from the least significant bit of each byte; bytes and wider big-endian ----
+
+    private ulong GetEntry(byte[] block, long index) => _order switch
+    {
+        < 3 => (ulong)(block[index >> (3 - _order)] >> (int)((index & ((1 << (3 - _order)) - 1)) << _order)) & _max,
+        3 => block[index],
+        4 => BinaryPrimitives.ReadUInt16BigEndian(block.AsSpan((int)index * 2)),
+        5 => BinaryPrimitives.ReadUInt32BigEndian(block.AsSpan((int)index * 4)),
+        _ => BinaryPrimitives.ReadUInt64BigEndian(block.AsSpan((int)index * 8)),
+    };
+
+    private void SetEntry(byte[] block, long index, ulong value)
+    {
+        switch (_order)
+        {
+            case < 3:
+                int at = (int)(index >> (3 - _order));
+                int shift = (int)((index & ((1 << (3 - _order)) - 1)) << _order);
+                block[at] = (byte)((block[at] & ~((int)_max << shift)) | ((int)value << shift));
+                break;
+            case 3: block[index] = (byte)value; break;
+            case 4: BinaryPrimitives.WriteUInt16BigEndian(block.AsSpan((int)index * 2), (ushort)value); break;
+            case 5: BinaryPrimitives.WriteUInt32BigEndian(block.AsSpan((int)index * 4), (uint)value); break;
+            default: BinaryPrimitives.WriteUInt64BigEndian(block.AsSpan((int)index * 8), value); break;
+        }
+    }
+
+    /// <summary>The bytes of a block that hold entries [first, first+count).</summary>
+    private (int Start, int Length) EntryBytes(long first, long count)
+    {
+        long startBit = first << _order, endBit = (first + count) << _order;
+        int start = (int)(startBit >> 3);
+        return (start, (int)((endBit + 7) >> 3) - start);
+    }
+
+    // ---- blocks and the table ----
+
+    private long BlockOffset(long area) => area < _table.Length ? new RefcountTableEntry(_table[area]).BlockOffset : 0;
+
+    private byte[]? Block(long area)
+    {
+        long offset = BlockOffset(area);
+        if (offset == 0) return null;
+        if (_blocks.TryGetValue(offset, out var block)) return block;
+        if ((offset & (_clusterSize - 1)) != 0)
+            throw new CorruptImageException(_path, $"refcount block offset 0x{offset:x} unaligned (refcount table index {area})");
+        if (offset > _file.Length - _clusterSize)
+            throw new CorruptImageException(_path, $"refcount block offset 0x{offset:x} lies past the end of the file (refcount table index {area})");
+        block = new byte[_clusterSize];
+        _file.ReadAt(block, offset);
+        if (_blocks.Count >= MaxCachedBlocks) _blocks.Remove(_blocks.Keys.First());
+        _blocks[offset] = block;
+        return block;
+    }
+
+    /// <summary>The refcount of one host cluster.</summary>
+    public ulong Get(long cluster)
+    {
+        var block = Block(cluster >> _blockBits);
+        return block is null ? 0 : GetEntry(block, cluster & (EntriesPerBlock - 1));
+    }
+
+    /// <summary>Sets the refcounts of a run of clusters, writing each touched block's changed bytes once.</summary>
+    public void SetRun(long first, long count, ulong value)
+    {
+        if (value > _max) throw new CorruptImageException(_path, $"refcount of cluster 0x{first << _clusterBits:x} would exceed {_max}");
+        while (count > 0)
+        {
+            long area = first >> _blockBits;
+            long index = first & (EntriesPerBlock - 1);
+            long n = Math.Min(count, EntriesPerBlock - index);
+            EnsureBlock(area);
+            var block = Block(area)!;
+            for (long i = 0; i < n; i++) SetEntry(block, index + i, value);
+            var (start, length) = EntryBytes(index, n);
+            _file.WriteAt(block.AsSpan(start, length), BlockOffset(area) + start);
+            first += n;
+            count -= n;
+        }
+    }
+
+    public void Set(long cluster, ulong value) => SetRun(cluster, 1, value);
+
+    private bool BlockMissing(long area) => BlockOffset(area) == 0;
+
+    /// <summary>
+    /// Whether a cluster may be allocated: refcount 0 and not the first cluster of an area that
+    /// has no refcount block yet (that cluster is kept for the block).
+    /// </summary>
+    private bool IsFree(long cluster)
+    {
+        if (cluster >= _reserveStart && cluster < _reserveEnd) return false;
+        long area = cluster >> _blockBits;
+        if (BlockMissing(area)) return (cluster & (EntriesPerBlock - 1)) != 0;
+        return Get(cluster) == 0;
+    }
+
+    private void EnsureBlock(long area)
+    {
+        if (!BlockMissing(area)) return;
+        if (area >= _table.Length) GrowTable(area + 1);
+        if (!BlockMissing(area)) return;
+        long blockCluster = area << _blockBits;
+        var block = new byte[_clusterSize];
+        SetEntry(block, 0, 1); // it counts itself
+        _file.WriteAt(block, blockCluster << _clusterBits);
+        _end = Math.Max(_end, blockCluster + 1);
+        Barrier(); // the block is on disk before the table points at it
+        _table[area] = RefcountTableEntry.Create(blockCluster << _clusterBits).Raw;
+        WriteTableEntry(area);
+        _blocks[blockCluster << _clusterBits] = block;
+    }
+
+    private void WriteTableEntry(long area)
+    {
+        Span<byte> raw = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64BigEndian(raw, _table[area]);
+        _file.WriteAt(raw, _tableOffset + area * 8);
+    }
+
+    /// <summary>
+    /// Moves the refcount table to a larger place past everything in use. Areas that the new
+    /// table lies in and that have no block get one at their first cluster; then the header is
+    /// switched to the new table, and the old one freed.
+    /// </summary>
+    private void GrowTable(long minEntries)
+    {
+        long entries = Math.Max(minEntries, Math.Max(_table.Length * 2L, _clusterSize / 8));
+        long start;
+        int clusters;
+        while (true)
+        {
+            clusters = (int)((entries * 8 + _clusterSize - 1) >> _clusterBits);
+            start = _end;
+            // Keep the table off the first clusters of block-less areas: their blocks go there.
+            for (long c = start; c < start + clusters; c++)
+            {
+                if ((c & (EntriesPerBlock - 1)) == 0 && (c >> _blockBits >= _table.Length || BlockMissing(c >> _blockBits)))
+                {
+                    start = c + 1;
+                    c = start - 1;
+                }
+            }
+            long needed = ((start + clusters - 1) >> _blockBits) + 1;
+            if (needed <= entries) break;
+            entries = needed * 2;
+        }
+        var table = new ulong[(long)clusters * _clusterSize / 8];
+        _table.CopyTo(table, 0);
+        var oldTable = (_tableOffset, _tableClusters);
+        long firstArea = start >> _blockBits, lastArea = (start + clusters - 1) >> _blockBits;
+        for (long area = firstArea; area <= lastArea; area++)
+        {
+            long from = Math.Max(start, area << _blockBits), to = Math.Min(start + clusters, (area + 1) << _blockBits);
+            if (area < _table.Length && !BlockMissing(area))
+            {
+                SetRun(from, to - from, 1); // an existing block, written in place
+                continue;
+            }
+            long blockCluster = area << _blockBits;
+            var block = new byte[_clusterSize];
+            SetEntry(block, 0, 1);
+            for (long c = from; c < to; c++) SetEntry(block, c - blockCluster, 1);
+            _file.WriteAt(block, blockCluster << _clusterBits);
+            _blocks[blockCluster << _clusterBits] = block;
+            table[area] = RefcountTableEntry.Create(blockCluster << _clusterBits).Raw;
+            _end = Math.Max(_end, blockCluster + 1);
+        }
+        var bytes = new ulong[table.Length];
+        BigEndian.ToDisk(table, bytes);
+        _file.WriteAt(MemoryMarshal.AsBytes(bytes.AsSpan()), start << _clusterBits);
+        _end = Math.Max(_end, start + clusters);
+        Barrier(); // the new table and its blocks are on disk before the header names them
+        _writeTableLocation(start << _clusterBits, clusters);
+        Barrier();
+        _table = table;
+        _tableOffset = start << _clusterBits;
+        _tableClusters = clusters;
+        // Nothing refers to the old table any more.
+        long oldFirst = oldTable._tableOffset >> _clusterBits;
+        for (long c = oldFirst; c < oldFirst + oldTable._tableClusters; c++) Decrement(c);
+    }
+
+    // ---- allocation ----
+
+    /// <summary>
+    /// Hands out up to <paramref name="count"/> contiguous clusters whose refcount (1) is already
+    /// on disk. Returns the first cluster and how many were given (at least one).
+    /// </summary>
+    public (long First, int Count) Allocate(int count)
+    {
+        if (_reserveStart == _reserveEnd) Reserve(count);
+        int n = (int)Math.Min(count, _reserveEnd - _reserveStart);
+        long first = _reserveStart;
+        _reserveStart += n;
+        return (first, n);
+    }
+
+    /// <summary>One cluster, as a host byte offset.</summary>
+    public long AllocateCluster() => Allocate(1).First << _clusterBits;
+
+    private void Reserve(int wanted)
+    {
+        ReleaseReserve();
+        long want = Math.Max(wanted, Math.Max(8, ReserveBytes >> _clusterBits));
+        long first = _freeHint;
+        while (!IsFree(first)) first++;
+        _freeHint = first;
+        long n = 1;
+        while (n < want && IsFree(first + n)) n++;
+        _end = Math.Max(_end, first + n); // a growing table must go past this run
+        SetRun(first, n, 1);
+        Barrier();
+        _reserveStart = first;
+        _reserveEnd = first + n;
+    }
+
+    private void ReleaseReserve()
+    {
+        if (_reserveStart == _reserveEnd) return;
+        long first = _reserveStart, n = _reserveEnd - _reserveStart;
+        _reserveStart = _reserveEnd = 0;
+        SetRun(first, n, 0);
+        _freeHint = Math.Min(_freeHint, first);
+    }
+
+    /// <summary>Adds one to a cluster's refcount (the caller flushes before referring to it).</summary>
+    public void Increment(long cluster)
+    {
+        ulong value = Get(cluster);
+        if (value == _max) throw new CorruptImageException(_path, $"refcount of cluster 0x{cluster << _clusterBits:x} would exceed {_max}");
+        Set(cluster, value + 1);
+    }
+
+    /// <summary>Drops one reference to a cluster once the change that removed it is on disk.</summary>
+    public void Free(long cluster) => _pendingFrees.Add(cluster);
+
+    /// <summary>Frees every cluster a host byte range touches (a compressed cluster's bytes).</summary>
+    public void FreeBytes(long offset, long length)
+    {
+        for (long c = offset >> _clusterBits; c <= (offset + length - 1) >> _clusterBits; c++) Free(c);
+    }
+
+    public int PendingFrees => _pendingFrees.Count;
+
+    /// <summary>Makes every completed write durable, then applies the frees that waited for it.</summary>
+    public void Flush()
+    {
+        Barrier();
+        if (_pendingFrees.Count == 0) return;
+        foreach (long c in _pendingFrees) Decrement(c);
+        _pendingFrees.Clear();
+        Barrier();
+    }
+
+    private void Decrement(long cluster)
+    {
+        ulong value = Get(cluster);
+        if (value == 0)
+            throw new CorruptImageException(_path, $"refcount of cluster 0x{cluster << _clusterBits:x} is already 0 where a reference was dropped");
+        Set(cluster, value - 1);
+        if (value == 1) _freeHint = Math.Min(_freeHint, cluster);
+    }
+
+    /// <summary>
+    /// Closes cleanly: applies pending frees, returns the unused reservation, and trims the file
+    /// to the last cluster in use when the reservation was at its end.
+    /// </summary>
+    public void Close(FileBlockDevice? trimmable)
+    {
+        Flush();
+        long reservedFrom = _reserveStart, reservedTo = _reserveEnd;
+        ReleaseReserve();
+        if (trimmable is not null && reservedTo > reservedFrom && reservedTo >= _end)
+        {
+            long last = reservedFrom;
+            while (last > 0 && Get(last - 1) == 0) last--;
+            if ((last << _clusterBits) < trimmable.Length) trimmable.SetLength(last << _clusterBits);
+        }
+        Barrier();
+    }
+
+    private void Barrier() => _file.Flush();
+}

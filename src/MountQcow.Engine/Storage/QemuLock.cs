@@ -1,0 +1,43 @@
+using Microsoft.Win32.SafeHandles;
+
+namespace MountQcow.Storage;
+
+/// <summary>
+/// QEMU's image locking protocol (block/file-posix.c), so that a running VM's disk is never
+/// written under it and QEMU cannot open an image while we write it. A holder of permission
+/// bit i takes a shared lock on byte 100+i; a holder that does not share permission i takes a
+/// shared lock on byte 200+i. Before locking, a newcomer tests 200+i for each permission it
+/// wants and 100+i for each it will not share. The locks are open-file-description locks,
+/// released when the file is closed.
+/// </summary>
+public static class QemuLock
+{
+    private const int PermBase = 100;
+    private const int SharedBase = 200;
+
+    // QEMU's BLK_PERM_* bits.
+    private const int ConsistentRead = 0, Write = 1, Resize = 3;
+    private static readonly string[] s_names = ["consistent read", "write", "write unchanged", "resize"];
+
+    /// <summary>
+    /// Takes the locks a writer holds: it reads, writes and grows the file, and shares neither
+    /// writing nor resizing. Returns null, or which permission another process holds.
+    /// </summary>
+    public static string? AcquireForWriting(SafeFileHandle file)
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        int[] wanted = [ConsistentRead, Write, Resize];
+        int[] unshared = [Write, Resize];
+        foreach (int p in wanted)
+            if (Posix.ByteLockedByOthers(file, SharedBase + p)) return $"another process does not share the \"{s_names[p]}\" permission";
+        foreach (int p in unshared)
+            if (Posix.ByteLockedByOthers(file, PermBase + p)) return $"another process holds the \"{s_names[p]}\" permission";
+        foreach (int p in wanted) Posix.LockByteShared(file, PermBase + p);
+        foreach (int p in unshared) Posix.LockByteShared(file, SharedBase + p);
+        return null;
+    }
+
+    /// <summary>Whether some process (a running VM, qemu-io) holds the image for writing.</summary>
+    public static bool HeldByWriter(SafeFileHandle file) =>
+        OperatingSystem.IsLinux() && Posix.ByteLockedByOthers(file, PermBase + Write);
+}
