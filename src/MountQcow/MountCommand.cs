@@ -28,7 +28,6 @@ internal static class MountCommand
             throw new UserError(Directory.Exists(image) ? $"{o.Image} is a directory, not an image" : $"{o.Image}: no such file");
         MountPoint.Check(o.Mountpoint, mountpoint);
         if (FuseMount.Unavailable() is { } reason) throw new UserError(reason);
-        if (o.ReadWrite) throw new UserError("read-write mounts (--rw) are not available yet; mount read-only");
         long l2Cache = Units.ParseSize(o.L2Cache);
 
         if (!o.Foreground && !o.Debug && !o.ReadyMarker) return StartInBackground(args, mountpoint);

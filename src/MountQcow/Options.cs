@@ -63,3 +63,56 @@ internal sealed class MountOptions : CommonOptions
     [Option("ready-marker", Hidden = true)]
     public bool ReadyMarker { get; set; }
 }
+
+[Verb("create", HelpText = "Make a new, empty qcow2 image (version 3), or an overlay on a backing file.")]
+internal sealed class CreateVerbOptions : CommonOptions
+{
+    [Value(0, MetaName = "IMAGE", Required = true, HelpText = "The new image file.")]
+    public string Image { get; set; } = "";
+
+    [Value(1, MetaName = "SIZE", Required = false, HelpText = "Virtual size (e.g. 20G); with --backing it defaults to the backing file's size.")]
+    public string? Size { get; set; }
+
+    [Option('b', "backing", HelpText = "Backing file: the new image starts as a copy-on-write overlay on it (relative to IMAGE's folder).")]
+    public string? Backing { get; set; }
+
+    [Option('F', "backing-format", HelpText = "Format of the backing file, qcow2 or raw (default: detected).")]
+    public string? BackingFormat { get; set; }
+
+    [Option("cluster-size", Default = "64K", HelpText = "Cluster size, a power of two from 512 to 2M.")]
+    public string ClusterSize { get; set; } = "64K";
+
+    [Option("refcount-bits", Default = 16, HelpText = "Width of a refcount entry: 1, 2, 4, 8, 16, 32 or 64.")]
+    public int RefcountBits { get; set; } = 16;
+
+    [Option("extended-l2", HelpText = "Use extended L2 entries (32 subclusters per cluster; clusters of 16K or more).")]
+    public bool ExtendedL2 { get; set; }
+
+    [Option("compression", Default = "deflate", HelpText = "Compression type for compressed clusters: deflate or zstd.")]
+    public string Compression { get; set; } = "deflate";
+
+    [Option('f', "force", HelpText = "Overwrite IMAGE if it exists.")]
+    public bool Force { get; set; }
+}
+
+[Verb("convert", HelpText = "Turn a raw disk image, a block device or a qcow2 image into a new qcow2 image, skipping holes and zeros.")]
+internal sealed class ConvertOptions : CommonOptions
+{
+    [Value(0, MetaName = "SOURCE", Required = true, HelpText = "A raw file, a block device, or a qcow2 image.")]
+    public string Source { get; set; } = "";
+
+    [Value(1, MetaName = "IMAGE", Required = true, HelpText = "The new qcow2 image.")]
+    public string Image { get; set; } = "";
+
+    [Option('c', "compress", HelpText = "Compress clusters: deflate or zstd.")]
+    public string? Compress { get; set; }
+
+    [Option("cluster-size", Default = "64K", HelpText = "Cluster size of the new image.")]
+    public string ClusterSize { get; set; } = "64K";
+
+    [Option('f', "force", HelpText = "Overwrite IMAGE if it exists.")]
+    public bool Force { get; set; }
+
+    [Option("no-progress", HelpText = "Do not draw a progress bar.")]
+    public bool NoProgress { get; set; }
+}

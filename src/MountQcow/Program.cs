@@ -19,11 +19,13 @@ internal static class Program
         });
         // With no arguments at all, show the overview (and fail) rather than the default verb's complaint.
         bool empty = args.Length == 0;
-        var result = parser.ParseArguments<MountOptions, InfoOptions, ExportOptions>(empty ? ["help"] : args);
+        var result = parser.ParseArguments<MountOptions, InfoOptions, ExportOptions, CreateVerbOptions, ConvertOptions>(empty ? ["help"] : args);
         return result.MapResult(
             (MountOptions o) => Run(o, () => MountCommand.Run(o, args)),
             (InfoOptions o) => Run(o, () => InfoCommand.Run(o)),
             (ExportOptions o) => Run(o, () => ExportCommand.Run(o)),
+            (CreateVerbOptions o) => Run(o, () => CreateCommand.Run(o)),
+            (ConvertOptions o) => Run(o, () => ConvertCommand.Run(o)),
             errors => ShowHelp(result, errors, failed: empty));
     }
 
@@ -33,7 +35,7 @@ internal static class Program
         {
             return command();
         }
-        catch (Exception e) when (e is ImageException or IOException or UnauthorizedAccessException or UserError or Fuse.FuseException)
+        catch (Exception e) when (e is ImageException or IOException or UnauthorizedAccessException or UserError or Fuse.FuseException or ArgumentException and not ArgumentOutOfRangeException)
         {
             Console.Error.WriteLine($"mountqcow: {e.Message}");
             if (options.Verbose) Console.Error.WriteLine(e);
@@ -73,6 +75,8 @@ internal static class Program
         [typeof(MountOptions)] = "mountqcow [mount] IMAGE MOUNTPOINT [-f] [--rw] [-o OPTIONS]",
         [typeof(InfoOptions)] = "mountqcow info IMAGE [--json]",
         [typeof(ExportOptions)] = "mountqcow export IMAGE OUTPUT [--force]",
+        [typeof(CreateVerbOptions)] = "mountqcow create IMAGE [SIZE] [--cluster-size N] [--backing FILE]",
+        [typeof(ConvertOptions)] = "mountqcow convert SOURCE IMAGE [--compress deflate|zstd] [--cluster-size N]",
     };
 
     private static readonly string[] Examples =
@@ -83,6 +87,9 @@ internal static class Program
         "  fusermount3 -u /mnt/vm                        unmount (umount as root)",
         "  mountqcow info vm.qcow2                       what the image is",
         "  mountqcow export vm.qcow2 vm.raw              the disk as a sparse raw file",
+        "  mountqcow --rw vm.qcow2 /mnt/vm               mount read-write: writes go into the image",
+        "  mountqcow create new.qcow2 20G                a new empty image",
+        "  mountqcow convert disk.raw vm.qcow2 -c zstd   a raw disk into a compressed image",
         "",
         "Exit status: 0 success, 1 failure (bad image, I/O error, mount refused), 2 wrong command line.",
     ];

@@ -50,8 +50,11 @@ internal static class ClusterCodec
     {
         int limit = Math.Min(output.Length, cluster.Length - 1);
         if (type == CompressionType.Zstd) return LibZstd.Compress(cluster, output.AsSpan(0, limit), level: 3);
+        if (LibZ.IsAvailable) return LibZ.Compress(cluster, output.AsSpan(0, limit));
+        // Without zlib: Huffman coding only makes no back-references, so any window reads it.
         var sink = new BoundedSink(output, limit);
-        using (var deflater = new DeflateStream(sink, CompressionLevel.Fastest, leaveOpen: true))
+        var options = new ZLibCompressionOptions { CompressionLevel = 6, CompressionStrategy = ZLibCompressionStrategy.HuffmanOnly };
+        using (var deflater = new DeflateStream(sink, options, leaveOpen: true))
             deflater.Write(cluster);
         return sink.Overflowed ? -1 : sink.Written;
     }

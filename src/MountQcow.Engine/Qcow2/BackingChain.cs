@@ -46,7 +46,7 @@ internal sealed class BackingChain(int maxDepth)
     {
         if (!File.Exists(backingPath))
             throw new ImageIOException($"{overlay}: backing file {backingPath} is missing");
-        format ??= Probe(backingPath);
+        format ??= Qcow2Image.Probe(backingPath);
         var readOnly = options with { Writable = false };
         switch (format)
         {
@@ -58,16 +58,5 @@ internal sealed class BackingChain(int maxDepth)
             default:
                 throw new UnsupportedFeatureException(overlay, $"backing file {backingPath} has format '{format}' (only qcow2 and raw are read)");
         }
-    }
-
-    // Without a backing format extension QEMU probes the file; qcow2 has a magic, anything else is raw here.
-    private static string Probe(string path)
-    {
-        using var file = FileBlockDevice.Open(path, writable: false);
-        if (file.Length < 8) return "raw";
-        Span<byte> start = stackalloc byte[8];
-        file.ReadAt(start, 0);
-        if (BigEndian.U32(start, 0) != Qcow2Limits.Magic) return "raw";
-        return BigEndian.U32(start, 4) == 1 ? "qcow" : "qcow2";
     }
 }

@@ -40,6 +40,7 @@ public sealed partial class Qcow2Image
             BinaryPrimitives.WriteUInt32BigEndian(field[8..], (uint)clusters);
             _file.WriteAt(field, HeaderField.RefcountTableOffset);
         });
+        if (_compressWrites) _refcounts.EnablePacking();
         _rw = new ReaderWriterLockSlim(LockRecursionPolicy.NoRecursion);
     }
 
@@ -54,6 +55,16 @@ public sealed partial class Qcow2Image
     {
         BlockDevices.CheckWritable(this);
         BlockDevices.CheckRange(offset, buffer.Length, Length);
+        if (_compressWrites)
+        {
+            WriteCompressing(buffer, offset);
+            return;
+        }
+        WriteLocked(buffer, offset);
+    }
+
+    private void WriteLocked(ReadOnlySpan<byte> buffer, long offset)
+    {
         EnterExclusive();
         try
         {
@@ -70,6 +81,76 @@ public sealed partial class Qcow2Image
         catch (Exception e) when (NoteFailure(e))
         {
             throw; // not reached: NoteFailure only records
+        }
+        finally
+        {
+            _rw!.ExitWriteLock();
+        }
+    }
+
+    /// <summary>
+    /// Whole clusters are compressed before the write lock is taken, so parallel writers
+    /// compress in parallel; the rest goes the usual way.
+    /// </summary>
+    private void WriteCompressing(ReadOnlySpan<byte> buffer, long offset)
+    {
+        byte[] cluster = ArrayPool<byte>.Shared.Rent(_clusterSize);
+        byte[] packed = ArrayPool<byte>.Shared.Rent(_clusterSize);
+        try
+        {
+            while (!buffer.IsEmpty)
+            {
+                long index = offset >> Header.ClusterBits;
+                int inCluster = (int)(offset & _clusterMask);
+                int n = (int)Math.Min(buffer.Length, _clusterSize - inCluster);
+                var piece = buffer[..n];
+                int length = -1;
+                if (CoversCluster(index, inCluster, n) && piece.ContainsAnyExcept((byte)0))
+                {
+                    piece.CopyTo(cluster);
+                    cluster.AsSpan(n, _clusterSize - n).Clear(); // the disk's last cluster, padded
+                    length = Compression.ClusterCodec.Compress(Header.CompressionType, cluster.AsSpan(0, _clusterSize), packed);
+                }
+                if (length > 0) WriteCompressedCluster(index, packed.AsSpan(0, length), piece);
+                else WriteLocked(piece, offset);
+                buffer = buffer[n..];
+                offset += n;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(cluster);
+            ArrayPool<byte>.Shared.Return(packed);
+        }
+    }
+
+    /// <summary>Stores a compressed cluster where nothing is allocated yet; anywhere else, writes it plainly.</summary>
+    private void WriteCompressedCluster(long cluster, ReadOnlySpan<byte> compressed, ReadOnlySpan<byte> plain)
+    {
+        EnterExclusive();
+        try
+        {
+            long l1Index = cluster >> Header.L2Bits;
+            int l2Index = (int)(cluster & ((1 << Header.L2Bits) - 1));
+            var table = WritableL2(l1Index);
+            int width = Header.HasExtendedL2 ? 2 : 1;
+            if (table.Entries[width * l2Index] != 0 || (width == 2 && table.Entries[2 * l2Index + 1] != 0))
+            {
+                WriteInCluster(cluster, 0, plain); // QEMU too compresses only into unallocated clusters
+            }
+            else
+            {
+                long host = _refcounts!.AllocateCompressed(compressed.Length);
+                _data.WriteAt(compressed, host);
+                ulong raw = L2Entry.CompressedCluster(host, compressed.Length, Header.ClusterBits).Raw;
+                if (width == 2) SetL2Extended(table, l2Index, raw, 0);
+                else SetL2(table, l2Index, raw);
+            }
+            AfterChange();
+        }
+        catch (Exception e) when (NoteFailure(e))
+        {
+            throw;
         }
         finally
         {

@@ -17,6 +17,12 @@ public sealed record ImageOptions
     /// <summary>Longest backing chain accepted, counting the top image.</summary>
     public int MaxChainDepth { get; init; } = 64;
 
+    /// <summary>
+    /// Store whole-cluster writes into unallocated clusters compressed (with the image's
+    /// compression type) where that saves space, as qemu-img convert -c does.
+    /// </summary>
+    public bool CompressWrites { get; init; }
+
     /// <summary>Receives warnings (e.g. an image marked corrupt opened read-only).</summary>
     public Action<string>? Warn { get; init; }
 
@@ -38,6 +44,7 @@ public sealed partial class Qcow2Image : IBlockDevice
     private readonly int _clusterSize;
     private readonly long _clusterMask;
     private long _decompressions;
+    private readonly bool _compressWrites;
 
     private Qcow2Image(string path, IBlockDevice file, IBlockDevice data, IBlockDevice? backing,
         Qcow2Header header, ulong[] l1, IReadOnlyList<Snapshot> snapshots, ImageOptions options)
@@ -54,6 +61,7 @@ public sealed partial class Qcow2Image : IBlockDevice
         _compressed = new CompressedClusterCache(_clusterSize);
         _decompressInto = DecompressCluster;
         CanWrite = options.Writable;
+        _compressWrites = options.Writable && options.CompressWrites;
     }
 
     /// <summary>The image file's path.</summary>
@@ -144,6 +152,20 @@ public sealed partial class Qcow2Image : IBlockDevice
             file.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The format of a file as QEMU would probe it: "qcow2", "qcow" (version 1, not read here), or
+    /// "raw" for anything without the magic.
+    /// </summary>
+    public static string Probe(string path)
+    {
+        using var file = FileBlockDevice.Open(path, writable: false);
+        if (file.Length < 8) return "raw";
+        Span<byte> start = stackalloc byte[8];
+        file.ReadAt(start, 0);
+        if (BigEndian.U32(start, 0) != Qcow2Limits.Magic) return "raw";
+        return BigEndian.U32(start, 4) == 1 ? "qcow" : "qcow2";
     }
 
     private static ulong[] ReadL1(IBlockDevice file, Qcow2Header header)

@@ -39,6 +39,12 @@ internal sealed class Refcounts
     private long _end;       // first cluster past everything in use or reserved
     private long _freeHint;  // no free cluster below this one
     private long _reserveStart, _reserveEnd;
+    // With packing on, reserved clusters get the pack capacity as their refcount (one flush for
+    // many). A cluster handed out plainly is lowered to 1; a pack cluster, which holds several
+    // compressed clusters, is lowered to their number when it is closed. Lowering is always safe.
+    private ulong _reserveValue = 1;
+    private long _packCluster = -1;
+    private int _packUsed, _packCount;
 
     public Refcounts(IBlockDevice file, string path, Qcow2Header header, Action<long, int> writeTableLocation)
     {
@@ -254,6 +260,13 @@ internal sealed class Refcounts
     /// </summary>
     public (long First, int Count) Allocate(int count)
     {
+        var (first, n) = TakeReserved(count);
+        if (_reserveValue > 1) SetRun(first, n, 1);
+        return (first, n);
+    }
+
+    private (long First, int Count) TakeReserved(int count)
+    {
         if (_reserveStart == _reserveEnd) Reserve(count);
         int n = (int)Math.Min(count, _reserveEnd - _reserveStart);
         long first = _reserveStart;
@@ -261,10 +274,18 @@ internal sealed class Refcounts
         return (first, n);
     }
 
+    /// <summary>Prepares for packing compressed clusters (see <see cref="AllocateCompressed"/>).</summary>
+    public void EnablePacking()
+    {
+        ReleaseReserve();
+        _reserveValue = PackCapacity;
+    }
+
     /// <summary>One cluster, as a host byte offset.</summary>
     public long AllocateCluster() => Allocate(1).First << _clusterBits;
 
-    private void Reserve(int wanted)
+    /// <summary>Finds a run of free clusters (up to about 4 MiB), gives them their reserved refcount and makes that durable.</summary>
+    private void Reserve(long wanted)
     {
         ReleaseReserve();
         long want = Math.Max(wanted, Math.Max(8, ReserveBytes >> _clusterBits));
@@ -274,20 +295,55 @@ internal sealed class Refcounts
         long n = 1;
         while (n < want && IsFree(first + n)) n++;
         _end = Math.Max(_end, first + n); // a growing table must go past this run
-        SetRun(first, n, 1);
+        SetRun(first, n, _reserveValue);
         Barrier();
         _reserveStart = first;
         _reserveEnd = first + n;
     }
 
+    private ulong PackCapacity => Math.Min(_max, (ulong)_clusterSize / 256 + 1);
+
+    /// <summary>
+    /// Room for <paramref name="length"/> bytes of one compressed cluster inside a host cluster
+    /// that holds others; returns the host byte offset. The bytes never cross into the next cluster.
+    /// </summary>
+    public long AllocateCompressed(int length)
+    {
+        if (_reserveValue < PackCapacity) throw new InvalidOperationException("packing was not enabled");
+        if (_packCluster < 0 || _packUsed + length > _clusterSize || (ulong)_packCount == PackCapacity)
+        {
+            ClosePack();
+            _packCluster = TakeReserved(1).First;
+            _packUsed = 0;
+            _packCount = 0;
+        }
+        long offset = (_packCluster << _clusterBits) + _packUsed;
+        _packUsed += length;
+        _packCount++;
+        return offset;
+    }
+
+    // Lowering a refcount to the number of references the cluster really has is always safe.
+    private void ClosePack()
+    {
+        if (_packCluster < 0) return;
+        Set(_packCluster, (ulong)_packCount);
+        if (_packCount == 0) _freeHint = Math.Min(_freeHint, _packCluster);
+        _packCluster = -1;
+    }
+
     private void ReleaseReserve()
     {
-        if (_reserveStart == _reserveEnd) return;
-        long first = _reserveStart, n = _reserveEnd - _reserveStart;
-        _reserveStart = _reserveEnd = 0;
-        SetRun(first, n, 0);
-        _freeHint = Math.Min(_freeHint, first);
+        if (_reserveStart != _reserveEnd)
+        {
+            long first = _reserveStart, n = _reserveEnd - _reserveStart;
+            _reserveStart = _reserveEnd = 0;
+            SetRun(first, n, 0);
+            _freeHint = Math.Min(_freeHint, first);
+        }
     }
+
+
 
     /// <summary>Adds one to a cluster's refcount (the caller flushes before referring to it).</summary>
     public void Increment(long cluster)
@@ -328,17 +384,17 @@ internal sealed class Refcounts
     }
 
     /// <summary>
-    /// Closes cleanly: applies pending frees, returns the unused reservation, and trims the file
-    /// to the last cluster in use when the reservation was at its end.
+    /// Closes cleanly: applies pending frees, returns unused reservations, and trims the file
+    /// after the last cluster in use (everything in use has a refcount, so nothing past it is needed).
     /// </summary>
     public void Close(FileBlockDevice? trimmable)
     {
         Flush();
-        long reservedFrom = _reserveStart, reservedTo = _reserveEnd;
+        ClosePack();
         ReleaseReserve();
-        if (trimmable is not null && reservedTo > reservedFrom && reservedTo >= _end)
+        if (trimmable is not null)
         {
-            long last = reservedFrom;
+            long last = Math.Min(_end, (trimmable.Length + _clusterSize - 1) >> _clusterBits);
             while (last > 0 && Get(last - 1) == 0) last--;
             if ((last << _clusterBits) < trimmable.Length) trimmable.SetLength(last << _clusterBits);
         }

@@ -1,0 +1,166 @@
+using System.Text;
+using MountQcow.Storage;
+
+namespace MountQcow.Qcow2;
+
+/// <summary>What a new image looks like.</summary>
+public sealed record CreateOptions
+{
+    /// <summary>Virtual size in bytes; rounded up to whole 512-byte sectors, as QEMU sees disks.</summary>
+    public required long Size { get; init; }
+
+    public int ClusterBits { get; init; } = 16;
+
+    /// <summary>refcount_order: entries of 1 &lt;&lt; order bits (4: 16 bits, QEMU's default).</summary>
+    public int RefcountOrder { get; init; } = 4;
+
+    public bool ExtendedL2 { get; init; }
+
+    public CompressionType Compression { get; init; } = CompressionType.Deflate;
+
+    /// <summary>The backing file name, stored as given (relative names are relative to the image's folder).</summary>
+    public string? BackingFile { get; init; }
+
+    /// <summary>"qcow2" or "raw"; stored in the backing format extension.</summary>
+    public string? BackingFormat { get; init; }
+}
+
+/// <summary>
+/// Writes a new, empty version 3 image: the header with its extensions (backing format, the
+/// feature name table QEMU also writes), the refcount table and blocks, and a zeroed L1 table.
+/// </summary>
+public static class Qcow2Creator
+{
+    private static readonly (FeatureKind Kind, int Bit, string Name)[] s_featureNames =
+    [
+        (FeatureKind.Incompatible, 0, "dirty bit"),
+        (FeatureKind.Incompatible, 1, "corrupt bit"),
+        (FeatureKind.Incompatible, 2, "external data file"),
+        (FeatureKind.Incompatible, 3, "compression type"),
+        (FeatureKind.Incompatible, 4, "extended L2 entries"),
+        (FeatureKind.Compatible, 0, "lazy refcounts"),
+        (FeatureKind.Autoclear, 0, "bitmaps"),
+        (FeatureKind.Autoclear, 1, "raw external data"),
+    ];
+
+    /// <summary>Creates the image file; it must not exist yet.</summary>
+    public static void Create(string path, CreateOptions options)
+    {
+        Validate(options);
+        int clusterBits = options.ClusterBits;
+        int clusterSize = 1 << clusterBits;
+        long size = (options.Size + 511) & ~511L;
+        int l2Bits = clusterBits - (options.ExtendedL2 ? 4 : 3);
+        long l1Entries = Qcow2Header.RequiredL1(size, clusterBits, l2Bits);
+        if (l1Entries * 8 > Qcow2Limits.MaxL1Bytes)
+            throw new ArgumentException($"a virtual size of {size} bytes needs an L1 table larger than QEMU allows; use larger clusters");
+        long l1Clusters = Math.Max(1, (l1Entries * 8 + clusterSize - 1) >> clusterBits);
+
+        // Header, refcount table, refcount blocks and L1 table, in that order; the table and
+        // blocks must cover every one of these clusters, which can take a few rounds to settle.
+        long entriesPerBlock = (long)clusterSize * 8 >> options.RefcountOrder;
+        long tableClusters = 1, blocks = 1;
+        while (true)
+        {
+            long total = 1 + tableClusters + blocks + l1Clusters;
+            long neededBlocks = (total + entriesPerBlock - 1) / entriesPerBlock;
+            long neededTable = Math.Max(1, (neededBlocks * 8 + clusterSize - 1) >> clusterBits);
+            if (neededBlocks == blocks && neededTable == tableClusters) break;
+            (blocks, tableClusters) = (neededBlocks, neededTable);
+        }
+        long tableAt = 1, blocksAt = tableAt + tableClusters, l1At = blocksAt + blocks, end = l1At + l1Clusters;
+
+        using var file = FileBlockDevice.Create(path, overwrite: false);
+        try
+        {
+            var header = new byte[clusterSize];
+            WriteHeader(header, options, size, (uint)l1Entries, l1At << clusterBits, tableAt << clusterBits, (uint)tableClusters);
+            file.WriteAt(header, 0);
+            var table = new byte[tableClusters << clusterBits];
+            for (long b = 0; b < blocks; b++) BigEndian.Put(table, (int)(b * 8), (ulong)(blocksAt + b) << clusterBits);
+            file.WriteAt(table, tableAt << clusterBits);
+            var block = new byte[blocks << clusterBits];
+            for (long c = 0; c < end; c++) SetRefcount(block, c, options.RefcountOrder);
+            file.WriteAt(block, blocksAt << clusterBits);
+            file.SetLength(end << clusterBits); // the L1 table reads as zeros
+            file.Flush();
+        }
+        catch
+        {
+            file.Dispose();
+            File.Delete(path);
+            throw;
+        }
+    }
+
+    private static void Validate(CreateOptions o)
+    {
+        if (o.Size < 0) throw new ArgumentException("the size cannot be negative");
+        if (o.ClusterBits is < Qcow2Limits.MinClusterBits or > Qcow2Limits.MaxClusterBits)
+            throw new ArgumentException("the cluster size must be a power of two from 512 bytes to 2 MiB");
+        if (o.ExtendedL2 && o.ClusterBits < Qcow2Limits.MinExtendedL2ClusterBits)
+            throw new ArgumentException("extended L2 entries need clusters of at least 16 KiB");
+        if (o.RefcountOrder is < 0 or > 6) throw new ArgumentException("refcount widths are 1, 2, 4, 8, 16, 32 or 64 bits");
+        if (o.BackingFile is { Length: > Qcow2Limits.MaxBackingFileNameLength })
+            throw new ArgumentException("the backing file name is longer than 1023 bytes");
+    }
+
+    private static void SetRefcount(byte[] block, long index, int order)
+    {
+        // A refcount of 1 in an entry of 1 << order bits; sub-byte entries start at the least significant bit.
+        if (order < 3) block[index >> (3 - order)] |= (byte)(1 << (int)((index & ((1 << (3 - order)) - 1)) << order));
+        else block[((index + 1) << (order - 3)) - 1] = 1;
+    }
+
+    private static void WriteHeader(byte[] h, CreateOptions o, long size, uint l1Entries, long l1Offset, long tableOffset, uint tableClusters)
+    {
+        var incompatible = IncompatibleFeatures.None;
+        if (o.ExtendedL2) incompatible |= IncompatibleFeatures.ExtendedL2;
+        if (o.Compression != CompressionType.Deflate) incompatible |= IncompatibleFeatures.CompressionType;
+        BigEndian.Put(h, HeaderField.Magic, Qcow2Limits.Magic);
+        BigEndian.Put(h, HeaderField.Version, 3u);
+        BigEndian.Put(h, HeaderField.ClusterBits, (uint)o.ClusterBits);
+        BigEndian.Put(h, HeaderField.Size, (ulong)size);
+        BigEndian.Put(h, HeaderField.L1Size, l1Entries);
+        BigEndian.Put(h, HeaderField.L1TableOffset, (ulong)l1Offset);
+        BigEndian.Put(h, HeaderField.RefcountTableOffset, (ulong)tableOffset);
+        BigEndian.Put(h, HeaderField.RefcountTableClusters, tableClusters);
+        BigEndian.Put(h, HeaderField.IncompatibleFeatures, (ulong)incompatible);
+        BigEndian.Put(h, HeaderField.RefcountOrder, (uint)o.RefcountOrder);
+        BigEndian.Put(h, HeaderField.HeaderLength, (uint)HeaderField.V3HeaderLength);
+        h[HeaderField.CompressionType] = (byte)o.Compression;
+
+        int at = HeaderField.V3HeaderLength;
+        if (o.BackingFile is not null && o.BackingFormat is not null)
+            at = Extension(h, at, ExtensionType.BackingFormat, Encoding.UTF8.GetBytes(o.BackingFormat));
+        var names = new byte[s_featureNames.Length * Qcow2Limits.FeatureNameEntryLength];
+        for (int i = 0; i < s_featureNames.Length; i++)
+        {
+            var (kind, bit, name) = s_featureNames[i];
+            names[i * 48] = (byte)kind;
+            names[i * 48 + 1] = (byte)bit;
+            Encoding.ASCII.GetBytes(name, names.AsSpan(i * 48 + 2, Qcow2Limits.FeatureNameLength));
+        }
+        // The feature name table is optional; with 512-byte clusters it may not fit beside a backing file name.
+        int backingLength = o.BackingFile is null ? 0 : Encoding.UTF8.GetByteCount(o.BackingFile);
+        if (at + 8 + names.Length + 8 + backingLength <= h.Length) at = Extension(h, at, ExtensionType.FeatureNameTable, names);
+        at += 8; // the end-of-extensions marker is all zeros
+        if (o.BackingFile is not null)
+        {
+            byte[] name = Encoding.UTF8.GetBytes(o.BackingFile);
+            if (at + name.Length > h.Length) throw new ArgumentException("the backing file name does not fit in the first cluster");
+            name.CopyTo(h, at);
+            BigEndian.Put(h, HeaderField.BackingFileOffset, (ulong)at);
+            BigEndian.Put(h, HeaderField.BackingFileSize, (uint)name.Length);
+        }
+    }
+
+    private static int Extension(byte[] h, int at, uint type, byte[] data)
+    {
+        if (at + 8 + data.Length + 8 > h.Length) throw new ArgumentException("the header extensions do not fit in the first cluster");
+        BigEndian.Put(h, at, type);
+        BigEndian.Put(h, at + 4, (uint)data.Length);
+        data.CopyTo(h, at + 8);
+        return at + 8 + ((data.Length + 7) & ~7);
+    }
+}

@@ -1,0 +1,46 @@
+using System.Diagnostics;
+using MountQcow.Qcow2;
+using MountQcow.Storage;
+
+namespace MountQcow.Host;
+
+/// <summary>
+/// `mountqcow convert SOURCE IMAGE [--compress deflate|zstd]`: a raw file, device or qcow2 image
+/// into a new qcow2 image. Holes (SEEK_HOLE, or unallocated clusters) are never read, and
+/// all-zero clusters are never written.
+/// </summary>
+internal static class ConvertCommand
+{
+    public static int Run(ConvertOptions o)
+    {
+        if (Path.GetFullPath(o.Source) == Path.GetFullPath(o.Image)) throw new UserError("SOURCE and IMAGE are the same file");
+        using IBlockDevice source = Qcow2Image.Probe(o.Source) == "qcow2"
+            ? Qcow2Image.Open(o.Source, new ImageOptions { Warn = Cli.Warn })
+            : FileBlockDevice.Open(o.Source, writable: false);
+        var compression = o.Compress is null ? CompressionType.Deflate : CreateCommand.CompressionOf(o.Compress);
+        int clusterBits = CreateCommand.ClusterBits(o.ClusterSize);
+        CreateCommand.Replace(o.Image, o.Force);
+        var clock = Stopwatch.StartNew();
+        using var cancel = Cli.CancelOnCtrlC();
+        try
+        {
+            Qcow2Creator.Create(o.Image, new CreateOptions { Size = source.Length, ClusterBits = clusterBits, Compression = compression });
+            long written;
+            using (var image = Qcow2Image.Open(o.Image, new ImageOptions { Writable = true, CompressWrites = o.Compress is not null }))
+            {
+                var copy = new BlockCopy(source, image, new CopyOptions { TargetIsZeroed = true, ZeroBlockSize = Math.Max(4096, 1 << clusterBits) });
+                ProgressView.Run("converting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress);
+                written = copy.Written;
+            }
+            long onDisk = new FileInfo(o.Image).Length;
+            Console.Error.WriteLine($"converted {Units.Bytes(source.Length)} ({Units.Bytes(written)} of data) into {o.Image} " +
+                                    $"({Units.Bytes(onDisk)}{(o.Compress is null ? "" : $", {compression.ToString().ToLowerInvariant()}-compressed")}) in {clock.Elapsed.TotalSeconds:0.0} s");
+        }
+        catch
+        {
+            File.Delete(o.Image); // never leave a half-made image behind
+            throw;
+        }
+        return Program.Ok;
+    }
+}
