@@ -48,11 +48,11 @@ run_tests() {
 }
 
 demo() {
-  need_packages fuse3 qemu-utils e2fsprogs fdisk
+  need_packages fuse3 e2fsprogs fdisk
   build
   local dir=$root/artifacts/demo mq=$root/artifacts/mountqcow/mountqcow
   mkdir -p "$dir/mnt"
-  [ -f "$dir/demo.qcow2" ] || demo/make-demo.sh "$dir/demo.qcow2"
+  [ -f "$dir/demo.qcow2" ] || demo/make-demo.sh "$dir/demo.qcow2" "$mq"
   if mountpoint -q "$dir/mnt"; then fusermount3 -u "$dir/mnt" 2>/dev/null || umount "$dir/mnt"; fi
   echo
   echo "\$ mountqcow $dir/demo.qcow2 $dir/mnt"

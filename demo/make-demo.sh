@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# make-demo.sh OUT.qcow2: a small demo disk, GPT with two ext4 partitions holding a few files.
+# make-demo.sh OUT.qcow2 [MOUNTQCOW]: a small demo disk, GPT with two ext4 partitions holding a
+# few files, converted to zstd-compressed qcow2 by mountqcow itself (or qemu-img without MOUNTQCOW).
 # Needs no root: the file systems are built into the disk file with mkfs.ext4 -d at an offset.
 set -euo pipefail
-out=${1:?usage: make-demo.sh OUT.qcow2}
+out=${1:?usage: make-demo.sh OUT.qcow2 [MOUNTQCOW]}
+mountqcow=${2:-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -26,5 +28,9 @@ printf 'menuentry "demo" { linux /vmlinuz-demo root=/dev/vda2 }\n' > "$work/boot
 mkfs.ext4 -q -F -L boot -d "$work/boot" -E offset=$((2048 * 512)) "$raw" $((16384 / 2))k
 mkfs.ext4 -q -F -L root -d "$work/root" -E offset=$((18432 * 512)) "$raw" $((77824 / 2))k
 
-qemu-img convert -q -f raw -O qcow2 -o compression_type=zstd -c "$raw" "$out"
+if [ -n "$mountqcow" ]; then
+  "$mountqcow" convert --no-progress --compress zstd "$raw" "$out" 2>/dev/null
+else
+  qemu-img convert -q -f raw -O qcow2 -o compression_type=zstd -c "$raw" "$out"
+fi
 echo "made $out"

@@ -1,0 +1,261 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace MountQcow.Tests;
+
+/// <summary>Read-write mounts: writes reach the image, and every image they leave passes qemu-img check.</summary>
+public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDisposable
+{
+    private readonly ImageBuilder _b = new();
+
+    public void Dispose() => _b.Dispose();
+
+    private string Dir(string name) => Directory.CreateDirectory(_b.PathOf(name)).FullName;
+
+    private static void AssertCheckClean(string image)
+    {
+        var r = Run.Capture("qemu-img", ["check", image]);
+        Assert.True(r.ExitCode == 0 && r.Stdout.Contains("No errors were found"), r.Stdout + r.Stderr);
+    }
+
+    private static void Unmount(MountedImage mount)
+    {
+        Run.Checked("fusermount3", "-u", mount.Mountpoint);
+        MountedImage.AssertGone(mount.ServerPid, mount.Mountpoint);
+    }
+
+    [MountFact]
+    public void FilesCopiedIntoALoopMountedExt4PartitionSurviveARemount()
+    {
+        var disk = DiskBuilder.GptWithExt4(_b, "rw.raw");
+        string image = _b.Convert(disk.Raw, "rw.qcow2", "cluster_size=65536");
+        var added = new Dictionary<string, byte[]>
+        {
+            ["new/big.bin"] = ImageBuilder.Content(Fill.Random, 5 << 20, 11),
+            ["new/notes.txt"] = ImageBuilder.Content(Fill.Text, 700_000, 12),
+            ["etc/hostname"] = "renamed-vm\n"u8.ToArray(),
+        };
+        using (var mount = MountedImage.Start(image, Dir("mnt"), "--rw"))
+        {
+            Assert.Contains("read-write", mount.Output);
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead,
+                File.GetUnixFileMode(mount.PathOf("p2.raw")));
+            string inside = Dir("p2");
+            Run.Checked("mount", "-o", "loop", mount.PathOf("p2.raw"), inside);
+            try
+            {
+                foreach (var (path, data) in added)
+                {
+                    Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(inside, path))!);
+                    File.WriteAllBytes(Path.Combine(inside, path), data);
+                }
+                File.Delete(Path.Combine(inside, "var/log/empty"));
+            }
+            finally
+            {
+                Run.Checked("umount", inside);
+            }
+            Unmount(mount);
+        }
+        AssertCheckClean(image);
+        using (var again = MountedImage.Start(image, Dir("mnt2")))
+        {
+            var fsck = Run.Capture("fsck.ext4", ["-n", "-f", again.PathOf("p2.raw")]);
+            Assert.True(fsck.ExitCode == 0, $"fsck.ext4 -n: {fsck.Stdout}{fsck.Stderr}");
+            string inside = Dir("p2ro");
+            Run.Checked("mount", "-o", "loop,ro", again.PathOf("p2.raw"), inside);
+            try
+            {
+                foreach (var (path, data) in added) Assert.Equal(data, File.ReadAllBytes(Path.Combine(inside, path)));
+                Assert.Equal(disk.RootFiles["home/user/random.bin"], File.ReadAllBytes(Path.Combine(inside, "home/user/random.bin")));
+                Assert.False(File.Exists(Path.Combine(inside, "var/log/empty")));
+            }
+            finally
+            {
+                Run.Checked("umount", inside);
+            }
+        }
+    }
+
+    [MountFact]
+    public void WritesThroughDiskRawMatchQemuAfterUnmount()
+    {
+        string baseImage = _b.Create("b.qcow2", "32M");
+        _b.Write(baseImage, 0, 32 << 20, Fill.Text, 1);
+        string image = _b.Create("over.qcow2", "", "extended_l2=on", backing: "b.qcow2");
+        var shadow = File.ReadAllBytes(_b.Expected(baseImage));
+        using (var mount = MountedImage.Start(image, Dir("mnt"), "--rw"))
+        {
+            using (var file = File.OpenHandle(mount.PathOf("disk.raw"), FileMode.Open, FileAccess.ReadWrite))
+            {
+                var random = new Random(3);
+                for (int i = 0; i < 60; i++)
+                {
+                    long at = random.NextInt64(shadow.Length - 300_000);
+                    var data = ImageBuilder.Content(Fill.Random, random.Next(1, 300_000), i);
+                    RandomAccess.Write(file, data, at);
+                    data.CopyTo(shadow, at);
+                }
+                RandomAccess.FlushToDisk(file);
+                // A partition file and the disk are views of the same bytes.
+                var back = new byte[4096];
+                RandomAccess.Read(file, back, 1 << 20);
+                Assert.Equal(shadow.AsSpan(1 << 20, 4096).ToArray(), back);
+            }
+            Unmount(mount);
+        }
+        AssertCheckClean(image);
+        Assert.Equal(shadow, File.ReadAllBytes(_b.Expected(image)));
+    }
+
+    [MountFact]
+    public void PunchingAHoleFreesClustersAndSizeChangesAreRefused()
+    {
+        string image = _b.Create("holes.qcow2", "16M");
+        _b.Write(image, 0, 16 << 20, Fill.Random, 2);
+        using (var mount = MountedImage.Start(image, Dir("mnt"), "--rw"))
+        {
+            Run.Checked("fallocate", "--punch-hole", "--offset", (4 << 20).ToString(), "--length", (8 << 20).ToString(), mount.PathOf("disk.raw"));
+            var truncate = Run.Capture("truncate", ["-s", "8M", mount.PathOf("disk.raw")]);
+            Assert.NotEqual(0, truncate.ExitCode);
+            Assert.Contains("Operation not permitted", truncate.Stderr);
+            var past = Run.Capture("dd", ["if=/dev/zero", $"of={mount.PathOf("disk.raw")}", "bs=10", "count=1",
+                $"seek={(16 << 20) - 5}", "oflag=seek_bytes", "conv=notrunc"]);
+            Assert.Contains("File too large", past.Stderr); // EFBIG: the disk has a fixed size
+            Unmount(mount);
+        }
+        AssertCheckClean(image);
+        var raw = File.ReadAllBytes(_b.Expected(image));
+        Assert.False(raw.AsSpan(4 << 20, 8 << 20).ContainsAnyExcept((byte)0));
+        Assert.Matches(@"(^|\n)128/256 = 50\.00% allocated", Run.Checked("qemu-img", "check", image));
+    }
+
+    [MountFact]
+    public void ReadWriteMountHonoursQemusLocks()
+    {
+        string image = _b.Create("locked.qcow2", "16M");
+        string mnt = Dir("mnt");
+        var psi = new ProcessStartInfo("qemu-io", ["-f", "qcow2", image]) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
+        using (var qemu = Process.Start(psi)!)
+        {
+            qemu.StandardInput.WriteLine("write -P 7 0 64k");
+            qemu.StandardInput.Flush();
+            Assert.Contains("wrote", qemu.StandardOutput.ReadLine() + qemu.StandardOutput.ReadLine());
+            var refused = MountedImage.Host(image, mnt, "--rw");
+            Assert.Equal(1, refused.ExitCode);
+            Assert.Contains("in use by another process", refused.Stderr);
+            Assert.False(MountedImage.IsMounted(mnt));
+            qemu.StandardInput.WriteLine("quit");
+            qemu.WaitForExit(10_000);
+        }
+        using (var mount = MountedImage.Start(image, mnt, "--rw"))
+        {
+            var write = Run.Capture("qemu-io", ["-f", "qcow2", "-c", "write 0 512", image]);
+            Assert.Contains("Failed to get \"write\" lock", write.Stderr + write.Stdout);
+            Unmount(mount);
+        }
+        Assert.Equal(0, Run.Capture("qemu-io", ["-f", "qcow2", "-c", "write 0 512", image]).ExitCode);
+    }
+
+    /// <summary>
+    /// Writes through the mount, fsync now and then, and SIGKILL of the mount process at a random
+    /// moment, many times. Each image must pass qemu-img check with leaks at most, and every
+    /// byte acknowledged by fsync before the kill must be there.
+    /// </summary>
+    [MountFact]
+    public void KilledMidWriteTheImageStaysConsistentAndFsyncedDataSurvives()
+    {
+        const int iterations = 24;
+        var shapes = new[] { "cluster_size=65536", "cluster_size=4096,refcount_bits=1", "cluster_size=65536,extended_l2=on", "backing" };
+        string baseImage = _b.Create("crash-base.qcow2", "48M");
+        _b.Write(baseImage, 0, 48 << 20, Fill.Text, 9);
+        int withLeaks = 0, killedWhileWriting = 0;
+        long durableRegions = 0;
+        for (int iteration = 0; iteration < iterations; iteration++)
+        {
+            string shape = shapes[iteration % shapes.Length];
+            string image = shape == "backing"
+                ? _b.Create($"crash-{iteration}.qcow2", "", "cluster_size=65536", backing: "crash-base.qcow2")
+                : _b.Create($"crash-{iteration}.qcow2", "48M", shape);
+            var expected = shape == "backing" ? File.ReadAllBytes(_b.Expected(baseImage)) : new byte[48 << 20];
+            var durable = new Dictionary<int, (long Offset, byte[] Data)>();
+            string mnt = Dir($"crash-mnt-{iteration}");
+            var mount = MountedImage.Start(image, mnt, "--rw");
+            var random = new Random(iteration);
+            var writer = new Thread(() => WriteUntilKilled(Path.Combine(mnt, "disk.raw"), new Random(iteration * 7919), durable));
+            writer.Start();
+            Thread.Sleep(random.Next(100, 900));
+            bool wasWriting = writer.IsAlive; // the writer runs until the mount dies under it
+            Run.Checked("kill", "-KILL", mount.ServerPid.ToString());
+            writer.Join();
+            if (wasWriting) killedWhileWriting++;
+            Run.Capture("fusermount3", ["-u", "-z", mnt]);
+            MountedImage.AssertGone(mount.ServerPid, mnt);
+
+            var check = Run.Capture("qemu-img", ["check", image]);
+            Assert.True(check.ExitCode is 0 or 3, $"iteration {iteration} ({shape}): qemu-img check exited {check.ExitCode}:\n{check.Stdout}{check.Stderr}");
+            Assert.DoesNotContain("corrupt", check.Stdout + check.Stderr, StringComparison.OrdinalIgnoreCase);
+            Assert.DoesNotContain("ERROR", check.Stdout);
+            if (check.ExitCode == 3) withLeaks++;
+            var image_ = File.ReadAllBytes(_b.Expected(image));
+            lock (durable)
+            {
+                foreach (var (offset, data) in durable.Values)
+                    DeviceAssert.AssertSpan(data, image_.AsSpan((int)offset, data.Length), offset);
+                durableRegions += durable.Count;
+            }
+            File.Delete(image);
+        }
+        output.WriteLine($"{iterations} kills ({killedWhileWriting} mid-write), {withLeaks} images with leaks only, {durableRegions} fsynced regions verified");
+        Assert.True(killedWhileWriting >= iterations / 2, $"only {killedWhileWriting} of {iterations} kills hit a running writer");
+        Assert.True(durableRegions > iterations, "too few fsynced regions to mean anything");
+    }
+
+    /// <summary>
+    /// Writes and punches holes in 64 KiB slots, round after round until the kill, fsyncing after
+    /// every few. A slot's data counts as durable once an fsync after its last write returned; a
+    /// slot written again since is not checked until the next fsync.
+    /// </summary>
+    private static void WriteUntilKilled(string path, Random random, Dictionary<int, (long, byte[])> durable)
+    {
+        const int slot = 64 << 10;
+        var pending = new Dictionary<int, (long, byte[])>();
+        try
+        {
+            using var file = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
+            while (true)
+            {
+                int s = random.Next((48 << 20) / slot);
+                long at = (long)s * slot + random.Next(slot / 2);
+                int length = random.Next(1, slot / 2);
+                lock (durable) durable.Remove(s);
+                if (random.Next(5) == 0)
+                {
+                    if (FAllocate(file, 3 /* KEEP_SIZE | PUNCH_HOLE */, at, length) != 0) return;
+                    pending[s] = (at, new byte[length]);
+                }
+                else
+                {
+                    var data = ImageBuilder.Content(Fill.Random, length, s);
+                    RandomAccess.Write(file, data, at);
+                    pending[s] = (at, data);
+                }
+                if (random.Next(4) == 0)
+                {
+                    RandomAccess.FlushToDisk(file);
+                    lock (durable) foreach (var (k, v) in pending) durable[k] = v;
+                    pending.Clear();
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // the mount went away mid-write: expected
+        }
+    }
+
+    [LibraryImport("libc", SetLastError = true, EntryPoint = "fallocate")]
+    private static partial int FAllocate(Microsoft.Win32.SafeHandles.SafeFileHandle fd, int mode, long offset, long length);
+}
