@@ -7,7 +7,7 @@ Set-Location $PSScriptRoot
 function Build {
     dotnet build MountQcow.sln -c Release -nologo -clp:"ErrorsOnly;NoSummary" -v:q
     if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }
-    dotnet publish src/MountQcow/MountQcow.csproj -c Release --no-build -nologo -v:q -o artifacts/mountqcow | Out-Null
+    dotnet publish src/MountQcow/MountQcow.csproj -c Release -nologo -v:q -o artifacts/mountqcow | Out-Null
     if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }
     Write-Host "built artifacts\mountqcow\mountqcow.exe"
 }

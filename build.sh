@@ -24,7 +24,7 @@ need_packages() {
 build() {
   need_packages fuse3 || true  # mounting needs it; building does not
   dotnet build MountQcow.sln -c Release -nologo -clp:"ErrorsOnly;NoSummary" -v:q
-  dotnet publish src/MountQcow/MountQcow.csproj -c Release --no-build -nologo -v:q -o artifacts/mountqcow >/dev/null
+  dotnet publish src/MountQcow/MountQcow.csproj -c Release -nologo -v:q -o artifacts/mountqcow >/dev/null
   echo "built artifacts/mountqcow/mountqcow"
 }
 

@@ -17,9 +17,17 @@ internal static unsafe class FuseFileSystem
     private const int W_OK = 2;
     private const uint S_IFDIR = 0x4000, S_IFREG = 0x8000;
     private const int FALLOC_FL_KEEP_SIZE = 0x01, FALLOC_FL_PUNCH_HOLE = 0x02, FALLOC_FL_ZERO_RANGE = 0x10;
-    private const int MaxRequest = 1 << 20; // 1 MiB reads and writes: the kernel's largest FUSE request
+    // The largest request whose reply libfuse can still splice: it sizes its pipe as the reply
+    // plus three pages, and a pipe cannot grow past /proc/sys/fs/pipe-max-size (1 MiB). Bigger
+    // requests fall back to a copy and measured slower; 252 pages keep both splice and size.
+    public const int MaxRequest = (1 << 20) - 4 * 4096;
 
     private static VirtualFileTree s_tree = null!;
+    private static bool s_splice;
+    private static int s_requests;
+
+    /// <summary>Set once the first request after INIT arrived (INIT's settings are then in force).</summary>
+    public static readonly ManualResetEventSlim Serving = new();
     private static Action<string>? s_log;
     private static uint s_uid, s_gid;
     private static long s_mtimeSeconds;
@@ -37,7 +45,7 @@ internal static unsafe class FuseFileSystem
             getattr = (nint)(delegate* unmanaged<byte*, void*, fuse_file_info*, int>)&GetAttr,
             truncate = (nint)(delegate* unmanaged<byte*, long, fuse_file_info*, int>)&Truncate,
             open = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Open,
-            read = (nint)(delegate* unmanaged<byte*, byte*, nuint, long, fuse_file_info*, int>)&Read,
+            read_buf = (nint)(delegate* unmanaged<byte*, fuse_bufvec**, nuint, long, fuse_file_info*, int>)&ReadBuf,
             write = (nint)(delegate* unmanaged<byte*, byte*, nuint, long, fuse_file_info*, int>)&Write,
             statfs = (nint)(delegate* unmanaged<byte*, statvfs*, int>)&StatFs,
             flush = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Flush,
@@ -100,6 +108,9 @@ internal static unsafe class FuseFileSystem
             conn->max_write = MaxRequest; // libfuse derives the kernel's max_pages from max_write
             conn->max_readahead = Math.Min(conn->max_readahead, (uint)MaxRequest);
             conn->want |= conn->capable & (fuse_conn_info.FUSE_CAP_ASYNC_READ | fuse_conn_info.FUSE_CAP_PARALLEL_DIROPS);
+            // Read-only mounts hand the kernel file ranges to splice from the image (see ReadBuf).
+            s_splice = !s_tree.Writable && (conn->capable & fuse_conn_info.FUSE_CAP_SPLICE_WRITE) != 0;
+            if (s_splice) conn->want |= fuse_conn_info.FUSE_CAP_SPLICE_WRITE;
             if (!s_tree.Writable)
             {
                 // Nothing changes under a read-only mount: keep pages and attributes cached.
@@ -123,6 +134,7 @@ internal static unsafe class FuseFileSystem
     [UnmanagedCallersOnly]
     private static int GetAttr(byte* path, void* stat, fuse_file_info* fi)
     {
+        if (Volatile.Read(ref s_requests) == 0 && Interlocked.Exchange(ref s_requests, 1) == 0) Serving.Set();
         try
         {
             var file = FileOf(path, fi);
@@ -203,17 +215,46 @@ internal static unsafe class FuseFileSystem
         return -1;
     }
 
+    /// <summary>
+    /// Reads for libfuse, which frees what is returned: where the whole request lies unchanged
+    /// in the image file (or a backing file), a file range that libfuse splices into /dev/fuse
+    /// without a copy through this process; otherwise the bytes, in malloc'ed memory.
+    /// </summary>
     [UnmanagedCallersOnly]
-    private static int Read(byte* path, byte* buffer, nuint size, long offset, fuse_file_info* fi)
+    private static int ReadBuf(byte* path, fuse_bufvec** result, nuint size, long offset, fuse_file_info* fi)
     {
+        void* memory = null;
         try
         {
             var file = FileOf(path, fi);
             if (file is null) return -ENOENT;
-            return file.Read(new Span<byte>(buffer, (int)Math.Min(size, MaxRequest)), offset);
+            int wanted = (int)Math.Min(size, MaxRequest);
+            fuse_buf buffer;
+            if (s_splice && file.GetHostRun(offset, wanted) is { } run)
+            {
+                buffer = new fuse_buf
+                {
+                    size = (nuint)run.Length,
+                    flags = fuse_buf.FUSE_BUF_IS_FD | fuse_buf.FUSE_BUF_FD_SEEK,
+                    fd = (int)run.File.DangerousGetHandle(),
+                    pos = run.Offset,
+                };
+            }
+            else
+            {
+                memory = NativeMemory.Alloc((nuint)Math.Max(1, wanted));
+                int n = file.Read(new Span<byte>(memory, wanted), offset);
+                buffer = new fuse_buf { size = (nuint)n, mem = memory };
+            }
+            var vector = (fuse_bufvec*)NativeMemory.AllocZeroed((nuint)sizeof(fuse_bufvec));
+            vector->count = 1;
+            vector->buf = buffer;
+            *result = vector;
+            return 0;
         }
         catch (Exception e)
         {
+            NativeMemory.Free(memory);
             return Fail(e, "read");
         }
     }

@@ -20,6 +20,12 @@ public sealed record FuseOptions
     /// <summary>Use a /dev/fuse descriptor per worker thread.</summary>
     public bool CloneFd { get; init; } = true;
 
+    /// <summary>
+    /// Kernel readahead for the mount, in KiB (FUSE starts at 128). Larger windows keep several
+    /// large requests in flight, which decompression on more than one core needs. Only root may set it.
+    /// </summary>
+    public int ReadaheadKiB { get; init; } = 4096;
+
     /// <summary>Receives errors met while serving (an I/O error on a read, say).</summary>
     public Action<string>? Log { get; init; }
 }
@@ -35,14 +41,20 @@ public sealed unsafe class FuseMount : IDisposable
     private fuse_operations* _ops;
     private int _unmountRequested;
 
-    private FuseMount(string mountpoint, nint fuse, fuse_operations* ops)
+    private readonly FuseOptions _options;
+
+    private FuseMount(string mountpoint, nint fuse, fuse_operations* ops, FuseOptions options)
     {
         Mountpoint = mountpoint;
         _fuse = fuse;
         _ops = ops;
+        _options = options;
     }
 
     public string Mountpoint { get; }
+
+    /// <summary>Largest read or write request the mount asks the kernel for (pass it as -o max_read).</summary>
+    public const int MaxRequest = FuseFileSystem.MaxRequest;
 
     /// <summary>The FUSE device; MOUNTQCOW_FUSE_DEVICE names another (for diagnosis and tests).</summary>
     private static string Device => Environment.GetEnvironmentVariable("MOUNTQCOW_FUSE_DEVICE") ?? "/dev/fuse";
@@ -92,7 +104,7 @@ public sealed unsafe class FuseMount : IDisposable
                 if (LibFuse3.fuse_mount(fuse, p) != 0)
                     throw new FuseException($"cannot mount at {mountpoint} (libfuse's reason is above)");
             }
-            return new FuseMount(mountpoint, fuse, ops);
+            return new FuseMount(mountpoint, fuse, ops, options);
         }
         catch
         {
@@ -109,14 +121,38 @@ public sealed unsafe class FuseMount : IDisposable
 
     /// <summary>Serves requests on libfuse's worker threads until the file system is unmounted.</summary>
     /// <returns>libfuse's result: 0 for a normal end.</returns>
-    public int Run(bool cloneFd = true)
+    public int Run()
     {
+        if (_options.ReadaheadKiB > 0 && LibFuse3.getuid() == 0)
+            new Thread(SetReadahead) { IsBackground = true, Name = "readahead" }.Start();
         if (LibFuse3.fuse_loop_mt_32 != null)
         {
-            var config = new fuse_loop_config { clone_fd = cloneFd ? 1 : 0, max_idle_threads = 16 };
+            var config = new fuse_loop_config { clone_fd = _options.CloneFd ? 1 : 0, max_idle_threads = 16 };
             return LibFuse3.fuse_loop_mt_32(_fuse, &config);
         }
-        return LibFuse3.fuse_loop_mt_30(_fuse, cloneFd ? 1 : 0);
+        return LibFuse3.fuse_loop_mt_30(_fuse, _options.CloneFd ? 1 : 0);
+    }
+
+    // INIT's reply caps the mount's readahead, so the window is widened only once a request
+    // after INIT has arrived: through the mount's backing device info in sysfs, found by the
+    // device number /proc/self/mountinfo gives the mount.
+    private void SetReadahead()
+    {
+        if (!FuseFileSystem.Serving.Wait(TimeSpan.FromSeconds(30))) return;
+        try
+        {
+            foreach (string line in File.ReadLines("/proc/self/mountinfo"))
+            {
+                string[] fields = line.Split(' ');
+                if (fields.Length < 5 || fields[4] != Mountpoint.Replace(" ", "\\040")) continue;
+                File.WriteAllText($"/sys/class/bdi/{fields[2]}/read_ahead_kb", _options.ReadaheadKiB.ToString());
+                return;
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _options.Log?.Invoke($"could not widen readahead: {e.Message}");
+        }
     }
 
     /// <summary>

@@ -91,6 +91,30 @@ internal struct fuse_operations
         poll, write_buf, read_buf, flock, fallocate, copy_file_range, lseek;
 }
 
+/// <summary>struct fuse_buf: memory, or a range of a file descriptor.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct fuse_buf
+{
+    public nuint size;
+    public int flags;
+    public void* mem;
+    public int fd;
+    public long pos;
+
+    public const int FUSE_BUF_IS_FD = 1 << 1;
+    public const int FUSE_BUF_FD_SEEK = 1 << 2;
+}
+
+/// <summary>struct fuse_bufvec with one buffer (the C struct ends in a one-element array).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct fuse_bufvec
+{
+    public nuint count;
+    public nuint idx;
+    public nuint off;
+    public fuse_buf buf;
+}
+
 /// <summary>The FUSE_3.2 loop configuration (a plain struct, also understood by newer libfuse).</summary>
 [StructLayout(LayoutKind.Sequential)]
 internal struct fuse_loop_config

@@ -71,7 +71,7 @@ internal static class MountCommand
             $"fsname=mountqcow:{imagePath.Replace(",", "\\,")}",
             "subtype=mountqcow",
             "default_permissions",
-            "max_read=1048576",
+            $"max_read={FuseMount.MaxRequest}",
         };
         if (!o.ReadWrite) options.Add("ro");
         var user = (o.FuseOptions ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();

@@ -76,6 +76,18 @@ public sealed class VirtualFile
         return n;
     }
 
+    /// <summary>
+    /// Where [offset, offset + length) lies unchanged in one host file, clamped to the end of this
+    /// file; null when it does not all lie in one run. (Zero length at or past the end.)
+    /// </summary>
+    public HostRun? GetHostRun(long offset, int length)
+    {
+        if (offset < 0) throw new FileTreeException(FsStatus.InvalidArgument, "negative offset");
+        long n = Math.Min(length, Math.Max(0, Length - offset));
+        if (n == 0) return null;
+        return Device.GetHostRun(offset, n) is { } run && run.Length == n ? run : null;
+    }
+
     /// <summary>Writes inside the file; a write past its end is refused, since the disk has a fixed size.</summary>
     public void Write(ReadOnlySpan<byte> data, long offset)
     {

@@ -309,6 +309,25 @@ public sealed partial class Qcow2Image : IBlockDevice
         }
     }
 
+    /// <summary>
+    /// Data clusters (here or in a backing file) lie unchanged in a host file; zeros and compressed
+    /// clusters do not. Writable images answer nothing: a cluster could move before the caller uses it.
+    /// </summary>
+    public HostRun? GetHostRun(long offset, long maxLength)
+    {
+        if (_rw is not null || offset >= Length) return null;
+        var run = _map.Map(offset, Math.Min(maxLength, Length - offset));
+        switch (run.Kind)
+        {
+            case ClusterKind.Data:
+                return _data.GetHostRun(run.HostOffset, run.Length);
+            case ClusterKind.Unallocated when _backing is not null && offset < _backing.Length:
+                return _backing.GetHostRun(offset, Math.Min(run.Length, _backing.Length - offset));
+            default:
+                return null;
+        }
+    }
+
     /// <summary>Every file of the chain, top first: (path, format) pairs.</summary>
     public IEnumerable<(string Path, string Format, IBlockDevice Device)> Chain()
     {

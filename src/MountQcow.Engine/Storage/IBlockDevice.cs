@@ -34,6 +34,14 @@ public interface IBlockDevice : IDisposable
     Extent GetExtent(long offset, long maxLength) => new(ExtentKind.Data, maxLength);
 
     /// <summary>
+    /// Where the bytes at <paramref name="offset"/> lie, unchanged, in a host file: the file, the
+    /// offset in it and how many bytes (at most <paramref name="maxLength"/>) stay contiguous.
+    /// Null when the bytes must be computed (zeros, compressed clusters) or may move (a writable
+    /// image). A backend hands such a run to the kernel to splice instead of copying it.
+    /// </summary>
+    HostRun? GetHostRun(long offset, long maxLength) => null;
+
+    /// <summary>
     /// Makes <paramref name="length"/> bytes at <paramref name="offset"/> read as zeros,
     /// releasing storage where the device can (<paramref name="discard"/>), or else by writing zeros.
     /// </summary>
@@ -51,6 +59,9 @@ public enum ExtentKind
 
 /// <summary>A run of <paramref name="Length"/> bytes of one <paramref name="Kind"/>.</summary>
 public readonly record struct Extent(ExtentKind Kind, long Length);
+
+/// <summary><paramref name="Length"/> bytes at <paramref name="Offset"/> of an open host file.</summary>
+public readonly record struct HostRun(Microsoft.Win32.SafeHandles.SafeFileHandle File, long Offset, long Length);
 
 /// <summary>Checks and helpers shared by every device.</summary>
 public static class BlockDevices
