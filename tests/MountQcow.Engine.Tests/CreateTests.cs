@@ -15,11 +15,6 @@ public sealed class CreateTests : IDisposable
     private static JsonElement Info(string image) =>
         JsonDocument.Parse(Run.Checked("qemu-img", "info", "--output=json", image)).RootElement;
 
-    private static void AssertCheckClean(string image)
-    {
-        var r = Run.Capture("qemu-img", ["check", image]);
-        Assert.True(r.ExitCode == 0 && r.Stdout.Contains("No errors were found"), r.Stdout + r.Stderr);
-    }
 
     [QemuTheory]
     [InlineData(9, 4, false, "zlib", 4L << 30)]   // 512-byte clusters: a large L1 table over several refcount blocks
@@ -36,7 +31,7 @@ public sealed class CreateTests : IDisposable
             Size = size, ClusterBits = clusterBits, RefcountOrder = refcountOrder, ExtendedL2 = extendedL2,
             Compression = compression == "zstd" ? CompressionType.Zstd : CompressionType.Deflate,
         });
-        AssertCheckClean(image);
+        QemuAssert.CheckClean(image);
         var info = Info(image);
         Assert.Equal(size, info.GetProperty("virtual-size").GetInt64());
         Assert.Equal(1 << clusterBits, info.GetProperty("cluster-size").GetInt32());
@@ -61,7 +56,7 @@ public sealed class CreateTests : IDisposable
             : ImageCases.Populated(_b, "base.qcow2", 65536, 6 << 20, "");
         string top = _b.PathOf("top.qcow2");
         Qcow2Creator.Create(top, new CreateOptions { Size = 6 << 20, BackingFile = Path.GetFileName(baseImage), BackingFormat = format });
-        AssertCheckClean(top);
+        QemuAssert.CheckClean(top);
         var info = Info(top);
         Assert.Equal(Path.GetFileName(baseImage), info.GetProperty("backing-filename").GetString());
         Assert.Equal(format, info.GetProperty("backing-filename-format").GetString());
@@ -87,7 +82,7 @@ public sealed class CreateTests : IDisposable
             Qcow2Creator.Create(image, new CreateOptions { Size = size, ClusterBits = clusterBits, RefcountOrder = refcountOrder, Compression = type });
             using (var q = Qcow2Image.Open(image, new ImageOptions { Writable = true, CompressWrites = compress }))
                 new BlockCopy(new MemoryBlockDevice(raw, writable: false), q, new CopyOptions { TargetIsZeroed = true, ZeroBlockSize = Math.Max(4096, 1 << clusterBits) }).Run();
-            AssertCheckClean(image);
+            QemuAssert.CheckClean(image);
             Assert.Equal(raw, File.ReadAllBytes(_b.Expected(image)));
             return image;
         }

@@ -12,11 +12,6 @@ public sealed class WriteTests : IDisposable
 
     public void Dispose() => _b.Dispose();
 
-    private static void AssertCheckClean(string image)
-    {
-        var r = Run.Capture("qemu-img", ["check", image]);
-        Assert.True(r.ExitCode == 0 && r.Stdout.Contains("No errors were found"), r.Stdout + r.Stderr);
-    }
 
     private static Qcow2Image Writable(string path) => Qcow2Image.Open(path, new ImageOptions { Writable = true });
 
@@ -49,7 +44,7 @@ public sealed class WriteTests : IDisposable
             q.WriteZeros(3 << 20, 1 << 20, discard: false);
             q.WriteZeros(5 << 20, 1 << 20, discard: true);
         }
-        AssertCheckClean(image);
+        QemuAssert.CheckClean(image);
         Assert.Equal(before - 48, AllocatedClusters(image)); // 3 MiB of 64 KiB clusters freed
         var map = Map(image);
         Assert.Contains(map, m => m.Start <= 1 << 20 && m.Start + m.Length >= 2 << 20 && m.Zero && !m.Data);
@@ -66,7 +61,7 @@ public sealed class WriteTests : IDisposable
         _b.Write(baseImage, 0, 4 << 20, Fill.Random, 2);
         string top = _b.Create("hide-top.qcow2", "", backing: "hide-base.qcow2");
         using (var q = Writable(top)) q.WriteZeros(1 << 20, 1 << 20, discard: true);
-        AssertCheckClean(top);
+        QemuAssert.CheckClean(top);
         var raw = File.ReadAllBytes(_b.Expected(top));
         Assert.False(raw.AsSpan(1 << 20, 1 << 20).ContainsAnyExcept((byte)0));
         Assert.True(raw.AsSpan(0, 1 << 20).ContainsAnyExcept((byte)0));
@@ -80,7 +75,7 @@ public sealed class WriteTests : IDisposable
         _b.Write(baseImage, 0, 4 << 20, Fill.Text, 3);
         string top = _b.Create("sub-top.qcow2", "", "extended_l2=on,cluster_size=65536", backing: "sub-base.qcow2");
         using (var q = Writable(top)) q.WriteAt(ImageBuilder.Content(Fill.Random, 100, 4), 65536 + 2048 * 5 + 7); // inside subcluster 5 of cluster 1
-        AssertCheckClean(top);
+        QemuAssert.CheckClean(top);
         var map = Map(top);
         var mine = map.Where(m => m.Depth == 0 && m.Data).ToList();
         Assert.Equal((65536L + 2048 * 5, 2048L), Assert.Single(mine, m => true) is var x ? (x.Start, x.Length) : default);
@@ -101,7 +96,7 @@ public sealed class WriteTests : IDisposable
             q.WriteAt(ImageBuilder.Content(Fill.Text, 3 << 20, 6), 1000);
             q.WriteZeros(5 << 20, 2 << 20, discard: true);
         }
-        AssertCheckClean(image);
+        QemuAssert.CheckClean(image);
         string kept = _b.PathOf("kept.raw");
         _b.Img("convert", "-l", "snapshot.name=kept", "-O", "raw", image, kept);
         Assert.Equal(snapshot, File.ReadAllBytes(kept));
@@ -134,7 +129,7 @@ public sealed class WriteTests : IDisposable
             threads.ForEach(t => t.Start());
             threads.ForEach(t => t.Join());
         }
-        AssertCheckClean(image);
+        QemuAssert.CheckClean(image);
         Assert.Equal(shadow, File.ReadAllBytes(_b.Expected(image)));
     }
 
@@ -185,7 +180,7 @@ public sealed class WriteTests : IDisposable
         ImageBuilder.PokeU64(image, 88, 1UL << 7);
         using (var q = Writable(image)) q.WriteAt(new byte[] { 9 }, 100);
         Assert.Equal(0UL, ImageBuilder.ReadU64(image, 88));
-        AssertCheckClean(image);
+        QemuAssert.CheckClean(image);
     }
 
     [QemuFact]

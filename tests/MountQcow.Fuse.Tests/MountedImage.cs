@@ -26,9 +26,9 @@ internal sealed class MountedImage : IDisposable
 
     public string PathOf(string file) => Path.Combine(Mountpoint, file);
 
-    public static string Dll => Path.Combine(AppContext.BaseDirectory, "mountqcow.dll");
+    public static string Dll => MountqcowProgram.Dll;
 
-    public static Run.Result Host(params string[] args) => Run.Capture("dotnet", [Dll, .. args], timeoutSeconds: 120);
+    public static Run.Result Host(params string[] args) => MountqcowProgram.Run(args);
 
     public static MountedImage Start(string image, string mountpoint, params string[] options)
     {

@@ -14,11 +14,6 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
 
     private string Dir(string name) => Directory.CreateDirectory(_b.PathOf(name)).FullName;
 
-    private static void AssertCheckClean(string image)
-    {
-        var r = Run.Capture("qemu-img", ["check", image]);
-        Assert.True(r.ExitCode == 0 && r.Stdout.Contains("No errors were found"), r.Stdout + r.Stderr);
-    }
 
     private static void Unmount(MountedImage mount)
     {
@@ -59,7 +54,7 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
             }
             Unmount(mount);
         }
-        AssertCheckClean(image);
+        QemuAssert.CheckClean(image);
         using (var again = MountedImage.Start(image, Dir("mnt2")))
         {
             var fsck = Run.Capture("fsck.ext4", ["-n", "-f", again.PathOf("p2.raw")]);
@@ -106,7 +101,7 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
             }
             Unmount(mount);
         }
-        AssertCheckClean(image);
+        QemuAssert.CheckClean(image);
         Assert.Equal(shadow, File.ReadAllBytes(_b.Expected(image)));
     }
 
@@ -126,7 +121,7 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
             Assert.Contains("File too large", past.Stderr); // EFBIG: the disk has a fixed size
             Unmount(mount);
         }
-        AssertCheckClean(image);
+        QemuAssert.CheckClean(image);
         var raw = File.ReadAllBytes(_b.Expected(image));
         Assert.False(raw.AsSpan(4 << 20, 8 << 20).ContainsAnyExcept((byte)0));
         Assert.Matches(@"(^|\n)128/256 = 50\.00% allocated", Run.Checked("qemu-img", "check", image));

@@ -33,7 +33,7 @@ public sealed class CommandLineTests : IDisposable
     {
         string baseImage = SmallImage("info-base.qcow2");
         string image = _b.Create("info.qcow2", "", "compression_type=zstd,lazy_refcounts=on,cluster_size=16384", backing: "info-base.qcow2");
-        var r = HostProcess.Run("info", image);
+        var r = MountqcowProgram.Run("info", image);
         Assert.Equal(0, r.ExitCode);
         Assert.Contains("qcow2, version 3", r.Stdout);
         Assert.Contains("20 MiB (20971520 bytes)", r.Stdout);
@@ -49,7 +49,7 @@ public sealed class CommandLineTests : IDisposable
     {
         string image = SmallImage(options: "extended_l2=on");
         _b.Img("snapshot", "-c", "snap1", image);
-        var r = HostProcess.Run("info", "--json", image);
+        var r = MountqcowProgram.Run("info", "--json", image);
         Assert.Equal(0, r.ExitCode);
         using var json = JsonDocument.Parse(r.Stdout);
         var root = json.RootElement;
@@ -66,7 +66,7 @@ public sealed class CommandLineTests : IDisposable
     {
         string image = SmallImage();
         string output = _b.PathOf("exported.raw");
-        var r = HostProcess.Run("export", image, output);
+        var r = MountqcowProgram.Run("export", image, output);
         Assert.Equal(0, r.ExitCode);
         Assert.Contains("exported 20 MiB", r.Stderr);
         Assert.Equal(File.ReadAllBytes(_b.Expected(image)), File.ReadAllBytes(output));
@@ -78,9 +78,9 @@ public sealed class CommandLineTests : IDisposable
         string image = SmallImage();
         string output = _b.PathOf("exists.raw");
         File.WriteAllText(output, "precious");
-        AssertOneLineError(HostProcess.Run("export", image, output), "already exists (use --force");
+        AssertOneLineError(MountqcowProgram.Run("export", image, output), "already exists (use --force");
         Assert.Equal("precious", File.ReadAllText(output));
-        Assert.Equal(0, HostProcess.Run("export", "--force", image, output).ExitCode);
+        Assert.Equal(0, MountqcowProgram.Run("export", "--force", image, output).ExitCode);
         Assert.Equal(File.ReadAllBytes(_b.Expected(image)), File.ReadAllBytes(output));
     }
 
@@ -90,19 +90,19 @@ public sealed class CommandLineTests : IDisposable
         string image = SmallImage();
         ImageBuilder.PokeU64(image, (long)ImageBuilder.ReadU64(image, 40), (1UL << 63) | 0x10200); // unaligned L2 table
         string output = _b.PathOf("never.raw");
-        AssertOneLineError(HostProcess.Run("export", image, output), "L2 table offset 0x10200 unaligned (L1 index 0)");
+        AssertOneLineError(MountqcowProgram.Run("export", image, output), "L2 table offset 0x10200 unaligned (L1 index 0)");
         Assert.False(File.Exists(output));
     }
 
     [Fact]
     public void MissingFileIsOneLine() =>
-        AssertOneLineError(HostProcess.Run("info", "/nonexistent/vm.qcow2"), "/nonexistent/vm.qcow2: no such file");
+        AssertOneLineError(MountqcowProgram.Run("info", "/nonexistent/vm.qcow2"), "/nonexistent/vm.qcow2: no such file");
 
     [Fact]
     public void NotQcow2IsOneLine()
     {
         string raw = _b.Raw("plain.raw", 1 << 20, (0, 512, Fill.Text, 1));
-        AssertOneLineError(HostProcess.Run("info", raw), "not a qcow2 image");
+        AssertOneLineError(MountqcowProgram.Run("info", raw), "not a qcow2 image");
     }
 
     [QemuFact]
@@ -110,7 +110,7 @@ public sealed class CommandLineTests : IDisposable
     {
         string image = SmallImage();
         ImageBuilder.PokeU64(image, 72, 1UL << 50);
-        AssertOneLineError(HostProcess.Run("info", image), "unsupported: incompatible feature bit 50");
+        AssertOneLineError(MountqcowProgram.Run("info", image), "unsupported: incompatible feature bit 50");
     }
 
     [QemuFact]
@@ -118,7 +118,7 @@ public sealed class CommandLineTests : IDisposable
     {
         string image = SmallImage();
         ImageBuilder.PokeU32(image, 20, 3);
-        var r = HostProcess.Run("info", "--verbose", image);
+        var r = MountqcowProgram.Run("info", "--verbose", image);
         Assert.Equal(1, r.ExitCode);
         Assert.Contains("   at ", r.Stderr);
     }
@@ -126,7 +126,7 @@ public sealed class CommandLineTests : IDisposable
     [Fact]
     public void HelpListsTheVerbsAndExitsZero()
     {
-        var r = HostProcess.Run("--help");
+        var r = MountqcowProgram.Run("--help");
         Assert.Equal(0, r.ExitCode);
         Assert.Contains("info", r.Stdout);
         Assert.Contains("export", r.Stdout);
@@ -136,7 +136,7 @@ public sealed class CommandLineTests : IDisposable
     [Fact]
     public void WrongCommandLineExitsTwo()
     {
-        var r = HostProcess.Run("export", "only-one-argument");
+        var r = MountqcowProgram.Run("export", "only-one-argument");
         Assert.Equal(2, r.ExitCode);
         Assert.Contains("OUTPUT", r.Stderr);
     }

@@ -9,26 +9,16 @@ public sealed class CreateConvertTests : IDisposable
 
     public void Dispose() => _b.Dispose();
 
-    private static void AssertCheckClean(string image)
-    {
-        var r = Run.Capture("qemu-img", ["check", image]);
-        Assert.True(r.ExitCode == 0 && r.Stdout.Contains("No errors were found"), r.Stdout + r.Stderr);
-    }
 
-    private static void AssertIdentical(string a, string b)
-    {
-        var r = Run.Capture("qemu-img", ["compare", a, b]); // content only: allocation may differ (holes and zeros are not stored)
-        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
-    }
 
     [QemuFact]
     public void CreateMakesAnEmptyImage()
     {
         string image = _b.PathOf("new.qcow2");
-        var r = HostProcess.Run("create", image, "20G", "--cluster-size", "128K", "--extended-l2");
+        var r = MountqcowProgram.Run("create", image, "20G", "--cluster-size", "128K", "--extended-l2");
         Assert.True(r.ExitCode == 0, r.Stderr);
         Assert.Contains("created", r.Stdout);
-        AssertCheckClean(image);
+        QemuAssert.CheckClean(image);
         string info = Run.Checked("qemu-img", "info", image);
         Assert.Contains("virtual size: 20 GiB", info);
         Assert.Contains("cluster_size: 131072", info);
@@ -41,25 +31,25 @@ public sealed class CreateConvertTests : IDisposable
         string baseImage = _b.Create("base.qcow2", "24M");
         _b.Write(baseImage, 0, 3 << 20, Fill.Random, 1);
         string top = _b.PathOf("top.qcow2");
-        var r = HostProcess.Run("create", top, "--backing", "base.qcow2");
+        var r = MountqcowProgram.Run("create", top, "--backing", "base.qcow2");
         Assert.True(r.ExitCode == 0, r.Stderr);
         Assert.Contains("over base.qcow2 (qcow2)", r.Stdout);
-        AssertCheckClean(top);
+        QemuAssert.CheckClean(top);
         Assert.Contains("backing file format: qcow2", Run.Checked("qemu-img", "info", top));
-        AssertIdentical(baseImage, top);
+        QemuAssert.SameContent(baseImage, top);
     }
 
     [QemuFact]
     public void CreateRefusesToOverwriteAndBadSizes()
     {
         string image = _b.Create("exists.qcow2", "1M");
-        var r = HostProcess.Run("create", image, "1G");
+        var r = MountqcowProgram.Run("create", image, "1G");
         Assert.Equal(1, r.ExitCode);
         Assert.Contains("already exists", r.Stderr);
-        r = HostProcess.Run("create", _b.PathOf("x.qcow2"), "ten");
+        r = MountqcowProgram.Run("create", _b.PathOf("x.qcow2"), "ten");
         Assert.Equal(1, r.ExitCode);
         Assert.Contains("not a size", r.Stderr);
-        r = HostProcess.Run("create", _b.PathOf("y.qcow2"), "1G", "--cluster-size", "3000");
+        r = MountqcowProgram.Run("create", _b.PathOf("y.qcow2"), "1G", "--cluster-size", "3000");
         Assert.Contains("power of two", r.Stderr);
         Assert.False(File.Exists(_b.PathOf("y.qcow2")));
     }
@@ -79,10 +69,10 @@ public sealed class CreateConvertTests : IDisposable
             f.Write(new byte[4 << 20]); // zeros as data: must not be stored
         }
         string image = _b.PathOf($"conv-{compress}.qcow2");
-        var r = compress is null ? HostProcess.Run("convert", raw, image) : HostProcess.Run("convert", raw, image, "--compress", compress);
+        var r = compress is null ? MountqcowProgram.Run("convert", raw, image) : MountqcowProgram.Run("convert", raw, image, "--compress", compress);
         Assert.True(r.ExitCode == 0, r.Stderr);
-        AssertCheckClean(image);
-        AssertIdentical(raw, image);
+        QemuAssert.CheckClean(image);
+        QemuAssert.SameContent(raw, image);
         long length = new FileInfo(image).Length;
         Assert.True(length < (7 << 20), $"{length} bytes: holes and zeros must not be stored");
         if (compress is not null)
@@ -98,10 +88,10 @@ public sealed class CreateConvertTests : IDisposable
         string source = _b.Create("src.qcow2", "16M");
         _b.Write(source, 100, 5 << 20, Fill.Text, 5);
         string image = _b.PathOf("recompressed.qcow2");
-        var r = HostProcess.Run("convert", source, image, "-c", "zstd");
+        var r = MountqcowProgram.Run("convert", source, image, "-c", "zstd");
         Assert.True(r.ExitCode == 0, r.Stderr);
-        AssertCheckClean(image);
-        AssertIdentical(source, image);
+        QemuAssert.CheckClean(image);
+        QemuAssert.SameContent(source, image);
         Assert.True(new FileInfo(image).Length < new FileInfo(source).Length / 2);
     }
 
@@ -109,7 +99,7 @@ public sealed class CreateConvertTests : IDisposable
     public void ConvertOfAMissingSourceLeavesNothingBehind()
     {
         string image = _b.PathOf("never.qcow2");
-        var r = HostProcess.Run("convert", _b.PathOf("missing.raw"), image);
+        var r = MountqcowProgram.Run("convert", _b.PathOf("missing.raw"), image);
         Assert.Equal(1, r.ExitCode);
         Assert.Contains("no such file", r.Stderr);
         Assert.False(File.Exists(image));

@@ -31,18 +31,6 @@ public sealed record CreateOptions
 /// </summary>
 public static class Qcow2Creator
 {
-    private static readonly (FeatureKind Kind, int Bit, string Name)[] s_featureNames =
-    [
-        (FeatureKind.Incompatible, 0, "dirty bit"),
-        (FeatureKind.Incompatible, 1, "corrupt bit"),
-        (FeatureKind.Incompatible, 2, "external data file"),
-        (FeatureKind.Incompatible, 3, "compression type"),
-        (FeatureKind.Incompatible, 4, "extended L2 entries"),
-        (FeatureKind.Compatible, 0, "lazy refcounts"),
-        (FeatureKind.Autoclear, 0, "bitmaps"),
-        (FeatureKind.Autoclear, 1, "raw external data"),
-    ];
-
     /// <summary>Creates the image file; it must not exist yet.</summary>
     public static void Create(string path, CreateOptions options)
     {
@@ -133,10 +121,10 @@ public static class Qcow2Creator
         int at = HeaderField.V3HeaderLength;
         if (o.BackingFile is not null && o.BackingFormat is not null)
             at = Extension(h, at, ExtensionType.BackingFormat, Encoding.UTF8.GetBytes(o.BackingFormat));
-        var names = new byte[s_featureNames.Length * Qcow2Limits.FeatureNameEntryLength];
-        for (int i = 0; i < s_featureNames.Length; i++)
+        var names = new byte[KnownFeatures.All.Length * Qcow2Limits.FeatureNameEntryLength];
+        for (int i = 0; i < KnownFeatures.All.Length; i++)
         {
-            var (kind, bit, name) = s_featureNames[i];
+            var (kind, bit, name) = KnownFeatures.All[i];
             names[i * 48] = (byte)kind;
             names[i * 48 + 1] = (byte)bit;
             Encoding.ASCII.GetBytes(name, names.AsSpan(i * 48 + 2, Qcow2Limits.FeatureNameLength));

@@ -88,6 +88,25 @@ public enum FeatureKind : byte
     Autoclear = 2,
 }
 
+/// <summary>The names QEMU gives the feature bits it knows (its feature name table says the same).</summary>
+internal static class KnownFeatures
+{
+    public static readonly (FeatureKind Kind, int Bit, string Name)[] All =
+    [
+        (FeatureKind.Incompatible, 0, "dirty bit"),
+        (FeatureKind.Incompatible, 1, "corrupt bit"),
+        (FeatureKind.Incompatible, 2, "external data file"),
+        (FeatureKind.Incompatible, 3, "compression type"),
+        (FeatureKind.Incompatible, 4, "extended L2 entries"),
+        (FeatureKind.Compatible, 0, "lazy refcounts"),
+        (FeatureKind.Autoclear, 0, "bitmaps"),
+        (FeatureKind.Autoclear, 1, "raw external data"),
+    ];
+
+    public static string? NameOf(FeatureKind kind, int bit) =>
+        All.FirstOrDefault(f => f.Kind == kind && f.Bit == bit).Name;
+}
+
 /// <summary>compression_type (header byte 104).</summary>
 public enum CompressionType : byte
 {

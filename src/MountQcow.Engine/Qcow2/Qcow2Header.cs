@@ -12,18 +12,6 @@ public readonly record struct FeatureName(FeatureKind Kind, int Bit, string Name
 /// </summary>
 public sealed class Qcow2Header
 {
-    private static readonly FeatureName[] s_knownFeatures =
-    [
-        new(FeatureKind.Incompatible, 0, "dirty bit"),
-        new(FeatureKind.Incompatible, 1, "corrupt bit"),
-        new(FeatureKind.Incompatible, 2, "external data file"),
-        new(FeatureKind.Incompatible, 3, "compression type"),
-        new(FeatureKind.Incompatible, 4, "extended L2 entries"),
-        new(FeatureKind.Compatible, 0, "lazy refcounts"),
-        new(FeatureKind.Autoclear, 0, "bitmaps"),
-        new(FeatureKind.Autoclear, 1, "raw external data"),
-    ];
-
     private Qcow2Header() { }
 
     public int Version { get; private init; }
@@ -303,7 +291,7 @@ public sealed class Qcow2Header
         {
             if ((bits & (1UL << bit)) == 0) continue;
             string? name = FeatureNames.FirstOrDefault(f => f.Kind == kind && f.Bit == bit).Name
-                           ?? s_knownFeatures.FirstOrDefault(f => f.Kind == kind && f.Bit == bit).Name;
+                           ?? KnownFeatures.NameOf(kind, bit);
             parts.Add(name is null ? $"bit {bit}" : $"'{name}' (bit {bit})");
         }
         return string.Join(", ", parts);
@@ -322,7 +310,7 @@ public sealed class Qcow2Header
             {
                 if ((bits & (1UL << bit)) == 0) continue;
                 yield return FeatureNames.FirstOrDefault(f => f.Kind == kind && f.Bit == bit).Name
-                             ?? s_knownFeatures.FirstOrDefault(f => f.Kind == kind && f.Bit == bit).Name
+                             ?? KnownFeatures.NameOf(kind, bit)
                              ?? $"{kind.ToString().ToLowerInvariant()} bit {bit}";
             }
         }

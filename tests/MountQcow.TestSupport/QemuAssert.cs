@@ -1,0 +1,29 @@
+using Xunit;
+
+namespace MountQcow.Tests;
+
+/// <summary>QEMU's judgement of images the project wrote.</summary>
+public static class QemuAssert
+{
+    /// <summary>qemu-img check finds nothing at all: no corruption, no leaked cluster.</summary>
+    public static void CheckClean(string image)
+    {
+        var r = Run.Capture("qemu-img", ["check", image]);
+        Assert.True(r.ExitCode == 0 && r.Stdout.Contains("No errors were found"), $"qemu-img check {image}:\n{r.Stdout}{r.Stderr}");
+    }
+
+    /// <summary>qemu-img compare: the same guest bytes (allocation may differ).</summary>
+    public static void SameContent(string a, string b)
+    {
+        var r = Run.Capture("qemu-img", ["compare", a, b]);
+        Assert.True(r.ExitCode == 0, $"qemu-img compare {a} {b}:\n{r.Stdout}{r.Stderr}");
+    }
+}
+
+/// <summary>The mountqcow program, run as a user runs it, from a test's output folder.</summary>
+public static class MountqcowProgram
+{
+    public static string Dll => Path.Combine(AppContext.BaseDirectory, "mountqcow.dll");
+
+    public static Run.Result Run(params string[] args) => Tests.Run.Capture("dotnet", [Dll, .. args], timeoutSeconds: 300);
+}
