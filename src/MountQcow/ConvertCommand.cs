@@ -26,7 +26,8 @@ internal static class ConvertCommand
         {
             Qcow2Creator.Create(o.Image, new CreateOptions { Size = source.Length, ClusterBits = clusterBits, Compression = compression });
             long written;
-            using (var image = Qcow2Image.Open(o.Image, new ImageOptions { Writable = true, CompressWrites = o.Compress is not null }))
+            // A new image, deleted unless finished: no flush barriers while it is filled, one flush at close.
+            using (var image = Qcow2Image.Open(o.Image, new ImageOptions { Writable = true, CompressWrites = o.Compress is not null, FlushBarriers = false }))
             {
                 var copy = new BlockCopy(source, image, new CopyOptions { TargetIsZeroed = true, ZeroBlockSize = Math.Max(4096, 1 << clusterBits) });
                 ProgressView.Run("converting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress);

@@ -18,7 +18,8 @@ internal static class ExportCommand
         {
             using (target)
             {
-                var copy = new BlockCopy(image, target, new CopyOptions { TargetIsZeroed = zeroed });
+                // A block device is flushed before export returns; a file is left to the page cache, as cp leaves it.
+                var copy = new BlockCopy(image, target, new CopyOptions { TargetIsZeroed = zeroed, FlushTarget = target.IsBlockDevice });
                 ProgressView.Run("exporting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress);
                 Console.Error.WriteLine(
                     $"exported {Units.Bytes(image.Length)} ({Units.Bytes(copy.Written)} of data) to {o.Output} in {clock.Elapsed.TotalSeconds:0.0} s");

@@ -33,7 +33,7 @@ public sealed partial class Qcow2Image
             throw new ImageInUseException($"{Path}: in use by another process ({conflict}); is a VM running on it?");
         // An image may only be written with autoclear bits this program does not maintain cleared first.
         if (h.Version >= 3 && h.Autoclear != AutoclearFeatures.None) WriteHeaderU64(HeaderField.AutoclearFeatures, 0);
-        _refcounts = new Refcounts(_file, Path, h, (offset, clusters) =>
+        _refcounts = new Refcounts(_file, Path, h, _flushBarriers, (offset, clusters) =>
         {
             Span<byte> field = stackalloc byte[12];
             BinaryPrimitives.WriteUInt64BigEndian(field, (ulong)offset);

@@ -23,6 +23,14 @@ public sealed record ImageOptions
     /// </summary>
     public bool CompressWrites { get; init; }
 
+    /// <summary>
+    /// Flush between dependent metadata updates (reserved refcounts before references, references
+    /// gone before frees), so that even a power loss leaves leaked clusters at most. The order of
+    /// writes alone already makes a killed process safe. Off only for a new image that is deleted
+    /// if it is not finished (convert); it is flushed once when closed.
+    /// </summary>
+    public bool FlushBarriers { get; init; } = true;
+
     /// <summary>Receives warnings (e.g. an image marked corrupt opened read-only).</summary>
     public Action<string>? Warn { get; init; }
 
@@ -45,6 +53,7 @@ public sealed partial class Qcow2Image : IBlockDevice
     private readonly long _clusterMask;
     private long _decompressions;
     private readonly bool _compressWrites;
+    private readonly bool _flushBarriers;
 
     private Qcow2Image(string path, IBlockDevice file, IBlockDevice data, IBlockDevice? backing,
         Qcow2Header header, ulong[] l1, IReadOnlyList<Snapshot> snapshots, ImageOptions options)
@@ -62,6 +71,7 @@ public sealed partial class Qcow2Image : IBlockDevice
         _decompressInto = DecompressCluster;
         CanWrite = options.Writable;
         _compressWrites = options.Writable && options.CompressWrites;
+        _flushBarriers = options.FlushBarriers;
     }
 
     /// <summary>The image file's path.</summary>

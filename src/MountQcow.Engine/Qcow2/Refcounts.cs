@@ -46,8 +46,11 @@ internal sealed class Refcounts
     private long _packCluster = -1;
     private int _packUsed, _packCount;
 
-    public Refcounts(IBlockDevice file, string path, Qcow2Header header, Action<long, int> writeTableLocation)
+    private readonly bool _barriers;
+
+    public Refcounts(IBlockDevice file, string path, Qcow2Header header, bool barriers, Action<long, int> writeTableLocation)
     {
+        _barriers = barriers;
         _file = file;
         _path = path;
         _clusterBits = header.ClusterBits;
@@ -398,8 +401,12 @@ internal sealed class Refcounts
             while (last > 0 && Get(last - 1) == 0) last--;
             if ((last << _clusterBits) < trimmable.Length) trimmable.SetLength(last << _clusterBits);
         }
-        Barrier();
+        _file.Flush(); // closing always leaves the image on disk
     }
 
-    private void Barrier() => _file.Flush();
+    // Write order alone keeps a killed process safe; barriers add power-loss safety.
+    private void Barrier()
+    {
+        if (_barriers) _file.Flush();
+    }
 }

@@ -11,11 +11,20 @@ public sealed record CopyOptions
     /// </summary>
     public bool TargetIsZeroed { get; init; }
 
-    /// <summary>Bytes each worker handles at a time.</summary>
-    public int ChunkSize { get; init; } = 4 << 20;
+    /// <summary>
+    /// Bytes each worker handles at a time. A megabyte stays in the processor's cache between the
+    /// read and the write (measured faster than 4 MiB on a 4 MiB-L2 machine).
+    /// </summary>
+    public int ChunkSize { get; init; } = 1 << 20;
 
     /// <summary>Granularity of zero detection inside data: all-zero blocks of this size are not written to a zeroed target.</summary>
     public int ZeroBlockSize { get; init; } = 4096;
+
+    /// <summary>
+    /// Flush the target when the copy is done. Off, the data is left to the page cache, as cp and
+    /// qemu-img convert leave it; on, it is durable when the copy returns (for devices people unplug).
+    /// </summary>
+    public bool FlushTarget { get; init; } = true;
 
     /// <summary>Parallel workers; by default one per processor (at least two, so I/O overlaps work).</summary>
     public int Workers { get; init; } = Math.Max(2, Environment.ProcessorCount);
@@ -61,7 +70,7 @@ public sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOpti
         threads.ForEach(t => t.Join());
         if (failures.Count > 0) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failures[0]).Throw();
         cancel.ThrowIfCancellationRequested();
-        target.Flush();
+        if (options.FlushTarget) target.Flush();
     }
 
     private void Work(CancellationToken cancel)
