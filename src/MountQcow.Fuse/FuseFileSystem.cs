@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using MountQcow.FileTree;
+using MountQcow.Storage;
 
 namespace MountQcow.Fuse;
 
@@ -17,10 +18,12 @@ internal static unsafe class FuseFileSystem
     private const int W_OK = 2;
     private const uint S_IFDIR = 0x4000, S_IFREG = 0x8000;
     private const int FALLOC_FL_KEEP_SIZE = 0x01, FALLOC_FL_PUNCH_HOLE = 0x02, FALLOC_FL_ZERO_RANGE = 0x10;
-    // The largest request whose reply libfuse can still splice: it sizes its pipe as the reply
-    // plus three pages, and a pipe cannot grow past /proc/sys/fs/pipe-max-size (1 MiB). Bigger
-    // requests fall back to a copy and measured slower; 252 pages keep both splice and size.
-    public const int MaxRequest = (1 << 20) - 4 * 4096;
+    // The largest request whose reply libfuse can still splice in up to MaxBuffers pieces: it
+    // sizes its pipe as the reply plus a page per piece and two more, and a pipe cannot grow past
+    // /proc/sys/fs/pipe-max-size (1 MiB). Replies that do not fit fall back to a copy, measured
+    // slower. 248 pages and 5 pieces fit: 992 KiB + 7 pages < 1 MiB.
+    public const int MaxRequest = 248 * 4096;
+    private const int MaxBuffers = 5;
 
     private static VirtualFileTree s_tree = null!;
     private static bool s_splice;
@@ -216,45 +219,56 @@ internal static unsafe class FuseFileSystem
     }
 
     /// <summary>
-    /// Reads for libfuse, which frees what is returned: where the whole request lies unchanged
-    /// in the image file (or a backing file), a file range that libfuse splices into /dev/fuse
-    /// without a copy through this process; otherwise the bytes, in malloc'ed memory.
+    /// Reads for libfuse, which frees what is returned. Ranges that lie unchanged in the image
+    /// file (or a backing file) go back as file ranges, which libfuse splices into /dev/fuse
+    /// without a copy through this process; the rest (zeros, compressed clusters, or everything
+    /// on a writable mount) as bytes in malloc'ed memory. At most <see cref="MaxBuffers"/> pieces.
     /// </summary>
     [UnmanagedCallersOnly]
     private static int ReadBuf(byte* path, fuse_bufvec** result, nuint size, long offset, fuse_file_info* fi)
     {
-        void* memory = null;
+        var pieces = stackalloc fuse_buf[MaxBuffers];
+        int count = 0;
         try
         {
             var file = FileOf(path, fi);
             if (file is null) return -ENOENT;
-            int wanted = (int)Math.Min(size, MaxRequest);
-            fuse_buf buffer;
-            if (s_splice && file.GetHostRun(offset, wanted) is { } run)
+            long end = offset + Math.Max(0, Math.Min((long)Math.Min(size, MaxRequest), file.Length - offset));
+            for (long at = offset; at < end;)
             {
-                buffer = new fuse_buf
+                bool lastPiece = count == MaxBuffers - 1;
+                var run = s_splice ? file.Locate(at, (int)(end - at)) : HostRun.Computed(end - at);
+                if (run.File is not null && !lastPiece)
                 {
-                    size = (nuint)run.Length,
-                    flags = fuse_buf.FUSE_BUF_IS_FD | fuse_buf.FUSE_BUF_FD_SEEK,
-                    fd = (int)run.File.DangerousGetHandle(),
-                    pos = run.Offset,
-                };
+                    pieces[count++] = new fuse_buf
+                    {
+                        size = (nuint)run.Length,
+                        flags = fuse_buf.FUSE_BUF_IS_FD | fuse_buf.FUSE_BUF_FD_SEEK,
+                        fd = (int)run.File.DangerousGetHandle(),
+                        pos = run.Offset,
+                    };
+                    at += run.Length;
+                    continue;
+                }
+                // Bytes to compute: this run and the computed runs after it, or all that is left.
+                long length = lastPiece ? end - at : run.Length;
+                while (at + length < end && s_splice && !lastPiece && file.Locate(at + length, (int)(end - at - length)) is { File: null } next)
+                    length += next.Length;
+                void* memory = NativeMemory.Alloc((nuint)length);
+                pieces[count++] = new fuse_buf { mem = memory };
+                pieces[count - 1].size = (nuint)file.Read(new Span<byte>(memory, (int)length), at);
+                at += length;
             }
-            else
-            {
-                memory = NativeMemory.Alloc((nuint)Math.Max(1, wanted));
-                int n = file.Read(new Span<byte>(memory, wanted), offset);
-                buffer = new fuse_buf { size = (nuint)n, mem = memory };
-            }
-            var vector = (fuse_bufvec*)NativeMemory.AllocZeroed((nuint)sizeof(fuse_bufvec));
-            vector->count = 1;
-            vector->buf = buffer;
+            if (count == 0) pieces[count++] = new fuse_buf { mem = NativeMemory.Alloc(1) }; // an empty read
+            var vector = (fuse_bufvec*)NativeMemory.AllocZeroed((nuint)(sizeof(fuse_bufvec) + (count - 1) * sizeof(fuse_buf)));
+            vector->count = (nuint)count;
+            new Span<fuse_buf>(pieces, count).CopyTo(new Span<fuse_buf>(&vector->buf, count));
             *result = vector;
             return 0;
         }
         catch (Exception e)
         {
-            NativeMemory.Free(memory);
+            for (int k = 0; k < count; k++) NativeMemory.Free(pieces[k].mem);
             return Fail(e, "read");
         }
     }

@@ -77,15 +77,16 @@ public sealed class VirtualFile
     }
 
     /// <summary>
-    /// Where [offset, offset + length) lies unchanged in one host file, clamped to the end of this
-    /// file; null when it does not all lie in one run. (Zero length at or past the end.)
+    /// The first run of [offset, offset + length), clamped to the end of the file: a range of a
+    /// host file, or bytes to read with <see cref="Read"/>. Zero length at or past the end.
     /// </summary>
-    public HostRun? GetHostRun(long offset, int length)
+    public HostRun Locate(long offset, int length)
     {
         if (offset < 0) throw new FileTreeException(FsStatus.InvalidArgument, "negative offset");
         long n = Math.Min(length, Math.Max(0, Length - offset));
-        if (n == 0) return null;
-        return Device.GetHostRun(offset, n) is { } run && run.Length == n ? run : null;
+        if (n == 0) return HostRun.Computed(0);
+        var run = Device.GetHostRun(offset, n);
+        return run with { Length = Math.Clamp(run.Length, 1, n) };
     }
 
     /// <summary>Writes inside the file; a write past its end is refused, since the disk has a fixed size.</summary>

@@ -323,19 +323,18 @@ public sealed partial class Qcow2Image : IBlockDevice
     /// Data clusters (here or in a backing file) lie unchanged in a host file; zeros and compressed
     /// clusters do not. Writable images answer nothing: a cluster could move before the caller uses it.
     /// </summary>
-    public HostRun? GetHostRun(long offset, long maxLength)
+    public HostRun GetHostRun(long offset, long maxLength)
     {
-        if (_rw is not null || offset >= Length) return null;
-        var run = _map.Map(offset, Math.Min(maxLength, Length - offset));
-        switch (run.Kind)
+        maxLength = Math.Min(maxLength, Length - offset);
+        if (_rw is not null || maxLength <= 0) return HostRun.Computed(Math.Max(0, maxLength));
+        var run = _map.Map(offset, maxLength);
+        return run.Kind switch
         {
-            case ClusterKind.Data:
-                return _data.GetHostRun(run.HostOffset, run.Length);
-            case ClusterKind.Unallocated when _backing is not null && offset < _backing.Length:
-                return _backing.GetHostRun(offset, Math.Min(run.Length, _backing.Length - offset));
-            default:
-                return null;
-        }
+            ClusterKind.Data => _data.GetHostRun(run.HostOffset, run.Length),
+            ClusterKind.Unallocated when _backing is not null && offset < _backing.Length =>
+                _backing.GetHostRun(offset, Math.Min(run.Length, _backing.Length - offset)),
+            _ => HostRun.Computed(run.Length),
+        };
     }
 
     /// <summary>Every file of the chain, top first: (path, format) pairs.</summary>

@@ -130,8 +130,8 @@ public sealed class FileBlockDevice : IBlockDevice
         return new(probe.IsData ? ExtentKind.Data : ExtentKind.Zero, Math.Clamp(probe.End - offset, 1, maxLength));
     }
 
-    public HostRun? GetHostRun(long offset, long maxLength) =>
-        offset < Length ? new HostRun(_handle, offset, Math.Min(maxLength, Length - offset)) : null;
+    public HostRun GetHostRun(long offset, long maxLength) =>
+        offset < Length ? new HostRun(_handle, offset, Math.Min(maxLength, Length - offset)) : HostRun.Computed(maxLength);
 
     public void WriteZeros(long offset, long length, bool discard)
     {

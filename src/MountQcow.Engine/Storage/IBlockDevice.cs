@@ -34,12 +34,13 @@ public interface IBlockDevice : IDisposable
     Extent GetExtent(long offset, long maxLength) => new(ExtentKind.Data, maxLength);
 
     /// <summary>
-    /// Where the bytes at <paramref name="offset"/> lie, unchanged, in a host file: the file, the
-    /// offset in it and how many bytes (at most <paramref name="maxLength"/>) stay contiguous.
-    /// Null when the bytes must be computed (zeros, compressed clusters) or may move (a writable
-    /// image). A backend hands such a run to the kernel to splice instead of copying it.
+    /// Where the bytes from <paramref name="offset"/> lie: a run of at most
+    /// <paramref name="maxLength"/> bytes that either sits unchanged and contiguous in a host file
+    /// (<see cref="HostRun.File"/> set), or must be computed by reading the device (zeros,
+    /// compressed clusters, a writable image whose clusters may move). A backend hands the first
+    /// kind to the kernel to splice instead of copying it.
     /// </summary>
-    HostRun? GetHostRun(long offset, long maxLength) => null;
+    HostRun GetHostRun(long offset, long maxLength) => HostRun.Computed(maxLength);
 
     /// <summary>
     /// Makes <paramref name="length"/> bytes at <paramref name="offset"/> read as zeros,
@@ -60,8 +61,14 @@ public enum ExtentKind
 /// <summary>A run of <paramref name="Length"/> bytes of one <paramref name="Kind"/>.</summary>
 public readonly record struct Extent(ExtentKind Kind, long Length);
 
-/// <summary><paramref name="Length"/> bytes at <paramref name="Offset"/> of an open host file.</summary>
-public readonly record struct HostRun(Microsoft.Win32.SafeHandles.SafeFileHandle File, long Offset, long Length);
+/// <summary>
+/// <paramref name="Length"/> bytes at <paramref name="Offset"/> of an open host file; with no
+/// <paramref name="File"/>, bytes that must be read through the device.
+/// </summary>
+public readonly record struct HostRun(Microsoft.Win32.SafeHandles.SafeFileHandle? File, long Offset, long Length)
+{
+    public static HostRun Computed(long length) => new(null, 0, length);
+}
 
 /// <summary>Checks and helpers shared by every device.</summary>
 public static class BlockDevices

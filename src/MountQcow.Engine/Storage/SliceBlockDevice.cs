@@ -48,7 +48,7 @@ public sealed class SliceBlockDevice : IBlockDevice
     public Extent GetExtent(long offset, long maxLength) =>
         _inner.GetExtent(Start + offset, Math.Min(maxLength, Length - offset));
 
-    public HostRun? GetHostRun(long offset, long maxLength) =>
+    public HostRun GetHostRun(long offset, long maxLength) =>
         _inner.GetHostRun(Start + offset, Math.Min(maxLength, Length - offset));
 
     public void Flush() => _inner.Flush();
