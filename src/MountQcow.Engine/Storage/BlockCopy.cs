@@ -36,6 +36,10 @@ public sealed record CopyOptions
 /// </summary>
 public sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOptions options)
 {
+    // Whole zero blocks (a target's clusters) must fit in a chunk, or a target that compresses
+    // whole clusters would never see one.
+    private readonly int _chunk = (Math.Max(options.ChunkSize, options.ZeroBlockSize) + options.ZeroBlockSize - 1)
+                                  / options.ZeroBlockSize * options.ZeroBlockSize;
     private long _nextChunk;
     private long _done;
     private long _written;
@@ -75,16 +79,16 @@ public sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOpti
 
     private void Work(CancellationToken cancel)
     {
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(options.ChunkSize);
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(_chunk);
         try
         {
             while (true)
             {
                 cancel.ThrowIfCancellationRequested();
                 long start = Interlocked.Increment(ref _nextChunk) - 1;
-                if (start >= (source.Length + options.ChunkSize - 1) / options.ChunkSize) return;
-                start *= options.ChunkSize;
-                long end = Math.Min(source.Length, start + options.ChunkSize);
+                if (start >= (source.Length + _chunk - 1) / _chunk) return;
+                start *= _chunk;
+                long end = Math.Min(source.Length, start + _chunk);
                 for (long at = start; at < end;)
                 {
                     var extent = source.GetExtent(at, end - at);
