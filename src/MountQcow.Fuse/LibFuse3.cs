@@ -219,7 +219,7 @@ internal static unsafe partial class LibFuse3
         {
             if (s_loaded || s_loadError is not null) return s_loadError;
             if (!OperatingSystem.IsLinux())
-                return s_loadError = "FUSE mounts need Linux (on Windows, the Dokan backend mounts images)";
+                return s_loadError = "mounting needs Linux with FUSE (a Windows backend through Dokan is not written yet)";
             // MOUNTQCOW_LIBFUSE names another library file (for diagnosis and tests).
             string library = Environment.GetEnvironmentVariable("MOUNTQCOW_LIBFUSE") ?? Library;
             if (!NativeLibrary.TryLoad(library, typeof(LibFuse3).Assembly, null, out nint lib))
