@@ -123,16 +123,8 @@ public sealed class MountErrorTests : IDisposable
             Assert.True(r.ExitCode == 0, r.Stderr);
             Assert.DoesNotContain("warning", r.Stderr);
             Assert.Contains("sudo mount -o loop,ro", r.Stdout);
-            string inside = Directory.CreateDirectory(_b.PathOf("rootview")).FullName;
-            Run.Checked("mount", "-o", "loop,ro", Path.Combine(mnt, "p2.raw"), inside);
-            try
-            {
-                Assert.Equal(disk.RootFiles["etc/hostname"], File.ReadAllBytes(Path.Combine(inside, "etc/hostname")));
-            }
-            finally
-            {
-                Run.Checked("umount", inside);
-            }
+            using (var inside = LoopMount.Of(Path.Combine(mnt, "p2.raw"), Directory.CreateDirectory(_b.PathOf("rootview")).FullName))
+                Assert.Equal(disk.RootFiles["etc/hostname"], File.ReadAllBytes(inside.PathOf("etc/hostname")));
         }
         finally
         {

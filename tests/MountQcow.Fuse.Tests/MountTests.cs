@@ -51,18 +51,10 @@ public sealed partial class MountTests : IDisposable
     {
         var (image, disk) = PartitionedImage();
         using var mount = MountedImage.Start(image, NewMountpoint("mnt"));
-        string inside = NewMountpoint("p2");
-        Run.Checked("mount", "-o", "loop,ro", mount.PathOf("p2.raw"), inside);
-        try
-        {
-            foreach (var (path, data) in disk.RootFiles)
-                Assert.Equal(data, File.ReadAllBytes(Path.Combine(inside, path)));
-            Assert.Contains("test-vm", Run.Checked("grep", "-r", "test-vm", Path.Combine(inside, "etc")));
-        }
-        finally
-        {
-            Run.Checked("umount", inside);
-        }
+        using var inside = LoopMount.Of(mount.PathOf("p2.raw"), NewMountpoint("p2"));
+        foreach (var (path, data) in disk.RootFiles)
+            Assert.Equal(data, File.ReadAllBytes(inside.PathOf(path)));
+        Assert.Contains("test-vm", Run.Checked("grep", "-r", "test-vm", inside.PathOf("etc")));
     }
 
     /// <summary>

@@ -80,3 +80,21 @@ internal sealed class MountedImage : IDisposable
         while (ProcessAlive(ServerPid) && clock.Elapsed < TimeSpan.FromSeconds(15)) Thread.Sleep(50);
     }
 }
+
+/// <summary>A file (a partition file of a mount) loop-mounted on a folder until disposed.</summary>
+internal sealed class LoopMount : IDisposable
+{
+    private LoopMount(string folder) => Folder = folder;
+
+    public string Folder { get; }
+
+    public string PathOf(string relative) => Path.Combine(Folder, relative);
+
+    public static LoopMount Of(string file, string folder, bool readOnly = true)
+    {
+        Run.Checked("mount", "-o", readOnly ? "loop,ro" : "loop", file, folder);
+        return new LoopMount(folder);
+    }
+
+    public void Dispose() => Run.Checked("umount", Folder);
+}

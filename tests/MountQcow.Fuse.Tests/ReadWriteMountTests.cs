@@ -37,20 +37,14 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
             Assert.Contains("read-write", mount.Output);
             Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead,
                 File.GetUnixFileMode(mount.PathOf("p2.raw")));
-            string inside = Dir("p2");
-            Run.Checked("mount", "-o", "loop", mount.PathOf("p2.raw"), inside);
-            try
+            using (var inside = LoopMount.Of(mount.PathOf("p2.raw"), Dir("p2"), readOnly: false))
             {
                 foreach (var (path, data) in added)
                 {
-                    Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(inside, path))!);
-                    File.WriteAllBytes(Path.Combine(inside, path), data);
+                    Directory.CreateDirectory(Path.GetDirectoryName(inside.PathOf(path))!);
+                    File.WriteAllBytes(inside.PathOf(path), data);
                 }
-                File.Delete(Path.Combine(inside, "var/log/empty"));
-            }
-            finally
-            {
-                Run.Checked("umount", inside);
+                File.Delete(inside.PathOf("var/log/empty"));
             }
             Unmount(mount);
         }
@@ -59,18 +53,10 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
         {
             var fsck = Run.Capture("fsck.ext4", ["-n", "-f", again.PathOf("p2.raw")]);
             Assert.True(fsck.ExitCode == 0, $"fsck.ext4 -n: {fsck.Stdout}{fsck.Stderr}");
-            string inside = Dir("p2ro");
-            Run.Checked("mount", "-o", "loop,ro", again.PathOf("p2.raw"), inside);
-            try
-            {
-                foreach (var (path, data) in added) Assert.Equal(data, File.ReadAllBytes(Path.Combine(inside, path)));
-                Assert.Equal(disk.RootFiles["home/user/random.bin"], File.ReadAllBytes(Path.Combine(inside, "home/user/random.bin")));
-                Assert.False(File.Exists(Path.Combine(inside, "var/log/empty")));
-            }
-            finally
-            {
-                Run.Checked("umount", inside);
-            }
+            using var inside = LoopMount.Of(again.PathOf("p2.raw"), Dir("p2ro"));
+            foreach (var (path, data) in added) Assert.Equal(data, File.ReadAllBytes(inside.PathOf(path)));
+            Assert.Equal(disk.RootFiles["home/user/random.bin"], File.ReadAllBytes(inside.PathOf("home/user/random.bin")));
+            Assert.False(File.Exists(inside.PathOf("var/log/empty")));
         }
     }
 

@@ -157,7 +157,8 @@ internal sealed class ClusterMap
         return ((bitmap.Zero & bit) != 0 ? ClusterKind.Zero : ClusterKind.Unallocated, 0);
     }
 
-    private void CheckDataOffset(long host, long l1Index, int l2Index, bool checkEnd)
+    /// <summary>Checks a data cluster's host offset: aligned, equal to the guest offset with an external data file, inside the file.</summary>
+    public void CheckDataOffset(long host, long l1Index, int l2Index, bool checkEnd)
     {
         if ((host & _clusterMask) != 0)
             throw Corrupt($"data cluster offset 0x{host:x} unaligned (L1 index {l1Index}, L2 index {l2Index})");

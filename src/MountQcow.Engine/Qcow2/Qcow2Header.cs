@@ -283,6 +283,10 @@ public sealed class Qcow2Header
             throw new CorruptImageException(path, $"{what} at 0x{offset:x} (+0x{length:x}) reaches past the end of the file (0x{fileLength:x})");
     }
 
+    /// <summary>A feature bit's name: the image's own, else the one QEMU gives it; null when neither knows it.</summary>
+    private string? NameOf(FeatureKind kind, int bit) =>
+        FeatureNames.FirstOrDefault(f => f.Kind == kind && f.Bit == bit).Name ?? KnownFeatures.NameOf(kind, bit);
+
     /// <summary>Names the set bits of one feature bitmap, with the image's own names where it has them.</summary>
     public string DescribeBits(FeatureKind kind, ulong bits)
     {
@@ -290,8 +294,7 @@ public sealed class Qcow2Header
         for (int bit = 0; bit < 64; bit++)
         {
             if ((bits & (1UL << bit)) == 0) continue;
-            string? name = FeatureNames.FirstOrDefault(f => f.Kind == kind && f.Bit == bit).Name
-                           ?? KnownFeatures.NameOf(kind, bit);
+            string? name = NameOf(kind, bit);
             parts.Add(name is null ? $"bit {bit}" : $"'{name}' (bit {bit})");
         }
         return string.Join(", ", parts);
@@ -309,9 +312,7 @@ public sealed class Qcow2Header
             for (int bit = 0; bit < 64; bit++)
             {
                 if ((bits & (1UL << bit)) == 0) continue;
-                yield return FeatureNames.FirstOrDefault(f => f.Kind == kind && f.Bit == bit).Name
-                             ?? KnownFeatures.NameOf(kind, bit)
-                             ?? $"{kind.ToString().ToLowerInvariant()} bit {bit}";
+                yield return NameOf(kind, bit) ?? $"{kind.ToString().ToLowerInvariant()} bit {bit}";
             }
         }
     }

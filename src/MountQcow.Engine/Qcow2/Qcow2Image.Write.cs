@@ -130,8 +130,7 @@ public sealed partial class Qcow2Image
         EnterExclusive();
         try
         {
-            long l1Index = cluster >> Header.L2Bits;
-            int l2Index = (int)(cluster & ((1 << Header.L2Bits) - 1));
+            var (l1Index, l2Index) = Indexes(cluster);
             var table = WritableL2(l1Index);
             int width = Header.HasExtendedL2 ? 2 : 1;
             if (table.Entries[width * l2Index] != 0 || (width == 2 && table.Entries[2 * l2Index + 1] != 0))
@@ -250,6 +249,12 @@ public sealed partial class Qcow2Image
         }
     }
 
+    /// <summary>The L1 index and the L2 index of a guest cluster.</summary>
+    private (long L1, int L2) Indexes(long cluster) => (cluster >> Header.L2Bits, (int)(cluster & ((1 << Header.L2Bits) - 1)));
+
+    /// <summary>Whether the backing file shows through where this cluster is unallocated.</summary>
+    private bool BackingUnder(long cluster) => BelowLength(cluster << Header.ClusterBits, 1) > 0;
+
     /// <summary>Whether [inCluster, inCluster+n) covers the whole cluster (up to the end of the disk).</summary>
     private bool CoversCluster(long cluster, int inCluster, int n) =>
         inCluster == 0 && (n == _clusterSize || (cluster << Header.ClusterBits) + n == Length);
@@ -261,8 +266,7 @@ public sealed partial class Qcow2Image
             ZeroCluster(cluster, discard: false); // writing zeros makes a zero cluster
             return;
         }
-        long l1Index = cluster >> Header.L2Bits;
-        int l2Index = (int)(cluster & ((1 << Header.L2Bits) - 1));
+        var (l1Index, l2Index) = Indexes(cluster);
         var table = WritableL2(l1Index);
         if (Header.HasExtendedL2)
         {
@@ -272,7 +276,7 @@ public sealed partial class Qcow2Image
         var entry = new L2Entry(table.Entries[l2Index]);
         if (!entry.IsCompressed && entry.HostOffset != 0 && entry.Copied)
         {
-            CheckHostCluster(entry.HostOffset, l1Index, l2Index);
+            _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
             if (!entry.ZeroFlagSet)
             {
                 _data.WriteAt(data, entry.HostOffset + inCluster); // in place
@@ -338,7 +342,7 @@ public sealed partial class Qcow2Image
             throw new CorruptImageException(Path, $"L2 entry {l2Index} (L1 index {l1Index}) marks subclusters both allocated and zero");
         long host = entry.HostOffset;
         if (host == 0) host = _refcounts!.AllocateCluster();
-        else CheckHostCluster(host, l1Index, l2Index);
+        else _map.CheckDataOffset(host, l1Index, l2Index, checkEnd: false);
         int start = first * sub, length = (last + 1) * sub - start;
         byte[] buffer = ArrayPool<byte>.Shared.Rent(length);
         try
@@ -363,9 +367,8 @@ public sealed partial class Qcow2Image
     /// </summary>
     private void ZeroCluster(long cluster, bool discard)
     {
-        long l1Index = cluster >> Header.L2Bits;
-        int l2Index = (int)(cluster & ((1 << Header.L2Bits) - 1));
-        bool below = _backing is not null && (cluster << Header.ClusterBits) < _backing.Length;
+        var (l1Index, l2Index) = Indexes(cluster);
+        bool below = BackingUnder(cluster);
         bool unallocate = discard && !below;
         if (new L1Entry(_map.L1[l1Index]).L2Offset == 0 && !below) return; // already reads as zeros
         if (Header.Version < 3 && below)
@@ -406,9 +409,8 @@ public sealed partial class Qcow2Image
         if (first * sub > inCluster) WriteInCluster(cluster, inCluster, s_zeroCluster.AsSpan(0, first * sub - inCluster));
         if (inCluster + n > end * sub) WriteInCluster(cluster, end * sub, s_zeroCluster.AsSpan(0, inCluster + n - end * sub));
 
-        long l1Index = cluster >> Header.L2Bits;
-        int l2Index = (int)(cluster & ((1 << Header.L2Bits) - 1));
-        bool below = _backing is not null && (cluster << Header.ClusterBits) < _backing.Length;
+        var (l1Index, l2Index) = Indexes(cluster);
+        bool below = BackingUnder(cluster);
         uint range = (uint)(((1UL << end) - 1) & ~((1UL << first) - 1));
         var table = WritableL2(l1Index);
         var entry = new L2Entry(table.Entries[2 * l2Index]);
@@ -481,12 +483,6 @@ public sealed partial class Qcow2Image
         BinaryPrimitives.WriteUInt64BigEndian(bytes, raw);
         BinaryPrimitives.WriteUInt64BigEndian(bytes[8..], bitmap);
         _file.WriteAt(bytes, table.Offset + l2Index * 16L);
-    }
-
-    private void CheckHostCluster(long host, long l1Index, int l2Index)
-    {
-        if ((host & _clusterMask) != 0)
-            throw new CorruptImageException(Path, $"data cluster offset 0x{host:x} unaligned (L1 index {l1Index}, L2 index {l2Index})");
     }
 
     /// <summary>Closes a writable image cleanly: frees what waited, returns reserved clusters, trims the file.</summary>

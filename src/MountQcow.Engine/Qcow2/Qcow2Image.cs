@@ -232,10 +232,14 @@ public sealed partial class Qcow2Image : IBlockDevice
         }
     }
 
+    /// <summary>How many of the <paramref name="length"/> bytes at <paramref name="offset"/> the backing device holds (0 without one).</summary>
+    private long BelowLength(long offset, long length) =>
+        _backing is null ? 0 : Math.Clamp(_backing.Length - offset, 0, length);
+
     /// <summary>Reads what lies under an unallocated run: the backing device, zeros past its end.</summary>
     private void ReadBelow(Span<byte> part, long offset)
     {
-        long below = _backing is null ? 0 : Math.Clamp(_backing.Length - offset, 0, part.Length);
+        long below = BelowLength(offset, part.Length);
         if (below > 0) _backing!.ReadAt(part[..(int)below], offset);
         part[(int)below..].Clear();
     }
@@ -312,7 +316,7 @@ public sealed partial class Qcow2Image : IBlockDevice
             case ClusterKind.Zero:
                 return new(ExtentKind.Zero, run.Length);
             default:
-                long below = _backing is null ? 0 : Math.Clamp(_backing.Length - offset, 0, run.Length);
+                long below = BelowLength(offset, run.Length);
                 if (below == 0) return new(ExtentKind.Zero, run.Length);
                 var extent = _backing!.GetExtent(offset, below);
                 return extent with { Length = Math.Max(1, extent.Length) };
@@ -331,8 +335,8 @@ public sealed partial class Qcow2Image : IBlockDevice
         return run.Kind switch
         {
             ClusterKind.Data => _data.GetHostRun(run.HostOffset, run.Length),
-            ClusterKind.Unallocated when _backing is not null && offset < _backing.Length =>
-                _backing.GetHostRun(offset, Math.Min(run.Length, _backing.Length - offset)),
+            ClusterKind.Unallocated when BelowLength(offset, run.Length) is > 0 and var below =>
+                _backing!.GetHostRun(offset, below),
             _ => HostRun.Computed(run.Length),
         };
     }
