@@ -10,6 +10,7 @@ internal static class ExportCommand
     public static int Run(ExportOptions o)
     {
         using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn });
+        Cli.WarnIfInUse(image);
         bool created = !File.Exists(o.Output);
         var (target, zeroed) = OpenTarget(o.Output, image.Length, o.Force);
         var clock = Stopwatch.StartNew();

@@ -38,6 +38,7 @@ internal static class MountCommand
     private static int Serve(MountOptions o, string imagePath, string mountpoint, long l2Cache)
     {
         using var image = Qcow2Image.Open(imagePath, new ImageOptions { Writable = o.ReadWrite, L2CacheBytes = l2Cache, Warn = Cli.Warn });
+        if (!o.ReadWrite) Cli.WarnIfInUse(image);
         using var tree = VirtualFileTree.Create(image, o.ReadWrite, File.GetLastWriteTimeUtc(imagePath));
         foreach (string w in tree.Partitions.Warnings) Cli.Warn($"partition table: {w}");
         tree.StartAllocationScan(); // sizes on disk for `ls -s` and `du`, counted while the mount starts

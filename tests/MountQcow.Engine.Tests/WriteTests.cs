@@ -147,7 +147,7 @@ public sealed class WriteTests : IDisposable
             Assert.Contains("wrote", qemu.StandardOutput.ReadLine() + qemu.StandardOutput.ReadLine());
             var e = Assert.Throws<ImageInUseException>(() => Writable(image));
             Assert.Contains("in use by another process", e.Message);
-            using (Qcow2Image.Open(image)) { } // reading stays possible
+            using (var reader = Qcow2Image.Open(image)) Assert.True(reader.HeldByWriter); // reading stays possible, and knows
         }
         finally
         {
@@ -155,6 +155,7 @@ public sealed class WriteTests : IDisposable
             qemu.WaitForExit(10_000);
         }
         using (Writable(image)) { }
+        using (var reader = Qcow2Image.Open(image)) Assert.False(reader.HeldByWriter);
     }
 
     [QemuFact]

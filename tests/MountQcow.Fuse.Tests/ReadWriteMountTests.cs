@@ -128,6 +128,13 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
             Assert.Equal(1, refused.ExitCode);
             Assert.Contains("in use by another process", refused.Stderr);
             Assert.False(MountedImage.IsMounted(mnt));
+            // Read-only it mounts, with a warning that the bytes may change under the reader.
+            using (var readOnly = MountedImage.Start(image, mnt))
+            {
+                Assert.Contains("warning", readOnly.Output);
+                Assert.Contains("may change under you", readOnly.Output);
+                Unmount(readOnly);
+            }
             qemu.StandardInput.WriteLine("quit");
             qemu.WaitForExit(10_000);
         }

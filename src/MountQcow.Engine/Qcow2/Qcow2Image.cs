@@ -95,6 +95,12 @@ public sealed partial class Qcow2Image : IBlockDevice
     /// <summary>Format of the backing file as opened ("qcow2" or "raw").</summary>
     public string? BackingFormatUsed { get; private init; }
 
+    /// <summary>
+    /// Whether another process (a running VM, qemu-io) holds the image for writing, by QEMU's
+    /// lock protocol: a read-only view of it may change under the reader.
+    /// </summary>
+    public bool HeldByWriter => _file is FileBlockDevice f && QemuLock.HeldByWriter(f.Handle);
+
     /// <summary>Memory the L2 cache may use.</summary>
     public long L2CacheMemory => _map.Cache.MemoryBytes;
 
