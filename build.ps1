@@ -18,9 +18,10 @@ function Test {
     dotnet test MountQcow.sln -c Release --no-build -nologo --results-directory $results --logger trx --logger "console;verbosity=normal"
     $status = $LASTEXITCODE
     $trx = Get-ChildItem $results -Filter *.trx | Get-Content -Raw
-    $passed = ([regex]::Matches($trx, 'outcome="Passed"')).Count
-    $failed = ([regex]::Matches($trx, 'outcome="Failed"')).Count
-    $skipped = ([regex]::Matches($trx, 'outcome="NotExecuted"')).Count
+    # Each test is one UnitTestResult element; the file's ResultSummary has an outcome too.
+    $passed = ([regex]::Matches($trx, '<UnitTestResult [^>]*outcome="Passed"')).Count
+    $failed = ([regex]::Matches($trx, '<UnitTestResult [^>]*outcome="Failed"')).Count
+    $skipped = ([regex]::Matches($trx, '<UnitTestResult [^>]*outcome="NotExecuted"')).Count
     if ($status -ne 0 -and $failed -eq 0) { $failed = 1; Write-Host "the test run itself failed (exit $status)" }
     if ($skipped -gt 0) { Write-Host "$skipped skipped (their reasons are above)" }
     Write-Host "$passed passed, $failed failed"

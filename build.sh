@@ -36,7 +36,8 @@ run_tests() {
   dotnet test MountQcow.sln -c Release --no-build -nologo --results-directory "$results" \
     --logger "trx" --logger "console;verbosity=normal" || status=$?
   # Totals from the result files: a skipped test is not a passed one.
-  count() { cat "$results"/*.trx 2>/dev/null | grep -o "outcome=\"$1\"" | wc -l || true; }
+  # Each test is one UnitTestResult element; the file's ResultSummary has an outcome too.
+  count() { cat "$results"/*.trx 2>/dev/null | grep -o "<UnitTestResult [^>]*outcome=\"$1\"" | wc -l || true; }
   local passed failed skipped
   passed=$(count Passed)
   failed=$(count Failed)
