@@ -488,14 +488,15 @@ public sealed partial class Qcow2Image
     /// <summary>Closes a writable image cleanly: frees what waited, returns reserved clusters, trims the file.</summary>
     private void CloseForWriting()
     {
-        if (_refcounts is null || _failed) return;
+        if (_refcounts is null) return;
         _rw!.EnterWriteLock();
         try
         {
-            _refcounts.Close(_file as FileBlockDevice);
+            if (!_failed) _refcounts.Close(_file as FileBlockDevice);
         }
         finally
         {
+            if (_file is FileBlockDevice f) QemuLock.Release(f.Handle);
             _rw.ExitWriteLock();
         }
     }

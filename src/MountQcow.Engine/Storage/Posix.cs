@@ -42,6 +42,13 @@ internal static partial class Posix
         return fcntl(fd, F_OFD_SETLK, ref l) == 0;
     }
 
+    /// <summary>Releases this file description's lock on one byte.</summary>
+    public static void UnlockByte(SafeFileHandle fd, long offset)
+    {
+        var l = new Flock { l_type = F_UNLCK, l_start = offset, l_len = 1 };
+        fcntl(fd, F_OFD_SETLK, ref l);
+    }
+
     /// <summary>Whether anyone else holds a lock on the byte (tested as if for an exclusive lock).</summary>
     public static bool ByteLockedByOthers(SafeFileHandle fd, long offset)
     {

@@ -37,6 +37,18 @@ public static class QemuLock
         return null;
     }
 
+    /// <summary>
+    /// Releases the locks before the file is closed. Closing alone is not enough at once: a child
+    /// that another thread forks at that moment holds a copy of the file description, and with
+    /// it the locks, until it execs; unlocking the description releases them for everyone.
+    /// </summary>
+    public static void Release(SafeFileHandle file)
+    {
+        if (!OperatingSystem.IsLinux() || file.IsClosed) return;
+        foreach (int p in new[] { ConsistentRead, Write, Resize }) Posix.UnlockByte(file, PermBase + p);
+        foreach (int p in new[] { Write, Resize }) Posix.UnlockByte(file, SharedBase + p);
+    }
+
     /// <summary>Whether some process (a running VM, qemu-io) holds the image for writing.</summary>
     public static bool HeldByWriter(SafeFileHandle file) =>
         OperatingSystem.IsLinux() && Posix.ByteLockedByOthers(file, PermBase + Write);
