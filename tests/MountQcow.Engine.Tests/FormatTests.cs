@@ -34,7 +34,6 @@ public sealed class FormatTests
         Assert.False(new L2Entry(0).HasHostCluster(externalData: true));
         Assert.True(new L2Entry(1UL << 63).HasHostCluster(externalData: true));
         Assert.False(new L2Entry(1UL << 63).HasHostCluster(externalData: false));
-        Assert.Equal(0x0100_0000_0000_0000UL, new L2Entry(0x0100_0000_0000_0000UL).ReservedBits);
         Assert.Equal(0x7e00L, new L1Entry(0x8000_0000_0000_7e00UL).L2Offset);
         // Bit 0 of a compressed descriptor belongs to its host offset, not to a zero flag.
         Assert.False(L2Entry.CompressedCluster(0x5dec1, 2000, 16).ZeroFlagSet);

@@ -30,6 +30,24 @@ public sealed class ReadTests(ImageFixture fixture) : IClassFixture<ImageFixture
     }
 
     [QemuFact]
+    public void CountersAndCacheSizeReportWhatReadsDid()
+    {
+        var (image, _) = fixture.Open("zstd-mixed");
+        using (image)
+        {
+            Assert.Equal((0L, 0L, 0L), image.Counters);
+            Assert.Equal(65536L, image.L2CacheMemory); // one table: the 16 MiB image has one L2 table
+            var small = new byte[1000];
+            image.ReadAt(small, 100);   // part of a compressed cluster: decompressed into the cache
+            image.ReadAt(small, 2000);  // the same cluster again: a cache hit
+            var (misses, decompressions, hits) = image.Counters;
+            Assert.Equal(1, misses);
+            Assert.Equal(1, decompressions);
+            Assert.Equal(1, hits);
+        }
+    }
+
+    [QemuFact]
     public void ExtentsAgreeWithQemuMap()
     {
         // Where qemu-img map says the chain holds no data, GetExtent must say zero, and vice versa

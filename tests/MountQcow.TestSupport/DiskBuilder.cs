@@ -41,15 +41,7 @@ public static class DiskBuilder
 
     public static void Sfdisk(string device, string script)
     {
-        var psi = new System.Diagnostics.ProcessStartInfo("sfdisk", ["-q", "--no-reread", "--no-tell-kernel", device])
-        {
-            RedirectStandardInput = true, RedirectStandardError = true, RedirectStandardOutput = true,
-        };
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        p.StandardInput.Write(script.Replace("\r", ""));
-        p.StandardInput.Close();
-        string err = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"sfdisk failed: {err}");
+        var r = Run.Capture("sfdisk", ["-q", "--no-reread", "--no-tell-kernel", device], input: script.Replace("\r", ""));
+        if (r.ExitCode != 0) throw new InvalidOperationException($"sfdisk failed: {r.Stderr}");
     }
 }

@@ -9,7 +9,7 @@ public static class Run
 
     /// <summary>Runs a program to completion (killed after <paramref name="timeoutSeconds"/>).</summary>
     public static Result Capture(string program, IEnumerable<string> args, int timeoutSeconds = 120,
-        IDictionary<string, string>? env = null, string? workingDirectory = null)
+        IDictionary<string, string>? env = null, string? workingDirectory = null, string? input = null)
     {
         var psi = new ProcessStartInfo(program)
         {
@@ -22,6 +22,7 @@ public static class Run
         foreach (string a in args) psi.ArgumentList.Add(a);
         if (env is not null) foreach (var (k, v) in env) psi.Environment[k] = v;
         using var p = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {program}");
+        if (input is not null) p.StandardInput.Write(input);
         p.StandardInput.Close();
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();

@@ -72,9 +72,6 @@ internal static unsafe class LibZstd
         return null;
     }
 
-    /// <summary>Whether the library could be loaded.</summary>
-    public static bool IsAvailable => s_api.Value is not null;
-
     private static Api Require() => s_api.Value ??
         throw new DllNotFoundException("zstd-compressed clusters need libzstd (Debian/Ubuntu: apt-get install libzstd1)");
 

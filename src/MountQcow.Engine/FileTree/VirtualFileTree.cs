@@ -178,9 +178,6 @@ public sealed class VirtualFileTree : IDisposable
     /// <summary>The time every file shows as modified (the image file's own).</summary>
     public DateTimeOffset Modified { get; }
 
-    /// <summary>Total bytes of all files.</summary>
-    public long TotalBytes => Files.Sum(f => f.Length);
-
     /// <summary>Builds the tree for a disk: reads its partition table and makes one file per partition.</summary>
     public static VirtualFileTree Create(IBlockDevice disk, bool writable, DateTimeOffset modified)
     {
@@ -198,8 +195,6 @@ public sealed class VirtualFileTree : IDisposable
             if (utf8Name.SequenceEqual(f.NameUtf8)) return f;
         return null;
     }
-
-    public VirtualFile? Find(string name) => Files.FirstOrDefault(f => f.Name == name);
 
     /// <summary>Starts counting allocated bytes of every file on a background thread (once).</summary>
     public void StartAllocationScan()

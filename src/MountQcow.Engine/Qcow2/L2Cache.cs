@@ -64,10 +64,4 @@ internal sealed class L2Cache
         Volatile.Write(ref _slots[l1Index & _mask], table);
         return table;
     }
-
-    /// <summary>Forgets a table (its cluster was freed or it moved).</summary>
-    public void Remove(long l1Index)
-    {
-        Volatile.Write(ref _slots[l1Index & _mask], null);
-    }
 }

@@ -44,7 +44,6 @@ internal static class Qcow2Limits
     public const long MaxRefcountTableBytes = 8L << 20;
     public const int MaxSnapshots = 65536;
     public const long MaxSnapshotTableBytes = 64L << 20;
-    public const int SnapshotTableMinExtraData = 16; // version 3 entries carry at least 16 bytes of extra data
     public const int Subclusters = 32;              // per cluster, with extended L2 entries
     public const int SectorSize = 512;              // unit of compressed cluster lengths
     public const int FeatureNameEntryLength = 48;
@@ -220,8 +219,6 @@ internal readonly struct L2Entry(ulong raw)
         long sectors = ((hostOffset & (Qcow2Limits.SectorSize - 1)) + length + Qcow2Limits.SectorSize - 1) / Qcow2Limits.SectorSize;
         return new(CompressedFlag | ((ulong)(sectors - 1) << x) | (ulong)hostOffset);
     }
-
-    public static readonly L2Entry Unallocated = new(0);
 }
 
 /// <summary>The second 64 bits of an extended L2 entry: per-subcluster allocation and zero bits.</summary>
@@ -246,8 +243,6 @@ internal readonly struct RefcountTableEntry(ulong raw)
     public ulong Raw => raw;
 
     public long BlockOffset => (long)(raw & OffsetMask);
-
-    public ulong ReservedBits => raw & ~OffsetMask;
 
     public static RefcountTableEntry Create(long blockOffset) => new((ulong)blockOffset & OffsetMask);
 }

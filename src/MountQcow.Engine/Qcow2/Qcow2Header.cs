@@ -54,9 +54,6 @@ public sealed class Qcow2Header
     /// <summary>Types of header extensions this program does not know (kept, never interpreted).</summary>
     public IReadOnlyList<uint> UnknownExtensions { get; private init; } = [];
 
-    /// <summary>Where the header extension area ends (the first free byte after the header and its extensions).</summary>
-    public int ExtensionsEnd { get; private init; }
-
     public bool HasExternalDataFile => Incompatible.HasFlag(IncompatibleFeatures.ExternalDataFile);
     public bool HasExtendedL2 => Incompatible.HasFlag(IncompatibleFeatures.ExtendedL2);
     public bool IsDirty => Incompatible.HasFlag(IncompatibleFeatures.Dirty);
@@ -217,7 +214,6 @@ public sealed class Qcow2Header
             BitmapCount = bitmaps,
             HasEncryptionHeader = encryptionHeader,
             UnknownExtensions = unknown,
-            ExtensionsEnd = Math.Min(at, extensionEnd),
             BackingFile = ReadBackingName(first, backingOffset, clusterSize, path),
         };
         header.Validate(fileLength, path);

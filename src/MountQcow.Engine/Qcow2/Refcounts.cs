@@ -67,9 +67,6 @@ internal sealed class Refcounts
         _end = (file.Length + _clusterSize - 1) >> _clusterBits;
     }
 
-    /// <summary>Largest refcount an entry can hold.</summary>
-    public ulong Max => _max;
-
     private long EntriesPerBlock => 1L << _blockBits;
 
     // ---- entries inside a block: 1, 2 and 4 bits from the least significant bit of each byte; bytes and wider big-endian ----
@@ -347,14 +344,6 @@ internal sealed class Refcounts
     }
 
 
-
-    /// <summary>Adds one to a cluster's refcount (the caller flushes before referring to it).</summary>
-    public void Increment(long cluster)
-    {
-        ulong value = Get(cluster);
-        if (value == _max) throw new CorruptImageException(_path, $"refcount of cluster 0x{cluster << _clusterBits:x} would exceed {_max}");
-        Set(cluster, value + 1);
-    }
 
     /// <summary>Drops one reference to a cluster once the change that removed it is on disk.</summary>
     public void Free(long cluster) => _pendingFrees.Add(cluster);
