@@ -31,3 +31,9 @@ public sealed class UnsupportedFeatureException(string path, string detail)
 /// <summary>Reading or writing the host file failed (the device, not the format, is at fault).</summary>
 public sealed class ImageIOException(string message, Exception? inner = null)
     : ImageException(message, inner);
+
+/// <summary>
+/// The image cannot grow: its block device is full. Thrown before anything changed, so writing
+/// may go on once space is freed (a discard).
+/// </summary>
+public sealed class ImageFullException(string message) : ImageException(message);

@@ -13,6 +13,10 @@ namespace MountQcow.Qcow2;
 /// and a hit is one array read and one compare, with no lock: a table is an immutable object
 /// for readers, so a reader that holds one keeps it alive (the garbage collector is the pin).
 /// Writers mutate tables only while holding the image's exclusive write lock.
+/// For a writable image the cache is write-back: a changed table is pinned in a dirty set until
+/// the write path writes its changed entries out (after the flush barrier they wait for), so an
+/// evicted table is never read back from the file older than it is. At most a few dozen tables
+/// are dirty at once (the write path writes them out when more are).
 /// </remarks>
 internal sealed class L2Cache
 {
@@ -21,11 +25,32 @@ internal sealed class L2Cache
     {
         public long Offset { get; } = offset;
         public ulong[] Entries { get; } = entries;
+
+        /// <summary>Entries [DirtyFirst, DirtyEnd) changed since the table was last written out (u64 units).</summary>
+        public int DirtyFirst { get; private set; } = int.MaxValue;
+
+        public int DirtyEnd { get; private set; }
+
+        public bool IsDirty => DirtyEnd > 0;
+
+        internal void MarkDirty(int first, int count)
+        {
+            DirtyFirst = Math.Min(DirtyFirst, first);
+            DirtyEnd = Math.Max(DirtyEnd, first + count);
+        }
+
+        internal void MarkClean()
+        {
+            DirtyFirst = int.MaxValue;
+            DirtyEnd = 0;
+        }
     }
 
     private readonly Table?[] _slots;
     private readonly int _mask;
     private long _misses;
+    // Changed tables by host offset, written out by the image (see remarks); null while read-only.
+    private Dictionary<long, Table>? _dirty;
 
     /// <param name="budgetBytes">Memory the cache may use.</param>
     /// <param name="clusterSize">Size of one L2 table.</param>
@@ -54,7 +79,31 @@ internal sealed class L2Cache
     public Table? TryGet(long l1Index, long offset)
     {
         var table = Volatile.Read(ref _slots[l1Index & _mask]);
-        return table is not null && table.Offset == offset ? table : null;
+        if (table is not null && table.Offset == offset) return table;
+        // Changed tables are read and changed under the image's lock (shared and exclusive side).
+        return _dirty is not null && _dirty.TryGetValue(offset, out table) ? table : null;
+    }
+
+    /// <summary>Makes the cache write-back (for a writable image): changed tables stay pinned until written out.</summary>
+    public void EnableWriteBack() => _dirty ??= new Dictionary<long, Table>();
+
+    /// <summary>Number of tables changed and not yet written out.</summary>
+    public int DirtyCount => _dirty?.Count ?? 0;
+
+    /// <summary>Records that entries [first, first+count) of a table changed (u64 units); the caller holds the exclusive lock.</summary>
+    public void MarkDirty(Table table, int first, int count)
+    {
+        table.MarkDirty(first, count);
+        _dirty![table.Offset] = table;
+    }
+
+    /// <summary>The changed tables, forgotten as dirty: the caller writes them out now.</summary>
+    public Table[] TakeDirty()
+    {
+        if (_dirty is null || _dirty.Count == 0) return [];
+        var tables = _dirty.Values.ToArray();
+        _dirty.Clear();
+        return tables;
     }
 
     /// <summary>Caches a table that was just read, replacing whatever held its slot.</summary>

@@ -133,6 +133,14 @@ internal static class ExtensionType
     public const uint ExternalDataFile = 0x44415441;
 }
 
+/// <summary>Byte offsets in the bitmaps header extension's data.</summary>
+internal static class BitmapsExtensionField
+{
+    public const int Count = 0;            // u32 nb_bitmaps
+    public const int DirectorySize = 8;    // u64 bitmap_directory_size
+    public const int DirectoryOffset = 16; // u64 bitmap_directory_offset
+}
+
 /// <summary>An active or snapshot L1 entry: where one L2 table lives.</summary>
 internal readonly struct L1Entry(ulong raw)
 {

@@ -48,6 +48,12 @@ public sealed class Qcow2Header
     /// <summary>Number of persistent bitmaps (bitmaps extension), 0 when none.</summary>
     public int BitmapCount { get; private init; }
 
+    /// <summary>Where the bitmap directory lies (bitmaps extension); 0 when none.</summary>
+    public long BitmapDirectoryOffset { get; private init; }
+
+    /// <summary>Bytes of the bitmap directory; 0 when none.</summary>
+    public long BitmapDirectorySize { get; private init; }
+
     /// <summary>Whether a full disk encryption header extension is present.</summary>
     public bool HasEncryptionHeader { get; private init; }
 
@@ -150,6 +156,7 @@ public sealed class Qcow2Header
         var unknown = new List<uint>();
         string? backingFormat = null, dataFile = null;
         int bitmaps = 0;
+        long bitmapDirectoryOffset = 0, bitmapDirectorySize = 0;
         bool encryptionHeader = false;
         int at = headerLength;
         while (at + 8 <= extensionEnd)
@@ -178,7 +185,9 @@ public sealed class Qcow2Header
                     break;
                 case ExtensionType.Bitmaps:
                     if (len < 24) Corrupt($"bitmaps extension is {len} bytes, expected at least 24");
-                    bitmaps = (int)Math.Min(BigEndian.U32(data, 0), int.MaxValue);
+                    bitmaps = (int)Math.Min(BigEndian.U32(data, BitmapsExtensionField.Count), int.MaxValue);
+                    bitmapDirectorySize = (long)Math.Min(BigEndian.U64(data, BitmapsExtensionField.DirectorySize), long.MaxValue);
+                    bitmapDirectoryOffset = (long)Math.Min(BigEndian.U64(data, BitmapsExtensionField.DirectoryOffset), long.MaxValue);
                     break;
                 case ExtensionType.FullDiskEncryption:
                     encryptionHeader = true;
@@ -212,6 +221,8 @@ public sealed class Qcow2Header
             DataFile = dataFile,
             FeatureNames = names,
             BitmapCount = bitmaps,
+            BitmapDirectoryOffset = bitmapDirectoryOffset,
+            BitmapDirectorySize = bitmapDirectorySize,
             HasEncryptionHeader = encryptionHeader,
             UnknownExtensions = unknown,
             BackingFile = ReadBackingName(first, backingOffset, clusterSize, path),

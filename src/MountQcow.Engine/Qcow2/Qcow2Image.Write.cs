@@ -5,78 +5,177 @@ using MountQcow.Storage;
 
 namespace MountQcow.Qcow2;
 
-// The write path. Every write runs under the exclusive write lock; reads of a writable image
-// take the shared lock. Order of updates, as in QEMU: a cluster's refcount is on disk before
-// anything refers to it (Refcounts reserves ahead behind a flush barrier), data is written
-// before the L2 entry that points at it, an L2 table before the L1 entry that points at it,
-// and a cluster's old refcount is dropped only after a flush has made the new reference
-// durable. A crash at any moment leaves leaked clusters at most.
+// The write path. Every change runs under the exclusive write lock (one place takes it:
+// Exclusive); reads of a writable image take the shared lock. Order of updates, as in QEMU: a
+// cluster's refcount is on disk before anything refers to it (Refcounts reserves ahead behind
+// a flush barrier); data and copy-on-write clusters, and new L2 tables, are durable before the
+// L2 or L1 entry that points at them (ImageWriter defers entries to the next barrier); a
+// cluster's old refcount is dropped only after a flush has made the new reference durable.
+// Every write is checked against the metadata map first. A crash, even a power loss, at any
+// moment leaves leaked clusters at most.
 public sealed partial class Qcow2Image
 {
-    private ReaderWriterLockSlim? _rw;
+    private ReaderWriterLockSlim? _rw; // set for writable images only: the read path's "writable" test
+    private ImageWriter? _writer;
     private Refcounts? _refcounts;
     private bool _failed;
     private static readonly byte[] s_zeroCluster = new byte[2 << 20];
 
+    // Changed L2 tables waiting for a barrier before one is forced.
+    private const int MaxWaitingTables = 64;
+
+    // An L2 entry names host offsets in bits 9-55: no image file can be larger.
+    private const long MaxHostBytes = 1L << 56;
+
     /// <summary>Extended L2 entries: 32 subclusters per cluster.</summary>
     private int SubclusterSize => _clusterSize / Qcow2Limits.Subclusters;
 
-    /// <summary>Prepares a writable image: checks what we can write, takes QEMU's lock, clears autoclear bits.</summary>
+    /// <summary>
+    /// Prepares a writable image: refuses what QEMU would not write, takes QEMU's lock, learns
+    /// where every piece of metadata lies, and clears the autoclear bits (durably) before any write.
+    /// </summary>
     private void OpenForWriting()
     {
         var h = Header;
         if (h.HasExternalDataFile)
             throw new UnsupportedFeatureException(Path, "writing images with an external data file is not supported; mount read-only");
         if (h.IsDirty)
-            throw new UnsupportedFeatureException(Path, "the image is dirty (its refcounts may be stale after a crash); repair it with 'qemu-img check -r all' before writing");
+            throw new UnsupportedFeatureException(Path, "the image is dirty (its refcounts may be stale after a crash); repair it with 'mountqcow check --repair all' before writing");
+        if (h.RefcountTableClusters == 0) throw RefuseWriting("the image has no refcount table");
         if (_file is FileBlockDevice f && QemuLock.AcquireForWriting(f.Handle) is { } conflict)
             throw new ImageInUseException($"{Path}: in use by another process ({conflict}); is a VM running on it?");
-        // An image may only be written with autoclear bits this program does not maintain cleared first.
-        if (h.Version >= 3 && h.Autoclear != AutoclearFeatures.None) WriteHeaderU64(HeaderField.AutoclearFeatures, 0);
-        _refcounts = new Refcounts(_file, Path, h, _flushBarriers, (offset, clusters) =>
+        var map = new MetadataMap(Path, h.ClusterBits);
+        _writer = new ImageWriter(_file, map, _map, h.L1TableOffset, _flushBarriers);
+        long maxBytes = _file is FileBlockDevice { IsBlockDevice: true } device ? device.Length : MaxHostBytes;
+        _refcounts = new Refcounts(_writer, Path, h, maxBytes >> h.ClusterBits, WriteRefcountTableLocation);
+        try
         {
-            Span<byte> field = stackalloc byte[12];
-            BinaryPrimitives.WriteUInt64BigEndian(field, (ulong)offset);
-            BinaryPrimitives.WriteUInt32BigEndian(field[8..], (uint)clusters);
-            _file.WriteAt(field, HeaderField.RefcountTableOffset);
-        });
+            RegisterMetadata(map);
+            // Metadata the refcounts call free would be handed out and overwritten: QEMU finds this
+            // at the first write (an overlap); finding it here leaves the image untouched.
+            foreach (var (cluster, kind) in map.Clusters)
+            {
+                if (_refcounts.Get(cluster) == 0)
+                    throw new CorruptImageException(Path, $"cluster 0x{cluster << h.ClusterBits:x} holds the {MetadataMap.Describe(kind)} but its refcount is 0");
+            }
+        }
+        catch (CorruptImageException e)
+        {
+            throw RefuseWriting(e.Detail);
+        }
+        // An image may only be written with autoclear bits this program does not maintain cleared first.
+        if (h.Version >= 3 && h.Autoclear != AutoclearFeatures.None)
+        {
+            WriteHeaderU64(HeaderField.AutoclearFeatures, 0);
+            _writer.Barrier();
+        }
         if (_compressWrites) _refcounts.EnablePacking();
         _rw = new ReaderWriterLockSlim(LockRecursionPolicy.NoRecursion);
+    }
+
+    private CorruptImageException RefuseWriting(string detail) =>
+        new(Path, $"{detail}; refusing to write to it (it still mounts read-only; 'mountqcow check' describes the damage)");
+
+    /// <summary>Names every cluster that holds metadata: header, L1 tables, L2 tables, refcount structures, snapshot table, bitmap directory.</summary>
+    private void RegisterMetadata(MetadataMap map)
+    {
+        var h = Header;
+        map.Add(0, _clusterSize, MetadataKind.Header, "the header");
+        if (h.L1Size > 0) map.Add(h.L1TableOffset, h.L1Size * 8L, MetadataKind.ActiveL1, "the active L1 table");
+        _refcounts!.RegisterMetadata(map);
+        if (h.SnapshotCount > 0) map.Add(h.SnapshotsOffset, _snapshotTableBytes, MetadataKind.SnapshotTable, "the snapshot table");
+        if (h.BitmapDirectorySize > 0) map.Add(h.BitmapDirectoryOffset, h.BitmapDirectorySize, MetadataKind.BitmapDirectory, "the bitmap directory");
+        RegisterL2Tables(map, _map.L1, "active");
+        foreach (var s in Snapshots)
+        {
+            if (s.L1Size == 0) continue;
+            map.Add(s.L1TableOffset, s.L1Size * 8L, MetadataKind.SnapshotL1, $"the L1 table of snapshot {s.Id}");
+            var l1 = new ulong[s.L1Size];
+            _file.ReadAt(MemoryMarshal.AsBytes(l1.AsSpan()), s.L1TableOffset);
+            BigEndian.ToHost(l1);
+            RegisterL2Tables(map, l1, $"snapshot {s.Id}");
+        }
+    }
+
+    private void RegisterL2Tables(MetadataMap map, ulong[] l1, string owner)
+    {
+        for (int i = 0; i < l1.Length; i++)
+        {
+            long l2 = new L1Entry(l1[i]).L2Offset;
+            if (l2 == 0) continue;
+            if ((l2 & _clusterMask) != 0 || l2 > _file.Length - _clusterSize)
+                throw new CorruptImageException(Path, $"L2 table offset 0x{l2:x} {((l2 & _clusterMask) != 0 ? "unaligned" : "lies past the end of the file")} ({owner} L1 index {i})");
+            map.Add(l2, _clusterSize, MetadataKind.L2Table, $"the L2 table of {owner} L1 index {i}");
+        }
     }
 
     private void WriteHeaderU64(int field, ulong value)
     {
         Span<byte> raw = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64BigEndian(raw, value);
-        _file.WriteAt(raw, field);
+        _writer!.Metadata(MetadataKind.Header, raw, field);
+    }
+
+    private void WriteRefcountTableLocation(long offset, int clusters)
+    {
+        Span<byte> field = stackalloc byte[12];
+        BinaryPrimitives.WriteUInt64BigEndian(field, (ulong)offset);
+        BinaryPrimitives.WriteUInt32BigEndian(field[8..], (uint)clusters);
+        _writer!.Metadata(MetadataKind.Header, field, HeaderField.RefcountTableOffset);
     }
 
     public void WriteAt(ReadOnlySpan<byte> buffer, long offset)
     {
         BlockDevices.CheckWritable(this);
         BlockDevices.CheckRange(offset, buffer.Length, Length);
-        if (_compressWrites)
-        {
-            WriteCompressing(buffer, offset);
-            return;
-        }
-        WriteLocked(buffer, offset);
+        if (_compressWrites) WriteCompressing(buffer, offset);
+        else Exclusive(Change.Write, buffer, offset, buffer.Length);
     }
 
-    private void WriteLocked(ReadOnlySpan<byte> buffer, long offset)
+    public void WriteZeros(long offset, long length, bool discard)
+    {
+        BlockDevices.CheckWritable(this);
+        BlockDevices.CheckRange(offset, length, Length);
+        Exclusive(discard ? Change.Discard : Change.Zeros, default, offset, length);
+    }
+
+    /// <summary>Makes every write so far durable and applies the frees that waited for it.</summary>
+    public void Flush()
+    {
+        if (CanWrite) Exclusive(Change.Flush, default, 0, 0);
+    }
+
+    private enum Change { Write, Zeros, Discard, Compressed, Flush }
+
+    /// <summary>
+    /// Runs one change under the write lock. A failure is recorded while the lock is still held
+    /// (an exception filter runs before the finally block).
+    /// </summary>
+    private void Exclusive(Change change, ReadOnlySpan<byte> data, long offset, long length, ReadOnlySpan<byte> compressed = default)
     {
         EnterExclusive();
         try
         {
-            while (!buffer.IsEmpty)
+            switch (change)
             {
-                int inCluster = (int)(offset & _clusterMask);
-                int n = (int)Math.Min(buffer.Length, _clusterSize - inCluster);
-                WriteInCluster(offset >> Header.ClusterBits, inCluster, buffer[..n]);
-                buffer = buffer[n..];
-                offset += n;
+                case Change.Write:
+                    WriteRuns(data, offset);
+                    break;
+                case Change.Zeros:
+                case Change.Discard:
+                    ZeroRuns(offset, length, change == Change.Discard);
+                    break;
+                case Change.Compressed:
+                    WriteCompressedCluster(offset >> Header.ClusterBits, compressed, data);
+                    break;
+                case Change.Flush:
+                    _refcounts!.Flush();
+                    if (!ReferenceEquals(_data, _file)) _data.Flush();
+                    return;
             }
-            AfterChange();
+            // Frees wait for a flush and changed L2 tables for a barrier; do not let too many pile up.
+            if (_refcounts!.PendingFrees > 4096) _refcounts.Flush();
+            else if (_writer!.WaitingTables > MaxWaitingTables) _writer.Barrier();
         }
         catch (Exception e) when (NoteFailure(e))
         {
@@ -85,6 +184,32 @@ public sealed partial class Qcow2Image
         finally
         {
             _rw!.ExitWriteLock();
+        }
+    }
+
+    private void WriteRuns(ReadOnlySpan<byte> buffer, long offset)
+    {
+        while (!buffer.IsEmpty)
+        {
+            int inCluster = (int)(offset & _clusterMask);
+            int n = (int)Math.Min(buffer.Length, _clusterSize - inCluster);
+            WriteInCluster(offset >> Header.ClusterBits, inCluster, buffer[..n]);
+            buffer = buffer[n..];
+            offset += n;
+        }
+    }
+
+    private void ZeroRuns(long offset, long length, bool discard)
+    {
+        for (long at = offset, end = offset + length; at < end;)
+        {
+            long cluster = at >> Header.ClusterBits;
+            int inCluster = (int)(at & _clusterMask);
+            int n = (int)Math.Min(end - at, _clusterSize - inCluster);
+            if (CoversCluster(cluster, inCluster, n)) ZeroCluster(cluster, discard);
+            else if (Header.HasExtendedL2) ZeroSubclusters(cluster, inCluster, n, discard);
+            else WriteInCluster(cluster, inCluster, s_zeroCluster.AsSpan(0, n));
+            at += n;
         }
     }
 
@@ -111,8 +236,8 @@ public sealed partial class Qcow2Image
                     cluster.AsSpan(n, _clusterSize - n).Clear(); // the disk's last cluster, padded
                     length = Compression.ClusterCodec.Compress(Header.CompressionType, cluster.AsSpan(0, _clusterSize), packed);
                 }
-                if (length > 0) WriteCompressedCluster(index, packed.AsSpan(0, length), piece);
-                else WriteLocked(piece, offset);
+                if (length > 0) Exclusive(Change.Compressed, piece, offset, n, packed.AsSpan(0, length));
+                else Exclusive(Change.Write, piece, offset, n);
                 buffer = buffer[n..];
                 offset += n;
             }
@@ -127,83 +252,19 @@ public sealed partial class Qcow2Image
     /// <summary>Stores a compressed cluster where nothing is allocated yet; anywhere else, writes it plainly.</summary>
     private void WriteCompressedCluster(long cluster, ReadOnlySpan<byte> compressed, ReadOnlySpan<byte> plain)
     {
-        EnterExclusive();
-        try
+        var (l1Index, l2Index) = Indexes(cluster);
+        var table = WritableL2(l1Index);
+        int width = Header.HasExtendedL2 ? 2 : 1;
+        if (table.Entries[width * l2Index] != 0 || (width == 2 && table.Entries[2 * l2Index + 1] != 0))
         {
-            var (l1Index, l2Index) = Indexes(cluster);
-            var table = WritableL2(l1Index);
-            int width = Header.HasExtendedL2 ? 2 : 1;
-            if (table.Entries[width * l2Index] != 0 || (width == 2 && table.Entries[2 * l2Index + 1] != 0))
-            {
-                WriteInCluster(cluster, 0, plain); // QEMU too compresses only into unallocated clusters
-            }
-            else
-            {
-                long host = _refcounts!.AllocateCompressed(compressed.Length);
-                _data.WriteAt(compressed, host);
-                ulong raw = L2Entry.CompressedCluster(host, compressed.Length, Header.ClusterBits).Raw;
-                if (width == 2) SetL2Extended(table, l2Index, raw, 0);
-                else SetL2(table, l2Index, raw);
-            }
-            AfterChange();
+            WriteInCluster(cluster, 0, plain); // QEMU too compresses only into unallocated clusters
+            return;
         }
-        catch (Exception e) when (NoteFailure(e))
-        {
-            throw;
-        }
-        finally
-        {
-            _rw!.ExitWriteLock();
-        }
-    }
-
-    public void WriteZeros(long offset, long length, bool discard)
-    {
-        BlockDevices.CheckWritable(this);
-        BlockDevices.CheckRange(offset, length, Length);
-        EnterExclusive();
-        try
-        {
-            for (long at = offset, end = offset + length; at < end;)
-            {
-                long cluster = at >> Header.ClusterBits;
-                int inCluster = (int)(at & _clusterMask);
-                int n = (int)Math.Min(end - at, _clusterSize - inCluster);
-                if (CoversCluster(cluster, inCluster, n)) ZeroCluster(cluster, discard);
-                else if (Header.HasExtendedL2) ZeroSubclusters(cluster, inCluster, n, discard);
-                else WriteInCluster(cluster, inCluster, s_zeroCluster.AsSpan(0, n));
-                at += n;
-            }
-            AfterChange();
-        }
-        catch (Exception e) when (NoteFailure(e))
-        {
-            throw;
-        }
-        finally
-        {
-            _rw!.ExitWriteLock();
-        }
-    }
-
-    /// <summary>Makes every write so far durable and applies the frees that waited for it.</summary>
-    public void Flush()
-    {
-        if (!CanWrite) return;
-        EnterExclusive();
-        try
-        {
-            _refcounts!.Flush();
-            if (!ReferenceEquals(_data, _file)) _data.Flush();
-        }
-        catch (Exception e) when (NoteFailure(e))
-        {
-            throw;
-        }
-        finally
-        {
-            _rw!.ExitWriteLock();
-        }
+        long host = _refcounts!.AllocateCompressed(compressed.Length);
+        _writer!.Data(compressed, host);
+        ulong raw = L2Entry.CompressedCluster(host, compressed.Length, Header.ClusterBits).Raw;
+        if (width == 2) SetL2Extended(table, l2Index, raw, 0);
+        else SetL2(table, l2Index, raw);
     }
 
     private void EnterExclusive()
@@ -214,20 +275,15 @@ public sealed partial class Qcow2Image
         throw new ImageIOException($"{Path}: writing stopped after an earlier error; unmount and check the image");
     }
 
-    // Frees wait for a flush; do not let too many pile up.
-    private void AfterChange()
-    {
-        if (_refcounts!.PendingFrees > 4096) _refcounts.Flush();
-    }
-
     /// <summary>
-    /// Records a failure while the write lock is still held (an exception filter runs before
-    /// the finally block): corruption marks the image corrupt, and any failure stops writing,
-    /// since the metadata in memory may no longer match the file. Returns false, so the
-    /// exception goes on to the caller.
+    /// Records a failure while the write lock is still held: corruption marks the image corrupt,
+    /// and any other failure stops writing, since the metadata in memory may no longer match the
+    /// file. A full device changed nothing, so writing may go on. Returns false, so the exception
+    /// goes on to the caller.
     /// </summary>
     private bool NoteFailure(Exception e)
     {
+        if (e is ImageFullException) return false;
         if (e is CorruptImageException) MarkCorrupt();
         else if (e is ImageException or IOException) _failed = true;
         return false;
@@ -279,7 +335,7 @@ public sealed partial class Qcow2Image
             _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
             if (!entry.ZeroFlagSet)
             {
-                _data.WriteAt(data, entry.HostOffset + inCluster); // in place
+                _writer!.Data(data, entry.HostOffset + inCluster); // in place
                 return;
             }
             // A preallocated zero cluster: fill it, then clear the zero flag.
@@ -291,7 +347,7 @@ public sealed partial class Qcow2Image
         long host = _refcounts!.AllocateCluster();
         WriteMerged(cluster, inCluster, data, host, zerosBelow: entry.ZeroFlagSet);
         SetL2(table, l2Index, L2Entry.Standard(host, copied: true).Raw);
-        Release(entry);
+        Release(entry, cluster);
     }
 
     /// <summary>Writes a whole cluster at <paramref name="host"/>: its current contents (or zeros) with <paramref name="data"/> over them.</summary>
@@ -304,7 +360,7 @@ public sealed partial class Qcow2Image
             if (zerosBelow || CoversCluster(cluster, inCluster, data.Length)) whole.Clear();
             else ReadGuest(whole, cluster << Header.ClusterBits);
             data.CopyTo(whole[inCluster..]);
-            _data.WriteAt(whole, host);
+            _writer!.Data(whole, host);
         }
         finally
         {
@@ -335,7 +391,7 @@ public sealed partial class Qcow2Image
             long copy = _refcounts!.AllocateCluster();
             WriteMerged(cluster, inCluster, data, copy, zerosBelow: false);
             SetL2Extended(table, l2Index, L2Entry.Standard(copy, copied: true).Raw, SubclusterBitmap.Create(uint.MaxValue, 0).Raw);
-            Release(entry);
+            Release(entry, cluster);
             return;
         }
         if ((bitmap.Allocated & bitmap.Zero) != 0)
@@ -350,7 +406,7 @@ public sealed partial class Qcow2Image
             var span = buffer.AsSpan(0, length);
             if (start != inCluster || length != data.Length) ReadGuest(span, (cluster << Header.ClusterBits) + start);
             data.CopyTo(span[(inCluster - start)..]);
-            _data.WriteAt(span, host + start);
+            _writer!.Data(span, host + start);
         }
         finally
         {
@@ -376,9 +432,9 @@ public sealed partial class Qcow2Image
             long host = _refcounts!.AllocateCluster();
             var table2 = WritableL2(l1Index);
             var old = new L2Entry(table2.Entries[l2Index]);
-            _data.WriteAt(s_zeroCluster.AsSpan(0, _clusterSize), host);
+            _writer!.Data(s_zeroCluster.AsSpan(0, _clusterSize), host);
             SetL2(table2, l2Index, L2Entry.Standard(host, copied: true).Raw);
-            Release(old);
+            Release(old, cluster);
             return;
         }
         var table = WritableL2(l1Index);
@@ -386,13 +442,13 @@ public sealed partial class Qcow2Image
         {
             var entry = new L2Entry(table.Entries[2 * l2Index]);
             SetL2Extended(table, l2Index, 0, SubclusterBitmap.Create(0, unallocate ? 0 : uint.MaxValue).Raw);
-            Release(entry);
+            Release(entry, cluster);
         }
         else
         {
             var entry = new L2Entry(table.Entries[l2Index]);
             SetL2(table, l2Index, unallocate || Header.Version < 3 ? 0 : L2Entry.ZeroCluster(0).Raw);
-            Release(entry);
+            Release(entry, cluster);
         }
     }
 
@@ -426,14 +482,14 @@ public sealed partial class Qcow2Image
         if (allocated == 0 && host != 0)
         {
             SetL2Extended(table, l2Index, 0, SubclusterBitmap.Create(0, zero).Raw); // no subcluster uses the host cluster any more
-            _refcounts!.Free(host >> Header.ClusterBits);
+            Release(entry, cluster);
             return;
         }
         SetL2Extended(table, l2Index, host == 0 ? 0 : L2Entry.Standard(host, copied: true).Raw, SubclusterBitmap.Create(allocated, zero).Raw);
     }
 
     /// <summary>Drops the reference an L2 entry held: its host cluster, or a compressed cluster's bytes.</summary>
-    private void Release(L2Entry old)
+    private void Release(L2Entry old, long cluster)
     {
         if (old.IsCompressed)
         {
@@ -444,11 +500,17 @@ public sealed partial class Qcow2Image
         }
         else if (old.HostOffset != 0)
         {
+            var (l1Index, l2Index) = Indexes(cluster);
+            _map.CheckDataOffset(old.HostOffset, l1Index, l2Index, checkEnd: false); // an unaligned offset would free the wrong cluster
             _refcounts!.Free(old.HostOffset >> Header.ClusterBits);
         }
     }
 
-    /// <summary>The L2 table for an L1 index, made ours first: allocated when missing, copied when shared.</summary>
+    /// <summary>
+    /// The L2 table for an L1 index, made ours first: allocated when missing, copied when shared.
+    /// The new table is written at once; the L1 entry naming it waits for the next barrier, which
+    /// makes the table durable first (QEMU's l2_allocate flushes for the same reason).
+    /// </summary>
     private L2Cache.Table WritableL2(long l1Index)
     {
         var l1 = new L1Entry(_map.L1[l1Index]);
@@ -456,33 +518,35 @@ public sealed partial class Qcow2Image
         var entries = new ulong[_clusterSize / 8];
         if (l1.L2Offset != 0) _map.GetTable(l1Index)!.Entries.CopyTo(entries, 0);
         long offset = _refcounts!.AllocateCluster();
-        var disk = new ulong[entries.Length];
-        BigEndian.ToDisk(entries, disk);
-        _file.WriteAt(MemoryMarshal.AsBytes(disk.AsSpan()), offset); // the table, then the L1 entry naming it
+        _writer!.Map.Add(offset, _clusterSize, MetadataKind.L2Table, $"the new L2 table of L1 index {l1Index}");
+        ulong[] disk = ArrayPool<ulong>.Shared.Rent(entries.Length);
+        try
+        {
+            BigEndian.ToDisk(entries, disk);
+            _writer.Metadata(MetadataKind.L2Table, MemoryMarshal.AsBytes(disk.AsSpan(0, entries.Length)), offset);
+        }
+        finally
+        {
+            ArrayPool<ulong>.Shared.Return(disk);
+        }
         _map.L1[l1Index] = L1Entry.Create(offset, copied: true).Raw;
-        Span<byte> raw = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64BigEndian(raw, _map.L1[l1Index]);
-        _file.WriteAt(raw, Header.L1TableOffset + l1Index * 8);
-        if (l1.L2Offset != 0) _refcounts.Free(l1.L2Offset >> Header.ClusterBits);
+        _writer.L1Changed(l1Index);
+        if (l1.L2Offset != 0) _refcounts.Free(l1.L2Offset >> Header.ClusterBits, MetadataKind.L2Table);
         return _map.Cache.Add(l1Index, new L2Cache.Table(offset, entries));
     }
 
+    // An L2 entry changes in memory at once (readers see it) and on disk after the next barrier.
     private void SetL2(L2Cache.Table table, int l2Index, ulong raw)
     {
         table.Entries[l2Index] = raw;
-        Span<byte> bytes = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64BigEndian(bytes, raw);
-        _file.WriteAt(bytes, table.Offset + l2Index * 8L);
+        _writer!.L2Changed(table, l2Index, 1);
     }
 
     private void SetL2Extended(L2Cache.Table table, int l2Index, ulong raw, ulong bitmap)
     {
         table.Entries[2 * l2Index] = raw;
         table.Entries[2 * l2Index + 1] = bitmap;
-        Span<byte> bytes = stackalloc byte[16];
-        BinaryPrimitives.WriteUInt64BigEndian(bytes, raw);
-        BinaryPrimitives.WriteUInt64BigEndian(bytes[8..], bitmap);
-        _file.WriteAt(bytes, table.Offset + l2Index * 16L);
+        _writer!.L2Changed(table, 2 * l2Index, 2);
     }
 
     /// <summary>Closes a writable image cleanly: frees what waited, returns reserved clusters, trims the file.</summary>

@@ -54,10 +54,12 @@ public sealed partial class Qcow2Image : IBlockDevice
     private long _decompressions;
     private readonly bool _compressWrites;
     private readonly bool _flushBarriers;
+    private readonly long _snapshotTableBytes;
 
     private Qcow2Image(string path, IBlockDevice file, IBlockDevice data, IBlockDevice? backing,
-        Qcow2Header header, ulong[] l1, IReadOnlyList<Snapshot> snapshots, ImageOptions options)
+        Qcow2Header header, ulong[] l1, IReadOnlyList<Snapshot> snapshots, long snapshotTableBytes, ImageOptions options)
     {
+        _snapshotTableBytes = snapshotTableBytes;
         Path = path;
         _file = file;
         _data = data;
@@ -122,9 +124,19 @@ public sealed partial class Qcow2Image : IBlockDevice
     public static Qcow2Image Open(string path, ImageOptions? options = null) =>
         Open(path, options ?? new ImageOptions(), new BackingChain(options?.MaxChainDepth ?? 64));
 
-    internal static Qcow2Image Open(string path, ImageOptions options, BackingChain chain)
+    internal static Qcow2Image Open(string path, ImageOptions options, BackingChain chain) =>
+        Open(FileBlockDevice.Open(path, options.Writable), path, options, chain);
+
+    /// <summary>
+    /// Opens an image stored on <paramref name="file"/> (which the image then owns); backing and
+    /// data files are found relative to <paramref name="path"/>. Tests use it to put an image on a
+    /// simulated disk.
+    /// </summary>
+    internal static Qcow2Image Open(IBlockDevice file, string path, ImageOptions options) =>
+        Open(file, path, options, new BackingChain(options.MaxChainDepth));
+
+    private static Qcow2Image Open(IBlockDevice file, string path, ImageOptions options, BackingChain chain)
     {
-        var file = FileBlockDevice.Open(path, options.Writable);
         IBlockDevice? data = null, backing = null;
         try
         {
@@ -137,7 +149,7 @@ public sealed partial class Qcow2Image : IBlockDevice
             }
             chain.Enter(path);
             var l1 = ReadL1(file, header);
-            var snapshots = SnapshotTable.Read(file, header, path);
+            var snapshots = SnapshotTable.Read(file, header, path, out long snapshotTableBytes);
             string? dataPath = null;
             if (header.HasExternalDataFile)
             {
@@ -152,7 +164,7 @@ public sealed partial class Qcow2Image : IBlockDevice
                 backingPath = chain.Resolve(path, header.BackingFile);
                 (backing, backingFormat) = chain.OpenBacking(path, backingPath, header.BackingFormat, options);
             }
-            var image = new Qcow2Image(path, file, data ?? file, backing, header, l1, snapshots, options)
+            var image = new Qcow2Image(path, file, data ?? file, backing, header, l1, snapshots, snapshotTableBytes, options)
             {
                 DataFilePath = dataPath,
                 BackingPath = backingPath,

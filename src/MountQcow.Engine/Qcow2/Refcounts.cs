@@ -12,17 +12,22 @@ namespace MountQcow.Qcow2;
 /// Crash safety follows one rule each way. Nothing references a cluster before its refcount
 /// is on disk: clusters are reserved in chunks (refcount 1, then a flush barrier) before
 /// they are handed out. Nothing is freed while a reference to it may still be on disk:
-/// decrements wait in <see cref="_pendingFrees"/> until the next flush. A crash therefore
-/// leaves leaked clusters at most. New refcount blocks go at the first cluster of the area
-/// they describe (free, since the area had no block) and count themselves, so creating one
-/// never recurses. Memory: refcount blocks are cached, at most <see cref="MaxCachedBlocks"/>
-/// of one cluster each.
+/// decrements wait in <see cref="_pendingFrees"/> until a flush has made the change that
+/// dropped the reference durable. A crash therefore leaves leaked clusters at most. New
+/// refcount blocks go at the first cluster of the area they describe (free, since the area had
+/// no block) and count themselves, so creating one never recurses; a new block is durable
+/// before the table names it, a new table before the header does.
+/// Distrust: a cluster with refcount 0 that the metadata map names is corruption, found before
+/// anything is written; allocation stays below a limit (a block device's end), and running out
+/// is an <see cref="ImageFullException"/> that changes nothing.
+/// Memory: refcount blocks are cached, at most <see cref="MaxCachedBlocks"/> of one cluster each.
 /// </remarks>
 internal sealed class Refcounts
 {
     private const int MaxCachedBlocks = 256;
     private const long ReserveBytes = 4 << 20;
 
+    private readonly ImageWriter _writer;
     private readonly IBlockDevice _file;
     private readonly string _path;
     private readonly int _clusterBits;
@@ -32,7 +37,10 @@ internal sealed class Refcounts
     private readonly ulong _max;
     private readonly Action<long, int> _writeTableLocation;
     private readonly Dictionary<long, byte[]> _blocks = new();
-    private readonly List<long> _pendingFrees = new();
+    // Each waiting free: the cluster, and what the dropped reference said it holds (null: data).
+    private readonly List<(long Cluster, MetadataKind? Kind)> _pendingFrees = new();
+    private readonly long _maxClusters;
+    private readonly long _openClusters; // the file's length at open, in clusters: closing never trims below it
     private ulong[] _table;
     private long _tableOffset;
     private int _tableClusters;
@@ -46,13 +54,17 @@ internal sealed class Refcounts
     private long _packCluster = -1;
     private int _packUsed, _packCount;
 
-    private readonly bool _barriers;
-
-    public Refcounts(IBlockDevice file, string path, Qcow2Header header, bool barriers, Action<long, int> writeTableLocation)
+    /// <param name="writer">Writes (checked against the metadata map) and barriers.</param>
+    /// <param name="path">The image's path, for messages.</param>
+    /// <param name="header">The image's header.</param>
+    /// <param name="maxClusters">Clusters the file may hold at most (a block device's size).</param>
+    /// <param name="writeTableLocation">Writes the header's refcount table offset and size.</param>
+    public Refcounts(ImageWriter writer, string path, Qcow2Header header, long maxClusters, Action<long, int> writeTableLocation)
     {
-        _barriers = barriers;
-        _file = file;
+        _writer = writer;
+        _file = writer.File;
         _path = path;
+        _maxClusters = maxClusters;
         _clusterBits = header.ClusterBits;
         _clusterSize = header.ClusterSize;
         _order = header.RefcountOrder;
@@ -62,9 +74,20 @@ internal sealed class Refcounts
         _tableOffset = header.RefcountTableOffset;
         _tableClusters = header.RefcountTableClusters;
         _table = new ulong[(long)_tableClusters * _clusterSize / 8];
-        file.ReadAt(MemoryMarshal.AsBytes(_table.AsSpan()), _tableOffset);
+        _file.ReadAt(MemoryMarshal.AsBytes(_table.AsSpan()), _tableOffset);
         BigEndian.ToHost(_table);
-        _end = (file.Length + _clusterSize - 1) >> _clusterBits;
+        _end = _openClusters = (_file.Length + _clusterSize - 1) >> _clusterBits;
+    }
+
+    /// <summary>Names the refcount table and every refcount block in the metadata map.</summary>
+    public void RegisterMetadata(MetadataMap map)
+    {
+        map.Add(_tableOffset, (long)_tableClusters << _clusterBits, MetadataKind.RefcountTable, "the refcount table");
+        for (long area = 0; area < _table.Length; area++)
+        {
+            long block = BlockOffset(area);
+            if (block != 0) map.Add(block, _clusterSize, MetadataKind.RefcountBlock, $"refcount block {area}");
+        }
     }
 
     private long EntriesPerBlock => 1L << _blockBits;
@@ -144,7 +167,7 @@ internal sealed class Refcounts
             var block = Block(area)!;
             for (long i = 0; i < n; i++) SetEntry(block, index + i, value);
             var (start, length) = EntryBytes(index, n);
-            _file.WriteAt(block.AsSpan(start, length), BlockOffset(area) + start);
+            _writer.Metadata(MetadataKind.RefcountBlock, block.AsSpan(start, length), BlockOffset(area) + start);
             first += n;
             count -= n;
         }
@@ -172,9 +195,11 @@ internal sealed class Refcounts
         if (area >= _table.Length) GrowTable(area + 1);
         if (!BlockMissing(area)) return;
         long blockCluster = area << _blockBits;
+        if (blockCluster >= _maxClusters) throw Full();
+        _writer.Map.Add(blockCluster << _clusterBits, _clusterSize, MetadataKind.RefcountBlock, $"new refcount block {area}");
         var block = new byte[_clusterSize];
         SetEntry(block, 0, 1); // it counts itself
-        _file.WriteAt(block, blockCluster << _clusterBits);
+        _writer.Metadata(MetadataKind.RefcountBlock, block, blockCluster << _clusterBits);
         _end = Math.Max(_end, blockCluster + 1);
         Barrier(); // the block is on disk before the table points at it
         _table[area] = RefcountTableEntry.Create(blockCluster << _clusterBits).Raw;
@@ -186,8 +211,11 @@ internal sealed class Refcounts
     {
         Span<byte> raw = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64BigEndian(raw, _table[area]);
-        _file.WriteAt(raw, _tableOffset + area * 8);
+        _writer.Metadata(MetadataKind.RefcountTable, raw, _tableOffset + area * 8);
     }
+
+    private ImageFullException Full() =>
+        new($"{_path}: no space left: the image may hold at most {_maxClusters << _clusterBits} bytes (the size of its device)");
 
     /// <summary>
     /// Moves the refcount table to a larger place past everything in use. Areas that the new
@@ -216,6 +244,8 @@ internal sealed class Refcounts
             if (needed <= entries) break;
             entries = needed * 2;
         }
+        if (start + clusters > _maxClusters) throw Full();
+        _writer.Map.Add(start << _clusterBits, (long)clusters << _clusterBits, MetadataKind.RefcountTable, "the new refcount table");
         var table = new ulong[(long)clusters * _clusterSize / 8];
         _table.CopyTo(table, 0);
         var oldTable = (_tableOffset, _tableClusters);
@@ -229,17 +259,18 @@ internal sealed class Refcounts
                 continue;
             }
             long blockCluster = area << _blockBits;
+            _writer.Map.Add(blockCluster << _clusterBits, _clusterSize, MetadataKind.RefcountBlock, $"new refcount block {area}");
             var block = new byte[_clusterSize];
             SetEntry(block, 0, 1);
             for (long c = from; c < to; c++) SetEntry(block, c - blockCluster, 1);
-            _file.WriteAt(block, blockCluster << _clusterBits);
+            _writer.Metadata(MetadataKind.RefcountBlock, block, blockCluster << _clusterBits);
             _blocks[blockCluster << _clusterBits] = block;
             table[area] = RefcountTableEntry.Create(blockCluster << _clusterBits).Raw;
             _end = Math.Max(_end, blockCluster + 1);
         }
         var bytes = new ulong[table.Length];
         BigEndian.ToDisk(table, bytes);
-        _file.WriteAt(MemoryMarshal.AsBytes(bytes.AsSpan()), start << _clusterBits);
+        _writer.Metadata(MetadataKind.RefcountTable, MemoryMarshal.AsBytes(bytes.AsSpan()), start << _clusterBits);
         _end = Math.Max(_end, start + clusters);
         Barrier(); // the new table and its blocks are on disk before the header names them
         _writeTableLocation(start << _clusterBits, clusters);
@@ -249,7 +280,7 @@ internal sealed class Refcounts
         _tableClusters = clusters;
         // Nothing refers to the old table any more.
         long oldFirst = oldTable._tableOffset >> _clusterBits;
-        for (long c = oldFirst; c < oldFirst + oldTable._tableClusters; c++) Decrement(c);
+        for (long c = oldFirst; c < oldFirst + oldTable._tableClusters; c++) Decrement(c, MetadataKind.RefcountTable);
     }
 
     // ---- allocation ----
@@ -290,10 +321,16 @@ internal sealed class Refcounts
         ReleaseReserve();
         long want = Math.Max(wanted, Math.Max(8, ReserveBytes >> _clusterBits));
         long first = _freeHint;
-        while (!IsFree(first)) first++;
+        while (first < _maxClusters && !IsFree(first)) first++;
+        if (first >= _maxClusters) throw Full();
         _freeHint = first;
         long n = 1;
-        while (n < want && IsFree(first + n)) n++;
+        while (n < want && first + n < _maxClusters && IsFree(first + n)) n++;
+        for (long c = first; c < first + n; c++)
+        {
+            if (_writer.Map.KindOf(c) is { } kind)
+                throw new CorruptImageException(_path, $"cluster 0x{c << _clusterBits:x} holds the {MetadataMap.Describe(kind)} but its refcount is 0");
+        }
         _end = Math.Max(_end, first + n); // a growing table must go past this run
         SetRun(first, n, _reserveValue);
         Barrier();
@@ -345,8 +382,11 @@ internal sealed class Refcounts
 
 
 
-    /// <summary>Drops one reference to a cluster once the change that removed it is on disk.</summary>
-    public void Free(long cluster) => _pendingFrees.Add(cluster);
+    /// <summary>
+    /// Drops one reference to a cluster once the change that removed it is on disk.
+    /// <paramref name="kind"/> is what the reference said the cluster holds (null: guest data).
+    /// </summary>
+    public void Free(long cluster, MetadataKind? kind = null) => _pendingFrees.Add((cluster, kind));
 
     /// <summary>Frees every cluster a host byte range touches (a compressed cluster's bytes).</summary>
     public void FreeBytes(long offset, long length)
@@ -356,46 +396,53 @@ internal sealed class Refcounts
 
     public int PendingFrees => _pendingFrees.Count;
 
-    /// <summary>Makes every completed write durable, then applies the frees that waited for it.</summary>
+    /// <summary>
+    /// Makes every completed write durable (with the L1 and L2 entries that waited for a barrier),
+    /// then applies the frees that waited for it. The lowered refcounts become durable with the
+    /// next barrier; lost in a crash, they are leaks, never harm.
+    /// </summary>
     public void Flush()
     {
-        Barrier();
+        _writer.Sync();
         if (_pendingFrees.Count == 0) return;
-        foreach (long c in _pendingFrees) Decrement(c);
+        foreach (var (c, kind) in _pendingFrees) Decrement(c, kind);
         _pendingFrees.Clear();
-        Barrier();
     }
 
-    private void Decrement(long cluster)
+    private void Decrement(long cluster, MetadataKind? kind)
     {
         ulong value = Get(cluster);
         if (value == 0)
             throw new CorruptImageException(_path, $"refcount of cluster 0x{cluster << _clusterBits:x} is already 0 where a reference was dropped");
+        var held = _writer.Map.KindOf(cluster);
+        if (held != kind)
+            throw new CorruptImageException(_path, $"a reference to {(kind is null ? "guest data" : "the " + MetadataMap.Describe(kind.Value))} " +
+                $"in cluster 0x{cluster << _clusterBits:x} was dropped, but the cluster holds {(held is null ? "no metadata" : "the " + MetadataMap.Describe(held.Value))}");
         Set(cluster, value - 1);
-        if (value == 1) _freeHint = Math.Min(_freeHint, cluster);
+        if (value > 1) return;
+        _freeHint = Math.Min(_freeHint, cluster);
+        if (held is not null) _writer.Map.Remove(cluster);
     }
 
     /// <summary>
-    /// Closes cleanly: applies pending frees, returns unused reservations, and trims the file
-    /// after the last cluster in use (everything in use has a refcount, so nothing past it is needed).
+    /// Closes cleanly: applies pending frees, returns unused reservations, and trims what this
+    /// session appended to a regular file and no longer uses. The file never shrinks below its
+    /// length at open: a damaged refcount must not cut off data.
     /// </summary>
     public void Close(FileBlockDevice? trimmable)
     {
         Flush();
         ClosePack();
         ReleaseReserve();
-        if (trimmable is not null)
+        if (trimmable is { IsBlockDevice: false })
         {
             long last = Math.Min(_end, (trimmable.Length + _clusterSize - 1) >> _clusterBits);
-            while (last > 0 && Get(last - 1) == 0) last--;
+            while (last > _openClusters && Get(last - 1) == 0) last--;
             if ((last << _clusterBits) < trimmable.Length) trimmable.SetLength(last << _clusterBits);
         }
         _file.Flush(); // closing always leaves the image on disk
     }
 
     // Write order alone keeps a killed process safe; barriers add power-loss safety.
-    private void Barrier()
-    {
-        if (_barriers) _file.Flush();
-    }
+    private void Barrier() => _writer.Barrier();
 }

@@ -18,8 +18,10 @@ public sealed record Snapshot(
 /// <summary>Reads and checks the snapshot table ("Snapshots" in qcow2.txt).</summary>
 internal static class SnapshotTable
 {
-    public static IReadOnlyList<Snapshot> Read(IBlockDevice file, Qcow2Header header, string path)
+    /// <summary>Reads every entry; <paramref name="tableBytes"/> is how many bytes the table takes in the file.</summary>
+    public static IReadOnlyList<Snapshot> Read(IBlockDevice file, Qcow2Header header, string path, out long tableBytes)
     {
+        tableBytes = 0;
         if (header.SnapshotCount == 0) return [];
         long fileLength = file.Length;
         long clusterMask = header.ClusterSize - 1;
@@ -60,6 +62,7 @@ internal static class SnapshotTable
                 vmState, diskSize, l1Offset, (int)l1Size, extra.ToArray()));
             at += (entryLength + 7) & ~7L;
         }
+        tableBytes = at;
         return list;
     }
 

@@ -1,0 +1,125 @@
+using System.Buffers;
+using System.Runtime.InteropServices;
+using MountQcow.Storage;
+
+namespace MountQcow.Qcow2;
+
+/// <summary>
+/// Every write a writable image makes to its file, checked and ordered. Each write is first
+/// checked against the <see cref="MetadataMap"/>: guest data never lands on metadata, and
+/// metadata only on clusters of its own kind; an overlap throws before anything is written.
+/// </summary>
+/// <remarks>
+/// Ordering, as in QEMU (l2_allocate, qcow2_cache_depends_on_flush): a pointer is written only
+/// after what it points at is durable. Changed L1 and L2 entries are therefore not written at
+/// once; they wait for the next <see cref="Barrier"/>, which first makes everything written so
+/// far durable (one flush) and then writes them. So the data or the copied cluster an L2 entry
+/// names, and the L2 table an L1 entry names, are on disk before the entry, and one flush serves
+/// every write since the last one: a sequential writer pays for the flushes allocation already
+/// needs (about one per 4 MiB), not one per cluster. Refcounts are made durable before any
+/// reference by <see cref="Refcounts"/>, which calls the same barrier.
+/// </remarks>
+internal sealed class ImageWriter
+{
+    private readonly IBlockDevice _file;
+    private readonly ClusterMap _clusters;
+    private readonly long _l1Offset;
+    private readonly bool _barriers;
+    private long _l1DirtyFirst = long.MaxValue, _l1DirtyEnd;
+
+    /// <param name="file">The image file.</param>
+    /// <param name="map">The metadata clusters every write is checked against.</param>
+    /// <param name="clusters">The cluster map, whose L1 table and write-back L2 cache hold the changed entries.</param>
+    /// <param name="l1Offset">Where the active L1 table lies in the file.</param>
+    /// <param name="barriers">Whether a barrier flushes (off only for a new image nobody can rely on until it is closed).</param>
+    public ImageWriter(IBlockDevice file, MetadataMap map, ClusterMap clusters, long l1Offset, bool barriers)
+    {
+        _file = file;
+        Map = map;
+        _clusters = clusters;
+        _l1Offset = l1Offset;
+        _barriers = barriers;
+        clusters.Cache.EnableWriteBack();
+    }
+
+    public MetadataMap Map { get; }
+
+    /// <summary>The image file, for reads.</summary>
+    public IBlockDevice File => _file;
+
+    /// <summary>Number of L2 tables whose changed entries wait for the next barrier.</summary>
+    public int WaitingTables => _clusters.Cache.DirtyCount;
+
+    /// <summary>Writes guest data (or a copy-on-write cluster) at a host offset that must hold no metadata.</summary>
+    public void Data(ReadOnlySpan<byte> bytes, long offset)
+    {
+        Map.CheckWrite(offset, bytes.Length, null, "guest data");
+        _file.WriteAt(bytes, offset);
+    }
+
+    /// <summary>Writes metadata of one kind at once; the clusters must be known to hold that kind.</summary>
+    public void Metadata(MetadataKind kind, ReadOnlySpan<byte> bytes, long offset)
+    {
+        Map.CheckWrite(offset, bytes.Length, kind, "the " + MetadataMap.Describe(kind));
+        _file.WriteAt(bytes, offset);
+    }
+
+    /// <summary>An entry of the active L1 table changed in memory; it is written after the next barrier.</summary>
+    public void L1Changed(long index)
+    {
+        _l1DirtyFirst = Math.Min(_l1DirtyFirst, index);
+        _l1DirtyEnd = Math.Max(_l1DirtyEnd, index + 1);
+    }
+
+    /// <summary>Entries [first, first+count) of an L2 table (u64 units) changed in memory; written after the next barrier.</summary>
+    public void L2Changed(L2Cache.Table table, int first, int count) => _clusters.Cache.MarkDirty(table, first, count);
+
+    /// <summary>
+    /// Makes every write so far durable, then writes the L1 and L2 entries that waited for it.
+    /// Those entries are written, not yet durable: <see cref="Sync"/> makes them so.
+    /// </summary>
+    public void Barrier()
+    {
+        if (_barriers) _file.Flush();
+        WriteWaiting();
+    }
+
+    /// <summary>Makes everything written so far durable, the waiting entries included.</summary>
+    public void Sync()
+    {
+        bool waiting = _l1DirtyEnd > 0 || _clusters.Cache.DirtyCount > 0;
+        Barrier();
+        if (waiting && _barriers) _file.Flush();
+    }
+
+    private void WriteWaiting()
+    {
+        foreach (var table in _clusters.Cache.TakeDirty())
+        {
+            WriteEntries(MetadataKind.L2Table, table.Entries.AsSpan(table.DirtyFirst, table.DirtyEnd - table.DirtyFirst), table.Offset + table.DirtyFirst * 8L);
+            table.MarkClean();
+        }
+        if (_l1DirtyEnd > 0)
+        {
+            long first = _l1DirtyFirst, end = _l1DirtyEnd;
+            _l1DirtyFirst = long.MaxValue;
+            _l1DirtyEnd = 0;
+            WriteEntries(MetadataKind.ActiveL1, _clusters.L1.AsSpan((int)first, (int)(end - first)), _l1Offset + first * 8);
+        }
+    }
+
+    private void WriteEntries(MetadataKind kind, ReadOnlySpan<ulong> entries, long offset)
+    {
+        ulong[] disk = ArrayPool<ulong>.Shared.Rent(entries.Length);
+        try
+        {
+            var span = disk.AsSpan(0, entries.Length);
+            BigEndian.ToDisk(entries, span);
+            Metadata(kind, MemoryMarshal.AsBytes(span), offset);
+        }
+        finally
+        {
+            ArrayPool<ulong>.Shared.Return(disk);
+        }
+    }
+}

@@ -1,0 +1,199 @@
+using MountQcow.Qcow2;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace MountQcow.Tests;
+
+/// <summary>
+/// Power loss at random moments. Random write sequences (every shape of the write properties:
+/// cluster sizes, refcount widths, extended L2, backing files, compressed clusters, a snapshot)
+/// run on a <see cref="CrashDevice"/>; at random flushes and between operations, power is cut:
+/// the disk keeps a random subset of the writes since its last flush, torn at sectors, in any
+/// order. Each such image must pass qemu-img check with leaked clusters at most, and hold every
+/// byte a completed flush acknowledged (bytes written since may hold the old or a new value).
+/// </summary>
+public sealed class PowerLossTests(WriteTemplates templates, ITestOutputHelper output) : IClassFixture<WriteTemplates>
+{
+    private const int SequencesPerConfig = 6;
+    private const double CrashPointChance = 0.35;
+    private const int CutsPerCrashPoint = 3;
+
+    private static long s_states;
+
+    /// <summary>Crash states judged so far in this run (all configurations).</summary>
+    public static long States => Interlocked.Read(ref s_states);
+
+    public static IEnumerable<object[]> Configs => WriteTemplates.Names.Select(n => new object[] { n });
+
+    [QemuTheory, MemberData(nameof(Configs))]
+    public void EveryCrashStatePassesQemuCheckAndKeepsFlushedBytes(string config)
+    {
+        var template = templates.Get(config);
+        int seed = config.Aggregate(17, (h, c) => h * 31 + c);
+        int states = 0, torn = 0;
+        for (int sequence = 0; sequence < SequencesPerConfig; sequence++)
+        {
+            var random = new Random(seed + sequence);
+            var ops = RandomOps(random, template.Size, template.ClusterSize, random.Next(4, 21));
+            var run = new Sequence(template, config, sequence, ops, random);
+            run.Execute();
+            states += run.States;
+            torn += run.Torn;
+        }
+        output.WriteLine($"{config}: {states} crash states judged, {torn} with some but not all cached writes kept");
+        Interlocked.Add(ref s_states, states);
+        // Every sequence writes, so its flushes are crash points with something in the cache.
+        Assert.True(torn >= SequencesPerConfig, $"{config}: only {torn} crash states kept part of the cache");
+    }
+
+    /// <summary>One random sequence on a simulated disk, judged at every crash point it meets.</summary>
+    private sealed class Sequence(WriteTemplates.Template template, string config, int number, WriteOp[] ops, Random random)
+    {
+        private readonly CrashDevice _device = new(File.ReadAllBytes(template.Path));
+        private readonly byte[] _shadow = (byte[])template.Content.Clone();
+        private byte[] _acknowledged = (byte[])template.Content.Clone();
+        private readonly List<WriteOp> _since = new(); // operations since the last completed flush, the running one included
+        private int _done;
+
+        public int States { get; private set; }
+
+        public int Torn { get; private set; }
+
+        public void Execute()
+        {
+            _device.BeforeFlush = MaybeCrash;
+            using (var image = Qcow2Image.Open(_device, template.Path, new ImageOptions { Writable = true }))
+            {
+                foreach (var op in ops)
+                {
+                    _since.Add(op);
+                    Apply(image, op);
+                    _done++;
+                    if (op.Kind == OpKind.Flush)
+                    {
+                        _acknowledged = (byte[])_shadow.Clone();
+                        _since.Clear();
+                    }
+                    MaybeCrash();
+                }
+            }
+            // Closed cleanly: everything is durable, nothing leaks, every byte is the last one written.
+            _device.BeforeFlush = null;
+            Assert.Equal(0, _device.Pending);
+            _acknowledged = _shadow;
+            _since.Clear();
+            Judge(_device.Crash(random, 0).Image, expectClean: true);
+        }
+
+        private void Apply(Qcow2Image image, WriteOp op)
+        {
+            switch (op.Kind)
+            {
+                case OpKind.Write:
+                case OpKind.WriteZeroBytes:
+                    var data = DataOf(op);
+                    image.WriteAt(data, op.Offset);
+                    data.CopyTo(_shadow, op.Offset);
+                    break;
+                case OpKind.Zero:
+                case OpKind.Discard:
+                    image.WriteZeros(op.Offset, op.Length, discard: op.Kind == OpKind.Discard);
+                    Array.Clear(_shadow, (int)op.Offset, op.Length);
+                    break;
+                case OpKind.Flush:
+                    image.Flush();
+                    break;
+            }
+        }
+
+        private void MaybeCrash()
+        {
+            if (_device.Pending == 0 || random.NextDouble() > CrashPointChance) return;
+            for (int cut = 0; cut < CutsPerCrashPoint; cut++)
+            {
+                var (crashed, kept) = _device.Crash(random, random.NextDouble());
+                if (kept > 0 && kept < _device.Pending) Torn++;
+                Judge(crashed, expectClean: false);
+            }
+        }
+
+        private void Judge(byte[] crashed, bool expectClean)
+        {
+            States++;
+            string where = $"{config}, sequence {number}, after {_done} of [{string.Join(", ", ops)}], crash state {States}";
+            // Beside the template, so that a relative backing file name resolves.
+            string file = Path.Combine(Path.GetDirectoryName(template.Path)!, $"crash-{config}-{number}-{States}.qcow2");
+            File.WriteAllBytes(file, crashed);
+            try
+            {
+                var check = Run.Capture("qemu-img", ["check", file]);
+                bool ok = expectClean ? check.ExitCode == 0 && check.Stdout.Contains("No errors were found") : check.ExitCode is 0 or 3;
+                Assert.True(ok && !check.Stdout.Contains("ERROR") && !check.Stderr.Contains("ERROR"),
+                    $"{where}: qemu-img check exited {check.ExitCode}:\n{check.Stdout}{check.Stderr}");
+                using var image = Qcow2Image.Open(file);
+                var bytes = new byte[image.Length];
+                image.ReadAt(bytes, 0);
+                if (FirstUnexplained(bytes) is { } bad)
+                    Assert.Fail($"{where}: byte 0x{bad:x} reads 0x{bytes[bad]:x2}; the last flush acknowledged 0x{_acknowledged[bad]:x2} and no write since put 0x{bytes[bad]:x2} there");
+            }
+            finally
+            {
+                File.Delete(file);
+            }
+        }
+
+        /// <summary>The first byte that is neither what the last flush acknowledged nor what a write since put there; null if none.</summary>
+        private long? FirstUnexplained(byte[] bytes)
+        {
+            var explained = new bool[bytes.Length];
+            foreach (var op in _since)
+            {
+                if (op.Kind == OpKind.Flush) continue;
+                var data = op.Kind is OpKind.Write or OpKind.WriteZeroBytes ? DataOf(op) : null;
+                for (int i = 0; i < op.Length; i++)
+                    if (bytes[op.Offset + i] == (data?[i] ?? 0)) explained[op.Offset + i] = true;
+            }
+            for (long at = 0; at < bytes.Length;)
+            {
+                int same = bytes.AsSpan((int)at).CommonPrefixLength(_acknowledged.AsSpan((int)at));
+                at += same;
+                if (at >= bytes.Length) break;
+                if (!explained[at]) return at;
+                at++;
+            }
+            return null;
+        }
+
+        private static byte[] DataOf(WriteOp op) =>
+            op.Kind == OpKind.Write ? ImageBuilder.Content(op.Seed % 2 == 0 ? Fill.Random : Fill.Text, op.Length, op.Seed) : new byte[op.Length];
+    }
+
+    /// <summary>
+    /// Operations of the write properties' shapes: offsets and lengths mixing byte, sector,
+    /// subcluster and cluster alignment, up to 1 MiB; about one in nine a flush.
+    /// </summary>
+    internal static WriteOp[] RandomOps(Random random, long size, int clusterSize, int count)
+    {
+        int sub = Math.Max(512, clusterSize / 32);
+        int[] units = [1, 512, sub, clusterSize];
+        var ops = new WriteOp[count];
+        for (int i = 0; i < count; i++)
+        {
+            var kind = random.Next(11) switch
+            {
+                < 5 => OpKind.Write,
+                5 => OpKind.WriteZeroBytes,
+                < 8 => OpKind.Zero,
+                < 10 => OpKind.Discard,
+                _ => OpKind.Flush,
+            };
+            int unit = units[random.Next(units.Length)];
+            long start = random.NextInt64(size / unit) * unit + new[] { 0, 0, 1, -1, 7 }[random.Next(5)];
+            long offset = Math.Clamp(start, 0, size - 1);
+            long length = (long)new[] { 1, 1, 2, 3, 5, 40 }[random.Next(6)] * unit + new[] { 0, 0, 1, 13 }[random.Next(4)];
+            length = Math.Clamp(Math.Min(length, 1 << 20), 1, size - offset);
+            ops[i] = new WriteOp(kind, offset, (int)length, random.Next(1, 1 << 20));
+        }
+        return ops;
+    }
+}
