@@ -19,6 +19,19 @@ internal sealed class InfoOptions : CommonOptions
     public bool Json { get; set; }
 }
 
+[Verb("check", HelpText = "Check an image's consistency as qemu-img check does (exit 0 clean, 2 corruptions, 3 leaks only, 1 could not check); optionally repair it.")]
+internal sealed class CheckOptions : CommonOptions
+{
+    [Value(0, MetaName = "IMAGE", Required = true, HelpText = "The qcow2 image.")]
+    public string Image { get; set; } = "";
+
+    [Option("json", HelpText = "Print the result as JSON (qemu-img check's field names).")]
+    public bool Json { get; set; }
+
+    [Option('r', "repair", HelpText = "Repair: 'leaks' frees leaked clusters (always safe); 'all' also fixes refcounts that are too low, rebuilds broken refcount structures, fixes COPIED flags and clears the dirty and corrupt bits.")]
+    public string? Repair { get; set; }
+}
+
 [Verb("export", HelpText = "Write the virtual disk as raw bytes to a file (sparse) or to a block device.")]
 internal sealed class ExportOptions : CommonOptions
 {

@@ -19,10 +19,11 @@ internal static class Program
         });
         // With no arguments at all, show the overview (and fail) rather than the default verb's complaint.
         bool empty = args.Length == 0;
-        var result = parser.ParseArguments<MountOptions, InfoOptions, ExportOptions, CreateVerbOptions, ConvertOptions>(empty ? ["help"] : args);
+        var result = parser.ParseArguments<MountOptions, InfoOptions, CheckOptions, ExportOptions, CreateVerbOptions, ConvertOptions>(empty ? ["help"] : args);
         return result.MapResult(
             (MountOptions o) => Run(o, () => MountCommand.Run(o, args)),
             (InfoOptions o) => Run(o, () => InfoCommand.Run(o)),
+            (CheckOptions o) => Run(o, () => CheckCommand.Run(o)),
             (ExportOptions o) => Run(o, () => ExportCommand.Run(o)),
             (CreateVerbOptions o) => Run(o, () => CreateCommand.Run(o)),
             (ConvertOptions o) => Run(o, () => ConvertCommand.Run(o)),
@@ -34,6 +35,11 @@ internal static class Program
         try
         {
             return command();
+        }
+        catch (UsageError e)
+        {
+            Console.Error.WriteLine($"mountqcow: {e.Message} (see 'mountqcow help')");
+            return Usage;
         }
         catch (Exception e) when (e is ImageException or IOException or UnauthorizedAccessException or UserError or Fuse.FuseException or ArgumentException and not ArgumentOutOfRangeException)
         {
@@ -74,6 +80,7 @@ internal static class Program
     {
         [typeof(MountOptions)] = "mountqcow [mount] IMAGE MOUNTPOINT [-f] [--rw] [-o OPTIONS]",
         [typeof(InfoOptions)] = "mountqcow info IMAGE [--json]",
+        [typeof(CheckOptions)] = "mountqcow check IMAGE [--json] [--repair leaks|all]",
         [typeof(ExportOptions)] = "mountqcow export IMAGE OUTPUT [--force]",
         [typeof(CreateVerbOptions)] = "mountqcow create IMAGE [SIZE] [--cluster-size N] [--backing FILE]",
         [typeof(ConvertOptions)] = "mountqcow convert SOURCE IMAGE [--compress deflate|zstd] [--cluster-size N]",
@@ -86,6 +93,7 @@ internal static class Program
         "  sudo mount -o loop,ro /mnt/vm/p1.raw /mnt/p1  then read a partition's files",
         "  fusermount3 -u /mnt/vm                        unmount (umount as root)",
         "  mountqcow info vm.qcow2                       what the image is",
+        "  mountqcow check vm.qcow2                      is it consistent? (--repair leaks|all fixes it)",
         "  mountqcow export vm.qcow2 vm.raw              the disk as a sparse raw file",
         "  mountqcow --rw vm.qcow2 /mnt/vm               mount read-write: writes go into the image",
         "  mountqcow create new.qcow2 20G                a new empty image",
@@ -97,3 +105,6 @@ internal static class Program
 
 /// <summary>A failure caused by what the user asked for (bad path, existing output), reported as one line.</summary>
 internal sealed class UserError(string message) : Exception(message);
+
+/// <summary>A command line that asks for something that cannot be (a bad option value): exit status 2.</summary>
+internal sealed class UsageError(string message) : Exception(message);

@@ -11,6 +11,8 @@ namespace MountQcow.Tests;
 /// the disk keeps a random subset of the writes since its last flush, torn at sectors, in any
 /// order. Each such image must pass qemu-img check with leaked clusters at most, and hold every
 /// byte a completed flush acknowledged (bytes written since may hold the old or a new value).
+/// mountqcow check must give qemu-img check's verdict on each, and --repair leaks must clean
+/// the leaky ones without changing a byte of the disk.
 /// </summary>
 public sealed class PowerLossTests(WriteTemplates templates, ITestOutputHelper output) : IClassFixture<WriteTemplates>
 {
@@ -30,7 +32,7 @@ public sealed class PowerLossTests(WriteTemplates templates, ITestOutputHelper o
     {
         var template = templates.Get(config);
         int seed = config.Aggregate(17, (h, c) => h * 31 + c);
-        int states = 0, torn = 0;
+        int states = 0, torn = 0, repaired = 0;
         for (int sequence = 0; sequence < SequencesPerConfig; sequence++)
         {
             var random = new Random(seed + sequence);
@@ -39,8 +41,9 @@ public sealed class PowerLossTests(WriteTemplates templates, ITestOutputHelper o
             run.Execute();
             states += run.States;
             torn += run.Torn;
+            repaired += run.Repaired;
         }
-        output.WriteLine($"{config}: {states} crash states judged, {torn} with some but not all cached writes kept");
+        output.WriteLine($"{config}: {states} crash states judged, {torn} with some but not all cached writes kept, {repaired} leaky ones repaired");
         Interlocked.Add(ref s_states, states);
         // Every sequence writes, so its flushes are crash points with something in the cache.
         Assert.True(torn >= SequencesPerConfig, $"{config}: only {torn} crash states kept part of the cache");
@@ -58,6 +61,8 @@ public sealed class PowerLossTests(WriteTemplates templates, ITestOutputHelper o
         public int States { get; private set; }
 
         public int Torn { get; private set; }
+
+        public int Repaired { get; private set; }
 
         public void Execute()
         {
@@ -130,17 +135,39 @@ public sealed class PowerLossTests(WriteTemplates templates, ITestOutputHelper o
                 bool ok = expectClean ? check.ExitCode == 0 && check.Stdout.Contains("No errors were found") : check.ExitCode is 0 or 3;
                 Assert.True(ok && !check.Stdout.Contains("ERROR") && !check.Stderr.Contains("ERROR"),
                     $"{where}: qemu-img check exited {check.ExitCode}:\n{check.Stdout}{check.Stderr}");
-                using var image = Qcow2Image.Open(file);
-                var bytes = new byte[image.Length];
-                image.ReadAt(bytes, 0);
+                // Our checker's verdict is QEMU's.
+                var ours = ImageChecker.Check(file);
+                Assert.True(ours.ExitCode == check.ExitCode && ours.Leaks == LeakCount(check.Stdout),
+                    $"{where}: mountqcow check says exit {ours.ExitCode} with {ours.Leaks} leaks:\n{string.Join('\n', ours.Messages)}\nqemu-img check:\n{check.Stdout}");
+                var bytes = ReadAll(file);
                 if (FirstUnexplained(bytes) is { } bad)
                     Assert.Fail($"{where}: byte 0x{bad:x} reads 0x{bytes[bad]:x2}; the last flush acknowledged 0x{_acknowledged[bad]:x2} and no write since put 0x{bytes[bad]:x2} there");
+                if (ours.Leaks > 0 && States % 3 == 0)
+                {
+                    // Repairing the leaks of a crash state leaves a clean image with the same bytes.
+                    Assert.Equal(0, ImageChecker.Check(file, RepairMode.Leaks).ExitCode);
+                    var again = Run.Capture("qemu-img", ["check", file]);
+                    Assert.True(again.ExitCode == 0, $"{where}: after --repair leaks, qemu-img check:\n{again.Stdout}{again.Stderr}");
+                    Assert.True(ReadAll(file).AsSpan().SequenceEqual(bytes), $"{where}: --repair leaks changed the disk's bytes");
+                    Repaired++;
+                }
             }
             finally
             {
                 File.Delete(file);
             }
         }
+
+        private static byte[] ReadAll(string file)
+        {
+            using var image = Qcow2Image.Open(file);
+            var bytes = new byte[image.Length];
+            image.ReadAt(bytes, 0);
+            return bytes;
+        }
+
+        private static int LeakCount(string qemuOutput) =>
+            System.Text.RegularExpressions.Regex.Match(qemuOutput, @"(\d+) leaked clusters") is { Success: true } m ? int.Parse(m.Groups[1].Value) : 0;
 
         /// <summary>The first byte that is neither what the last flush acknowledged nor what a write since put there; null if none.</summary>
         private long? FirstUnexplained(byte[] bytes)

@@ -200,13 +200,29 @@ public sealed class WriteTests : IDisposable
         string image = _b.Create("bad.qcow2", "8M");
         _b.Write(image, 0, 65536, Fill.Random, 8);
         long entry = Poke.L2EntryOffset(image, 0, 0);
-        ImageBuilder.PokeU64(image, entry, ImageBuilder.ReadU64(image, entry) + 512); // unaligned data cluster
         using (var q = Writable(image))
         {
+            // Damage that appears while the image is open (the check at open saw none): an unaligned data cluster.
+            ImageBuilder.PokeU64(image, entry, ImageBuilder.ReadU64(image, entry) + 512);
             Assert.Throws<CorruptImageException>(() => q.WriteAt(new byte[10], 5));
             Assert.Throws<ImageIOException>(() => q.WriteAt(new byte[10], 1 << 20));
         }
         Assert.Equal(2UL, ImageBuilder.ReadU64(image, 72) & 2); // the corrupt bit
+    }
+
+    [QemuFact]
+    public void ADamagedImageIsRefusedForWritingAndLeftUntouched()
+    {
+        string image = _b.Create("refused.qcow2", "8M");
+        _b.Write(image, 0, 65536, Fill.Random, 9);
+        long entry = Poke.L2EntryOffset(image, 0, 0);
+        ImageBuilder.PokeU64(image, entry, ImageBuilder.ReadU64(image, entry) + 512); // unaligned data cluster
+        var before = File.ReadAllBytes(image);
+        var e = Assert.Throws<CorruptImageException>(() => Writable(image));
+        Assert.Contains("Data cluster is not properly aligned", e.Message);
+        Assert.Contains("refusing to write", e.Message);
+        Assert.Equal(before, File.ReadAllBytes(image)); // not even the corrupt bit
+        using var readOnly = Qcow2Image.Open(image); // reading still works
     }
 
     [QemuFact]

@@ -54,9 +54,6 @@ internal sealed class MetadataMap
     /// <summary>Forgets a cluster whose refcount fell to 0.</summary>
     public void Remove(long cluster) => _clusters.Remove(cluster);
 
-    /// <summary>Every cluster the map names, with its kind.</summary>
-    public IEnumerable<KeyValuePair<long, MetadataKind>> Clusters => _clusters;
-
     /// <summary>The kind of metadata in a cluster, or null for none.</summary>
     public MetadataKind? KindOf(long cluster) => _clusters.TryGetValue(cluster, out var kind) ? kind : null;
 

@@ -68,7 +68,8 @@ public static class Qcow2Creator
             for (long b = 0; b < blocks; b++) BigEndian.Put(table, (int)(b * 8), (ulong)(blocksAt + b) << clusterBits);
             file.WriteAt(table, tableAt << clusterBits);
             var block = new byte[blocks << clusterBits];
-            for (long c = 0; c < end; c++) SetRefcount(block, c, options.RefcountOrder);
+            var format = new RefcountBlockFormat(options.RefcountOrder);
+            for (long c = 0; c < end; c++) format.Set(block, c, 1);
             file.WriteAt(block, blocksAt << clusterBits);
             file.SetLength(end << clusterBits); // the L1 table reads as zeros
             file.Flush();
@@ -91,13 +92,6 @@ public static class Qcow2Creator
         if (o.RefcountOrder is < 0 or > 6) throw new ArgumentException("refcount widths are 1, 2, 4, 8, 16, 32 or 64 bits");
         if (o.BackingFile is { Length: > Qcow2Limits.MaxBackingFileNameLength })
             throw new ArgumentException("the backing file name is longer than 1023 bytes");
-    }
-
-    private static void SetRefcount(byte[] block, long index, int order)
-    {
-        // A refcount of 1 in an entry of 1 << order bits; sub-byte entries start at the least significant bit.
-        if (order < 3) block[index >> (3 - order)] |= (byte)(1 << (int)((index & ((1 << (3 - order)) - 1)) << order));
-        else block[((index + 1) << (order - 3)) - 1] = 1;
     }
 
     private static void WriteHeader(byte[] h, CreateOptions o, long size, uint l1Entries, long l1Offset, long tableOffset, uint tableClusters)
@@ -125,9 +119,10 @@ public static class Qcow2Creator
         for (int i = 0; i < KnownFeatures.All.Length; i++)
         {
             var (kind, bit, name) = KnownFeatures.All[i];
-            names[i * 48] = (byte)kind;
-            names[i * 48 + 1] = (byte)bit;
-            Encoding.ASCII.GetBytes(name, names.AsSpan(i * 48 + 2, Qcow2Limits.FeatureNameLength));
+            int entry = i * Qcow2Limits.FeatureNameEntryLength;
+            names[entry] = (byte)kind;
+            names[entry + 1] = (byte)bit;
+            Encoding.ASCII.GetBytes(name, names.AsSpan(entry + 2, Qcow2Limits.FeatureNameLength));
         }
         // The feature name table is optional; with 512-byte clusters it may not fit beside a backing file name.
         int backingLength = o.BackingFile is null ? 0 : Encoding.UTF8.GetByteCount(o.BackingFile);

@@ -255,6 +255,52 @@ internal readonly struct RefcountTableEntry(ulong raw)
     public static RefcountTableEntry Create(long blockOffset) => new((ulong)blockOffset & OffsetMask);
 }
 
+/// <summary>
+/// The entries of a refcount block of 1 &lt;&lt; order bits each: 1, 2 and 4 bits fill each byte
+/// from its least significant bit; bytes and wider entries are big-endian.
+/// </summary>
+internal readonly struct RefcountBlockFormat(int order)
+{
+    /// <summary>The largest refcount an entry holds.</summary>
+    public ulong Max => order == 6 ? ulong.MaxValue : (1UL << (1 << order)) - 1;
+
+    /// <summary>log2 of the number of entries in a block of one cluster.</summary>
+    public int BlockBits(int clusterBits) => clusterBits + 3 - order;
+
+    public ulong Get(ReadOnlySpan<byte> block, long index) => order switch
+    {
+        < 3 => (ulong)(block[(int)(index >> (3 - order))] >> (int)((index & ((1 << (3 - order)) - 1)) << order)) & Max,
+        3 => block[(int)index],
+        4 => BinaryPrimitives.ReadUInt16BigEndian(block[((int)index * 2)..]),
+        5 => BinaryPrimitives.ReadUInt32BigEndian(block[((int)index * 4)..]),
+        _ => BinaryPrimitives.ReadUInt64BigEndian(block[((int)index * 8)..]),
+    };
+
+    public void Set(Span<byte> block, long index, ulong value)
+    {
+        switch (order)
+        {
+            case < 3:
+                int at = (int)(index >> (3 - order));
+                int shift = (int)((index & ((1 << (3 - order)) - 1)) << order);
+                block[at] = (byte)((block[at] & ~((int)Max << shift)) | ((int)value << shift));
+                break;
+            case 3: block[(int)index] = (byte)value; break;
+            case 4: BinaryPrimitives.WriteUInt16BigEndian(block[((int)index * 2)..], (ushort)value); break;
+            case 5: BinaryPrimitives.WriteUInt32BigEndian(block[((int)index * 4)..], (uint)value); break;
+            default: BinaryPrimitives.WriteUInt64BigEndian(block[((int)index * 8)..], value); break;
+        }
+    }
+
+    /// <summary>The bytes of a block that hold entries [first, first+count).</summary>
+    public (int Start, int Length) EntryBytes(long first, long count)
+    {
+        long startBit = first << order, endBit = (first + count) << order;
+        int start = (int)(startBit >> 3);
+        return (start, (int)((endBit + 7) >> 3) - start);
+    }
+}
+
 /// <summary>Byte offsets in a snapshot table entry ("Snapshots" in qcow2.txt).</summary>
 internal static class SnapshotField
 {

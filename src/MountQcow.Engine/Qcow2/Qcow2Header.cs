@@ -81,7 +81,13 @@ public sealed class Qcow2Header
     /// <exception cref="NotQcow2Exception">The file does not start with the qcow2 magic.</exception>
     /// <exception cref="CorruptImageException">A field contradicts the format or the file's size.</exception>
     /// <exception cref="UnsupportedFeatureException">A field asks for something not implemented.</exception>
-    public static Qcow2Header Read(IBlockDevice file, string path)
+    /// <param name="file">The image file.</param>
+    /// <param name="path">Its path, for messages.</param>
+    /// <param name="forCheck">
+    /// Read as QEMU reads for a consistency check: tables at offset 0 and a snapshot table outside
+    /// the file are left for the checker to report, not refused here.
+    /// </param>
+    public static Qcow2Header Read(IBlockDevice file, string path, bool forCheck = false)
     {
         long fileLength = file.Length;
         if (fileLength < HeaderField.V2HeaderLength)
@@ -106,11 +112,11 @@ public sealed class Qcow2Header
             throw new UnsupportedFeatureException(path, $"cluster size 2^{clusterBits} (the limit is 2 MiB)");
         byte[] first = new byte[1 << (int)clusterBits];
         file.ReadAt(first, 0);
-        return Parse(first, fileLength, path);
+        return Parse(first, fileLength, path, forCheck);
     }
 
     /// <summary>Parses a header from the image's first cluster (zero-padded past the end of a short file).</summary>
-    internal static Qcow2Header Parse(ReadOnlySpan<byte> first, long fileLength, string path)
+    internal static Qcow2Header Parse(ReadOnlySpan<byte> first, long fileLength, string path, bool forCheck = false)
     {
         void Corrupt(string what) => throw new CorruptImageException(path, what);
 
@@ -227,7 +233,7 @@ public sealed class Qcow2Header
             UnknownExtensions = unknown,
             BackingFile = ReadBackingName(first, backingOffset, clusterSize, path),
         };
-        header.Validate(fileLength, path);
+        header.Validate(fileLength, path, forCheck);
         return header;
     }
 
@@ -243,7 +249,7 @@ public sealed class Qcow2Header
         return Encoding.UTF8.GetString(first.Slice((int)offset, (int)size));
     }
 
-    private void Validate(long fileLength, string path)
+    private void Validate(long fileLength, string path, bool forCheck)
     {
         void Corrupt(string what) => throw new CorruptImageException(path, what);
 
@@ -268,23 +274,26 @@ public sealed class Qcow2Header
         if ((long)L1Size * 8 > Qcow2Limits.MaxL1Bytes) Corrupt($"active L1 table of {L1Size} entries is too large");
         if (L1Size < RequiredL1Entries)
             Corrupt($"L1 table of {L1Size} entries is too small for a virtual size of {VirtualSize} bytes (needs {RequiredL1Entries})");
-        if (L1Size > 0) CheckTable("L1 table", L1TableOffset, (long)L1Size * 8, clusterMask, fileLength, path);
+        // A check looks at tables wherever they are, as QEMU's check does (alignment is all it
+        // demands); the checker reports tables at 0 or past the end of the file as corruption.
+        if (L1Size > 0) CheckTable("L1 table", L1TableOffset, (long)L1Size * 8, clusterMask, forCheck ? long.MaxValue : fileLength, path, allowZero: forCheck);
         if (Version >= 3 || RefcountTableClusters > 0)
         {
             long refcountBytes = (long)RefcountTableClusters * ClusterSize;
             if (refcountBytes > Qcow2Limits.MaxRefcountTableBytes) Corrupt($"refcount table of {RefcountTableClusters} clusters is too large");
-            if (RefcountTableClusters > 0) CheckTable("refcount table", RefcountTableOffset, refcountBytes, clusterMask, fileLength, path);
+            if (RefcountTableClusters > 0)
+                CheckTable("refcount table", RefcountTableOffset, refcountBytes, clusterMask, forCheck ? long.MaxValue : fileLength, path, allowZero: forCheck);
         }
         if (SnapshotCount > Qcow2Limits.MaxSnapshots) Corrupt($"{SnapshotCount} snapshots is more than the limit of {Qcow2Limits.MaxSnapshots}");
-        if (SnapshotCount > 0) CheckTable("snapshot table", SnapshotsOffset, 0, clusterMask, fileLength, path);
+        if (SnapshotCount > 0 && !forCheck) CheckTable("snapshot table", SnapshotsOffset, 0, clusterMask, fileLength, path);
         if (HasExternalDataFile && BackingFile != null && Autoclear.HasFlag(AutoclearFeatures.RawExternalData))
             Corrupt("a raw external data file cannot be combined with a backing file");
     }
 
     /// <summary>Checks that a table starts cluster-aligned and lies inside the file.</summary>
-    internal static void CheckTable(string what, long offset, long length, long clusterMask, long fileLength, string path)
+    internal static void CheckTable(string what, long offset, long length, long clusterMask, long fileLength, string path, bool allowZero = false)
     {
-        if (offset <= 0 || (offset & clusterMask) != 0)
+        if (offset < 0 || (offset == 0 && !allowZero) || (offset & clusterMask) != 0)
             throw new CorruptImageException(path, $"{what} offset 0x{offset:x} is {(offset <= 0 ? "invalid" : "unaligned")}");
         if (offset > fileLength || length > fileLength - offset)
             throw new CorruptImageException(path, $"{what} at 0x{offset:x} (+0x{length:x}) reaches past the end of the file (0x{fileLength:x})");

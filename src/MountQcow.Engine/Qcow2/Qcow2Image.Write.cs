@@ -44,6 +44,15 @@ public sealed partial class Qcow2Image
         if (h.RefcountTableClusters == 0) throw RefuseWriting("the image has no refcount table");
         if (_file is FileBlockDevice f && QemuLock.AcquireForWriting(f.Handle) is { } conflict)
             throw new ImageInUseException($"{Path}: in use by another process ({conflict}); is a VM running on it?");
+        // A refcount lower than the references it has would let a write overwrite live data or
+        // metadata; QEMU finds some of this only when it is about to happen. Finding all of it
+        // first costs one pass over the metadata, and leaves a damaged image untouched.
+        var check = ImageChecker.Check(_file, Path, RepairMode.None);
+        if (check.Corruptions + check.CheckErrors > 0)
+        {
+            string first = check.Messages.FirstOrDefault(m => m.StartsWith("ERROR", StringComparison.Ordinal) || m.StartsWith("Can't", StringComparison.Ordinal)) ?? "";
+            throw RefuseWriting($"{check.Corruptions + check.CheckErrors} errors, the first: {first}");
+        }
         var map = new MetadataMap(Path, h.ClusterBits);
         _writer = new ImageWriter(_file, map, _map, h.L1TableOffset, _flushBarriers);
         long maxBytes = _file is FileBlockDevice { IsBlockDevice: true } device ? device.Length : MaxHostBytes;
@@ -51,13 +60,6 @@ public sealed partial class Qcow2Image
         try
         {
             RegisterMetadata(map);
-            // Metadata the refcounts call free would be handed out and overwritten: QEMU finds this
-            // at the first write (an overlap); finding it here leaves the image untouched.
-            foreach (var (cluster, kind) in map.Clusters)
-            {
-                if (_refcounts.Get(cluster) == 0)
-                    throw new CorruptImageException(Path, $"cluster 0x{cluster << h.ClusterBits:x} holds the {MetadataMap.Describe(kind)} but its refcount is 0");
-            }
         }
         catch (CorruptImageException e)
         {
@@ -74,7 +76,7 @@ public sealed partial class Qcow2Image
     }
 
     private CorruptImageException RefuseWriting(string detail) =>
-        new(Path, $"{detail}; refusing to write to it (it still mounts read-only; 'mountqcow check' describes the damage)");
+        new(Path, $"{detail}; refusing to write to it (it still mounts read-only; 'mountqcow check --repair all' repairs what can be repaired)");
 
     /// <summary>Names every cluster that holds metadata: header, L1 tables, L2 tables, refcount structures, snapshot table, bitmap directory.</summary>
     private void RegisterMetadata(MetadataMap map)

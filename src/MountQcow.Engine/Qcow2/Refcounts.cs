@@ -32,7 +32,7 @@ internal sealed class Refcounts
     private readonly string _path;
     private readonly int _clusterBits;
     private readonly int _clusterSize;
-    private readonly int _order;
+    private readonly RefcountBlockFormat _format;
     private readonly int _blockBits; // log2 of entries per refcount block
     private readonly ulong _max;
     private readonly Action<long, int> _writeTableLocation;
@@ -67,9 +67,9 @@ internal sealed class Refcounts
         _maxClusters = maxClusters;
         _clusterBits = header.ClusterBits;
         _clusterSize = header.ClusterSize;
-        _order = header.RefcountOrder;
-        _blockBits = _clusterBits + 3 - _order;
-        _max = _order == 6 ? ulong.MaxValue : (1UL << (1 << _order)) - 1;
+        _format = new RefcountBlockFormat(header.RefcountOrder);
+        _blockBits = _format.BlockBits(_clusterBits);
+        _max = _format.Max;
         _writeTableLocation = writeTableLocation;
         _tableOffset = header.RefcountTableOffset;
         _tableClusters = header.RefcountTableClusters;
@@ -92,40 +92,9 @@ internal sealed class Refcounts
 
     private long EntriesPerBlock => 1L << _blockBits;
 
-    // ---- entries inside a block: 1, 2 and 4 bits from the least significant bit of each byte; bytes and wider big-endian ----
+    private ulong GetEntry(byte[] block, long index) => _format.Get(block, index);
 
-    private ulong GetEntry(byte[] block, long index) => _order switch
-    {
-        < 3 => (ulong)(block[index >> (3 - _order)] >> (int)((index & ((1 << (3 - _order)) - 1)) << _order)) & _max,
-        3 => block[index],
-        4 => BinaryPrimitives.ReadUInt16BigEndian(block.AsSpan((int)index * 2)),
-        5 => BinaryPrimitives.ReadUInt32BigEndian(block.AsSpan((int)index * 4)),
-        _ => BinaryPrimitives.ReadUInt64BigEndian(block.AsSpan((int)index * 8)),
-    };
-
-    private void SetEntry(byte[] block, long index, ulong value)
-    {
-        switch (_order)
-        {
-            case < 3:
-                int at = (int)(index >> (3 - _order));
-                int shift = (int)((index & ((1 << (3 - _order)) - 1)) << _order);
-                block[at] = (byte)((block[at] & ~((int)_max << shift)) | ((int)value << shift));
-                break;
-            case 3: block[index] = (byte)value; break;
-            case 4: BinaryPrimitives.WriteUInt16BigEndian(block.AsSpan((int)index * 2), (ushort)value); break;
-            case 5: BinaryPrimitives.WriteUInt32BigEndian(block.AsSpan((int)index * 4), (uint)value); break;
-            default: BinaryPrimitives.WriteUInt64BigEndian(block.AsSpan((int)index * 8), value); break;
-        }
-    }
-
-    /// <summary>The bytes of a block that hold entries [first, first+count).</summary>
-    private (int Start, int Length) EntryBytes(long first, long count)
-    {
-        long startBit = first << _order, endBit = (first + count) << _order;
-        int start = (int)(startBit >> 3);
-        return (start, (int)((endBit + 7) >> 3) - start);
-    }
+    private void SetEntry(byte[] block, long index, ulong value) => _format.Set(block, index, value);
 
     // ---- blocks and the table ----
 
@@ -166,7 +135,7 @@ internal sealed class Refcounts
             EnsureBlock(area);
             var block = Block(area)!;
             for (long i = 0; i < n; i++) SetEntry(block, index + i, value);
-            var (start, length) = EntryBytes(index, n);
+            var (start, length) = _format.EntryBytes(index, n);
             _writer.Metadata(MetadataKind.RefcountBlock, block.AsSpan(start, length), BlockOffset(area) + start);
             first += n;
             count -= n;

@@ -19,7 +19,9 @@ public sealed record Snapshot(
 internal static class SnapshotTable
 {
     /// <summary>Reads every entry; <paramref name="tableBytes"/> is how many bytes the table takes in the file.</summary>
-    public static IReadOnlyList<Snapshot> Read(IBlockDevice file, Qcow2Header header, string path, out long tableBytes)
+    /// <remarks>With <paramref name="checkL1"/> false, an entry whose L1 table is unaligned, too large or
+    /// outside the file is returned rather than refused (the checker reports such entries itself).</remarks>
+    public static IReadOnlyList<Snapshot> Read(IBlockDevice file, Qcow2Header header, string path, out long tableBytes, bool checkL1 = true)
     {
         tableBytes = 0;
         if (header.SnapshotCount == 0) return [];
@@ -50,8 +52,8 @@ internal static class SnapshotTable
             if (extra.Length >= SnapshotField.ExtraDiskSize + 8) diskSize = (long)BigEndian.U64(extra, SnapshotField.ExtraDiskSize);
             long l1Offset = (long)BigEndian.U64(entry, SnapshotField.L1TableOffset);
             uint l1Size = BigEndian.U32(entry, SnapshotField.L1Size);
-            if ((long)l1Size * 8 > Qcow2Limits.MaxL1Bytes) throw new CorruptImageException(path, $"{where}: L1 table of {l1Size} entries is too large");
-            if (l1Size > 0) Qcow2Header.CheckTable($"{where}: L1 table", l1Offset, l1Size * 8L, clusterMask, fileLength, path);
+            if (checkL1 && (long)l1Size * 8 > Qcow2Limits.MaxL1Bytes) throw new CorruptImageException(path, $"{where}: L1 table of {l1Size} entries is too large");
+            if (checkL1 && l1Size > 0) Qcow2Header.CheckTable($"{where}: L1 table", l1Offset, l1Size * 8L, clusterMask, fileLength, path);
             int idAt = SnapshotField.FixedLength + (int)extraLength;
             list.Add(new Snapshot(
                 Encoding.UTF8.GetString(entry.Slice(idAt, idLength)),
@@ -59,7 +61,7 @@ internal static class SnapshotTable
                 DateTimeOffset.FromUnixTimeSeconds(BigEndian.U32(entry, SnapshotField.DateSeconds))
                     .AddTicks(BigEndian.U32(entry, SnapshotField.DateNanoseconds) / 100),
                 TimeSpan.FromTicks((long)(BigEndian.U64(entry, SnapshotField.VmClockNs) / 100)),
-                vmState, diskSize, l1Offset, (int)l1Size, extra.ToArray()));
+                vmState, diskSize, l1Offset, (int)Math.Min(l1Size, int.MaxValue), extra.ToArray()));
             at += (entryLength + 7) & ~7L;
         }
         tableBytes = at;

@@ -1,0 +1,734 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using MountQcow.Storage;
+
+namespace MountQcow.Qcow2;
+
+/// <summary>What <see cref="ImageChecker"/> may change.</summary>
+public enum RepairMode
+{
+    /// <summary>Only look.</summary>
+    None,
+    /// <summary>Lower refcounts that are too high (leaked clusters): always safe.</summary>
+    Leaks,
+    /// <summary>Also raise refcounts that are too low, rebuild broken refcount structures and fix COPIED flags.</summary>
+    All,
+}
+
+/// <summary>What a check found and fixed, counted as qemu-img check counts.</summary>
+public sealed class CheckReport
+{
+    /// <summary>Errors in the image: a refcount lower than the references, a table or cluster where none may be.</summary>
+    public int Corruptions { get; internal set; }
+
+    /// <summary>Clusters whose refcount is higher than their references: wasted space, no harm.</summary>
+    public int Leaks { get; internal set; }
+
+    /// <summary>Failures of the check itself (a table that could not be read).</summary>
+    public int CheckErrors { get; internal set; }
+
+    public int CorruptionsFixed { get; internal set; }
+    public int LeaksFixed { get; internal set; }
+
+    /// <summary>First byte past the last cluster in use or with a refcount.</summary>
+    public long ImageEndOffset { get; internal set; }
+
+    /// <summary>Guest clusters of the virtual disk.</summary>
+    public long TotalClusters { get; internal set; }
+    public long AllocatedClusters { get; internal set; }
+    public long FragmentedClusters { get; internal set; }
+    public long CompressedClusters { get; internal set; }
+
+    /// <summary>One line per finding or repair, in qemu-img check's words.</summary>
+    public IReadOnlyList<string> Messages => _messages;
+
+    internal readonly List<string> _messages = new();
+
+    /// <summary>qemu-img check's exit status: 0 clean, 1 the check failed, 2 corruptions, 3 leaks only.</summary>
+    public int ExitCode => CheckErrors > 0 ? 1 : Corruptions > 0 ? 2 : Leaks > 0 ? 3 : 0;
+}
+
+/// <summary>
+/// The consistency check of <c>qemu-img check</c>, with its verdicts: every cluster the image
+/// references (header, L1 and L2 tables of the disk and its snapshots, data and compressed
+/// clusters, the snapshot table, the refcount structures, bitmaps) is counted, and the counts are
+/// compared with the stored refcounts. Optionally repairs, crash-safely: leaks are fixed by
+/// lowering refcounts, which can never harm; <see cref="RepairMode.All"/> also raises refcounts
+/// that are too low, fixes COPIED flags, and when the refcount structures themselves are broken,
+/// writes new ones into free space, makes them durable, and only then switches the header to them.
+/// A crash during a repair leaves leaked clusters at most.
+/// </summary>
+/// <remarks>Memory: four bytes per host cluster of the image file (64 MiB for a 1 TiB file with 64 KiB clusters).</remarks>
+public sealed class ImageChecker
+{
+    private const ulong L1ReservedMask = 0x7f00_0000_0000_01ff;
+    private const ulong L2ReservedMask = 0x3f00_0000_0000_01fe;
+    private const ulong RefcountTableReservedMask = 0x1ff;
+    private const ulong BitmapTableReservedMask = 0xff00_0000_0000_01fe;
+    private const ulong HostOffsetMask = 0x00ff_ffff_ffff_fe00;
+    private const int MaxL1Entries = (int)(Qcow2Limits.MaxL1Bytes / 8);
+
+    private readonly IBlockDevice _file;
+    private readonly string _path;
+    private readonly Qcow2Header _h;
+    private readonly RepairMode _mode;
+    private readonly int _bits;
+    private readonly int _clusterSize;
+    private readonly RefcountBlockFormat _format;
+    private readonly uint _refcountMax;
+    private readonly CheckReport _report = new();
+    private readonly HashSet<long> _contested = new(); // clusters two kinds of metadata claim: never rewritten by a repair
+    private uint[] _counts = [];                        // references per host cluster (QEMU's in-memory refcount table)
+    private long _fileClusters;
+    private bool _rebuild;
+    private ulong[] _table;                             // the refcount table, host order
+    private long _tableOffset;
+    private bool _wrote;
+
+    private ImageChecker(IBlockDevice file, string path, Qcow2Header header, RepairMode mode)
+    {
+        _file = file;
+        _path = path;
+        _h = header;
+        _mode = mode;
+        _bits = header.ClusterBits;
+        _clusterSize = header.ClusterSize;
+        _format = new RefcountBlockFormat(header.RefcountOrder);
+        _refcountMax = (uint)Math.Min(_format.Max, uint.MaxValue);
+        _tableOffset = header.RefcountTableOffset;
+        _table = ReadTable(_tableOffset, header.RefcountTableClusters);
+    }
+
+    /// <summary>Checks (and with <paramref name="mode"/>, repairs) the image at <paramref name="path"/>.</summary>
+    /// <exception cref="ImageException">The image cannot be opened or checked at all.</exception>
+    public static CheckReport Check(string path, RepairMode mode = RepairMode.None)
+    {
+        using var file = FileBlockDevice.Open(path, writable: mode != RepairMode.None);
+        if (mode != RepairMode.None && QemuLock.AcquireForWriting(file.Handle) is { } conflict)
+            throw new ImageInUseException($"{path}: in use by another process ({conflict}); it cannot be repaired now");
+        try
+        {
+            return Check(file, path, mode);
+        }
+        finally
+        {
+            if (mode != RepairMode.None) QemuLock.Release(file.Handle);
+        }
+    }
+
+    /// <summary>Checks an image stored on <paramref name="file"/>.</summary>
+    internal static CheckReport Check(IBlockDevice file, string path, RepairMode mode)
+    {
+        var first = new ImageChecker(file, path, Qcow2Header.Read(file, path, forCheck: true), mode).Run();
+        if (first.LeaksFixed + first.CorruptionsFixed == 0) return first;
+        // As qemu-img does: what was repaired is reported, and a second look says what is left.
+        var second = new ImageChecker(file, path, Qcow2Header.Read(file, path, forCheck: true), RepairMode.None).Run();
+        second.LeaksFixed = first.LeaksFixed;
+        second.CorruptionsFixed = first.CorruptionsFixed;
+        second._messages.InsertRange(0, first.Messages);
+        return second;
+    }
+
+    private CheckReport Run()
+    {
+        try
+        {
+            IReadOnlyList<Snapshot> snapshots = [];
+            long snapshotBytes = 0;
+            if (_h.SnapshotCount > 0 && (_h.SnapshotsOffset & (_clusterSize - 1)) != 0)
+            {
+                Fail("ERROR snapshot table offset invalid");
+                return _report;
+            }
+            if (_h.SnapshotCount > 0 && _h.SnapshotsOffset >= _file.Length)
+            {
+                // QEMU reads such a table as zeros: snapshots without names or data.
+                Corrupt($"ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{_h.SnapshotsOffset:x} size 0x{_h.SnapshotCount * 40L:x}");
+                if (_mode == RepairMode.All) DropSnapshots();
+            }
+            else
+            {
+                try
+                {
+                    snapshots = SnapshotTable.Read(_file, _h, _path, out snapshotBytes, checkL1: false);
+                }
+                catch (CorruptImageException e)
+                {
+                    Fail($"ERROR failed to read the snapshot table: {e.Detail}");
+                    return _report;
+                }
+            }
+            _report.TotalClusters = ((_h.VirtualSize & ~511L) + _clusterSize - 1) >> _bits;
+            Count(snapshots, snapshotBytes);
+            var (corruptions, leaks) = (_report.Corruptions, _report.Leaks);
+            Compare(RepairMode.None);
+            if (_rebuild && _mode == RepairMode.All)
+            {
+                Say("Rebuilding refcount structure");
+                int before = _report.Corruptions, leaked = _report.Leaks, leaksFixed = _report.LeaksFixed;
+                RebuildRefcounts();
+                _report.Corruptions = _report.Leaks = 0;
+                _rebuild = false;
+                Count(snapshots, snapshotBytes);
+                Compare(RepairMode.Leaks); // the old structures are leaked now
+                if (_rebuild) Fail("ERROR rebuilt refcount structure is still broken");
+                _report.CorruptionsFixed += Math.Max(0, before - _report.Corruptions);
+                _report.LeaksFixed = leaksFixed + leaked;
+            }
+            else if (_mode != RepairMode.None && _rebuild)
+            {
+                Fail("ERROR need to rebuild refcount structures (repair with --repair all)");
+                return _report;
+            }
+            else if (_mode != RepairMode.None && _report.Corruptions + _report.Leaks > 0)
+            {
+                (_report.Corruptions, _report.Leaks) = (corruptions, leaks);
+                Compare(_mode);
+            }
+            CheckCopiedFlags();
+            if (_mode != RepairMode.None && _report.CheckErrors == 0 && _report.Corruptions == 0) MarkClean();
+            if (_wrote) _file.Flush();
+        }
+        catch (ImageIOException e)
+        {
+            Fail($"ERROR: {e.Message}");
+        }
+        return _report;
+    }
+
+    // ---- counting references (QEMU's calculate_refcounts) ----
+
+    private void Count(IReadOnlyList<Snapshot> snapshots, long snapshotBytes)
+    {
+        _fileClusters = (_file.Length + _clusterSize - 1) >> _bits;
+        _counts = new uint[_fileClusters];
+        _report.AllocatedClusters = _report.FragmentedClusters = _report.CompressedClusters = 0;
+        _contested.Clear();
+        var claims = new MetadataMap(_path, _bits);
+        Claim(claims, 0, _clusterSize, MetadataKind.Header);
+        Reference(0, _clusterSize);
+        CountL1(_h.L1TableOffset, _h.L1Size, active: true, claims);
+        if (_h.HasExternalDataFile && snapshots.Count > 0) Corrupt($"ERROR {snapshots.Count} snapshots in image with data file");
+        foreach (var s in snapshots)
+        {
+            if ((s.L1TableOffset & (_clusterSize - 1)) != 0)
+                Corrupt($"ERROR snapshot {s.Id} ({s.Name}) l1_offset=0x{s.L1TableOffset:x}: L1 table is not cluster aligned; snapshot table entry corrupted");
+            else if (s.L1Size > MaxL1Entries)
+                Corrupt($"ERROR snapshot {s.Id} ({s.Name}) l1_size=0x{s.L1Size:x}: L1 table is too large; snapshot table entry corrupted");
+            else
+                CountL1(s.L1TableOffset, s.L1Size, active: false, claims);
+        }
+        Claim(claims, _h.SnapshotsOffset, snapshotBytes, MetadataKind.SnapshotTable);
+        Reference(_h.SnapshotsOffset, snapshotBytes);
+        Claim(claims, _tableOffset, (long)_table.Length * 8, MetadataKind.RefcountTable);
+        Reference(_tableOffset, (long)_table.Length * 8);
+        CountBitmaps(claims);
+        CountRefcountBlocks(claims);
+    }
+
+    private void CountL1(long offset, int size, bool active, MetadataMap claims)
+    {
+        if (size == 0) return;
+        Claim(claims, offset, size * 8L, active ? MetadataKind.ActiveL1 : MetadataKind.SnapshotL1);
+        Reference(offset, size * 8L);
+        var l1 = ReadEntries(offset, size);
+        var l2 = new ulong[_clusterSize / 8];
+        for (int i = 0; i < l1.Length; i++)
+        {
+            ulong entry = l1[i];
+            if (entry == 0) continue;
+            if ((entry & L1ReservedMask) != 0) Corrupt($"ERROR found L1 entry with reserved bits set: {entry:x}");
+            long l2Offset = (long)(entry & HostOffsetMask);
+            Claim(claims, l2Offset, _clusterSize, MetadataKind.L2Table);
+            Reference(l2Offset, _clusterSize);
+            if ((l2Offset & (_clusterSize - 1)) != 0) Corrupt($"ERROR l2_offset={l2Offset:x}: Table is not cluster aligned; L1 entry corrupted");
+            ReadEntries(l2Offset, l2.Length, l2);
+            CountL2(l2, l2Offset, active);
+        }
+    }
+
+    private void CountL2(ulong[] table, long tableOffset, bool active)
+    {
+        bool extended = _h.HasExtendedL2;
+        int width = extended ? 2 : 1;
+        long next = 0;
+        for (int i = 0; i < table.Length / width; i++)
+        {
+            var entry = new L2Entry(table[i * width]);
+            ulong bitmap = extended ? table[i * width + 1] : 0;
+            if (entry.IsCompressed)
+            {
+                var (offset, length) = entry.CompressedLocation(_bits);
+                if (entry.Copied) Corrupt($"ERROR: coffset=0x{offset:x}: copied flag must never be set for compressed clusters");
+                if (_h.HasExternalDataFile) Corrupt($"ERROR compressed cluster {i} with data file, entry=0x{entry.Raw:x}");
+                else if (extended && bitmap != 0) Corrupt($"ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry=0x{entry.Raw:x}");
+                else
+                {
+                    Reference(offset, length);
+                    if (active)
+                    {
+                        _report.AllocatedClusters++;
+                        _report.CompressedClusters++;
+                        _report.FragmentedClusters++;
+                    }
+                }
+                continue;
+            }
+            if ((entry.Raw & L2ReservedMask) != 0) Corrupt($"ERROR found l2 entry with reserved bits set: {entry.Raw:x}");
+            bool zeroFlag = !extended && entry.ZeroFlagSet;
+            if (!entry.HasHostCluster(_h.HasExternalDataFile))
+            {
+                if (extended && (uint)bitmap != 0) Corrupt("ERROR: Unallocated cluster has non-zero subcluster allocation map");
+                continue;
+            }
+            long host = entry.HostOffset;
+            if (extended && ((bitmap >> 32) & bitmap) != 0) Corrupt($"ERROR offset={host:x}: Allocated cluster has corrupted subcluster allocation bitmap");
+            if ((host & (_clusterSize - 1)) != 0)
+            {
+                bool holdsNoData = extended ? (uint)bitmap == 0 : zeroFlag;
+                if (holdsNoData && _mode == RepairMode.All && RepairUnalignedPreallocation(tableOffset, i, entry, bitmap))
+                    continue;
+                Corrupt(holdsNoData
+                    ? $"ERROR offset={host:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
+                    : $"ERROR offset={host:x}: Data cluster is not properly aligned; L2 entry corrupted.");
+            }
+            if (active)
+            {
+                _report.AllocatedClusters++;
+                if (next != 0 && host != next) _report.FragmentedClusters++;
+                next = host + _clusterSize;
+            }
+            if (!_h.HasExternalDataFile) Reference(host, _clusterSize);
+        }
+    }
+
+    // -r all: a preallocated zero cluster at an unaligned offset becomes a plain zero cluster.
+    private bool RepairUnalignedPreallocation(long tableOffset, int index, L2Entry entry, ulong bitmap)
+    {
+        int width = _h.HasExtendedL2 ? 16 : 8;
+        long at = tableOffset + (long)index * width;
+        if (_contested.Contains(at >> _bits)) return false;
+        Span<byte> raw = stackalloc byte[16];
+        BinaryPrimitives.WriteUInt64BigEndian(raw, _h.HasExtendedL2 ? 0 : L2Entry.ZeroCluster(0).Raw);
+        BinaryPrimitives.WriteUInt64BigEndian(raw[8..], SubclusterBitmap.Create(0, (uint)bitmap | (uint)(bitmap >> 32)).Raw);
+        Write(raw[..width], at);
+        Say($"Repairing offset={entry.HostOffset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
+        _report.CorruptionsFixed++;
+        return true;
+    }
+
+    private void CountBitmaps(MetadataMap claims)
+    {
+        if (_h.BitmapCount == 0 || !_h.Autoclear.HasFlag(AutoclearFeatures.Bitmaps)) return;
+        long dirOffset = _h.BitmapDirectoryOffset, dirSize = _h.BitmapDirectorySize;
+        Claim(claims, dirOffset, dirSize, MetadataKind.BitmapDirectory);
+        Reference(dirOffset, dirSize);
+        if (dirSize is <= 0 or > 64L << 20 || dirOffset < 0 || dirOffset > _file.Length - dirSize)
+        {
+            Fail($"ERROR could not read the bitmap directory ({dirSize} bytes at 0x{dirOffset:x})");
+            return;
+        }
+        var dir = new byte[dirSize];
+        _file.ReadAt(dir, dirOffset);
+        int at = 0;
+        for (int n = 0; n < _h.BitmapCount; n++)
+        {
+            // Directory entry: table offset u64, table size u32, flags u32, type u8, granularity u8,
+            // name size u16, extra data size u32, extra data, name, padding to 8 bytes.
+            if (at + 24 > dir.Length)
+            {
+                Corrupt("ERROR the bitmap directory is broken");
+                Fail("ERROR the bitmap directory is shorter than its bitmaps need");
+                return;
+            }
+            long tableOffset = (long)BigEndian.U64(dir, at);
+            int tableSize = (int)Math.Min(BigEndian.U32(dir, at + 8), int.MaxValue);
+            int nameSize = BigEndian.U16(dir, at + 14);
+            long extra = BigEndian.U32(dir, at + 16);
+            at += (int)((24 + extra + nameSize + 7) & ~7L);
+            if (tableSize > MaxL1Entries) { Corrupt($"ERROR bitmap {n} table of {tableSize} entries is too large"); continue; }
+            Reference(tableOffset, tableSize * 8L);
+            foreach (ulong e in ReadEntries(tableOffset, tableSize))
+            {
+                if ((e & BitmapTableReservedMask) != 0 || ((e & 1) != 0 && (e & HostOffsetMask) != 0) || (e & HostOffsetMask & (ulong)(_clusterSize - 1)) != 0)
+                {
+                    Corrupt($"ERROR bitmap {n} table entry {e:x} is invalid");
+                    continue;
+                }
+                if ((e & HostOffsetMask) != 0) Reference((long)(e & HostOffsetMask), _clusterSize);
+            }
+        }
+    }
+
+    private void CountRefcountBlocks(MetadataMap claims)
+    {
+        for (int i = 0; i < _table.Length; i++)
+        {
+            ulong entry = _table[i];
+            if ((entry & RefcountTableReservedMask) != 0)
+            {
+                Corrupt($"ERROR refcount table entry {i} has reserved bits set");
+                _rebuild = true;
+                continue;
+            }
+            long offset = new RefcountTableEntry(entry).BlockOffset;
+            if (offset == 0) continue;
+            if ((offset & (_clusterSize - 1)) != 0)
+            {
+                Corrupt($"ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted");
+                _rebuild = true;
+                continue;
+            }
+            if (offset < 0 || (offset >> _bits) >= _counts.Length)
+            {
+                Corrupt($"ERROR refcount block {i} is outside image");
+                if (_mode == RepairMode.All) _rebuild = true;
+                continue;
+            }
+            Claim(claims, offset, _clusterSize, MetadataKind.RefcountBlock);
+            Reference(offset, _clusterSize);
+            if (_counts[offset >> _bits] != 1)
+            {
+                Corrupt($"ERROR refcount block {i} refcount={_counts[offset >> _bits]}");
+                _rebuild = true;
+            }
+        }
+    }
+
+    /// <summary>Counts one reference to every cluster [offset, offset+size) touches (QEMU's qcow2_inc_refcounts_imrt).</summary>
+    private void Reference(long offset, long size)
+    {
+        if (size <= 0) return;
+        if (offset < 0 || offset > long.MaxValue - size || offset + size - _file.Length >= _clusterSize)
+        {
+            Corrupt($"ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{offset:x} size 0x{size:x}");
+            return;
+        }
+        long last = (offset + size - 1) >> _bits;
+        if (last >= _counts.Length) Array.Resize(ref _counts, (int)(last + 1));
+        for (long c = offset >> _bits; c <= last; c++)
+        {
+            if (_counts[c] >= _refcountMax)
+            {
+                Corrupt($"ERROR: overflow cluster offset=0x{c << _bits:x}");
+                continue;
+            }
+            _counts[c]++;
+        }
+    }
+
+    private void Claim(MetadataMap claims, long offset, long length, MetadataKind kind)
+    {
+        try
+        {
+            claims.Add(offset, length, kind, MetadataMap.Describe(kind));
+        }
+        catch (CorruptImageException)
+        {
+            for (long c = offset >> _bits; length > 0 && c <= (offset + length - 1) >> _bits; c++) _contested.Add(c);
+        }
+    }
+
+    // ---- comparing with the stored refcounts ----
+
+    private void Compare(RepairMode fix)
+    {
+        long highest = -1;
+        var reader = new BlockCursor(this);
+        for (long c = 0; c < _counts.Length; c++)
+        {
+            ulong stored;
+            try
+            {
+                stored = reader.Get(c);
+            }
+            catch (CorruptImageException e)
+            {
+                Fail($"Can't get refcount for cluster {c}: {e.Detail}");
+                continue;
+            }
+            uint counted = _counts[c];
+            if (stored > 0 || counted > 0) highest = c;
+            if (stored == counted) continue;
+            if (stored == 0) _rebuild = true;
+            bool leak = stored > counted;
+            bool repair = stored != 0 && (leak ? fix != RepairMode.None : fix == RepairMode.All) && !_contested.Contains(c);
+            if (repair && reader.Set(c, counted))
+            {
+                Say($"Repairing cluster {c} refcount={stored} reference={counted}");
+                if (leak) _report.LeaksFixed++;
+                else _report.CorruptionsFixed++;
+                continue;
+            }
+            if (leak)
+            {
+                Say($"Leaked cluster {c} refcount={stored} reference={counted}");
+                _report.Leaks++;
+            }
+            else
+            {
+                Corrupt($"ERROR cluster {c} refcount={stored} reference={counted}");
+            }
+        }
+        _report.ImageEndOffset = (highest + 1) << _bits;
+    }
+
+    /// <summary>Reads and writes stored refcounts cluster by cluster, one refcount block at a time.</summary>
+    private sealed class BlockCursor(ImageChecker owner)
+    {
+        private readonly byte[] _block = new byte[owner._clusterSize];
+        private long _area = -1, _blockOffset;
+
+        public ulong Get(long cluster)
+        {
+            if (!Load(cluster >> owner._format.BlockBits(owner._bits))) return 0;
+            return owner._format.Get(_block, cluster & ((1L << owner._format.BlockBits(owner._bits)) - 1));
+        }
+
+        /// <summary>Stores a refcount; false where the block cannot be written safely.</summary>
+        public bool Set(long cluster, ulong value)
+        {
+            int blockBits = owner._format.BlockBits(owner._bits);
+            if (!Load(cluster >> blockBits) || owner._contested.Contains(_blockOffset >> owner._bits)) return false;
+            long index = cluster & ((1L << blockBits) - 1);
+            owner._format.Set(_block, index, value);
+            var (start, length) = owner._format.EntryBytes(index, 1);
+            owner.Write(_block.AsSpan(start, length), _blockOffset + start);
+            return true;
+        }
+
+        private bool Load(long area)
+        {
+            if (area == _area) return _blockOffset != 0;
+            _area = area;
+            _blockOffset = area < owner._table.Length ? new RefcountTableEntry(owner._table[area]).BlockOffset : 0;
+            if ((_blockOffset & (owner._clusterSize - 1)) != 0 || _blockOffset < 0)
+            {
+                _blockOffset = 0;
+                _area = -1;
+                throw new CorruptImageException(owner._path, $"refcount block offset 0x{owner._table[area]:x} {(_blockOffset < 0 ? "invalid" : "unaligned")} (refcount table index {area})");
+            }
+            // A block past the end of the file reads as zeros, and is never written.
+            if (_blockOffset >= owner._file.Length) _blockOffset = 0;
+            if (_blockOffset != 0) owner._file.ReadAt(_block, _blockOffset);
+            return _blockOffset != 0;
+        }
+    }
+
+    // ---- COPIED flags (QEMU's check_oflag_copied) ----
+
+    private void CheckCopiedFlags()
+    {
+        bool repair = _mode == RepairMode.All ||
+                      (_mode == RepairMode.Leaks && _report.CheckErrors + _report.Corruptions + _report.Leaks == 0);
+        var reader = new BlockCursor(this);
+        var l1 = ReadEntries(_h.L1TableOffset, _h.L1Size);
+        int width = _h.HasExtendedL2 ? 2 : 1;
+        var l2 = new ulong[_clusterSize / 8];
+        for (int i = 0; i < l1.Length; i++)
+        {
+            var entry = new L1Entry(l1[i]);
+            long l2Offset = entry.L2Offset;
+            if (l2Offset == 0) continue;
+            if (TryRefcount(reader, l2Offset >> _bits) is not { } refcount) continue;
+            if ((refcount == 1) != entry.Copied)
+            {
+                bool fixedIt = repair && !_contested.Contains(_h.L1TableOffset >> _bits);
+                if (fixedIt)
+                {
+                    var raw = new byte[8];
+                    BinaryPrimitives.WriteUInt64BigEndian(raw, L1Entry.Create(l2Offset, refcount == 1).Raw | (l1[i] & ~(HostOffsetMask | (1UL << 63))));
+                    Write(raw, _h.L1TableOffset + i * 8L);
+                    _report.CorruptionsFixed++;
+                }
+                else
+                {
+                    _report.Corruptions++;
+                }
+                Say($"{(fixedIt ? "Repairing" : "ERROR")} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1[i]:x} refcount={refcount}");
+            }
+            ReadEntries(l2Offset, l2.Length, l2);
+            bool changed = false;
+            for (int j = 0; j < l2.Length / width; j++)
+            {
+                var e = new L2Entry(l2[j * width]);
+                if (e.IsCompressed || !e.HasHostCluster(_h.HasExternalDataFile)) continue;
+                ulong dataRefcount = 1; // an external data file has no refcounts
+                if (!_h.HasExternalDataFile)
+                {
+                    if (TryRefcount(reader, e.HostOffset >> _bits) is not { } stored) continue;
+                    dataRefcount = stored;
+                }
+                if ((dataRefcount == 1) == e.Copied) continue;
+                bool fixEntry = repair && !_contested.Contains(l2Offset >> _bits) && (l2Offset & (_clusterSize - 1)) == 0;
+                Say($"{(fixEntry ? "Repairing" : "ERROR")} OFLAG_COPIED data cluster: l2_entry={e.Raw:x} refcount={dataRefcount}");
+                if (fixEntry)
+                {
+                    l2[j * width] = dataRefcount == 1 ? e.Raw | (1UL << 63) : e.Raw & ~(1UL << 63);
+                    changed = true;
+                    _report.CorruptionsFixed++;
+                }
+                else
+                {
+                    _report.Corruptions++;
+                }
+            }
+            if (changed)
+            {
+                var disk = new ulong[l2.Length];
+                BigEndian.ToDisk(l2, disk);
+                Write(MemoryMarshal.AsBytes(disk.AsSpan()), l2Offset);
+            }
+        }
+    }
+
+    private ulong? TryRefcount(BlockCursor reader, long cluster)
+    {
+        try
+        {
+            return reader.Get(cluster);
+        }
+        catch (CorruptImageException)
+        {
+            return null;
+        }
+    }
+
+    // ---- rebuilding the refcount structures (QEMU's rebuild_refcount_structure) ----
+
+    /// <summary>
+    /// Writes new refcount blocks and a new table into clusters no reference uses, flushes, then
+    /// switches the header to them. The old structures are left alone (leaked), so a crash at any
+    /// point leaves the old, consistent-as-before structures or the new ones.
+    /// </summary>
+    private void RebuildRefcounts()
+    {
+        int blockBits = _format.BlockBits(_bits);
+        long perBlock = 1L << blockBits;
+        var blocks = new Dictionary<long, long>(); // area -> new block cluster
+        long tableAt = -1, tableClusters = 0;
+        long searchFrom = 0;
+        bool changed = true;
+        while (changed)
+        {
+            changed = false;
+            for (long area = 0; area * perBlock < _counts.Length; area++)
+            {
+                if (blocks.ContainsKey(area)) continue;
+                long from = area * perBlock, to = Math.Min(_counts.Length, from + perBlock);
+                if (!_counts.AsSpan((int)from, (int)(to - from)).ContainsAnyExcept(0u)) continue;
+                blocks[area] = AllocateFree(ref searchFrom, 1);
+                changed = true;
+            }
+            long entries = blocks.Count == 0 ? 1 : blocks.Keys.Max() + 1;
+            long needed = Math.Max(1, (entries * 8 + _clusterSize - 1) >> _bits);
+            if (needed > tableClusters)
+            {
+                tableAt = AllocateFree(ref searchFrom, needed);
+                tableClusters = needed;
+                changed = true;
+            }
+        }
+        if ((tableClusters << _bits) > Qcow2Limits.MaxRefcountTableBytes)
+            throw new ImageIOException($"{_path}: the rebuilt refcount table would be too large");
+        var block = new byte[_clusterSize];
+        foreach (var (area, at) in blocks)
+        {
+            Array.Clear(block);
+            long from = area * perBlock;
+            for (long c = from; c < Math.Min(_counts.Length, from + perBlock); c++) _format.Set(block, c - from, _counts[c]);
+            Write(block, at << _bits);
+        }
+        var table = new ulong[(tableClusters << _bits) / 8];
+        foreach (var (area, at) in blocks) table[area] = RefcountTableEntry.Create(at << _bits).Raw;
+        var disk = new ulong[table.Length];
+        BigEndian.ToDisk(table, disk);
+        Write(MemoryMarshal.AsBytes(disk.AsSpan()), tableAt << _bits);
+        _file.Flush(); // the new blocks and table are durable before the header names them
+        Span<byte> field = stackalloc byte[12];
+        BinaryPrimitives.WriteUInt64BigEndian(field, (ulong)(tableAt << _bits));
+        BinaryPrimitives.WriteUInt32BigEndian(field[8..], (uint)tableClusters);
+        Write(field, HeaderField.RefcountTableOffset);
+        _file.Flush();
+        _table = table;
+        _tableOffset = tableAt << _bits;
+    }
+
+    /// <summary>The first run of <paramref name="n"/> clusters no reference uses; counted as used from now on.</summary>
+    private long AllocateFree(ref long searchFrom, long n)
+    {
+        long start = searchFrom;
+        while (true)
+        {
+            long run = 0;
+            while (run < n && (start + run >= _counts.Length || _counts[start + run] == 0)) run++;
+            if (run == n) break;
+            start += run + 1;
+        }
+        if (start + n > _counts.Length) Array.Resize(ref _counts, (int)(start + n));
+        for (long c = start; c < start + n; c++) _counts[c] = 1;
+        if (n == 1) searchFrom = start + 1;
+        return start;
+    }
+
+    // -r all: a snapshot table that lies past the end of the file holds nothing; the header stops naming it.
+    private void DropSnapshots()
+    {
+        Span<byte> field = stackalloc byte[12];
+        Write(field, HeaderField.NbSnapshots);
+        _file.Flush();
+        Say($"Repairing the snapshot table: it lies past the end of the file; its {_h.SnapshotCount} entries are dropped");
+        _report.Corruptions--;
+        _report.CorruptionsFixed++;
+    }
+
+    // ---- clean state ----
+
+    private void MarkClean()
+    {
+        var bits = _h.Incompatible & (IncompatibleFeatures.Dirty | IncompatibleFeatures.Corrupt);
+        if (_h.Version < 3 || bits == 0) return;
+        if (_wrote) _file.Flush(); // the repairs are durable before the header says the image is sound
+        Span<byte> raw = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64BigEndian(raw, (ulong)(_h.Incompatible & ~bits));
+        Write(raw, HeaderField.IncompatibleFeatures);
+        Say($"Cleared the {(bits == IncompatibleFeatures.Dirty ? "dirty" : bits == IncompatibleFeatures.Corrupt ? "corrupt" : "dirty and corrupt")} bit");
+    }
+
+    // ---- helpers ----
+
+    private ulong[] ReadTable(long offset, int clusters)
+    {
+        long bytes = (long)clusters << _bits;
+        if (bytes > Qcow2Limits.MaxRefcountTableBytes) return [];
+        return ReadEntries(offset, (int)(bytes / 8));
+    }
+
+    private ulong[] ReadEntries(long offset, int count, ulong[]? into = null)
+    {
+        var entries = into ?? new ulong[count];
+        _file.ReadAt(MemoryMarshal.AsBytes(entries.AsSpan(0, count)), offset); // past the end of the file reads zeros
+        BigEndian.ToHost(entries.AsSpan(0, count));
+        return entries;
+    }
+
+    private void Write(ReadOnlySpan<byte> bytes, long offset)
+    {
+        _file.WriteAt(bytes, offset);
+        _wrote = true;
+    }
+
+    private void Say(string message) => _report._messages.Add(message);
+
+    private void Corrupt(string message)
+    {
+        _report.Corruptions++;
+        Say(message);
+    }
+
+    private void Fail(string message)
+    {
+        _report.CheckErrors++;
+        Say(message);
+    }
+}

@@ -1,0 +1,69 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using MountQcow.Qcow2;
+
+namespace MountQcow.Host;
+
+/// <summary>`mountqcow check IMAGE [--json] [--repair leaks|all]`: qemu-img check's verdict, with its exit codes.</summary>
+internal static class CheckCommand
+{
+    public static int Run(CheckOptions o)
+    {
+        var mode = o.Repair?.ToLowerInvariant() switch
+        {
+            null => RepairMode.None,
+            "leaks" => RepairMode.Leaks,
+            "all" => RepairMode.All,
+            _ => throw new UsageError($"--repair takes 'leaks' or 'all', not '{o.Repair}'"),
+        };
+        var report = ImageChecker.Check(o.Image, mode);
+        foreach (string m in report.Messages) Console.Error.WriteLine(m);
+        if (o.Json) Console.WriteLine(JsonSerializer.Serialize(CheckJson.From(o.Image, report), CheckJsonContext.Default.CheckJson));
+        else Print(report);
+        if (report.CheckErrors > 0) Console.Error.WriteLine("mountqcow: the check could not be completed");
+        return report.ExitCode;
+    }
+
+    private static void Print(CheckReport r)
+    {
+        if (r.LeaksFixed + r.CorruptionsFixed > 0)
+            Console.WriteLine($"The following inconsistencies were found and repaired:\n\n    {r.LeaksFixed} leaked clusters\n    {r.CorruptionsFixed} corruptions\n");
+        if (r.Corruptions + r.Leaks + r.CheckErrors == 0) Console.WriteLine("No errors were found on the image.");
+        if (r.Corruptions > 0)
+            Console.WriteLine($"\n{r.Corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.");
+        if (r.Leaks > 0)
+            Console.WriteLine($"\n{r.Leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.");
+        if (r.CheckErrors > 0) Console.WriteLine($"\n{r.CheckErrors} internal errors have occurred during the check.");
+        if (r.TotalClusters > 0 && r.AllocatedClusters > 0)
+        {
+            string Percent(double part, double whole) => (part * 100 / whole).ToString("0.00", CultureInfo.InvariantCulture);
+            Console.WriteLine($"{r.AllocatedClusters}/{r.TotalClusters} = {Percent(r.AllocatedClusters, r.TotalClusters)}% allocated, " +
+                              $"{Percent(r.FragmentedClusters, r.AllocatedClusters)}% fragmented, {Percent(r.CompressedClusters, r.AllocatedClusters)}% compressed clusters");
+        }
+        if (r.ImageEndOffset > 0) Console.WriteLine($"Image end offset: {r.ImageEndOffset}");
+    }
+}
+
+/// <summary>The JSON of `check --json`, with qemu-img check's field names.</summary>
+internal sealed record CheckJson(
+    [property: JsonPropertyName("filename")] string Filename,
+    [property: JsonPropertyName("format")] string Format,
+    [property: JsonPropertyName("check-errors")] int CheckErrors,
+    [property: JsonPropertyName("corruptions")] int Corruptions,
+    [property: JsonPropertyName("leaks")] int Leaks,
+    [property: JsonPropertyName("corruptions-fixed")] int CorruptionsFixed,
+    [property: JsonPropertyName("leaks-fixed")] int LeaksFixed,
+    [property: JsonPropertyName("image-end-offset")] long ImageEndOffset,
+    [property: JsonPropertyName("total-clusters")] long TotalClusters,
+    [property: JsonPropertyName("allocated-clusters")] long AllocatedClusters,
+    [property: JsonPropertyName("fragmented-clusters")] long FragmentedClusters,
+    [property: JsonPropertyName("compressed-clusters")] long CompressedClusters)
+{
+    public static CheckJson From(string file, CheckReport r) => new(file, "qcow2", r.CheckErrors, r.Corruptions, r.Leaks,
+        r.CorruptionsFixed, r.LeaksFixed, r.ImageEndOffset, r.TotalClusters, r.AllocatedClusters, r.FragmentedClusters, r.CompressedClusters);
+}
+
+[JsonSourceGenerationOptions(WriteIndented = true)]
+[JsonSerializable(typeof(CheckJson))]
+internal sealed partial class CheckJsonContext : JsonSerializerContext;
