@@ -214,7 +214,7 @@ public sealed class CorruptionTests(ImageFixture fixture) : IClassFixture<ImageF
         long l2 = Poke.L2Offset(source, 0);
         int clusterSize = 1 << (int)ImageBuilder.ReadU32(source, 20);
         var random = new Random(caseName.GetHashCode(StringComparison.Ordinal) & 0x7fff);
-        int outcomes = 0;
+        int detected = 0;
         for (int round = 0; round < 60; round++)
         {
             string copy = Poke.Copy(B, source, $"fuzz-{caseName}.qcow2");
@@ -229,16 +229,19 @@ public sealed class CorruptionTests(ImageFixture fixture) : IClassFixture<ImageF
                 try
                 {
                     ReadAll(copy);
+                    return false;
                 }
                 catch (ImageException)
                 {
-                    // expected for most damage
+                    return true; // the damage was found
                 }
             });
             Assert.True(work.Wait(TimeSpan.FromSeconds(30)), $"round {round}: reading the damaged image hung");
-            work.GetAwaiter().GetResult(); // anything but an ImageException fails the test here
-            outcomes++;
+            if (work.GetAwaiter().GetResult()) detected++; // anything but an ImageException fails the test here
         }
-        Assert.Equal(60, outcomes);
+        // Much of the damage lands in fields and entries that matter (table offsets, L2 entries
+        // of written clusters); reading them must notice. A reader that checked nothing would
+        // read on (a read past the end of the file gives zeros) and find no damage at all.
+        Assert.True(detected >= 12, $"{caseName}: only {detected} of 60 damaged images were found damaged");
     }
 }

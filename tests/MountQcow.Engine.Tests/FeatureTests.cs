@@ -137,8 +137,16 @@ public sealed class FeatureTests(ImageFixture fixture) : IClassFixture<ImageFixt
     [QemuFact]
     public void SnapshotsAreListedAndTheActiveLayerIsRead()
     {
-        using var image = Qcow2Image.Open(fixture.Image("snapshots"));
-        Assert.Equal(["first", "second"], image.Snapshots.Select(s => s.Name));
-        Assert.All(image.Snapshots, s => Assert.Equal(image.Length, s.DiskSize));
+        var (image, expected) = fixture.Open("snapshots");
+        using (image)
+        {
+            Assert.Equal(["first", "second"], image.Snapshots.Select(s => s.Name));
+            Assert.All(image.Snapshots, s => Assert.Equal(image.Length, s.DiskSize));
+            // The active layer, not a snapshot's: it holds the writes made after both snapshots.
+            DeviceAssert.SameAsRawWhole(image, expected);
+            var moved = new byte[65536];
+            image.ReadAt(moved, 5 << 20);
+            Assert.Equal(ImageBuilder.Content(Fill.Random, 65536, 82), moved);
+        }
     }
 }

@@ -47,28 +47,34 @@ public sealed class ReadTests(ImageFixture fixture) : IClassFixture<ImageFixture
         }
     }
 
-    [QemuFact]
-    public void ExtentsAgreeWithQemuMap()
+    public static IEnumerable<object[]> MapCases => new[] { "chain-3-deep", "chain-backing-shorter", "extl2-over-backing", "zlib-mixed", "v3-4K", "prealloc-metadata" }.Select(c => new object[] { c });
+
+    /// <summary>
+    /// GetExtent against qemu-img map: where QEMU says no layer holds data, we say zeros; where
+    /// it says data that does not read as zeros, we say data.
+    /// </summary>
+    [QemuTheory, MemberData(nameof(MapCases))]
+    public void ExtentsAgreeWithQemuMap(string caseName)
     {
-        // Where qemu-img map says the chain holds no data, GetExtent must say zero, and vice versa
-        // wherever the bytes are not zero.
-        var (image, expected) = fixture.Open("chain-3-deep");
-        using (image)
+        string path = fixture.Image(caseName);
+        var map = System.Text.Json.JsonDocument.Parse(Run.CheckedIn(Path.GetDirectoryName(path), "qemu-img", "map", "--output=json", path));
+        using var image = Qcow2Image.Open(path);
+        int compared = 0;
+        foreach (var entry in map.RootElement.EnumerateArray())
         {
-            using var raw = File.OpenHandle(expected);
-            var buffer = new byte[1 << 20];
-            for (long at = 0; at < image.Length;)
+            long start = entry.GetProperty("start").GetInt64(), end = start + entry.GetProperty("length").GetInt64();
+            bool data = entry.GetProperty("data").GetBoolean(), zero = entry.GetProperty("zero").GetBoolean();
+            if (data && zero) continue; // allocated but reads as zeros: either answer is right
+            var want = data ? Storage.ExtentKind.Data : Storage.ExtentKind.Zero;
+            for (long at = start; at < end;)
             {
-                var extent = image.GetExtent(at, Math.Min(buffer.Length, image.Length - at));
+                var extent = image.GetExtent(at, end - at);
+                Assert.True(extent.Kind == want, $"{caseName}: at 0x{at:x} we say {extent.Kind}, qemu-img map says data={data} zero={zero} for [0x{start:x}, 0x{end:x})");
                 Assert.True(extent.Length > 0);
-                if (extent.Kind == Storage.ExtentKind.Zero)
-                {
-                    var span = buffer.AsSpan(0, (int)extent.Length);
-                    DeviceAssert.ReadExactly(raw, span, at);
-                    Assert.False(span.ContainsAnyExcept((byte)0), $"extent at 0x{at:x} reported zero but holds data");
-                }
                 at += extent.Length;
+                compared++;
             }
         }
+        Assert.True(compared > 1, $"{caseName}: qemu-img map gave nothing to compare");
     }
 }

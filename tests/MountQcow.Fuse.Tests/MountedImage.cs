@@ -61,8 +61,24 @@ internal sealed class MountedImage : IDisposable
     public static bool IsMounted(string path) =>
         File.ReadLines("/proc/self/mountinfo").Any(l => l.Split(' ')[4] == path);
 
-    public static bool ProcessAlive(int pid) => Directory.Exists($"/proc/{pid}") &&
-        !File.ReadAllText($"/proc/{pid}/stat").Split(' ')[2].StartsWith('Z');
+    /// <summary>
+    /// Whether any thread of the process still runs. The leader alone is not enough: after a
+    /// SIGKILL it can be a zombie while another thread still finishes an fdatasync (uninterruptible),
+    /// and the process's files, with the image's lock bytes, are released only when the last
+    /// thread is gone.
+    /// </summary>
+    public static bool ProcessAlive(int pid)
+    {
+        try
+        {
+            return Directory.GetDirectories($"/proc/{pid}/task")
+                .Any(t => !File.ReadAllText(Path.Combine(t, "stat")).Split(' ')[2].StartsWith('Z'));
+        }
+        catch (IOException)
+        {
+            return false; // the process (or the thread looked at) is gone
+        }
+    }
 
     /// <summary>Waits until the serving process has gone and the mount with it.</summary>
     public static void AssertGone(int pid, string mountpoint)

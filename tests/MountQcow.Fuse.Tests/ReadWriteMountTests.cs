@@ -79,7 +79,7 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
                     RandomAccess.Write(file, data, at);
                     data.CopyTo(shadow, at);
                 }
-                RandomAccess.FlushToDisk(file);
+                Assert.Equal(0, FSync(file));
                 // A partition file and the disk are views of the same bytes.
                 var back = new byte[4096];
                 RandomAccess.Read(file, back, 1 << 20);
@@ -149,8 +149,9 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
 
     /// <summary>
     /// Writes through the mount, fsync now and then, and SIGKILL of the mount process at a random
-    /// moment, many times. Each image must pass qemu-img check with leaks at most, and every
-    /// byte acknowledged by fsync before the kill must be there.
+    /// moment, many times. Each image must pass qemu-img check with leaks at most, every byte
+    /// acknowledged by fsync before the kill must be there, and every slot never written must
+    /// still hold what it held before.
     /// </summary>
     [MountFact]
     public void KilledMidWriteTheImageStaysConsistentAndFsyncedDataSurvives()
@@ -160,7 +161,7 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
         string baseImage = _b.Create("crash-base.qcow2", "48M");
         _b.Write(baseImage, 0, 48 << 20, Fill.Text, 9);
         int withLeaks = 0, killedWhileWriting = 0;
-        long durableRegions = 0;
+        long durableRegions = 0, untouchedSlots = 0;
         for (int iteration = 0; iteration < iterations; iteration++)
         {
             string shape = shapes[iteration % shapes.Length];
@@ -169,10 +170,11 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
                 : _b.Create($"crash-{iteration}.qcow2", "48M", shape);
             var expected = shape == "backing" ? File.ReadAllBytes(_b.Expected(baseImage)) : new byte[48 << 20];
             var durable = new Dictionary<int, (long Offset, byte[] Data)>();
+            var touched = new HashSet<int>();
             string mnt = Dir($"crash-mnt-{iteration}");
             var mount = MountedImage.Start(image, mnt, "--rw");
             var random = new Random(iteration);
-            var writer = new Thread(() => WriteUntilKilled(Path.Combine(mnt, "disk.raw"), new Random(iteration * 7919), durable));
+            var writer = new Thread(() => WriteUntilKilled(Path.Combine(mnt, "disk.raw"), new Random(iteration * 7919), durable, touched));
             writer.Start();
             Thread.Sleep(random.Next(100, 900));
             bool wasWriting = writer.IsAlive; // the writer runs until the mount dies under it
@@ -187,28 +189,41 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
             Assert.DoesNotContain("corrupt", check.Stdout + check.Stderr, StringComparison.OrdinalIgnoreCase);
             Assert.DoesNotContain("ERROR", check.Stdout);
             if (check.ExitCode == 3) withLeaks++;
-            var image_ = File.ReadAllBytes(_b.Expected(image));
+            var after = File.ReadAllBytes(_b.Expected(image));
             lock (durable)
             {
                 foreach (var (offset, data) in durable.Values)
-                    DeviceAssert.AssertSpan(data, image_.AsSpan((int)offset, data.Length), offset);
+                    Assert.True(after.AsSpan((int)offset, data.Length).SequenceEqual(data), $"iteration {iteration} ({shape}): fsynced bytes at 0x{offset:x} (+{data.Length}) lost");
                 durableRegions += durable.Count;
+                for (int s = 0; s < (48 << 20) / Slot; s++)
+                {
+                    if (touched.Contains(s)) continue;
+                    Assert.True(after.AsSpan(s * Slot, Slot).SequenceEqual(expected.AsSpan(s * Slot, Slot)), $"iteration {iteration} ({shape}): slot {s}, never written, changed");
+                    untouchedSlots++;
+                }
             }
             File.Delete(image);
         }
-        output.WriteLine($"{iterations} kills ({killedWhileWriting} mid-write), {withLeaks} images with leaks only, {durableRegions} fsynced regions verified");
+        output.WriteLine($"{iterations} kills ({killedWhileWriting} mid-write), {withLeaks} images with leaks only, {durableRegions} fsynced regions and {untouchedSlots} untouched slots verified");
         Assert.True(killedWhileWriting >= iterations / 2, $"only {killedWhileWriting} of {iterations} kills hit a running writer");
         Assert.True(durableRegions > iterations, "too few fsynced regions to mean anything");
     }
+
+    private const int Slot = 64 << 10;
 
     /// <summary>
     /// Writes and punches holes in 64 KiB slots, round after round until the kill, fsyncing after
     /// every few. A slot's data counts as durable once an fsync after its last write returned; a
     /// slot written again since is not checked until the next fsync.
     /// </summary>
-    private static void WriteUntilKilled(string path, Random random, Dictionary<int, (long, byte[])> durable)
+    /// <remarks>
+    /// fsync is called through libc: .NET's RandomAccess.FlushToDisk reports success when fsync
+    /// fails with ENOTCONN (as it does once the FUSE server is dead), which would count writes
+    /// the kill lost as acknowledged.
+    /// </remarks>
+    private static void WriteUntilKilled(string path, Random random, Dictionary<int, (long, byte[])> durable, HashSet<int> touched)
     {
-        const int slot = 64 << 10;
+        const int slot = Slot;
         var pending = new Dictionary<int, (long, byte[])>();
         try
         {
@@ -218,7 +233,11 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
                 int s = random.Next((48 << 20) / slot);
                 long at = (long)s * slot + random.Next(slot / 2);
                 int length = random.Next(1, slot / 2);
-                lock (durable) durable.Remove(s);
+                lock (durable)
+                {
+                    durable.Remove(s);
+                    touched.Add(s);
+                }
                 if (random.Next(5) == 0)
                 {
                     if (FAllocate(file, 3 /* KEEP_SIZE | PUNCH_HOLE */, at, length) != 0) return;
@@ -232,7 +251,7 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
                 }
                 if (random.Next(4) == 0)
                 {
-                    RandomAccess.FlushToDisk(file);
+                    if (FSync(file) != 0) return;
                     lock (durable) foreach (var (k, v) in pending) durable[k] = v;
                     pending.Clear();
                 }
@@ -246,4 +265,7 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
 
     [LibraryImport("libc", SetLastError = true, EntryPoint = "fallocate")]
     private static partial int FAllocate(Microsoft.Win32.SafeHandles.SafeFileHandle fd, int mode, long offset, long length);
+
+    [LibraryImport("libc", SetLastError = true, EntryPoint = "fsync")]
+    private static partial int FSync(Microsoft.Win32.SafeHandles.SafeFileHandle fd);
 }

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using MountQcow.Storage;
 
@@ -135,9 +136,9 @@ public sealed class ImageChecker
         {
             IReadOnlyList<Snapshot> snapshots = [];
             long snapshotBytes = 0;
-            if (_h.SnapshotCount > 0 && (_h.SnapshotsOffset & (_clusterSize - 1)) != 0)
+            if (_h.SnapshotCount > 0 && ((_h.SnapshotsOffset & (_clusterSize - 1)) != 0 || _h.SnapshotsOffset < 0))
             {
-                Fail("ERROR snapshot table offset invalid");
+                Fail($"ERROR snapshot table offset invalid");
                 return _report;
             }
             if (_h.SnapshotCount > 0 && _h.SnapshotsOffset >= _file.Length)
@@ -164,20 +165,20 @@ public sealed class ImageChecker
             Compare(RepairMode.None);
             if (_rebuild && _mode == RepairMode.All)
             {
-                Say("Rebuilding refcount structure");
+                Say($"Rebuilding refcount structure");
                 int before = _report.Corruptions, leaked = _report.Leaks, leaksFixed = _report.LeaksFixed;
                 RebuildRefcounts();
                 _report.Corruptions = _report.Leaks = 0;
                 _rebuild = false;
                 Count(snapshots, snapshotBytes);
                 Compare(RepairMode.Leaks); // the old structures are leaked now
-                if (_rebuild) Fail("ERROR rebuilt refcount structure is still broken");
+                if (_rebuild) Fail($"ERROR rebuilt refcount structure is still broken");
                 _report.CorruptionsFixed += Math.Max(0, before - _report.Corruptions);
                 _report.LeaksFixed = leaksFixed + leaked;
             }
             else if (_mode != RepairMode.None && _rebuild)
             {
-                Fail("ERROR need to rebuild refcount structures (repair with --repair all)");
+                Fail($"ERROR need to rebuild refcount structures (repair with --repair all)");
                 return _report;
             }
             else if (_mode != RepairMode.None && _report.Corruptions + _report.Leaks > 0)
@@ -193,6 +194,7 @@ public sealed class ImageChecker
         {
             Fail($"ERROR: {e.Message}");
         }
+        SayUnsaid();
         return _report;
     }
 
@@ -231,7 +233,7 @@ public sealed class ImageChecker
         if (size == 0) return;
         Claim(claims, offset, size * 8L, active ? MetadataKind.ActiveL1 : MetadataKind.SnapshotL1);
         Reference(offset, size * 8L);
-        var l1 = ReadEntries(offset, size);
+        var l1 = ReadInside(offset, size);
         var l2 = new ulong[_clusterSize / 8];
         for (int i = 0; i < l1.Length; i++)
         {
@@ -242,6 +244,7 @@ public sealed class ImageChecker
             Claim(claims, l2Offset, _clusterSize, MetadataKind.L2Table);
             Reference(l2Offset, _clusterSize);
             if ((l2Offset & (_clusterSize - 1)) != 0) Corrupt($"ERROR l2_offset={l2Offset:x}: Table is not cluster aligned; L1 entry corrupted");
+            if (l2Offset >= _file.Length) continue; // reads as zeros: no references
             ReadEntries(l2Offset, l2.Length, l2);
             CountL2(l2, l2Offset, active);
         }
@@ -278,7 +281,7 @@ public sealed class ImageChecker
             bool zeroFlag = !extended && entry.ZeroFlagSet;
             if (!entry.HasHostCluster(_h.HasExternalDataFile))
             {
-                if (extended && (uint)bitmap != 0) Corrupt("ERROR: Unallocated cluster has non-zero subcluster allocation map");
+                if (extended && (uint)bitmap != 0) Corrupt($"ERROR: Unallocated cluster has non-zero subcluster allocation map");
                 continue;
             }
             long host = entry.HostOffset;
@@ -288,9 +291,7 @@ public sealed class ImageChecker
                 bool holdsNoData = extended ? (uint)bitmap == 0 : zeroFlag;
                 if (holdsNoData && _mode == RepairMode.All && RepairUnalignedPreallocation(tableOffset, i, entry, bitmap))
                     continue;
-                Corrupt(holdsNoData
-                    ? $"ERROR offset={host:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
-                    : $"ERROR offset={host:x}: Data cluster is not properly aligned; L2 entry corrupted.");
+                Corrupt($"ERROR offset={host:x}: {(holdsNoData ? "Preallocated" : "Data")} cluster is not properly aligned; L2 entry corrupted.");
             }
             if (active)
             {
@@ -337,8 +338,8 @@ public sealed class ImageChecker
             // name size u16, extra data size u32, extra data, name, padding to 8 bytes.
             if (at + 24 > dir.Length)
             {
-                Corrupt("ERROR the bitmap directory is broken");
-                Fail("ERROR the bitmap directory is shorter than its bitmaps need");
+                Corrupt($"ERROR the bitmap directory is broken");
+                Fail($"ERROR the bitmap directory is shorter than its bitmaps need");
                 return;
             }
             long tableOffset = (long)BigEndian.U64(dir, at);
@@ -348,7 +349,7 @@ public sealed class ImageChecker
             at += (int)((24 + extra + nameSize + 7) & ~7L);
             if (tableSize > MaxL1Entries) { Corrupt($"ERROR bitmap {n} table of {tableSize} entries is too large"); continue; }
             Reference(tableOffset, tableSize * 8L);
-            foreach (ulong e in ReadEntries(tableOffset, tableSize))
+            foreach (ulong e in ReadInside(tableOffset, tableSize))
             {
                 if ((e & BitmapTableReservedMask) != 0 || ((e & 1) != 0 && (e & HostOffsetMask) != 0) || (e & HostOffsetMask & (ulong)(_clusterSize - 1)) != 0)
                 {
@@ -419,14 +420,8 @@ public sealed class ImageChecker
 
     private void Claim(MetadataMap claims, long offset, long length, MetadataKind kind)
     {
-        try
-        {
-            claims.Add(offset, length, kind, MetadataMap.Describe(kind));
-        }
-        catch (CorruptImageException)
-        {
+        if (offset >= 0 && offset < _file.Length && claims.TryAdd(offset, Math.Min(length, _file.Length - offset), kind) is not null)
             for (long c = offset >> _bits; length > 0 && c <= (offset + length - 1) >> _bits; c++) _contested.Add(c);
-        }
     }
 
     // ---- comparing with the stored refcounts ----
@@ -522,7 +517,7 @@ public sealed class ImageChecker
         bool repair = _mode == RepairMode.All ||
                       (_mode == RepairMode.Leaks && _report.CheckErrors + _report.Corruptions + _report.Leaks == 0);
         var reader = new BlockCursor(this);
-        var l1 = ReadEntries(_h.L1TableOffset, _h.L1Size);
+        var l1 = ReadInside(_h.L1TableOffset, _h.L1Size);
         int width = _h.HasExtendedL2 ? 2 : 1;
         var l2 = new ulong[_clusterSize / 8];
         for (int i = 0; i < l1.Length; i++)
@@ -547,6 +542,7 @@ public sealed class ImageChecker
                 }
                 Say($"{(fixedIt ? "Repairing" : "ERROR")} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1[i]:x} refcount={refcount}");
             }
+            if (l2Offset >= _file.Length) continue;
             ReadEntries(l2Offset, l2.Length, l2);
             bool changed = false;
             for (int j = 0; j < l2.Length / width; j++)
@@ -704,9 +700,18 @@ public sealed class ImageChecker
         return ReadEntries(offset, (int)(bytes / 8));
     }
 
+    /// <summary>The entries of a table that lie inside the file; those past its end would read as zeros, and are left out.</summary>
+    private ulong[] ReadInside(long offset, int count) =>
+        offset < 0 ? [] : ReadEntries(offset, (int)Math.Clamp((_file.Length - offset) / 8, 0, count));
+
     private ulong[] ReadEntries(long offset, int count, ulong[]? into = null)
     {
         var entries = into ?? new ulong[count];
+        if (offset < 0)
+        {
+            entries.AsSpan(0, count).Clear();
+            return entries;
+        }
         _file.ReadAt(MemoryMarshal.AsBytes(entries.AsSpan(0, count)), offset); // past the end of the file reads zeros
         BigEndian.ToHost(entries.AsSpan(0, count));
         return entries;
@@ -718,17 +723,61 @@ public sealed class ImageChecker
         _wrote = true;
     }
 
-    private void Say(string message) => _report._messages.Add(message);
+    // A badly damaged image can have an error in every entry of every table; the first
+    // MaxMessages are kept, the rest only counted (and never even formatted).
+    private const int MaxMessages = 10_000;
+    private int _unsaid;
 
-    private void Corrupt(string message)
+    private bool WantsMessage()
     {
-        _report.Corruptions++;
-        Say(message);
+        if (_report._messages.Count < MaxMessages) return true;
+        _unsaid++;
+        return false;
     }
 
-    private void Fail(string message)
+    private void Say([InterpolatedStringHandlerArgument("")] ref MessageHandler message)
+    {
+        if (message.Enabled) _report._messages.Add(message.ToStringAndClear());
+    }
+
+    private void Corrupt([InterpolatedStringHandlerArgument("")] ref MessageHandler message)
+    {
+        _report.Corruptions++;
+        Say(ref message);
+    }
+
+    private void Fail([InterpolatedStringHandlerArgument("")] ref MessageHandler message)
     {
         _report.CheckErrors++;
-        Say(message);
+        Say(ref message);
+    }
+
+    private void SayUnsaid()
+    {
+        if (_unsaid > 0) _report._messages.Add($"... and {_unsaid} more messages");
+        _unsaid = 0;
+    }
+
+    /// <summary>Formats a message only when the checker still keeps messages.</summary>
+    [InterpolatedStringHandler]
+    private ref struct MessageHandler
+    {
+        private DefaultInterpolatedStringHandler _inner;
+
+        public MessageHandler(int literalLength, int formattedCount, ImageChecker checker, out bool enabled)
+        {
+            Enabled = enabled = checker.WantsMessage();
+            _inner = enabled ? new DefaultInterpolatedStringHandler(literalLength, formattedCount) : default;
+        }
+
+        public bool Enabled { get; }
+
+        public void AppendLiteral(string text) => _inner.AppendLiteral(text);
+
+        public void AppendFormatted<T>(T value) => _inner.AppendFormatted(value);
+
+        public void AppendFormatted<T>(T value, string? format) => _inner.AppendFormatted(value, format);
+
+        public string ToStringAndClear() => _inner.ToStringAndClear();
     }
 }

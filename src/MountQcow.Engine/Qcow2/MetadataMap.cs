@@ -42,13 +42,20 @@ internal sealed class MetadataMap
     /// <exception cref="CorruptImageException">A cluster already holds metadata of another kind.</exception>
     public void Add(long offset, long length, MetadataKind kind, string what)
     {
-        if (length <= 0) return;
+        if (TryAdd(offset, length, kind) is { } conflict)
+            throw new CorruptImageException(_path, $"{what} at 0x{offset:x} overlaps the {Describe(conflict.Kind)} in cluster 0x{conflict.Cluster << _clusterBits:x}");
+    }
+
+    /// <summary>As <see cref="Add"/>, but says where the first conflict is instead of throwing (the clusters before it are named).</summary>
+    public (long Cluster, MetadataKind Kind)? TryAdd(long offset, long length, MetadataKind kind)
+    {
+        if (length <= 0 || offset < 0) return null;
         for (long c = offset >> _clusterBits, last = (offset + length - 1) >> _clusterBits; c <= last; c++)
         {
-            if (_clusters.TryGetValue(c, out var held) && held != kind)
-                throw new CorruptImageException(_path, $"{what} at 0x{offset:x} overlaps the {Describe(held)} in cluster 0x{c << _clusterBits:x}");
+            if (_clusters.TryGetValue(c, out var held) && held != kind) return (c, held);
             _clusters[c] = kind;
         }
+        return null;
     }
 
     /// <summary>Forgets a cluster whose refcount fell to 0.</summary>

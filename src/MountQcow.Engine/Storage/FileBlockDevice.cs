@@ -155,12 +155,18 @@ public sealed class FileBlockDevice : IBlockDevice
         Volatile.Write(ref _length, length);
     }
 
+    /// <summary>
+    /// Makes every completed write durable: fdatasync on Linux, as QEMU flushes. Called through
+    /// libc because .NET's RandomAccess.FlushToDisk reports some failures (ENOTCONN, seen from
+    /// a dead FUSE server) as success, and a flush that failed must never be taken for done.
+    /// </summary>
     public void Flush()
     {
         if (!CanWrite) return;
         try
         {
-            RandomAccess.FlushToDisk(_handle);
+            if (OperatingSystem.IsLinux()) Posix.FlushData(_handle);
+            else RandomAccess.FlushToDisk(_handle);
         }
         catch (IOException e)
         {

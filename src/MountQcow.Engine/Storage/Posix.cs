@@ -18,6 +18,24 @@ internal static partial class Posix
     [LibraryImport("libc", SetLastError = true)]
     private static partial int fallocate(SafeFileHandle fd, int mode, long offset, long length);
 
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fdatasync(SafeFileHandle fd);
+
+    private const int EINTR = 4;
+
+    /// <summary>fdatasync, with every failure an exception.</summary>
+    /// <exception cref="IOException">The data could not be made durable.</exception>
+    public static void FlushData(SafeFileHandle fd)
+    {
+        int result;
+        while ((result = fdatasync(fd)) != 0 && Marshal.GetLastPInvokeError() == EINTR) { }
+        if (result != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"fdatasync failed: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+        }
+    }
+
     /// <summary>struct flock, the same on every 64-bit Linux.</summary>
     [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
     private struct Flock
