@@ -114,7 +114,7 @@ internal static unsafe class FuseFileSystem
             // Read-only mounts hand the kernel file ranges to splice from the image (see ReadBuf).
             s_splice = !s_tree.Writable && (conn->capable & fuse_conn_info.FUSE_CAP_SPLICE_WRITE) != 0;
             if (s_splice) conn->want |= fuse_conn_info.FUSE_CAP_SPLICE_WRITE;
-            if (!s_tree.Writable)
+            if (!s_tree.Writable && !s_tree.MayChange)
             {
                 // Nothing changes under a read-only mount: keep pages and attributes cached.
                 cfg->kernel_cache = 1;

@@ -32,15 +32,14 @@ public sealed record FuseOptions
 
 /// <summary>
 /// A FUSE mount of a <see cref="VirtualFileTree"/>: created mounted, served by <see cref="Run"/>
-/// until it is unmounted (by <see cref="RequestUnmount"/>, fusermount3 -u or umount), then disposed.
+/// until the kernel ends the session (after <see cref="TryUnmount"/>, fusermount3 -u or umount,
+/// or once everything a <see cref="Detach"/> left in use has let go), then disposed.
 /// </summary>
 public sealed unsafe class FuseMount : IDisposable
 {
     private static int s_instances;
     private nint _fuse;
     private fuse_operations* _ops;
-    private int _unmountRequested;
-
     private readonly FuseOptions _options;
 
     private FuseMount(string mountpoint, nint fuse, fuse_operations* ops, FuseOptions options)
@@ -156,30 +155,49 @@ public sealed unsafe class FuseMount : IDisposable
     }
 
     /// <summary>
-    /// Ends the mount from any thread (a signal handler): the session stops, and the mount is
-    /// detached lazily, so a loop device still using a partition file keeps working until released.
+    /// Unmounts if nothing uses the mount (as umount does): the kernel then ends the session and
+    /// <see cref="Run"/> returns. False, and still mounted, when the mount is busy.
     /// </summary>
-    public void RequestUnmount()
+    public bool TryUnmount() => Unmount(Mountpoint, lazy: false) == UnmountResult.Done;
+
+    /// <summary>
+    /// Detaches a busy mount from the directory tree. Whatever still uses it (a loop device, an
+    /// open file) keeps working, and is served, until it lets go; then the kernel ends the session
+    /// and <see cref="Run"/> returns. Nothing is cut off while in use.
+    /// </summary>
+    public void Detach() => Unmount(Mountpoint, lazy: true);
+
+    /// <summary>What an unmount did.</summary>
+    public enum UnmountResult { Done, Busy, Failed }
+
+    /// <summary>
+    /// Unmounts a FUSE mount point, from any process: umount2 as root, fusermount3 otherwise.
+    /// <paramref name="lazy"/> detaches even a busy mount.
+    /// </summary>
+    public static UnmountResult Unmount(string mountpoint, bool lazy)
     {
-        if (Interlocked.Exchange(ref _unmountRequested, 1) == 1) return;
-        LibFuse3.fuse_session_exit(LibFuse3.fuse_get_session(_fuse));
+        const int EBUSY = 16;
         if (LibFuse3.getuid() == 0)
         {
-            LibFuse3.umount2(Mountpoint, LibFuse3.MNT_DETACH);
-            return;
+            if (LibFuse3.umount2(mountpoint, lazy ? LibFuse3.MNT_DETACH : 0) == 0) return UnmountResult.Done;
+            return Marshal.GetLastPInvokeError() == EBUSY ? UnmountResult.Busy : UnmountResult.Failed;
         }
-        using var helper = Process.Start(new ProcessStartInfo("fusermount3", ["-u", "-z", Mountpoint])
+        using var helper = Process.Start(new ProcessStartInfo("fusermount3", lazy ? ["-u", "-z", mountpoint] : ["-u", mountpoint])
         {
             RedirectStandardError = true,
             UseShellExecute = false,
         });
-        helper?.WaitForExit(10_000);
+        if (helper is null) return UnmountResult.Failed;
+        string error = helper.StandardError.ReadToEnd();
+        if (!helper.WaitForExit(10_000)) return UnmountResult.Failed;
+        if (helper.ExitCode == 0) return UnmountResult.Done;
+        return error.Contains("busy", StringComparison.OrdinalIgnoreCase) ? UnmountResult.Busy : UnmountResult.Failed;
     }
 
     public void Dispose()
     {
         if (_fuse == 0) return;
-        LibFuse3.fuse_unmount(_fuse); // nothing to do if the connection already ended
+        LibFuse3.fuse_unmount(_fuse); // nothing to do once the kernel has ended the session
         LibFuse3.fuse_destroy(_fuse);
         _fuse = 0;
         NativeMemory.Free(_ops);

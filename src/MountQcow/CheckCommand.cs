@@ -17,7 +17,7 @@ internal static class CheckCommand
             "all" => RepairMode.All,
             _ => throw new UsageError($"--repair takes 'leaks' or 'all', not '{o.Repair}'"),
         };
-        var report = ImageChecker.Check(o.Image, mode);
+        var report = ImageChecker.Check(o.Image, mode, o.ForceShare);
         foreach (string m in report.Messages) Console.Error.WriteLine(m);
         if (o.Json) Console.WriteLine(JsonSerializer.Serialize(CheckJson.From(o.Image, report), CheckJsonContext.Default.CheckJson));
         else Print(report);

@@ -1,15 +1,28 @@
+using System.Net.Sockets;
+using System.Text;
+
 namespace MountQcow.Host;
 
-/// <summary>Small things every verb shares: warnings and Ctrl-C.</summary>
+/// <summary>Small things every verb shares: messages, warnings and Ctrl-C.</summary>
 internal static class Cli
 {
-    public static void Warn(string message) => Console.Error.WriteLine($"mountqcow: warning: {message}");
+    // Messages go to the terminal; a mount serving in the background has none, and reports to the system log.
+    private static Action<string> s_sink = line => Console.Error.WriteLine(line);
 
-    /// <summary>Warns when a running VM writes the image that is about to be read.</summary>
+    /// <summary>From now on, messages go to the system log (journalctl -t mountqcow), where one listens.</summary>
+    public static void ToSystemLog() => s_sink = SystemLog;
+
+    public static void Error(string message) => s_sink($"mountqcow: {message}");
+
+    public static void Warn(string message) => s_sink($"mountqcow: warning: {message}");
+
+    public static void Info(string message) => s_sink($"mountqcow: {message}");
+
+    /// <summary>Warns when another process writes the image that is about to be read.</summary>
     public static void WarnIfInUse(MountQcow.Qcow2.Qcow2Image image)
     {
         if (image.HeldByWriter)
-            Warn($"{image.Path} is in use by another process (a running VM?) that writes it; what you read may change under you");
+            Warn($"{image.Path} is being written by {Holders.Describe(image.Path) ?? "another process (a running VM?)"}; what you read may change under you");
     }
 
     /// <summary>A token cancelled by the first Ctrl-C (a second one ends the process as usual).</summary>
@@ -23,5 +36,22 @@ internal static class Cli
             source.Cancel();
         };
         return source;
+    }
+
+    // RFC 3164 over /dev/log, facility user, severity notice; nothing where no syslog listens.
+    private static void SystemLog(string line)
+    {
+        if (!File.Exists("/dev/log")) return;
+        try
+        {
+            using var socket = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
+            socket.Connect(new UnixDomainSocketEndPoint("/dev/log"));
+            string text = line.StartsWith("mountqcow: ", StringComparison.Ordinal) ? line["mountqcow: ".Length..] : line;
+            socket.Send(Encoding.UTF8.GetBytes($"<13>mountqcow[{Environment.ProcessId}]: {text}"));
+        }
+        catch (SocketException)
+        {
+            // no system log to tell
+        }
     }
 }

@@ -17,6 +17,7 @@ internal static class ConvertCommand
         using IBlockDevice source = Qcow2Image.Probe(o.Source) == "qcow2"
             ? Qcow2Image.Open(o.Source, new ImageOptions { Warn = Cli.Warn })
             : FileBlockDevice.Open(o.Source, writable: false);
+        if (source is Qcow2Image qcow2) Cli.WarnIfInUse(qcow2);
         var compression = o.Compress is null ? CompressionType.Deflate : CreateCommand.CompressionOf(o.Compress);
         int clusterBits = CreateCommand.ClusterBits(o.ClusterSize);
         CreateCommand.Replace(o.Image, o.Force);

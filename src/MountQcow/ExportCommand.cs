@@ -9,7 +9,7 @@ internal static class ExportCommand
 {
     public static int Run(ExportOptions o)
     {
-        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn });
+        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn, ShareWrites = o.ForceShare });
         Cli.WarnIfInUse(image);
         bool created = !File.Exists(o.Output);
         var (target, zeroed) = OpenTarget(o.Output, image.Length, o.Force);
@@ -44,16 +44,22 @@ internal static class ExportCommand
             created.SetLength(size);
             return (created, true);
         }
-        var existing = FileBlockDevice.Open(path, writable: true);
-        if (existing.IsBlockDevice)
+        bool device;
+        using (var probe = FileBlockDevice.Open(path, writable: false)) device = probe.IsBlockDevice;
+        if (device)
         {
-            if (existing.Length < size)
-            {
-                existing.Dispose();
-                throw new UserError($"{path} holds {existing.Length} bytes, less than the disk's {size}");
-            }
-            return (existing, false);
+            // Exclusive: a mounted or claimed device is refused by the kernel, and none can be claimed meanwhile.
+            var target = FileBlockDevice.OpenDeviceExclusive(path);
+            string? refusal = BlockDeviceUse.MountedPartitions(path) is { } mounted
+                ? $"{path} has {mounted}; refusing to write over it"
+                : !force && Holders.Describe(path) is { } users
+                    ? $"{path} is open in {users} (use --force to overwrite it anyway)"
+                    : target.Length < size ? $"{path} holds {target.Length} bytes, less than the disk's {size}" : null;
+            if (refusal is null) return (target, false);
+            target.Dispose();
+            throw new UserError(refusal);
         }
+        var existing = FileBlockDevice.Open(path, writable: true);
         if (!force)
         {
             existing.Dispose();

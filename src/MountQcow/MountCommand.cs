@@ -37,9 +37,9 @@ internal static class MountCommand
 
     private static int Serve(MountOptions o, string imagePath, string mountpoint, long l2Cache)
     {
-        using var image = Qcow2Image.Open(imagePath, new ImageOptions { Writable = o.ReadWrite, L2CacheBytes = l2Cache, Warn = Cli.Warn });
+        using var image = Qcow2Image.Open(imagePath, new ImageOptions { Writable = o.ReadWrite, L2CacheBytes = l2Cache, ShareWrites = o.ForceShare, Warn = Cli.Warn });
         if (!o.ReadWrite) Cli.WarnIfInUse(image);
-        using var tree = VirtualFileTree.Create(image, o.ReadWrite, File.GetLastWriteTimeUtc(imagePath));
+        using var tree = VirtualFileTree.Create(image, o.ReadWrite, File.GetLastWriteTimeUtc(imagePath), mayChange: image.HeldByWriter || o.ForceShare);
         foreach (string w in tree.Partitions.Warnings) Cli.Warn($"partition table: {w}");
         tree.StartAllocationScan(); // sizes on disk for `ls -s` and `du`, counted while the mount starts
         var options = MountOptionsFor(o, imagePath);
@@ -48,10 +48,10 @@ internal static class MountCommand
         {
             MountOptions = options,
             Debug = o.Debug,
-            Log = background ? null : message => Console.Error.WriteLine($"mountqcow: {message}"),
+            Log = Cli.Info,
         });
         PrintSummary(o.Image, image, tree, mountpoint, options);
-        using var signals = new SignalHandlers(mount.RequestUnmount);
+        using var signals = new SignalHandlers(new Unmounter(mount).OnSignal);
         if (background)
         {
             Console.Error.WriteLine(StderrDone);
@@ -59,9 +59,42 @@ internal static class MountCommand
             Console.SetOut(TextWriter.Null);
             Console.SetError(TextWriter.Null);
             Native.DetachStdio();
+            Cli.ToSystemLog();
         }
         int result = mount.Run();
+        if (result != 0) Cli.Error($"serving {mountpoint} ended with an error ({result})");
         return result == 0 ? Program.Ok : Program.Failed;
+        // Leaving this method flushes and closes the image; a failure there is reported and exits 1.
+    }
+
+    /// <summary>
+    /// What a signal (Ctrl-C, SIGTERM, SIGHUP) does: unmount, as umount would, when nothing uses
+    /// the mount; when something does (a loop device, an open file), never cut it off: detach
+    /// the mount and serve until the last user lets go, then close the image.
+    /// </summary>
+    private sealed class Unmounter(FuseMount mount)
+    {
+        private int _detached;
+
+        public void OnSignal()
+        {
+            if (Volatile.Read(ref _detached) == 1)
+            {
+                Cli.Info($"still in use; the image is closed when the last user lets go ({Describe()})");
+                return;
+            }
+            if (mount.TryUnmount()) return; // the session ends and the image is closed
+            string users = Describe();
+            mount.Detach();
+            Volatile.Write(ref _detached, 1);
+            Cli.Info($"{mount.Mountpoint} is in use ({users}): detached it; it is served until that ends, then the image is closed");
+        }
+
+        private string Describe()
+        {
+            var users = Holders.OfMount(mount.Mountpoint);
+            return users.Count == 0 ? "by the kernel" : "by " + string.Join(", ", users);
+        }
     }
 
     /// <summary>FUSE options: read-only unless --rw, a name for mount listings, and access for root where allowed.</summary>
@@ -178,6 +211,30 @@ internal static class MountCommand
 /// <summary>Checks on the mount point, with the one-line errors a user needs.</summary>
 internal static class MountPoint
 {
+    /// <summary>One line of /proc/self/mountinfo: where, what file system, from what source and device (major:minor).</summary>
+    public sealed record Entry(string Target, string FsType, string Source, string Device);
+
+    /// <summary>The mount table of this process's namespace.</summary>
+    public static IEnumerable<Entry> Table()
+    {
+        if (!File.Exists("/proc/self/mountinfo")) yield break;
+        foreach (string line in File.ReadLines("/proc/self/mountinfo"))
+        {
+            string[] f = line.Split(' ');
+            int dash = Array.IndexOf(f, "-");
+            if (f.Length > 4 && dash > 0 && dash + 2 < f.Length)
+                yield return new Entry(Unescape(f[4]), Unescape(f[dash + 1]), Unescape(f[dash + 2]).Replace("\\,", ","), f[2]);
+        }
+    }
+
+    /// <summary>The mount at exactly <paramref name="path"/>, or null.</summary>
+    public static Entry? At(string path)
+    {
+        string target = Path.GetFullPath(path).TrimEnd('/');
+        if (target.Length == 0) target = "/";
+        return Table().LastOrDefault(m => m.Target == target);
+    }
+
     public static void Check(string shown, string full)
     {
         if (!Directory.Exists(full))
@@ -186,19 +243,8 @@ internal static class MountPoint
             throw new UserError($"{shown} is already a mount point (unmount it first: fusermount3 -u {shown})");
     }
 
-    /// <summary>Whether a path is a mount point, from /proc/self/mountinfo (field 5, octal-escaped).</summary>
-    public static bool IsMounted(string path)
-    {
-        if (!File.Exists("/proc/self/mountinfo")) return false;
-        string target = Path.GetFullPath(path).TrimEnd('/');
-        if (target.Length == 0) target = "/";
-        foreach (string line in File.ReadLines("/proc/self/mountinfo"))
-        {
-            string[] fields = line.Split(' ');
-            if (fields.Length > 4 && Unescape(fields[4]) == target) return true;
-        }
-        return false;
-    }
+    /// <summary>Whether a path is a mount point.</summary>
+    public static bool IsMounted(string path) => At(path) is not null;
 
     private static string Unescape(string field) =>
         System.Text.RegularExpressions.Regex.Replace(field, @"\\([0-7]{3})", m => ((char)Convert.ToInt32(m.Groups[1].Value, 8)).ToString());

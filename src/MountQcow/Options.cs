@@ -28,6 +28,9 @@ internal sealed class CheckOptions : CommonOptions
     [Option("json", HelpText = "Print the result as JSON (qemu-img check's field names).")]
     public bool Json { get; set; }
 
+    [Option('U', "force-share", HelpText = "Check even while another process writes the image (the verdict may then be wrong).")]
+    public bool ForceShare { get; set; }
+
     [Option('r', "repair", HelpText = "Repair: 'leaks' frees leaked clusters (always safe); 'all' also fixes refcounts that are too low, rebuilds broken refcount structures, fixes COPIED flags and clears the dirty and corrupt bits.")]
     public string? Repair { get; set; }
 }
@@ -41,8 +44,11 @@ internal sealed class ExportOptions : CommonOptions
     [Value(1, MetaName = "OUTPUT", Required = true, HelpText = "A new raw file, or an existing block device at least as large as the disk.")]
     public string Output { get; set; } = "";
 
-    [Option('f', "force", HelpText = "Overwrite OUTPUT if it is an existing regular file.")]
+    [Option('f', "force", HelpText = "Overwrite OUTPUT if it is an existing regular file, or a block device that a process has open. A mounted device is never overwritten.")]
     public bool Force { get; set; }
+
+    [Option('U', "force-share", HelpText = "Let other processes write the image while it is exported (as qemu-img -U).")]
+    public bool ForceShare { get; set; }
 
     [Option("no-progress", HelpText = "Do not draw a progress bar.")]
     public bool NoProgress { get; set; }
@@ -66,6 +72,9 @@ internal sealed class MountOptions : CommonOptions
     [Option('o', "options", HelpText = "FUSE mount options, comma-separated (e.g. allow_other).")]
     public string? FuseOptions { get; set; }
 
+    [Option('U', "force-share", HelpText = "Read-only mounts: let other processes write the image meanwhile (as qemu-img -U); what you read may then change under you.")]
+    public bool ForceShare { get; set; }
+
     [Option("l2-cache", Default = "16M", HelpText = "Memory for each image's L2 table cache.")]
     public string L2Cache { get; set; } = "16M";
 
@@ -75,6 +84,16 @@ internal sealed class MountOptions : CommonOptions
     /// <summary>Set on the background copy of the process: say "ready" on stdout once mounted.</summary>
     [Option("ready-marker", Hidden = true)]
     public bool ReadyMarker { get; set; }
+}
+
+[Verb("unmount", HelpText = "Unmount a mountqcow mount and wait until its image is flushed and closed (umount returns before that).")]
+internal sealed class UnmountOptions : CommonOptions
+{
+    [Value(0, MetaName = "MOUNTPOINT", Required = true, HelpText = "Where the image is mounted.")]
+    public string Mountpoint { get; set; } = "";
+
+    [Option("timeout", Default = 600, HelpText = "Seconds to wait for the image to be closed.")]
+    public int Timeout { get; set; } = 600;
 }
 
 [Verb("create", HelpText = "Make a new, empty qcow2 image (version 3), or an overlay on a backing file.")]

@@ -19,9 +19,10 @@ internal static class Program
         });
         // With no arguments at all, show the overview (and fail) rather than the default verb's complaint.
         bool empty = args.Length == 0;
-        var result = parser.ParseArguments<MountOptions, InfoOptions, CheckOptions, ExportOptions, CreateVerbOptions, ConvertOptions>(empty ? ["help"] : args);
+        var result = parser.ParseArguments<MountOptions, UnmountOptions, InfoOptions, CheckOptions, ExportOptions, CreateVerbOptions, ConvertOptions>(empty ? ["help"] : args);
         return result.MapResult(
             (MountOptions o) => Run(o, () => MountCommand.Run(o, args)),
+            (UnmountOptions o) => Run(o, () => UnmountCommand.Run(o)),
             (InfoOptions o) => Run(o, () => InfoCommand.Run(o)),
             (CheckOptions o) => Run(o, () => CheckCommand.Run(o)),
             (ExportOptions o) => Run(o, () => ExportCommand.Run(o)),
@@ -38,18 +39,19 @@ internal static class Program
         }
         catch (UsageError e)
         {
-            Console.Error.WriteLine($"mountqcow: {e.Message} (see 'mountqcow help')");
+            Cli.Error($"{e.Message} (see 'mountqcow help')");
             return Usage;
         }
         catch (Exception e) when (e is ImageException or IOException or UnauthorizedAccessException or UserError or Fuse.FuseException or ArgumentException and not ArgumentOutOfRangeException)
         {
-            Console.Error.WriteLine($"mountqcow: {e.Message}");
+            // The engine knows another process holds the image; the host can say which.
+            Cli.Error(e is MountQcow.Qcow2.ImageInUseException inUse && Holders.Describe(inUse.Path) is { } who ? e.Message.Replace("another process", who) : e.Message);
             if (options.Verbose) Console.Error.WriteLine(e);
             return Failed;
         }
         catch (Exception e) when (!options.Verbose)
         {
-            Console.Error.WriteLine($"mountqcow: internal error: {e.GetType().Name}: {e.Message} (run with --verbose for details)");
+            Cli.Error($"internal error: {e.GetType().Name}: {e.Message} (run with --verbose for details)");
             return Failed;
         }
     }
@@ -79,6 +81,7 @@ internal static class Program
     private static readonly Dictionary<Type, string> s_usage = new()
     {
         [typeof(MountOptions)] = "mountqcow [mount] IMAGE MOUNTPOINT [-f] [--rw] [-o OPTIONS]",
+        [typeof(UnmountOptions)] = "mountqcow unmount MOUNTPOINT",
         [typeof(InfoOptions)] = "mountqcow info IMAGE [--json]",
         [typeof(CheckOptions)] = "mountqcow check IMAGE [--json] [--repair leaks|all]",
         [typeof(ExportOptions)] = "mountqcow export IMAGE OUTPUT [--force]",
@@ -91,7 +94,7 @@ internal static class Program
         "Examples:",
         "  mountqcow vm.qcow2 /mnt/vm                    mount: /mnt/vm/disk.raw, p1.raw, ...",
         "  sudo mount -o loop,ro /mnt/vm/p1.raw /mnt/p1  then read a partition's files",
-        "  fusermount3 -u /mnt/vm                        unmount (umount as root)",
+        "  mountqcow unmount /mnt/vm                     unmount, and wait until the image is closed",
         "  mountqcow info vm.qcow2                       what the image is",
         "  mountqcow check vm.qcow2                      is it consistent? (--repair leaks|all fixes it)",
         "  mountqcow export vm.qcow2 vm.raw              the disk as a sparse raw file",

@@ -84,6 +84,27 @@ public sealed class MountErrorTests : IDisposable
     }
 
     /// <summary>
+    /// A read-write mount of a damaged image (a data cluster whose refcount is 0: the next
+    /// allocation would overwrite it) is refused before anything is written, pointing at the
+    /// repair; it still mounts read-only. A corrupt-marked image says the same.
+    /// </summary>
+    [MountFact]
+    public void ReadWriteMountOfADamagedImageIsRefusedUntouched()
+    {
+        string image = Image();
+        Poke.Refcount16(image, (long)(ImageBuilder.ReadU64(image, Poke.L2EntryOffset(image, 0, 0)) & Poke.OffsetMask) >> 16, 0);
+        var before = File.ReadAllBytes(image);
+        string mnt = Directory.CreateDirectory(_b.PathOf("m")).FullName;
+        var refused = MountedImage.Host(image, mnt, "--rw");
+        AssertFails(refused, "refcount=0 reference=1; refusing to write to it (it still mounts read-only; 'mountqcow check --repair all'");
+        Assert.False(MountedImage.IsMounted(mnt));
+        Assert.Equal(before, File.ReadAllBytes(image));
+        using (var readOnly = MountedImage.Start(image, mnt)) Assert.Contains("read-only", readOnly.Output);
+        ImageBuilder.PokeU64(image, 72, 2); // the corrupt bit
+        AssertFails(MountedImage.Host(image, mnt, "--rw"), "marked corrupt; it may only be opened read-only (repair it with 'mountqcow check --repair all')");
+    }
+
+    /// <summary>
     /// An ordinary user mounts; root loop-mounts a partition file. With user_allow_other in
     /// /etc/fuse.conf the mount asks for allow_root; without it, it says what to change.
     /// </summary>

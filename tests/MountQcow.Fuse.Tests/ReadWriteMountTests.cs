@@ -126,7 +126,7 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
             Assert.Contains("wrote", qemu.StandardOutput.ReadLine() + qemu.StandardOutput.ReadLine());
             var refused = MountedImage.Host(image, mnt, "--rw");
             Assert.Equal(1, refused.ExitCode);
-            Assert.Contains("in use by another process", refused.Stderr);
+            Assert.Contains($"in use by qemu-io (pid {qemu.Id})", refused.Stderr); // the holder, by name
             Assert.False(MountedImage.IsMounted(mnt));
             // Read-only it mounts, with a warning that the bytes may change under the reader.
             using (var readOnly = MountedImage.Start(image, mnt))
@@ -145,6 +145,34 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
             Unmount(mount);
         }
         Assert.Equal(0, Run.Capture("qemu-io", ["-f", "qcow2", "-c", "write 0 512", image]).ExitCode);
+    }
+
+    /// <summary>
+    /// A read-only mount takes QEMU's reader locks: no writer (QEMU, or a read-write mount of ours)
+    /// may start while it reads, and the refusal names the mount. With -U it lets writers in.
+    /// </summary>
+    [MountFact]
+    public void AReadOnlyMountKeepsWritersOutUnlessAskedToShare()
+    {
+        string image = _b.Create("reader.qcow2", "16M");
+        _b.Write(image, 0, 1 << 20, Fill.Random, 4);
+        string mnt = Dir("ro"), other = Dir("rw");
+        using (var reader = MountedImage.Start(image, mnt))
+        {
+            var write = Run.Capture("qemu-io", ["-f", "qcow2", "-c", "write 0 512", image]);
+            Assert.Contains("Failed to get \"write\" lock", write.Stderr + write.Stdout);
+            var rw = MountedImage.Host(image, other, "--rw");
+            Assert.Equal(1, rw.ExitCode);
+            Assert.Contains($"in use by mountqcow (pid {reader.ServerPid}, mounted at {mnt})", rw.Stderr);
+            Assert.False(MountedImage.IsMounted(other));
+            Unmount(reader);
+        }
+        using (var shared = MountedImage.Start(image, mnt, "-U"))
+        {
+            Assert.Equal(0, Run.Capture("qemu-io", ["-f", "qcow2", "-c", "write -P 9 0 512", image]).ExitCode);
+            Unmount(shared);
+        }
+        QemuAssert.CheckClean(image);
     }
 
     /// <summary>

@@ -159,12 +159,13 @@ public sealed class VirtualFileTree : IDisposable
     private readonly CancellationTokenSource _stop = new();
     private int _scanStarted;
 
-    private VirtualFileTree(IReadOnlyList<VirtualFile> files, PartitionTable table, bool writable, DateTimeOffset modified)
+    private VirtualFileTree(IReadOnlyList<VirtualFile> files, PartitionTable table, bool writable, DateTimeOffset modified, bool mayChange)
     {
         Files = files;
         Partitions = table;
         Writable = writable;
         Modified = modified;
+        MayChange = mayChange;
     }
 
     public const string DiskFileName = "disk.raw";
@@ -175,17 +176,23 @@ public sealed class VirtualFileTree : IDisposable
 
     public bool Writable { get; }
 
+    /// <summary>
+    /// Whether another process may change the bytes under a read-only tree (it reads an image that
+    /// is being written): a backend must not keep them cached.
+    /// </summary>
+    public bool MayChange { get; }
+
     /// <summary>The time every file shows as modified (the image file's own).</summary>
     public DateTimeOffset Modified { get; }
 
     /// <summary>Builds the tree for a disk: reads its partition table and makes one file per partition.</summary>
-    public static VirtualFileTree Create(IBlockDevice disk, bool writable, DateTimeOffset modified)
+    public static VirtualFileTree Create(IBlockDevice disk, bool writable, DateTimeOffset modified, bool mayChange = false)
     {
         var table = PartitionReader.Read(disk);
         var files = new List<VirtualFile> { new(DiskFileName, disk, writable, null) };
         foreach (var p in table.Partitions)
             files.Add(new VirtualFile(p.FileName, new SliceBlockDevice(disk, p.Start, p.Length, writable), writable, p));
-        return new VirtualFileTree(files, table, writable, modified);
+        return new VirtualFileTree(files, table, writable, modified, mayChange);
     }
 
     /// <summary>The file with this UTF-8 name (no slashes), or null.</summary>

@@ -54,7 +54,9 @@ internal sealed class BackingChain(int maxDepth)
                 return (Qcow2Image.Open(backingPath, readOnly, this), "qcow2");
             case "raw":
                 Enter(backingPath);
-                return (FileBlockDevice.Open(backingPath, writable: false), "raw");
+                var raw = FileBlockDevice.Open(backingPath, writable: false);
+                raw.TakeQemuLocks(write: false, options.ShareWrites);
+                return (raw, "raw");
             default:
                 throw new UnsupportedFeatureException(overlay, $"backing file {backingPath} has format '{format}' (only qcow2 and raw are read)");
         }

@@ -102,19 +102,16 @@ public sealed class ImageChecker
 
     /// <summary>Checks (and with <paramref name="mode"/>, repairs) the image at <paramref name="path"/>.</summary>
     /// <exception cref="ImageException">The image cannot be opened or checked at all.</exception>
-    public static CheckReport Check(string path, RepairMode mode = RepairMode.None)
+    /// <param name="path">The image file.</param>
+    /// <param name="mode">What to repair.</param>
+    /// <param name="share">Check even while another process writes the image (the result may then be wrong).</param>
+    public static CheckReport Check(string path, RepairMode mode = RepairMode.None, bool share = false)
     {
         using var file = FileBlockDevice.Open(path, writable: mode != RepairMode.None);
-        if (mode != RepairMode.None && QemuLock.AcquireForWriting(file.Handle) is { } conflict)
-            throw new ImageInUseException($"{path}: in use by another process ({conflict}); it cannot be repaired now");
-        try
-        {
-            return Check(file, path, mode);
-        }
-        finally
-        {
-            if (mode != RepairMode.None) QemuLock.Release(file.Handle);
-        }
+        // A half-written image looks damaged: like qemu-img, refuse while another process writes it.
+        if (file.TakeQemuLocks(write: mode != RepairMode.None, share) is { } conflict && (mode != RepairMode.None || !share))
+            throw new ImageInUseException(path, $"{path}: in use by another process ({conflict}); {(mode == RepairMode.None ? "checking it now would see it half-written (-U checks anyway)" : "it cannot be repaired now")}");
+        return Check(file, path, mode);
     }
 
     /// <summary>Checks an image stored on <paramref name="file"/>.</summary>

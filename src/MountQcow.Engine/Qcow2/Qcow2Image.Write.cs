@@ -42,8 +42,8 @@ public sealed partial class Qcow2Image
         if (h.IsDirty)
             throw new UnsupportedFeatureException(Path, "the image is dirty (its refcounts may be stale after a crash); repair it with 'mountqcow check --repair all' before writing");
         if (h.RefcountTableClusters == 0) throw RefuseWriting("the image has no refcount table");
-        if (_file is FileBlockDevice f && QemuLock.AcquireForWriting(f.Handle) is { } conflict)
-            throw new ImageInUseException($"{Path}: in use by another process ({conflict}); is a VM running on it?");
+        if (_file is FileBlockDevice f && f.TakeQemuLocks(write: true, share: false) is { } conflict)
+            throw new ImageInUseException(Path, $"{Path}: in use by another process ({conflict})");
         // A refcount lower than the references it has would let a write overwrite live data or
         // metadata; QEMU finds some of this only when it is about to happen. Finding all of it
         // first costs one pass over the metadata, and leaves a damaged image untouched.
@@ -562,11 +562,14 @@ public sealed partial class Qcow2Image
         }
         finally
         {
-            if (_file is FileBlockDevice f) QemuLock.Release(f.Handle);
-            _rw.ExitWriteLock();
+            _rw.ExitWriteLock(); // QEMU's locks go with the file (FileBlockDevice.Dispose)
         }
     }
 }
 
 /// <summary>Another process (QEMU) holds the image in a way that forbids what was asked.</summary>
-public sealed class ImageInUseException(string message) : ImageException(message);
+public sealed class ImageInUseException(string path, string message) : ImageException(message)
+{
+    /// <summary>The image another process holds.</summary>
+    public string Path { get; } = path;
+}

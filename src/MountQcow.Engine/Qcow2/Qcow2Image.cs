@@ -31,6 +31,12 @@ public sealed record ImageOptions
     /// </summary>
     public bool FlushBarriers { get; init; } = true;
 
+    /// <summary>
+    /// Read without stopping writers (qemu-img's -U): no lock byte forbids another process to
+    /// start writing. Without it, a reader keeps writers out while it reads.
+    /// </summary>
+    public bool ShareWrites { get; init; }
+
     /// <summary>Receives warnings (e.g. an image marked corrupt opened read-only).</summary>
     public Action<string>? Warn { get; init; }
 
@@ -98,10 +104,11 @@ public sealed partial class Qcow2Image : IBlockDevice
     public string? BackingFormatUsed { get; private init; }
 
     /// <summary>
-    /// Whether another process (a running VM, qemu-io) holds the image for writing, by QEMU's
-    /// lock protocol: a read-only view of it may change under the reader.
+    /// Whether another process (a running VM, qemu-io, a read-write mount) held the image for
+    /// writing when it was opened read-only, by QEMU's lock protocol: the reader then reads
+    /// sharing, and what it reads may change under it.
     /// </summary>
-    public bool HeldByWriter => _file is FileBlockDevice f && QemuLock.HeldByWriter(f.Handle);
+    public bool HeldByWriter { get; private set; }
 
     /// <summary>Memory the L2 cache may use.</summary>
     public long L2CacheMemory => _map.Cache.MemoryBytes;
@@ -144,7 +151,7 @@ public sealed partial class Qcow2Image : IBlockDevice
             if (header.IsMarkedCorrupt)
             {
                 if (options.Writable)
-                    throw new UnsupportedFeatureException(path, "the image is marked corrupt; it may only be opened read-only (repair it with 'qemu-img check -r all')");
+                    throw new UnsupportedFeatureException(path, "the image is marked corrupt; it may only be opened read-only (repair it with 'mountqcow check --repair all')");
                 options.Warn?.Invoke($"{path}: the image is marked corrupt; opened read-only");
             }
             chain.Enter(path);
@@ -171,6 +178,7 @@ public sealed partial class Qcow2Image : IBlockDevice
                 BackingFormatUsed = backingFormat,
             };
             if (options.Writable) image.OpenForWriting();
+            else if (file is FileBlockDevice f) image.HeldByWriter = f.TakeQemuLocks(write: false, options.ShareWrites) is not null;
             return image;
         }
         catch

@@ -11,6 +11,7 @@ public sealed class FileBlockDevice : IBlockDevice
 {
     private readonly SafeFileHandle _handle;
     private long _length;
+    private bool _locked;
 
     private FileBlockDevice(SafeFileHandle handle, string path, bool writable, long length, bool isBlockDevice = false)
     {
@@ -64,6 +65,30 @@ public sealed class FileBlockDevice : IBlockDevice
             handle.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Opens a block device for writing, exclusively: refused while it is mounted or claimed
+    /// (swap, RAID, device mapper), as mkfs refuses. No one else can claim it while open.
+    /// </summary>
+    /// <exception cref="ImageIOException">The device is in use, or cannot be opened.</exception>
+    public static FileBlockDevice OpenDeviceExclusive(string path)
+    {
+        const int EBUSY = 16;
+        SafeFileHandle handle;
+        try
+        {
+            handle = Posix.OpenExclusive(path);
+        }
+        catch (IOException e) when (e.HResult == EBUSY)
+        {
+            throw new ImageIOException($"{path} is in use (mounted, or claimed by swap, RAID or the device mapper); refusing to write to it", e);
+        }
+        catch (IOException e)
+        {
+            throw new ImageIOException(e.Message, e);
+        }
+        return new FileBlockDevice(handle, path, true, Posix.SeekEnd(handle), isBlockDevice: true);
     }
 
     /// <summary>Creates (or, with <paramref name="overwrite"/>, truncates) a regular file for writing.</summary>
@@ -174,5 +199,24 @@ public sealed class FileBlockDevice : IBlockDevice
         }
     }
 
-    public void Dispose() => _handle.Dispose();
+    /// <summary>
+    /// Takes QEMU's lock bytes (<see cref="QemuLock"/>) for a writer, or for a reader that stops
+    /// writers unless <paramref name="share"/>. Returns null, or what another process holds: a
+    /// writer is then refused (nothing taken); a reader reads sharing, as qemu-img -U does.
+    /// Released when the device is disposed.
+    /// </summary>
+    public string? TakeQemuLocks(bool write, bool share)
+    {
+        string? conflict = write ? QemuLock.AcquireForWriting(_handle) : QemuLock.AcquireForReading(_handle, share);
+        _locked |= !write || conflict is null;
+        return conflict;
+    }
+
+    public void Dispose()
+    {
+        // Released before the close: a child forked by another thread at this moment would keep
+        // the file description, and with it the locks, until it execs.
+        if (_locked) QemuLock.Release(_handle);
+        _handle.Dispose();
+    }
 }

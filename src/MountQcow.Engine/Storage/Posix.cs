@@ -22,6 +22,26 @@ internal static partial class Posix
     private static partial int fdatasync(SafeFileHandle fd);
 
     private const int EINTR = 4;
+    private const int O_RDWR = 2, O_EXCL = 0x80, O_CLOEXEC = 0x80000;
+
+    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int OpenFile(string path, int flags);
+
+    /// <summary>
+    /// Opens a block device for writing with O_EXCL, which Linux refuses (EBUSY) while the device
+    /// is mounted or claimed by swap, RAID or the device mapper.
+    /// </summary>
+    /// <exception cref="IOException">The device is in use (HResult EBUSY) or cannot be opened.</exception>
+    public static SafeFileHandle OpenExclusive(string path)
+    {
+        int fd = OpenFile(path, O_RDWR | O_EXCL | O_CLOEXEC);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"{path}: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+        }
+        return new SafeFileHandle(fd, ownsHandle: true);
+    }
 
     /// <summary>fdatasync, with every failure an exception.</summary>
     /// <exception cref="IOException">The data could not be made durable.</exception>

@@ -38,6 +38,25 @@ public static class QemuLock
     }
 
     /// <summary>
+    /// Takes the locks a reader holds, as QEMU's read-only users do: consistent read, and (unless
+    /// <paramref name="share"/>) neither writing nor resizing shared, so no writer can start while
+    /// it reads. Where a writer already holds the image, only the read is taken (the reader reads
+    /// sharing, as qemu-img -U does) and the writer's hold is returned.
+    /// </summary>
+    public static string? AcquireForReading(SafeFileHandle file, bool share)
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        int[] unshared = [Write, Resize];
+        string? conflict = null;
+        foreach (int p in unshared)
+            if (conflict is null && Posix.ByteLockedByOthers(file, PermBase + p)) conflict = $"another process holds the \"{s_names[p]}\" permission";
+        Posix.LockByteShared(file, PermBase + ConsistentRead);
+        if (!share && conflict is null)
+            foreach (int p in unshared) Posix.LockByteShared(file, SharedBase + p);
+        return conflict;
+    }
+
+    /// <summary>
     /// Releases the locks before the file is closed. Closing alone is not enough at once: a child
     /// that another thread forks at that moment holds a copy of the file description, and with
     /// it the locks, until it execs; unlocking the description releases them for everyone.
@@ -49,7 +68,5 @@ public static class QemuLock
         foreach (int p in new[] { Write, Resize }) Posix.UnlockByte(file, SharedBase + p);
     }
 
-    /// <summary>Whether some process (a running VM, qemu-io) holds the image for writing.</summary>
-    public static bool HeldByWriter(SafeFileHandle file) =>
-        OperatingSystem.IsLinux() && Posix.ByteLockedByOthers(file, PermBase + Write);
+
 }

@@ -1,0 +1,65 @@
+using System.Diagnostics;
+using MountQcow.Fuse;
+
+namespace MountQcow.Host;
+
+/// <summary>
+/// `mountqcow unmount MOUNTPOINT`: unmounts, then waits until the serving process has flushed
+/// and closed the image, so that a script can use the image (start a VM on it) the moment this
+/// returns. umount and fusermount3 -u return as soon as the mount is gone, before that.
+/// </summary>
+internal static class UnmountCommand
+{
+    public static int Run(UnmountOptions o)
+    {
+        string mountpoint = Path.GetFullPath(o.Mountpoint).TrimEnd('/');
+        var entry = MountPoint.At(mountpoint) ?? throw new UserError($"{o.Mountpoint} is not mounted");
+        if (entry.FsType != "fuse.mountqcow" || !entry.Source.StartsWith("mountqcow:", StringComparison.Ordinal))
+            throw new UserError($"{o.Mountpoint} is not a mountqcow mount (it is {entry.FsType}); unmount it with umount");
+        string image = entry.Source["mountqcow:".Length..];
+        int? server = Holders.Server(image);
+        switch (FuseMount.Unmount(mountpoint, lazy: false))
+        {
+            case FuseMount.UnmountResult.Busy:
+                var users = Holders.OfMount(mountpoint);
+                throw new UserError($"{o.Mountpoint} is in use{(users.Count > 0 ? " by " + string.Join(", ", users) : "")}; unmount or close that first");
+            case FuseMount.UnmountResult.Failed:
+                throw new UserError($"cannot unmount {o.Mountpoint}{(Native.geteuid() == 0 ? "" : " (is it yours?)")}");
+        }
+        if (server is { } pid && !WaitForExit(pid, image, TimeSpan.FromSeconds(o.Timeout)))
+            throw new UserError($"{o.Mountpoint} is unmounted, but mountqcow (pid {pid}) has not closed {image} after {o.Timeout} s");
+        Console.WriteLine($"unmounted {o.Mountpoint}; {image} is closed");
+        return Program.Ok;
+    }
+
+    /// <summary>Waits until every thread of the process has ended (its files, and the image's locks, go with the last).</summary>
+    private static bool WaitForExit(int pid, string image, TimeSpan timeout)
+    {
+        var clock = Stopwatch.StartNew();
+        bool said = false;
+        while (Alive(pid))
+        {
+            if (clock.Elapsed > timeout) return false;
+            if (!said && clock.Elapsed > TimeSpan.FromSeconds(2))
+            {
+                Console.Error.WriteLine($"mountqcow: waiting for mountqcow (pid {pid}) to flush and close {image}...");
+                said = true;
+            }
+            Thread.Sleep(10);
+        }
+        return true;
+    }
+
+    private static bool Alive(int pid)
+    {
+        try
+        {
+            return Directory.GetDirectories($"/proc/{pid}/task")
+                .Any(t => File.ReadAllText(Path.Combine(t, "stat")).Split(' ')[2] != "Z");
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+}
