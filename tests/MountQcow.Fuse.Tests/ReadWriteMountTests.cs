@@ -148,6 +148,49 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
     }
 
     /// <summary>
+    /// An image on a block device (a loop device here; an LV or a partition in life) mounts
+    /// read-write: writes go in until the device is full, then fail with ENOSPC (nothing else
+    /// breaks, and discarding makes room again); closing never truncates the device, and the
+    /// image stays consistent.
+    /// </summary>
+    [NeedsFact("root", "fuse", "qemu", "losetup")]
+    public void AnImageOnABlockDeviceIsWrittenUntilTheDeviceIsFull()
+    {
+        string backing = _b.Raw("lv.raw", 6 << 20);
+        string device = Run.Checked("losetup", "-f", "--show", backing).Trim();
+        try
+        {
+            Run.Checked("qemu-img", "create", "-q", "-f", "qcow2", device, "64M");
+            using (var mount = MountedImage.Start(device, Dir("mnt"), "--rw"))
+            {
+                var data = ImageBuilder.Content(Fill.Random, 1 << 20, 12);
+                int written = 0;
+                using (var file = File.OpenHandle(mount.PathOf("disk.raw"), FileMode.Open, FileAccess.Write))
+                {
+                    var full = Assert.Throws<IOException>(() =>
+                    {
+                        for (; written < 64; written++) RandomAccess.Write(file, data, (long)written << 20);
+                    });
+                    Assert.Contains("No space left on device", full.Message);
+                    Assert.InRange(written, 3, 5); // 6 MiB of device, less the metadata
+                    Run.Checked("fallocate", "--punch-hole", "--offset", "0", "--length", (2 << 20).ToString(), mount.PathOf("disk.raw"));
+                    Assert.Equal(0, FSync(file));
+                    RandomAccess.Write(file, data, (long)written << 20); // room again
+                    Assert.Equal(0, FSync(file));
+                }
+                Unmount(mount);
+            }
+            Assert.Equal(6L << 20, long.Parse(Run.Checked("blockdev", "--getsize64", device).Trim())); // not truncated
+            var check = Run.Capture("qemu-img", ["check", device]);
+            Assert.True(check.ExitCode is 0 or 3, check.Stdout + check.Stderr);
+        }
+        finally
+        {
+            Run.Capture("losetup", ["-d", device]);
+        }
+    }
+
+    /// <summary>
     /// A read-only mount takes QEMU's reader locks: no writer (QEMU, or a read-write mount of ours)
     /// may start while it reads, and the refusal names the mount. With -U it lets writers in.
     /// </summary>

@@ -224,6 +224,7 @@ public sealed class VirtualFileTree : IDisposable
     public static FsStatus StatusOf(Exception e) => e switch
     {
         FileTreeException f => f.Status,
+        ImageFullException => FsStatus.NoSpace,
         ImageException { InnerException: IOException { HResult: 28 } } => FsStatus.NoSpace, // ENOSPC
         IOException { HResult: 28 } => FsStatus.NoSpace,
         ImageException or IOException => FsStatus.IoError,
