@@ -37,6 +37,10 @@ internal static class MountCommand
 
     private static int Serve(MountOptions o, string imagePath, string mountpoint, long l2Cache)
     {
+        // Signals are taken over first: one that arrives while the mount is being made must not
+        // end the process and leave a dead mount behind; it ends the mount once it exists.
+        var unmounter = new Unmounter();
+        using var signals = new SignalHandlers(unmounter.OnSignal);
         using var image = Qcow2Image.Open(imagePath, new ImageOptions { Writable = o.ReadWrite, L2CacheBytes = l2Cache, ShareWrites = o.ForceShare, Warn = Cli.Warn });
         if (!o.ReadWrite) Cli.WarnIfInUse(image);
         using var tree = VirtualFileTree.Create(image, o.ReadWrite, File.GetLastWriteTimeUtc(imagePath), mayChange: image.HeldByWriter || o.ForceShare);
@@ -51,7 +55,7 @@ internal static class MountCommand
             Log = Cli.Info,
         });
         PrintSummary(o.Image, image, tree, mountpoint, options);
-        using var signals = new SignalHandlers(new Unmounter(mount).OnSignal);
+        unmounter.Attach(mount);
         if (background)
         {
             Console.Error.WriteLine(StderrDone);
@@ -72,25 +76,46 @@ internal static class MountCommand
     /// the mount; when something does (a loop device, an open file), never cut it off: detach
     /// the mount and serve until the last user lets go, then close the image.
     /// </summary>
-    private sealed class Unmounter(FuseMount mount)
+    private sealed class Unmounter
     {
+        private readonly object _lock = new();
+        private FuseMount? _mount;
+        private bool _signalled;
         private int _detached;
+
+        /// <summary>The mount exists: a signal that came before it is acted on now.</summary>
+        public void Attach(FuseMount mount)
+        {
+            lock (_lock)
+            {
+                _mount = mount;
+                if (!_signalled) return;
+            }
+            OnSignal();
+        }
 
         public void OnSignal()
         {
+            FuseMount? mount;
+            lock (_lock)
+            {
+                _signalled = true;
+                mount = _mount;
+            }
+            if (mount is null) return; // acted on when the mount exists
             if (Volatile.Read(ref _detached) == 1)
             {
-                Cli.Info($"still in use; the image is closed when the last user lets go ({Describe()})");
+                Cli.Info($"still in use; the image is closed when the last user lets go ({Describe(mount)})");
                 return;
             }
             if (mount.TryUnmount()) return; // the session ends and the image is closed
-            string users = Describe();
+            string users = Describe(mount);
             mount.Detach();
             Volatile.Write(ref _detached, 1);
             Cli.Info($"{mount.Mountpoint} is in use ({users}): detached it; it is served until that ends, then the image is closed");
         }
 
-        private string Describe()
+        private static string Describe(FuseMount mount)
         {
             var users = Holders.OfMount(mount.Mountpoint);
             return users.Count == 0 ? "by the kernel" : "by " + string.Join(", ", users);

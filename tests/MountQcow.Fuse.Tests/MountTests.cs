@@ -205,7 +205,7 @@ public sealed partial class MountTests : IDisposable
     {
         var (image, _) = PartitionedImage();
         string mnt = NewMountpoint("mnt");
-        var psi = new ProcessStartInfo("dotnet", [MountedImage.Dll, "-f", image, mnt])
+        var psi = new ProcessStartInfo("env", [.. MountedImage.DefaultSignals, "dotnet", MountedImage.Dll, "-f", image, mnt])
         {
             RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
         };

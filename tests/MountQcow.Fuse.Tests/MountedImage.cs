@@ -28,6 +28,13 @@ internal sealed class MountedImage : IDisposable
 
     public static string Dll => MountqcowProgram.Dll;
 
+    /// <summary>
+    /// Arguments of env(1) that give a program the default SIGINT and SIGHUP: a test run from a
+    /// background job inherits them ignored (as a non-interactive shell's jobs do), and an ignored
+    /// SIGINT stays ignored in every program started from it, so "Ctrl-C" would never arrive.
+    /// </summary>
+    public static readonly string[] DefaultSignals = ["--default-signal=INT,HUP"];
+
     public static Run.Result Host(params string[] args) => MountqcowProgram.Run(args);
 
     public static MountedImage Start(string image, string mountpoint, params string[] options)

@@ -71,7 +71,7 @@ public sealed class UnmountTests : IDisposable
         var disk = DiskBuilder.GptWithExt4(_b, "vm.raw");
         string image = _b.Convert(disk.Raw, "vm.qcow2");
         string mnt = Dir("mnt"), p2 = Dir("p2");
-        var psi = new ProcessStartInfo("dotnet", [MountedImage.Dll, "-f", "--rw", image, mnt])
+        var psi = new ProcessStartInfo("env", [.. MountedImage.DefaultSignals, "dotnet", MountedImage.Dll, "-f", "--rw", image, mnt])
         {
             RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
         };
