@@ -72,7 +72,7 @@ public sealed class PowerLossTests(WriteTemplates templates, ITestOutputHelper o
                 foreach (var op in ops)
                 {
                     _since.Add(op);
-                    Apply(image, op);
+                    op.Apply(image, _shadow);
                     _done++;
                     if (op.Kind == OpKind.Flush)
                     {
@@ -88,27 +88,6 @@ public sealed class PowerLossTests(WriteTemplates templates, ITestOutputHelper o
             _acknowledged = _shadow;
             _since.Clear();
             Judge(_device.Crash(random, 0).Image, expectClean: true);
-        }
-
-        private void Apply(Qcow2Image image, WriteOp op)
-        {
-            switch (op.Kind)
-            {
-                case OpKind.Write:
-                case OpKind.WriteZeroBytes:
-                    var data = DataOf(op);
-                    image.WriteAt(data, op.Offset);
-                    data.CopyTo(_shadow, op.Offset);
-                    break;
-                case OpKind.Zero:
-                case OpKind.Discard:
-                    image.WriteZeros(op.Offset, op.Length, discard: op.Kind == OpKind.Discard);
-                    Array.Clear(_shadow, (int)op.Offset, op.Length);
-                    break;
-                case OpKind.Flush:
-                    image.Flush();
-                    break;
-            }
         }
 
         private void MaybeCrash()
@@ -175,10 +154,9 @@ public sealed class PowerLossTests(WriteTemplates templates, ITestOutputHelper o
             var explained = new bool[bytes.Length];
             foreach (var op in _since)
             {
-                if (op.Kind == OpKind.Flush) continue;
-                var data = op.Kind is OpKind.Write or OpKind.WriteZeroBytes ? DataOf(op) : null;
+                if (op.Bytes() is not { } data) continue;
                 for (int i = 0; i < op.Length; i++)
-                    if (bytes[op.Offset + i] == (data?[i] ?? 0)) explained[op.Offset + i] = true;
+                    if (bytes[op.Offset + i] == data[i]) explained[op.Offset + i] = true;
             }
             for (long at = 0; at < bytes.Length;)
             {
@@ -190,9 +168,6 @@ public sealed class PowerLossTests(WriteTemplates templates, ITestOutputHelper o
             }
             return null;
         }
-
-        private static byte[] DataOf(WriteOp op) =>
-            op.Kind == OpKind.Write ? ImageBuilder.Content(op.Seed % 2 == 0 ? Fill.Random : Fill.Text, op.Length, op.Seed) : new byte[op.Length];
     }
 
     /// <summary>

@@ -19,6 +19,36 @@ public enum OpKind
 public sealed record WriteOp(OpKind Kind, long Offset, int Length, int Seed)
 {
     public override string ToString() => $"{Kind}@0x{Offset:x}+{Length}";
+
+    /// <summary>What the operation leaves at its range: its data, or zeros; null for a flush.</summary>
+    public byte[]? Bytes() => Kind switch
+    {
+        OpKind.Write => ImageBuilder.Content(Seed % 2 == 0 ? Fill.Random : Fill.Text, Length, Seed),
+        OpKind.Flush => null,
+        _ => new byte[Length],
+    };
+
+    /// <summary>Does the operation on an image, and mirrors it in <paramref name="shadow"/>.</summary>
+    public void Apply(Qcow2Image image, byte[] shadow)
+    {
+        switch (Kind)
+        {
+            case OpKind.Write:
+            case OpKind.WriteZeroBytes:
+                var data = Bytes()!;
+                image.WriteAt(data, Offset);
+                data.CopyTo(shadow, Offset);
+                break;
+            case OpKind.Zero:
+            case OpKind.Discard:
+                image.WriteZeros(Offset, Length, discard: Kind == OpKind.Discard);
+                Array.Clear(shadow, (int)Offset, Length);
+                break;
+            case OpKind.Flush:
+                image.Flush();
+                break;
+        }
+    }
 }
 
 /// <summary>
@@ -47,7 +77,7 @@ public sealed class WritePropertyTests(WriteTemplates templates, ITestOutputHelp
                 var shadow = (byte[])template.Content.Clone();
                 using (var qcow = Qcow2Image.Open(image, new ImageOptions { Writable = true }))
                 {
-                    foreach (var op in ops) Apply(qcow, shadow, op);
+                    foreach (var op in ops) op.Apply(qcow, shadow);
                 }
                 var check = Run.Capture("qemu-img", ["check", image]);
                 if (check.ExitCode != 0 || !check.Stdout.Contains("No errors were found"))
@@ -69,27 +99,6 @@ public sealed class WritePropertyTests(WriteTemplates templates, ITestOutputHelp
         Assert.True(run >= SequencesPerConfig, $"only {run} sequences ran");
         output.WriteLine($"{config}: {run} sequences");
         WriteTemplates.CountSequences(run);
-    }
-
-    private static void Apply(Qcow2Image image, byte[] shadow, WriteOp op)
-    {
-        switch (op.Kind)
-        {
-            case OpKind.Write:
-            case OpKind.WriteZeroBytes:
-                var data = op.Kind == OpKind.Write ? ImageBuilder.Content(op.Seed % 2 == 0 ? Fill.Random : Fill.Text, op.Length, op.Seed) : new byte[op.Length];
-                image.WriteAt(data, op.Offset);
-                data.CopyTo(shadow, op.Offset);
-                break;
-            case OpKind.Zero:
-            case OpKind.Discard:
-                image.WriteZeros(op.Offset, op.Length, discard: op.Kind == OpKind.Discard);
-                Array.Clear(shadow, (int)op.Offset, op.Length);
-                break;
-            case OpKind.Flush:
-                image.Flush();
-                break;
-        }
     }
 
     /// <summary>Sequences of 1-20 operations; offsets and lengths mix byte, sector, subcluster and cluster alignment.</summary>

@@ -62,11 +62,6 @@ public sealed class CheckReport
 /// <remarks>Memory: four bytes per host cluster of the image file (64 MiB for a 1 TiB file with 64 KiB clusters).</remarks>
 public sealed class ImageChecker
 {
-    private const ulong L1ReservedMask = 0x7f00_0000_0000_01ff;
-    private const ulong L2ReservedMask = 0x3f00_0000_0000_01fe;
-    private const ulong RefcountTableReservedMask = 0x1ff;
-    private const ulong BitmapTableReservedMask = 0xff00_0000_0000_01fe;
-    private const ulong HostOffsetMask = 0x00ff_ffff_ffff_fe00;
     private const int MaxL1Entries = (int)(Qcow2Limits.MaxL1Bytes / 8);
 
     private readonly IBlockDevice _file;
@@ -236,8 +231,8 @@ public sealed class ImageChecker
         {
             ulong entry = l1[i];
             if (entry == 0) continue;
-            if ((entry & L1ReservedMask) != 0) Corrupt($"ERROR found L1 entry with reserved bits set: {entry:x}");
-            long l2Offset = (long)(entry & HostOffsetMask);
+            if (new L1Entry(entry).ReservedBits != 0) Corrupt($"ERROR found L1 entry with reserved bits set: {entry:x}");
+            long l2Offset = new L1Entry(entry).L2Offset;
             Claim(claims, l2Offset, _clusterSize, MetadataKind.L2Table);
             Reference(l2Offset, _clusterSize);
             if ((l2Offset & (_clusterSize - 1)) != 0) Corrupt($"ERROR l2_offset={l2Offset:x}: Table is not cluster aligned; L1 entry corrupted");
@@ -274,7 +269,7 @@ public sealed class ImageChecker
                 }
                 continue;
             }
-            if ((entry.Raw & L2ReservedMask) != 0) Corrupt($"ERROR found l2 entry with reserved bits set: {entry.Raw:x}");
+            if (entry.ReservedBits != 0) Corrupt($"ERROR found l2 entry with reserved bits set: {entry.Raw:x}");
             bool zeroFlag = !extended && entry.ZeroFlagSet;
             if (!entry.HasHostCluster(_h.HasExternalDataFile))
             {
@@ -348,12 +343,13 @@ public sealed class ImageChecker
             Reference(tableOffset, tableSize * 8L);
             foreach (ulong e in ReadInside(tableOffset, tableSize))
             {
-                if ((e & BitmapTableReservedMask) != 0 || ((e & 1) != 0 && (e & HostOffsetMask) != 0) || (e & HostOffsetMask & (ulong)(_clusterSize - 1)) != 0)
+                var entry = new BitmapTableEntry(e);
+                if (entry.IsInvalid || (entry.Offset & (_clusterSize - 1)) != 0)
                 {
                     Corrupt($"ERROR bitmap {n} table entry {e:x} is invalid");
                     continue;
                 }
-                if ((e & HostOffsetMask) != 0) Reference((long)(e & HostOffsetMask), _clusterSize);
+                if (entry.Offset != 0) Reference(entry.Offset, _clusterSize);
             }
         }
     }
@@ -363,7 +359,7 @@ public sealed class ImageChecker
         for (int i = 0; i < _table.Length; i++)
         {
             ulong entry = _table[i];
-            if ((entry & RefcountTableReservedMask) != 0)
+            if (new RefcountTableEntry(entry).ReservedBits != 0)
             {
                 Corrupt($"ERROR refcount table entry {i} has reserved bits set");
                 _rebuild = true;
@@ -529,7 +525,7 @@ public sealed class ImageChecker
                 if (fixedIt)
                 {
                     var raw = new byte[8];
-                    BinaryPrimitives.WriteUInt64BigEndian(raw, L1Entry.Create(l2Offset, refcount == 1).Raw | (l1[i] & ~(HostOffsetMask | (1UL << 63))));
+                    BinaryPrimitives.WriteUInt64BigEndian(raw, entry.WithCopied(refcount == 1).Raw);
                     Write(raw, _h.L1TableOffset + i * 8L);
                     _report.CorruptionsFixed++;
                 }
@@ -557,7 +553,7 @@ public sealed class ImageChecker
                 Say($"{(fixEntry ? "Repairing" : "ERROR")} OFLAG_COPIED data cluster: l2_entry={e.Raw:x} refcount={dataRefcount}");
                 if (fixEntry)
                 {
-                    l2[j * width] = dataRefcount == 1 ? e.Raw | (1UL << 63) : e.Raw & ~(1UL << 63);
+                    l2[j * width] = e.WithCopied(dataRefcount == 1).Raw;
                     changed = true;
                     _report.CorruptionsFixed++;
                 }

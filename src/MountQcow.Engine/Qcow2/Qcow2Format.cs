@@ -133,6 +133,19 @@ internal static class ExtensionType
     public const uint ExternalDataFile = 0x44415441;
 }
 
+/// <summary>An entry of a persistent bitmap's table: where one cluster of the bitmap lies.</summary>
+internal readonly struct BitmapTableEntry(ulong raw)
+{
+    private const ulong OffsetMask = 0x00ff_ffff_ffff_fe00; // bits 9-55
+    private const ulong AllOnesFlag = 1;                    // bit 0: the cluster reads as all ones
+    private const ulong ReservedMask = 0xff00_0000_0000_01fe;
+
+    public long Offset => (long)(raw & OffsetMask);
+
+    /// <summary>Whether the entry contradicts itself: reserved bits, or all-ones with a cluster.</summary>
+    public bool IsInvalid => (raw & ReservedMask) != 0 || ((raw & AllOnesFlag) != 0 && Offset != 0);
+}
+
 /// <summary>Byte offsets in the bitmaps header extension's data.</summary>
 internal static class BitmapsExtensionField
 {
@@ -146,8 +159,15 @@ internal readonly struct L1Entry(ulong raw)
 {
     private const ulong OffsetMask = 0x00ff_ffff_ffff_fe00; // bits 9-55
     private const ulong CopiedFlag = 1UL << 63;             // the L2 table's refcount is exactly one
+    private const ulong ReservedMask = 0x7f00_0000_0000_01ff; // bits 0-8 and 56-62
 
     public ulong Raw => raw;
+
+    /// <summary>Reserved bits that are set (should be none).</summary>
+    public ulong ReservedBits => raw & ReservedMask;
+
+    /// <summary>The same entry with the copied flag set or cleared.</summary>
+    public L1Entry WithCopied(bool copied) => new(copied ? raw | CopiedFlag : raw & ~CopiedFlag);
 
     /// <summary>Host offset of the L2 table; 0 when no table is allocated.</summary>
     public long L2Offset => (long)(raw & OffsetMask);
@@ -215,6 +235,9 @@ internal readonly struct L2Entry(ulong raw)
         return (offset, (int)(sectors * Qcow2Limits.SectorSize - (offset & (Qcow2Limits.SectorSize - 1))));
     }
 
+    /// <summary>The same entry with the copied flag set or cleared.</summary>
+    public L2Entry WithCopied(bool copied) => new(copied ? raw | CopiedFlag : raw & ~CopiedFlag);
+
     public static L2Entry Standard(long hostOffset, bool copied) =>
         new(((ulong)hostOffset & OffsetMask) | (copied ? CopiedFlag : 0));
 
@@ -249,6 +272,9 @@ internal readonly struct RefcountTableEntry(ulong raw)
     private const ulong OffsetMask = 0xffff_ffff_ffff_fe00; // bits 9-63
 
     public ulong Raw => raw;
+
+    /// <summary>Reserved bits 0-8 that are set (should be none).</summary>
+    public ulong ReservedBits => raw & ~OffsetMask;
 
     public long BlockOffset => (long)(raw & OffsetMask);
 
