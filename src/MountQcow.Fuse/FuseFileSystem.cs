@@ -23,6 +23,16 @@ internal static unsafe class FuseFileSystem
     // /proc/sys/fs/pipe-max-size (1 MiB). Replies that do not fit fall back to a copy, measured
     // slower. 248 pages and 5 pieces fit: 992 KiB + 7 pages < 1 MiB.
     public const int MaxRequest = 248 * 4096;
+
+    /// <summary>
+    /// Requests of a writable mount are not spliced (see ReadBuf), so they take the kernel's
+    /// largest: 1 MiB. A 1 MiB write then arrives whole, not as 992 KiB and a 32 KiB tail that
+    /// covers half a cluster.
+    /// </summary>
+    public const int MaxWritableRequest = 256 * 4096;
+
+    /// <summary>The largest request for a mount of this kind.</summary>
+    public static int MaxRequestFor(bool writable) => writable ? MaxWritableRequest : MaxRequest;
     private const int MaxBuffers = 5;
 
     private static VirtualFileTree s_tree = null!;
@@ -107,9 +117,10 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            conn->max_read = MaxRequest;
-            conn->max_write = MaxRequest; // libfuse derives the kernel's max_pages from max_write
-            conn->max_readahead = Math.Min(conn->max_readahead, (uint)MaxRequest);
+            uint max = (uint)MaxRequestFor(s_tree.Writable);
+            conn->max_read = max;
+            conn->max_write = max; // libfuse derives the kernel's max_pages from max_write
+            conn->max_readahead = Math.Min(conn->max_readahead, max);
             conn->want |= conn->capable & (fuse_conn_info.FUSE_CAP_ASYNC_READ | fuse_conn_info.FUSE_CAP_PARALLEL_DIROPS);
             // Read-only mounts hand the kernel file ranges to splice from the image (see ReadBuf).
             s_splice = !s_tree.Writable && (conn->capable & fuse_conn_info.FUSE_CAP_SPLICE_WRITE) != 0;
@@ -233,7 +244,7 @@ internal static unsafe class FuseFileSystem
         {
             var file = FileOf(path, fi);
             if (file is null) return -ENOENT;
-            long end = offset + Math.Max(0, Math.Min((long)Math.Min(size, MaxRequest), file.Length - offset));
+            long end = offset + Math.Max(0, Math.Min((long)Math.Min(size, (nuint)MaxRequestFor(s_tree.Writable)), file.Length - offset));
             for (long at = offset; at < end;)
             {
                 bool lastPiece = count == MaxBuffers - 1;

@@ -52,8 +52,8 @@ public sealed unsafe class FuseMount : IDisposable
 
     public string Mountpoint { get; }
 
-    /// <summary>Largest read or write request the mount asks the kernel for (pass it as -o max_read).</summary>
-    public const int MaxRequest = FuseFileSystem.MaxRequest;
+    /// <summary>Largest read or write request a mount asks the kernel for (pass it as -o max_read).</summary>
+    public static int MaxRequest(bool writable) => FuseFileSystem.MaxRequestFor(writable);
 
     /// <summary>The FUSE device; MOUNTQCOW_FUSE_DEVICE names another (for diagnosis and tests).</summary>
     private static string Device => Environment.GetEnvironmentVariable("MOUNTQCOW_FUSE_DEVICE") ?? "/dev/fuse";

@@ -130,7 +130,7 @@ internal static class MountCommand
             $"fsname=mountqcow:{imagePath.Replace(",", "\\,")}",
             "subtype=mountqcow",
             "default_permissions",
-            $"max_read={FuseMount.MaxRequest}",
+            $"max_read={FuseMount.MaxRequest(o.ReadWrite)}",
         };
         if (!o.ReadWrite) options.Add("ro");
         var user = (o.FuseOptions ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();

@@ -7,9 +7,10 @@ namespace MountQcow.Tests;
 /// process does; what is durable is only what the last <see cref="Flush"/> covered. Writes since
 /// then wait in the cache, split into 512-byte sector pieces: a power cut (<see cref="Crash"/>)
 /// keeps any subset of those pieces, applied in any order, so a write may be lost, kept, or torn
-/// at a sector boundary, and later writes may land while earlier ones do not.
+/// at a sector boundary, and later writes may land while earlier ones do not. Growing the
+/// device (as a file grows) and punching holes wait in the cache the same way.
 /// </summary>
-internal sealed class CrashDevice : IBlockDevice
+internal sealed class CrashDevice : IBlockDevice, ISparseDevice
 {
     private const int Sector = 512;
     private byte[] _current;
@@ -56,6 +57,21 @@ internal sealed class CrashDevice : IBlockDevice
             _pending.Add((at, buffer.Slice((int)(at - offset), (int)(next - at)).ToArray()));
             at = next;
         }
+    }
+
+    public void Extend(long length)
+    {
+        if (length <= _length) return;
+        Grow(ref _current, length);
+        _length = length;
+        _pending.Add((length, [])); // a change of length, kept or lost like a write
+    }
+
+    public bool TryPunch(long offset, long length)
+    {
+        if (offset + length > _length) return false;
+        WriteAt(new byte[length], offset);
+        return true;
     }
 
     public void Flush()

@@ -164,6 +164,7 @@ public sealed class WriteTemplates : IDisposable
         ("v2-4K-over-backing", 4096, "compat=0.10,cluster_size=4096", "backing"),
         ("64K-with-snapshot", 65536, "cluster_size=65536", "snapshot"),
         ("64K-prealloc-metadata", 65536, "cluster_size=65536,preallocation=metadata", "empty"),
+        ("4K-free-clusters-with-old-data", 4096, "cluster_size=4096", "garbage"),
     ];
 
     public static IEnumerable<string> Names => s_configs.Select(c => c.Name);
@@ -207,6 +208,27 @@ public sealed class WriteTemplates : IDisposable
                 string raw = b.Raw($"{name}.src", size, (0, (int)Math.Min(size, 3 << 20), Fill.Text, 5), (size - 100_000, 100_000, Fill.Random, 6));
                 string image = b.Convert(raw, $"{name}.qcow2", options, compress: true);
                 File.Delete(raw);
+                return image;
+            }
+            case "garbage":
+            {
+                // Clusters freed by a discard that still hold their old bytes (nothing punched
+                // them): a new cluster taken from them must not be assumed to read as zeros.
+                string image = b.Create($"{name}.qcow2", size.ToString(), options);
+                b.Write(image, 0, (int)Math.Min(size, 4 << 20), Fill.Random, 8);
+                var map = System.Text.Json.JsonDocument.Parse(b.Img("map", "--output=json", image)).RootElement;
+                var hosts = map.EnumerateArray()
+                    .Where(e => e.TryGetProperty("offset", out _))
+                    .Select(e => (Offset: e.GetProperty("offset").GetInt64(), Length: e.GetProperty("length").GetInt64(), Start: e.GetProperty("start").GetInt64()))
+                    .Where(e => e.Start < 3 << 20 && e.Start + e.Length > 1 << 20)
+                    .ToList();
+                if (hosts.Count == 0) throw new InvalidOperationException("qemu-img map shows no data to free");
+                b.Discard(image, 1 << 20, 2 << 20);
+                foreach (var (offset, length, start) in hosts)
+                {
+                    long from = Math.Max(start, 1 << 20), to = Math.Min(start + length, 3 << 20);
+                    if (to > from) ImageBuilder.Poke(image, offset + (from - start), Enumerable.Repeat((byte)0xAA, (int)(to - from)).ToArray());
+                }
                 return image;
             }
             case "snapshot":

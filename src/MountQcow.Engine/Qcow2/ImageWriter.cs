@@ -26,6 +26,7 @@ internal sealed class ImageWriter
     private readonly long _l1Offset;
     private readonly bool _barriers;
     private long _l1DirtyFirst = long.MaxValue, _l1DirtyEnd;
+    private bool _refcountsRaised; // raised refcounts not yet flushed: no entry may be written before a flush
 
     /// <param name="file">The image file.</param>
     /// <param name="map">The metadata clusters every write is checked against.</param>
@@ -64,6 +65,12 @@ internal sealed class ImageWriter
         _file.WriteAt(bytes, offset);
     }
 
+    /// <summary>
+    /// Refcounts were raised (clusters reserved): the entries that will name those clusters
+    /// are written only after a flush has made the refcounts durable.
+    /// </summary>
+    public void RefcountsRaised() => _refcountsRaised = true;
+
     /// <summary>An entry of the active L1 table changed in memory; it is written after the next barrier.</summary>
     public void L1Changed(long index)
     {
@@ -71,8 +78,15 @@ internal sealed class ImageWriter
         _l1DirtyEnd = Math.Max(_l1DirtyEnd, index + 1);
     }
 
-    /// <summary>Entries [first, first+count) of an L2 table (u64 units) changed in memory; written after the next barrier.</summary>
-    public void L2Changed(L2Cache.Table table, int first, int count) => _clusters.Cache.MarkDirty(table, first, count);
+    /// <summary>
+    /// Entries [first, first+count) of an L2 table (u64 units) changed in memory. They are written
+    /// with the next barrier; <paramref name="waitsForFlush"/> says they name bytes (copied
+    /// data, a new cluster's data) that must be durable first. Entries that name nothing new
+    /// (zero clusters, discards) or a new cluster that reads as zeros even after a crash need not
+    /// wait: a guest flush then costs one flush, not two.
+    /// </summary>
+    public void L2Changed(L2Cache.Table table, int first, int count, bool waitsForFlush) =>
+        _clusters.Cache.MarkDirty(table, first, count, waitsForFlush);
 
     /// <summary>
     /// Makes every write so far durable, then writes the L1 and L2 entries that waited for it.
@@ -81,15 +95,19 @@ internal sealed class ImageWriter
     public void Barrier()
     {
         if (_barriers) _file.Flush();
+        _refcountsRaised = false;
         WriteWaiting();
     }
 
-    /// <summary>Makes everything written so far durable, the waiting entries included.</summary>
+    /// <summary>
+    /// Makes everything written so far durable, the waiting entries included: a flush, the
+    /// entries, a flush; or, when no waiting entry depends on data, the entries and one flush.
+    /// </summary>
     public void Sync()
     {
-        bool waiting = _l1DirtyEnd > 0 || _clusters.Cache.DirtyCount > 0;
-        Barrier();
-        if (waiting && _barriers) _file.Flush();
+        if (_l1DirtyEnd > 0 || _clusters.Cache.AnyWaitsForFlush || _refcountsRaised) Barrier(); // what they name is durable first
+        else WriteWaiting();
+        if (_barriers) _file.Flush();
     }
 
     private void WriteWaiting()

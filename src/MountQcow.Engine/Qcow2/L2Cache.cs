@@ -33,16 +33,21 @@ internal sealed class L2Cache
 
         public bool IsDirty => DirtyEnd > 0;
 
-        internal void MarkDirty(int first, int count)
+        /// <summary>A changed entry names what must be durable before the entry is written (copied data, a new cluster's data).</summary>
+        public bool WaitsForFlush { get; private set; }
+
+        internal void MarkDirty(int first, int count, bool waitsForFlush)
         {
             DirtyFirst = Math.Min(DirtyFirst, first);
             DirtyEnd = Math.Max(DirtyEnd, first + count);
+            WaitsForFlush |= waitsForFlush;
         }
 
         internal void MarkClean()
         {
             DirtyFirst = int.MaxValue;
             DirtyEnd = 0;
+            WaitsForFlush = false;
         }
     }
 
@@ -91,11 +96,17 @@ internal sealed class L2Cache
     public int DirtyCount => _dirty?.Count ?? 0;
 
     /// <summary>Records that entries [first, first+count) of a table changed (u64 units); the caller holds the exclusive lock.</summary>
-    public void MarkDirty(Table table, int first, int count)
+    public void MarkDirty(Table table, int first, int count, bool waitsForFlush)
     {
-        table.MarkDirty(first, count);
+        table.MarkDirty(first, count, waitsForFlush);
         _dirty![table.Offset] = table;
+        if (waitsForFlush) _waiting++;
     }
+
+    /// <summary>Whether a changed table names something that must be durable before the table is written.</summary>
+    public bool AnyWaitsForFlush => _waiting > 0;
+
+    private int _waiting; // changes that wait for a flush since the dirty tables were last taken
 
     /// <summary>The changed tables, forgotten as dirty: the caller writes them out now.</summary>
     public Table[] TakeDirty()
@@ -103,6 +114,7 @@ internal sealed class L2Cache
         if (_dirty is null || _dirty.Count == 0) return [];
         var tables = _dirty.Values.ToArray();
         _dirty.Clear();
+        _waiting = 0;
         return tables;
     }
 

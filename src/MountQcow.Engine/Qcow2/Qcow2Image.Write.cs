@@ -56,7 +56,7 @@ public sealed partial class Qcow2Image
         var map = new MetadataMap(Path, h.ClusterBits);
         _writer = new ImageWriter(_file, map, _map, h.L1TableOffset, _flushBarriers);
         long maxBytes = _file is FileBlockDevice { IsBlockDevice: true } device ? device.Length : MaxHostBytes;
-        _refcounts = new Refcounts(_writer, Path, h, maxBytes >> h.ClusterBits, WriteRefcountTableLocation);
+        _refcounts = new Refcounts(_writer, Path, h, maxBytes >> h.ClusterBits, _reservations, WriteRefcountTableLocation);
         try
         {
             RegisterMetadata(map);
@@ -266,7 +266,7 @@ public sealed partial class Qcow2Image
         _writer!.Data(compressed, host);
         ulong raw = L2Entry.CompressedCluster(host, compressed.Length, Header.ClusterBits).Raw;
         if (width == 2) SetL2Extended(table, l2Index, raw, 0);
-        else SetL2(table, l2Index, raw);
+        else SetL2(table, l2Index, raw, waitsForFlush: true);
     }
 
     private void EnterExclusive()
@@ -342,13 +342,18 @@ public sealed partial class Qcow2Image
             }
             // A preallocated zero cluster: fill it, then clear the zero flag.
             WriteMerged(cluster, inCluster, data, entry.HostOffset, zerosBelow: true);
-            SetL2(table, l2Index, L2Entry.Standard(entry.HostOffset, copied: true).Raw);
+            SetL2(table, l2Index, L2Entry.Standard(entry.HostOffset, copied: true).Raw, waitsForFlush: true);
             return;
         }
-        // Copy on write: a new cluster holding what the cluster reads as now, with the new bytes over it.
-        long host = _refcounts!.AllocateCluster();
-        WriteMerged(cluster, inCluster, data, host, zerosBelow: entry.ZeroFlagSet);
-        SetL2(table, l2Index, L2Entry.Standard(host, copied: true).Raw);
+        // Copy on write: a new cluster holding what the cluster reads as now, with the new bytes
+        // over it. Where it reads as zeros now (zero flag, or nothing below) and the new cluster's
+        // storage reads as zeros too, only the new bytes need writing; and if that storage reads
+        // as zeros even after a crash, the entry need not wait for them (lost, they read as zeros).
+        var fresh = _refcounts!.AllocateNew();
+        bool zerosNow = !entry.IsCompressed && (entry.ZeroFlagSet || (entry.HostOffset == 0 && !BackingUnder(cluster)));
+        if (zerosNow && fresh.ReadsZero) _writer!.Data(data, fresh.Offset + inCluster);
+        else WriteMerged(cluster, inCluster, data, fresh.Offset, zerosBelow: entry.ZeroFlagSet);
+        SetL2(table, l2Index, L2Entry.Standard(fresh.Offset, copied: true).Raw, waitsForFlush: !(zerosNow && fresh.Durable));
         Release(entry, cluster);
     }
 
@@ -435,7 +440,7 @@ public sealed partial class Qcow2Image
             var table2 = WritableL2(l1Index);
             var old = new L2Entry(table2.Entries[l2Index]);
             _writer!.Data(s_zeroCluster.AsSpan(0, _clusterSize), host);
-            SetL2(table2, l2Index, L2Entry.Standard(host, copied: true).Raw);
+            SetL2(table2, l2Index, L2Entry.Standard(host, copied: true).Raw, waitsForFlush: true);
             Release(old, cluster);
             return;
         }
@@ -449,7 +454,7 @@ public sealed partial class Qcow2Image
         else
         {
             var entry = new L2Entry(table.Entries[l2Index]);
-            SetL2(table, l2Index, unallocate || Header.Version < 3 ? 0 : L2Entry.ZeroCluster(0).Raw);
+            SetL2(table, l2Index, unallocate || Header.Version < 3 ? 0 : L2Entry.ZeroCluster(0).Raw, waitsForFlush: false);
             Release(entry, cluster);
         }
     }
@@ -537,18 +542,20 @@ public sealed partial class Qcow2Image
         return _map.Cache.Add(l1Index, new L2Cache.Table(offset, entries));
     }
 
-    // An L2 entry changes in memory at once (readers see it) and on disk after the next barrier.
-    private void SetL2(L2Cache.Table table, int l2Index, ulong raw)
+    // An L2 entry changes in memory at once (readers see it) and on disk with the next barrier,
+    // after what it names is durable where it waits for a flush (see ImageWriter.L2Changed).
+    private void SetL2(L2Cache.Table table, int l2Index, ulong raw, bool waitsForFlush)
     {
         table.Entries[l2Index] = raw;
-        _writer!.L2Changed(table, l2Index, 1);
+        _writer!.L2Changed(table, l2Index, 1, waitsForFlush);
     }
 
+    // Extended L2 entries always wait for a flush: subclusters copy what lies below them.
     private void SetL2Extended(L2Cache.Table table, int l2Index, ulong raw, ulong bitmap)
     {
         table.Entries[2 * l2Index] = raw;
         table.Entries[2 * l2Index + 1] = bitmap;
-        _writer!.L2Changed(table, 2 * l2Index, 2);
+        _writer!.L2Changed(table, 2 * l2Index, 2, waitsForFlush: true);
     }
 
     /// <summary>Closes a writable image cleanly: frees what waited, returns reserved clusters, trims the file.</summary>

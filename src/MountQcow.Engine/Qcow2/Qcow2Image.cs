@@ -37,6 +37,13 @@ public sealed record ImageOptions
     /// </summary>
     public bool ShareWrites { get; init; }
 
+    /// <summary>
+    /// Bytes of clusters reserved at once: the first reservation, and the most a reservation
+    /// grows to while a writer keeps allocating. Tests make them small, so clusters are freed
+    /// and reused within a short run.
+    /// </summary>
+    internal (long First, long Max) Reservations { get; init; } = (4 << 20, 128 << 20);
+
     /// <summary>Receives warnings (e.g. an image marked corrupt opened read-only).</summary>
     public Action<string>? Warn { get; init; }
 
@@ -61,11 +68,13 @@ public sealed partial class Qcow2Image : IBlockDevice
     private readonly bool _compressWrites;
     private readonly bool _flushBarriers;
     private readonly long _snapshotTableBytes;
+    private readonly (long First, long Max) _reservations;
 
     private Qcow2Image(string path, IBlockDevice file, IBlockDevice data, IBlockDevice? backing,
         Qcow2Header header, ulong[] l1, IReadOnlyList<Snapshot> snapshots, long snapshotTableBytes, ImageOptions options)
     {
         _snapshotTableBytes = snapshotTableBytes;
+        _reservations = options.Reservations;
         Path = path;
         _file = file;
         _data = data;

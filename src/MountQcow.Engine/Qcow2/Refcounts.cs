@@ -10,8 +10,8 @@ namespace MountQcow.Qcow2;
 /// </summary>
 /// <remarks>
 /// Crash safety follows one rule each way. Nothing references a cluster before its refcount
-/// is on disk: clusters are reserved in chunks (refcount 1, then a flush barrier) before
-/// they are handed out. Nothing is freed while a reference to it may still be on disk:
+/// is on disk: clusters are reserved in chunks (refcount 1), and the entries naming them are
+/// written only after a flush that followed the reservation. Nothing is freed while a reference to it may still be on disk:
 /// decrements wait in <see cref="_pendingFrees"/> until a flush has made the change that
 /// dropped the reference durable. A crash therefore leaves leaked clusters at most. New
 /// refcount blocks go at the first cluster of the area they describe (free, since the area had
@@ -25,7 +25,10 @@ namespace MountQcow.Qcow2;
 internal sealed class Refcounts
 {
     private const int MaxCachedBlocks = 256;
-    private const long ReserveBytes = 4 << 20;
+    // A reservation (ImageOptions.Reservations) starts at 4 MiB and doubles while a writer keeps
+    // allocating, up to 128 MiB. A crash leaks what was reserved and unused (storage that was
+    // never written: holes in a file).
+    private readonly long _maxReserveBytes;
 
     private readonly ImageWriter _writer;
     private readonly IBlockDevice _file;
@@ -53,14 +56,26 @@ internal sealed class Refcounts
     private ulong _reserveValue = 1;
     private long _packCluster = -1;
     private int _packUsed, _packCount;
+    private long _reserveBytes;
+
+    // Storage that reads as zeros, so a new cluster needs no zeros written around its data:
+    // clusters from _virginFrom on were never written (past the file's end at open, never handed
+    // out since), and freed clusters whose storage was punched out.
+    private readonly ISparseDevice? _sparse;
+    private long _virginFrom;
+    private readonly HashSet<long> _punched = new();
+    private readonly List<long> _freed = new(); // clusters whose refcount fell to 0 in this flush, to punch
+    private long _durableClusters;              // the file's length, in clusters, at the last barrier
 
     /// <param name="writer">Writes (checked against the metadata map) and barriers.</param>
     /// <param name="path">The image's path, for messages.</param>
     /// <param name="header">The image's header.</param>
     /// <param name="maxClusters">Clusters the file may hold at most (a block device's size).</param>
     /// <param name="writeTableLocation">Writes the header's refcount table offset and size.</param>
-    public Refcounts(ImageWriter writer, string path, Qcow2Header header, long maxClusters, Action<long, int> writeTableLocation)
+    /// <param name="reservations">The first and the largest reservation, in bytes.</param>
+    public Refcounts(ImageWriter writer, string path, Qcow2Header header, long maxClusters, (long First, long Max) reservations, Action<long, int> writeTableLocation)
     {
+        (_reserveBytes, _maxReserveBytes) = reservations;
         _writer = writer;
         _file = writer.File;
         _path = path;
@@ -76,7 +91,8 @@ internal sealed class Refcounts
         _table = new ulong[(long)_tableClusters * _clusterSize / 8];
         _file.ReadAt(MemoryMarshal.AsBytes(_table.AsSpan()), _tableOffset);
         BigEndian.ToHost(_table);
-        _end = _openClusters = (_file.Length + _clusterSize - 1) >> _clusterBits;
+        _end = _openClusters = _virginFrom = _durableClusters = (_file.Length + _clusterSize - 1) >> _clusterBits;
+        _sparse = _file as ISparseDevice;
     }
 
     /// <summary>Names the refcount table and every refcount block in the metadata map.</summary>
@@ -170,6 +186,7 @@ internal sealed class Refcounts
         SetEntry(block, 0, 1); // it counts itself
         _writer.Metadata(MetadataKind.RefcountBlock, block, blockCluster << _clusterBits);
         _end = Math.Max(_end, blockCluster + 1);
+        Written(blockCluster, 1);
         Barrier(); // the block is on disk before the table points at it
         _table[area] = RefcountTableEntry.Create(blockCluster << _clusterBits).Raw;
         WriteTableEntry(area);
@@ -236,11 +253,13 @@ internal sealed class Refcounts
             _blocks[blockCluster << _clusterBits] = block;
             table[area] = RefcountTableEntry.Create(blockCluster << _clusterBits).Raw;
             _end = Math.Max(_end, blockCluster + 1);
+            Written(blockCluster, 1);
         }
         var bytes = new ulong[table.Length];
         BigEndian.ToDisk(table, bytes);
         _writer.Metadata(MetadataKind.RefcountTable, MemoryMarshal.AsBytes(bytes.AsSpan()), start << _clusterBits);
         _end = Math.Max(_end, start + clusters);
+        Written(start, clusters);
         Barrier(); // the new table and its blocks are on disk before the header names them
         _writeTableLocation(start << _clusterBits, clusters);
         Barrier();
@@ -262,7 +281,33 @@ internal sealed class Refcounts
     {
         var (first, n) = TakeReserved(count);
         if (_reserveValue > 1) SetRun(first, n, 1);
+        Written(first, n);
         return (first, n);
+    }
+
+    /// <summary>A new cluster for the write path.</summary>
+    /// <param name="Offset">Its host byte offset.</param>
+    /// <param name="ReadsZero">Its storage reads as zeros: data written into it needs no zeros around it.</param>
+    /// <param name="Durable">It reads as zeros even after a crash, inside a file whose length is durable:
+    /// an L2 entry may name it before its data is durable (the guest then reads zeros, not old bytes).</param>
+    public readonly record struct NewCluster(long Offset, bool ReadsZero, bool Durable);
+
+    /// <summary>One cluster, with what its storage holds.</summary>
+    public NewCluster AllocateNew()
+    {
+        var (first, _) = TakeReserved(1);
+        if (_reserveValue > 1) SetRun(first, 1, 1);
+        bool zero = first >= _virginFrom || _punched.Contains(first);
+        Written(first, 1);
+        return new NewCluster(first << _clusterBits, zero, zero && first < _durableClusters);
+    }
+
+    /// <summary>Clusters about to hold written bytes no longer read as zeros.</summary>
+    private void Written(long first, long count)
+    {
+        _virginFrom = Math.Max(_virginFrom, first + count);
+        if (_punched.Count > 0)
+            for (long c = first; c < first + count; c++) _punched.Remove(c);
     }
 
     private (long First, int Count) TakeReserved(int count)
@@ -284,11 +329,16 @@ internal sealed class Refcounts
     /// <summary>One cluster, as a host byte offset.</summary>
     public long AllocateCluster() => Allocate(1).First << _clusterBits;
 
-    /// <summary>Finds a run of free clusters (up to about 4 MiB), gives them their reserved refcount and makes that durable.</summary>
+    /// <summary>
+    /// Finds a run of free clusters, gives them their reserved refcount, and extends a file to
+    /// hold them (the new storage reads as zeros). The next flush makes that durable before any
+    /// entry names them.
+    /// </summary>
     private void Reserve(long wanted)
     {
         ReleaseReserve();
-        long want = Math.Max(wanted, Math.Max(8, ReserveBytes >> _clusterBits));
+        long want = Math.Max(wanted, Math.Max(8, _reserveBytes >> _clusterBits));
+        _reserveBytes = Math.Min(_maxReserveBytes, _reserveBytes * 2);
         long first = _freeHint;
         while (first < _maxClusters && !IsFree(first)) first++;
         if (first >= _maxClusters) throw Full();
@@ -302,7 +352,10 @@ internal sealed class Refcounts
         }
         _end = Math.Max(_end, first + n); // a growing table must go past this run
         SetRun(first, n, _reserveValue);
-        Barrier();
+        _sparse?.Extend((first + n) << _clusterBits);
+        // No flush here: no entry naming these clusters is written before the next flush
+        // (ImageWriter holds them back until one has made these refcounts durable).
+        _writer.RefcountsRaised();
         _reserveStart = first;
         _reserveEnd = first + n;
     }
@@ -320,6 +373,7 @@ internal sealed class Refcounts
         {
             ClosePack();
             _packCluster = TakeReserved(1).First;
+            Written(_packCluster, 1);
             _packUsed = 0;
             _packCount = 0;
         }
@@ -372,10 +426,34 @@ internal sealed class Refcounts
     /// </summary>
     public void Flush()
     {
+        long length = _file.Length;
         _writer.Sync();
+        _durableClusters = length >> _clusterBits;
         if (_pendingFrees.Count == 0) return;
         foreach (var (c, kind) in _pendingFrees) Decrement(c, kind);
         _pendingFrees.Clear();
+        PunchFreed();
+    }
+
+    /// <summary>
+    /// Hands the storage of clusters freed in this flush back to the file system (a freed
+    /// cluster's refcount may still be 1 on disk: it is unreferenced either way), so trimming a
+    /// mounted disk shrinks the image file, and a punched cluster reused later reads as zeros.
+    /// </summary>
+    private void PunchFreed()
+    {
+        if (_freed.Count == 0) return;
+        _freed.Sort();
+        for (int i = 0; i < _freed.Count;)
+        {
+            int j = i + 1;
+            while (j < _freed.Count && _freed[j] == _freed[j - 1] + 1) j++;
+            long first = _freed[i], count = j - i;
+            if (_sparse is not null && _sparse.TryPunch(first << _clusterBits, count << _clusterBits))
+                for (long c = first; c < first + count; c++) _punched.Add(c);
+            i = j;
+        }
+        _freed.Clear();
     }
 
     private void Decrement(long cluster, MetadataKind? kind)
@@ -391,6 +469,7 @@ internal sealed class Refcounts
         if (value > 1) return;
         _freeHint = Math.Min(_freeHint, cluster);
         if (held is not null) _writer.Map.Remove(cluster);
+        _freed.Add(cluster);
     }
 
     /// <summary>
@@ -413,5 +492,10 @@ internal sealed class Refcounts
     }
 
     // Write order alone keeps a killed process safe; barriers add power-loss safety.
-    private void Barrier() => _writer.Barrier();
+    private void Barrier()
+    {
+        long length = _file.Length; // all that is written or extended now is durable after the barrier
+        _writer.Barrier();
+        _durableClusters = length >> _clusterBits;
+    }
 }

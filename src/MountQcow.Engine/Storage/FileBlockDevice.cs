@@ -7,7 +7,7 @@ namespace MountQcow.Storage;
 /// offsets. Reads past the end of the file return zeros, as QEMU's file driver does, so a
 /// cluster at the file's tail that was never written in full still reads.
 /// </summary>
-public sealed class FileBlockDevice : IBlockDevice
+public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
 {
     private readonly SafeFileHandle _handle;
     private long _length;
@@ -164,6 +164,16 @@ public sealed class FileBlockDevice : IBlockDevice
         if (discard && offset + length <= Length && Posix.PunchHole(_handle, offset, length)) return;
         BlockDevices.WriteZerosByWriting(this, offset, length);
     }
+
+    /// <summary>Grows a regular file (a block device has the size it has).</summary>
+    public void Extend(long length)
+    {
+        if (!IsBlockDevice && length > Length) SetLength(length);
+    }
+
+    /// <summary>Punches a hole in a regular file; false for a block device or where the file system cannot.</summary>
+    public bool TryPunch(long offset, long length) =>
+        CanWrite && !IsBlockDevice && offset + length <= Length && Posix.PunchHole(_handle, offset, length);
 
     /// <summary>Sets the file's length (regular files only).</summary>
     public void SetLength(long length)

@@ -49,6 +49,20 @@ public interface IBlockDevice : IDisposable
     void WriteZeros(long offset, long length, bool discard) => BlockDevices.WriteZerosByWriting(this, offset, length);
 }
 
+/// <summary>
+/// A device whose storage can grow and be released, as a regular file's can: the write path
+/// uses it to give new clusters storage that reads as zeros, and to hand freed clusters'
+/// storage back to the file system.
+/// </summary>
+public interface ISparseDevice
+{
+    /// <summary>Grows the device to at least <paramref name="length"/> bytes; the new bytes read as zeros.</summary>
+    void Extend(long length);
+
+    /// <summary>Releases the storage of a range, which then reads as zeros; false where the device cannot.</summary>
+    bool TryPunch(long offset, long length);
+}
+
 /// <summary>What a run of a device holds.</summary>
 public enum ExtentKind
 {
