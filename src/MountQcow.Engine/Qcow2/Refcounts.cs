@@ -363,24 +363,47 @@ internal sealed class Refcounts
     private ulong PackCapacity => Math.Min(_max, (ulong)_clusterSize / 256 + 1);
 
     /// <summary>
-    /// Room for <paramref name="length"/> bytes of one compressed cluster inside a host cluster
-    /// that holds others; returns the host byte offset. The bytes never cross into the next cluster.
+    /// Room for <paramref name="length"/> bytes of one compressed cluster, right after the last
+    /// one (running on into the next cluster where that is the next one reserved): the file
+    /// stays dense. Returns the host byte offset.
     /// </summary>
     public long AllocateCompressed(int length)
     {
         if (_reserveValue < PackCapacity) throw new InvalidOperationException("packing was not enabled");
-        if (_packCluster < 0 || _packUsed + length > _clusterSize || (ulong)_packCount == PackCapacity)
-        {
-            ClosePack();
-            _packCluster = TakeReserved(1).First;
-            Written(_packCluster, 1);
-            _packUsed = 0;
-            _packCount = 0;
-        }
+        if (_packCluster >= 0 && (ulong)_packCount == PackCapacity) ClosePack();
+        if (_packCluster < 0) OpenPack();
         long offset = (_packCluster << _clusterBits) + _packUsed;
-        _packUsed += length;
-        _packCount++;
-        return offset;
+        int free = _clusterSize - _packUsed;
+        if (length <= free)
+        {
+            _packUsed += length;
+            _packCount++;
+            return offset;
+        }
+        // As QEMU packs: the bytes run on into the next cluster when that one is next in the
+        // reservation (each cluster they touch counts one reference); otherwise a new cluster.
+        if (_reserveStart == _packCluster + 1 && _reserveStart < _reserveEnd)
+        {
+            _packCount++;
+            ClosePack();
+            OpenPack();
+            _packUsed = length - free;
+            _packCount = 1;
+            return offset;
+        }
+        ClosePack();
+        OpenPack();
+        _packUsed = length;
+        _packCount = 1;
+        return _packCluster << _clusterBits;
+    }
+
+    private void OpenPack()
+    {
+        _packCluster = TakeReserved(1).First;
+        Written(_packCluster, 1);
+        _packUsed = 0;
+        _packCount = 0;
     }
 
     // Lowering a refcount to the number of references the cluster really has is always safe.

@@ -156,7 +156,7 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
     }
 
     public HostRun GetHostRun(long offset, long maxLength) =>
-        offset < Length ? new HostRun(_handle, offset, Math.Min(maxLength, Length - offset)) : HostRun.Computed(maxLength);
+        offset < Length ? new HostRun(_handle, offset, Math.Min(maxLength, Length - offset)) : Zeros.Run(maxLength);
 
     public void WriteZeros(long offset, long length, bool discard)
     {

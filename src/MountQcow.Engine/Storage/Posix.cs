@@ -22,6 +22,25 @@ internal static partial class Posix
     private static partial int fdatasync(SafeFileHandle fd);
 
     private const int EINTR = 4;
+    private const uint MFD_CLOEXEC = 1;
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int memfd_create(string name, uint flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int ftruncate(int fd, long length);
+
+    /// <summary>A sparse in-memory file of <see cref="Zeros.Size"/> bytes; null where it cannot be made.</summary>
+    public static SafeFileHandle? CreateZeroFile()
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        int fd = memfd_create("mountqcow-zeros", MFD_CLOEXEC);
+        if (fd < 0) return null;
+        var handle = new SafeFileHandle(fd, ownsHandle: true);
+        if (ftruncate(fd, Zeros.Size) == 0) return handle;
+        handle.Dispose();
+        return null;
+    }
     private const int O_RDWR = 2, O_EXCL = 0x80, O_CLOEXEC = 0x80000;
 
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
