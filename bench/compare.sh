@@ -2,7 +2,7 @@
 # compare.sh: measures mountqcow against the other ways to read a qcow2 image as a file on
 # this machine, in one interleaved run, and prints medians.
 #
-#   bench/compare.sh [-r ROUNDS] [-t SECONDS] [-x] IMAGE.qcow2...
+#   bench/compare.sh [-r ROUNDS] [-t SECONDS] [-x] [-w] [-c RAW] [IMAGE.qcow2...]
 #
 # For each image and round, every mounter that can open it is measured in turn:
 #   seq_MB/s     dd of the whole disk, 1 MiB reads, after dropping the page cache and reading
@@ -10,21 +10,32 @@
 #   rand4k_IOPS  fio, 4 KiB O_DIRECT random reads, 2 jobs, for SECONDS
 # Mounters: mountqcow (artifacts/mountqcow/mountqcow, built by ./build.sh), QEMU's
 # qemu-storage-daemon FUSE export, libqcow's qcowmount; each is skipped where missing.
-# With -x it also times `mountqcow export` against `qemu-img convert -O raw`.
+# With -x it also times `mountqcow export` against `qemu-img convert -O raw`. For a zstd
+# image it prints the decoder's limit: cores x the single-core rate of `zstd -b3 -B<cluster>` on
+# the image's own data (needs zstd).
+# With -w it measures writes through `mountqcow --rw` against qemu-storage-daemon's writable
+# FUSE export, on fresh 4 GiB images with 64 KiB clusters (fio): seq (1 MiB writes of 1 GiB,
+# end_fsync, MB/s), rand (4 KiB O_DIRECT, 2 jobs, IOPS), sync (4 KiB, fsync every 32, IOPS),
+# back (rand over a fully written backing file, IOPS).
+# With -c RAW it times `mountqcow convert --compress` against `qemu-img convert -c` (zstd and
+# deflate) on that raw disk, and compares the output sizes.
 # Needs root (to drop caches), fuse3, fio; apt-get install qemu-system-common libqcow-utils fio
 # brings the peers. Compare ratios from one run: shared machines drift between runs.
 set -u
-rounds=3 secs=5 exports=0
-while getopts "r:t:x" opt; do
+rounds=3 secs=5 exports=0 writes=0 convert_src=""
+usage() { sed -n '2,27p' "$0"; exit 2; }
+while getopts "r:t:xwc:" opt; do
   case $opt in
     r) rounds=$OPTARG ;;
     t) secs=$OPTARG ;;
     x) exports=1 ;;
-    *) sed -n '2,17p' "$0"; exit 2 ;;
+    w) writes=1 ;;
+    c) convert_src=$(readlink -f "$OPTARG") ;;
+    *) usage ;;
   esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] || { sed -n '2,17p' "$0"; exit 2; }
+[ $# -ge 1 ] || [ "$writes" = 1 ] || [ -n "$convert_src" ] || usage
 [ "$(id -u)" -eq 0 ] || { echo "compare.sh: run as root (it drops the page cache)"; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 mountqcow=$here/artifacts/mountqcow/mountqcow
@@ -63,6 +74,7 @@ rand_iops() {
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print NR ? v[int((NR + 1) / 2)] : "-" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f x", a / b; else print "-" }'; }
 
 appears() { for _ in $(seq 100); do [ -e "$1" ] && return 0; sleep 0.1; done; return 1; }
 
@@ -89,11 +101,23 @@ for image in "$@"; do
     done
   done
   echo "== $name ($rounds rounds, medians)"
-  printf '%-22s %10s %12s\n' mounter seq_MB/s rand4k_IOPS
+  printf '%-22s %10s %12s %14s %14s\n' mounter seq_MB/s rand4k_IOPS "seq: us/them" "rand: us/them"
+  declare -A mseq=() miops=()
   for who in mountqcow qemu-storage-daemon qcowmount; do
     [ -n "${file[$who]:-}" ] || continue
-    printf '%-22s %10s %12s\n' "$who" "$(tr ' ' '\n' <<< "${seq[$who]}" | median)" "$(tr ' ' '\n' <<< "${iops[$who]}" | median)"
+    mseq[$who]=$(tr ' ' '\n' <<< "${seq[$who]}" | median); miops[$who]=$(tr ' ' '\n' <<< "${iops[$who]}" | median)
+    printf '%-22s %10s %12s %14s %14s\n' "$who" "${mseq[$who]}" "${miops[$who]}" \
+      "$([ "$who" = mountqcow ] || ratio "${mseq[mountqcow]:-0}" "${mseq[$who]}")" "$([ "$who" = mountqcow ] || ratio "${miops[mountqcow]:-0}" "${miops[$who]}")"
   done
+  if command -v zstd >/dev/null && qemu-img info -U "$image" 2>/dev/null | grep -q "compression type: zstd"; then
+    cluster=$(qemu-img info -U --output=json "$image" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cluster-size"])')
+    qemu-img convert -U -O raw "$image" "$scratch/plain.raw"
+    single=$(zstd -b3 -B"$cluster" -i3 "$scratch/plain.raw" 2>&1 | tr '\r' '\n' | grep -oE '[0-9.]+ MB/s' | tail -1 | cut -d' ' -f1)
+    rm -f "$scratch/plain.raw"
+    limit=$(awk -v s="$single" -v c="$(nproc)" 'BEGIN { printf "%.0f", s * c }')
+    echo "zstd decoder limit: $(nproc) cores x $single MB/s = $limit MB/s; mountqcow reads at $(ratio "${mseq[mountqcow]:-0}" "$limit") of it"
+  fi
+  unset mseq miops
   if [ "$exports" = 1 ] && command -v qemu-img >/dev/null; then
     ours=() theirs=()
     for _ in $(seq "$rounds"); do
@@ -113,3 +137,66 @@ for image in "$@"; do
   [ -f "$scratch/qsd.pid" ] && kill "$(cat "$scratch/qsd.pid")" 2>/dev/null && rm -f "$scratch/qsd.pid"
   unset file seq iops
 done
+
+# ---- writes: mountqcow --rw against qemu-storage-daemon's writable FUSE export ----
+write_figure() { # kind target
+  case $1 in
+    seq)  fio --name=w --filename="$2" --rw=write --bs=1M --size=1G --ioengine=psync --end_fsync=1 --output-format=terse 2>/dev/null | awk -F';' '{printf "%.0f\n", $48*1.024/1000}' ;;
+    rand|back) fio --name=w --filename="$2" --rw=randwrite --bs=4k --size=4G --direct=1 --ioengine=psync --numjobs=2 --runtime="$secs" --time_based --group_reporting --output-format=terse 2>/dev/null | awk -F';' '{print $49}' ;;
+    sync) fio --name=w --filename="$2" --rw=randwrite --bs=4k --size=4G --ioengine=psync --fsync=32 --runtime="$secs" --time_based --output-format=terse 2>/dev/null | awk -F';' '{print $49}' ;;
+  esac
+}
+if [ "$writes" = 1 ]; then
+  command -v qemu-storage-daemon >/dev/null || { echo "compare.sh -w needs qemu-storage-daemon (apt-get install qemu-system-common)"; exit 2; }
+  w=$scratch/w; mkdir -p "$w"
+  qemu-img create -q -f qcow2 "$w/base.qcow2" 4G
+  qemu-io -f qcow2 -c "write -P 0x5a 0 2G" -c "write -P 0x5a 2G 2G" "$w/base.qcow2" >/dev/null
+  declare -A wr=()
+  for _ in $(seq "$rounds"); do
+    for kind in seq rand sync back; do
+      for who in mountqcow qemu; do
+        img=$w/img-$who.qcow2; rm -f "$img"
+        if [ $kind = back ]; then qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$img"; else qemu-img create -q -f qcow2 "$img" 4G; fi
+        if [ $who = mountqcow ]; then
+          mkdir -p "$w/m"; "$mountqcow" --rw "$img" "$w/m" >/dev/null && appears "$w/m/disk.raw" || continue
+          wr[$who.$kind]+="$(write_figure $kind "$w/m/disk.raw") "
+          "$mountqcow" unmount "$w/m" >/dev/null
+        else
+          mkdir -p "$w/q"; touch "$w/q/disk"
+          qemu-storage-daemon --blockdev driver=file,node-name=f,filename="$img" --blockdev driver=qcow2,node-name=q,file=f \
+            --export type=fuse,id=e,node-name=q,mountpoint="$w/q/disk",writable=on --daemonize --pidfile "$w/q.pid" 2>/dev/null || continue
+          wr[$who.$kind]+="$(write_figure $kind "$w/q/disk") "
+          fusermount3 -u "$w/q/disk"; kill "$(cat "$w/q.pid")" 2>/dev/null; sleep 0.5
+        fi
+      done
+    done
+  done
+  echo "== writes ($rounds rounds, medians; seq in MB/s, the others in IOPS)"
+  printf '%-6s %12s %12s %10s\n' load mountqcow qemu us/them
+  for kind in seq rand sync back; do
+    a=$(tr ' ' '\n' <<< "${wr[mountqcow.$kind]:-}" | median); b=$(tr ' ' '\n' <<< "${wr[qemu.$kind]:-}" | median)
+    printf '%-6s %12s %12s %10s\n' $kind "$a" "$b" "$(ratio "$a" "$b")"
+  done
+fi
+
+# ---- convert --compress against qemu-img convert -c ----
+if [ -n "$convert_src" ]; then
+  echo "== convert --compress of $(basename "$convert_src") ($rounds rounds, median seconds; sizes in bytes)"
+  printf '%-8s %10s %10s %10s %14s %14s %10s\n' type mountqcow qemu-img us/them "mountqcow size" "qemu-img size" "size ratio"
+  for type in zstd deflate; do
+    ours=() theirs=()
+    qopt=(); [ $type = zstd ] && qopt=(-o compression_type=zstd)
+    for _ in $(seq "$rounds"); do
+      rm -f "$scratch/c-ours.qcow2" "$scratch/c-qemu.qcow2"
+      s=$(date +%s.%N); "$mountqcow" convert --no-progress -c $type "$convert_src" "$scratch/c-ours.qcow2" 2>/dev/null; e=$(date +%s.%N)
+      ours+=("$(echo "$e - $s" | bc)")
+      s=$(date +%s.%N); qemu-img convert -c -O qcow2 "${qopt[@]}" "$convert_src" "$scratch/c-qemu.qcow2"; e=$(date +%s.%N)
+      theirs+=("$(echo "$e - $s" | bc)")
+    done
+    a=$(printf '%s\n' "${ours[@]}" | median); b=$(printf '%s\n' "${theirs[@]}" | median)
+    sa=$(stat -c %s "$scratch/c-ours.qcow2"); sb=$(stat -c %s "$scratch/c-qemu.qcow2")
+    printf '%-8s %10.2f %10.2f %10s %14s %14s %10s\n' $type "$a" "$b" "$(ratio "$b" "$a")" "$sa" "$sb" "$(ratio "$sa" "$sb")"
+    qemu-img compare -q "$convert_src" "$scratch/c-ours.qcow2" || echo "mountqcow's $type output differs from the source!"
+    rm -f "$scratch/c-ours.qcow2" "$scratch/c-qemu.qcow2"
+  done
+fi

@@ -96,6 +96,7 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
     {
         string image = _b.Create("holes.qcow2", "16M");
         _b.Write(image, 0, 16 << 20, Fill.Random, 2);
+        long usedBefore = DiskUsage(image);
         using (var mount = MountedImage.Start(image, Dir("mnt"), "--rw"))
         {
             Run.Checked("fallocate", "--punch-hole", "--offset", (4 << 20).ToString(), "--length", (8 << 20).ToString(), mount.PathOf("disk.raw"));
@@ -111,6 +112,15 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
         var raw = File.ReadAllBytes(_b.Expected(image));
         Assert.False(raw.AsSpan(4 << 20, 8 << 20).ContainsAnyExcept((byte)0));
         Assert.Matches(@"(^|\n)128/256 = 50\.00% allocated", Run.Checked("qemu-img", "check", image));
+        // The freed clusters' storage went back to the file system, as fstrim users expect.
+        Assert.True(DiskUsage(image) <= usedBefore - (7 << 20), $"the image still uses {DiskUsage(image)} bytes of {usedBefore}");
+    }
+
+    /// <summary>Bytes of storage a file uses (du), not its length.</summary>
+    private static long DiskUsage(string file)
+    {
+        string[] blocks = Run.Checked("stat", "-c", "%b %B", file).Trim().Split(' '); // count, and bytes per block
+        return long.Parse(blocks[0]) * long.Parse(blocks[1]);
     }
 
     [MountFact]
