@@ -134,6 +134,35 @@ public sealed class WriteTests : IDisposable
     }
 
     [QemuFact]
+    public void WritersCopyingTheSameClustersAtOnceLoseNoBytes()
+    {
+        // Four threads write disjoint 1 KiB pieces of the same clusters over a backing file, so
+        // every cluster's first write copies it (outside the write lock) while the others wait:
+        // a copy that did not wait, or was overwritten by another's, would lose a piece.
+        string baseImage = _b.Create("race-base.qcow2", "4M", "cluster_size=4096");
+        _b.Write(baseImage, 0, 4 << 20, Fill.Random, 4);
+        string top = _b.Create("race-top.qcow2", "", "cluster_size=4096", backing: "race-base.qcow2");
+        var shadow = File.ReadAllBytes(_b.Expected(baseImage));
+        using (var q = Writable(top))
+        {
+            var threads = Enumerable.Range(0, 4).Select(t => new Thread(() =>
+            {
+                for (int cluster = 0; cluster < 1024; cluster++) // all in the same order: they meet
+                {
+                    long at = cluster * 4096L + t * 1024;
+                    var data = ImageBuilder.Content(Fill.Random, 1024, cluster * 4 + t);
+                    q.WriteAt(data, at);
+                    lock (shadow) data.CopyTo(shadow, at);
+                }
+            })).ToList();
+            threads.ForEach(t => t.Start());
+            threads.ForEach(t => t.Join());
+        }
+        QemuAssert.CheckClean(top);
+        Assert.Equal(shadow, File.ReadAllBytes(_b.Expected(top)));
+    }
+
+    [QemuFact]
     public void ImageHeldByQemuIsNotOpenedForWriting()
     {
         string image = _b.Create("held.qcow2", "8M");

@@ -131,7 +131,59 @@ public sealed partial class Qcow2Image
         BlockDevices.CheckWritable(this);
         BlockDevices.CheckRange(offset, buffer.Length, Length);
         if (_compressWrites) WriteCompressing(buffer, offset);
-        else Exclusive(Change.Write, buffer, offset, buffer.Length);
+        else if (!TryWriteInPlace(buffer, offset)) Exclusive(Change.Write, buffer, offset, buffer.Length);
+    }
+
+    /// <summary>
+    /// Writes into clusters this image already owns (allocated, not shared, not compressed, no
+    /// zero flag) change no metadata, so they run under the shared lock, side by side, as QEMU
+    /// runs writes that allocate nothing. Returns false, having written nothing, where any part
+    /// of the write needs the exclusive path.
+    /// </summary>
+    private bool TryWriteInPlace(ReadOnlySpan<byte> buffer, long offset)
+    {
+        if (Header.HasExtendedL2) return false;
+        int bits = Header.ClusterBits;
+        long first = offset >> bits, last = (offset + buffer.Length - 1) >> bits;
+        if (last - first >= 16) return false; // a large write: the exclusive path's cost is small beside it
+        Span<long> hosts = stackalloc long[16];
+        _rw!.EnterReadLock();
+        try
+        {
+            if (_failed) return false;
+            for (long c = first, at = offset; c <= last; c++)
+            {
+                var (l1Index, l2Index) = Indexes(c);
+                var l1 = new L1Entry(_map.L1[l1Index]);
+                if (l1.L2Offset == 0 || !l1.Copied) return false;
+                var entry = new L2Entry(_map.GetTable(l1Index)!.Entries[l2Index]);
+                if (entry.IsCompressed || entry.HostOffset == 0 || !entry.Copied || entry.ZeroFlagSet) return false;
+                _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
+                int inCluster = (int)(at & _clusterMask);
+                int n = (int)Math.Min(offset + buffer.Length - at, _clusterSize - inCluster);
+                // A whole cluster of zeros becomes a zero cluster instead (the exclusive path).
+                if (CoversCluster(c, inCluster, n) && !buffer.Slice((int)(at - offset), n).ContainsAnyExcept((byte)0)) return false;
+                hosts[(int)(c - first)] = entry.HostOffset;
+                at += n;
+            }
+            for (long at = offset, c = first; c <= last; c++)
+            {
+                int inCluster = (int)(at & _clusterMask);
+                int n = (int)Math.Min(buffer.Length, _clusterSize - inCluster);
+                _writer!.Data(buffer[..n], hosts[(int)(c - first)] + inCluster);
+                buffer = buffer[n..];
+                at += n;
+            }
+            return true;
+        }
+        catch (Exception e) when (NoteFailure(e))
+        {
+            throw; // not reached
+        }
+        finally
+        {
+            _rw.ExitReadLock();
+        }
     }
 
     public void WriteZeros(long offset, long length, bool discard)
