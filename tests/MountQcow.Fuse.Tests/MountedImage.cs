@@ -46,7 +46,7 @@ internal sealed class MountedImage : IDisposable
         return new MountedImage(mountpoint, pid, r.Stdout + r.Stderr);
     }
 
-    /// <summary>The background process serving a mount point, found by its command line.</summary>
+    /// <summary>The background process serving a mount point, found by its command line and the variable that marks it.</summary>
     public static int? FindServer(string mountpoint)
     {
         foreach (string dir in Directory.GetDirectories("/proc"))
@@ -55,18 +55,22 @@ internal sealed class MountedImage : IDisposable
             try
             {
                 string[] args = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0');
-                if (args.Contains("--ready-marker") && args.Contains(mountpoint)) return pid;
+                if (args.Contains(mountpoint) && File.ReadAllText(Path.Combine(dir, "environ")).Split('\0').Contains("MOUNTQCOW_SERVE_DETACHED=1")) return pid;
             }
-            catch (IOException)
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                // the process ended while we looked
+                // the process ended while we looked, or is another user's
             }
         }
         return null;
     }
 
     public static bool IsMounted(string path) =>
-        File.ReadLines("/proc/self/mountinfo").Any(l => l.Split(' ')[4] == path);
+        File.ReadLines("/proc/self/mountinfo").Any(l => Unescape(l.Split(' ')[4]) == path);
+
+    // mountinfo writes space, tab, newline and backslash as octal escapes (\040 ...).
+    private static string Unescape(string field) =>
+        System.Text.RegularExpressions.Regex.Replace(field, @"\\([0-7]{3})", m => ((char)Convert.ToInt32(m.Groups[1].Value, 8)).ToString());
 
     /// <summary>
     /// Whether any thread of the process still runs. The leader alone is not enough: after a
@@ -76,14 +80,30 @@ internal sealed class MountedImage : IDisposable
     /// </summary>
     public static bool ProcessAlive(int pid)
     {
+        string[] threads;
         try
         {
-            return Directory.GetDirectories($"/proc/{pid}/task")
-                .Any(t => !File.ReadAllText(Path.Combine(t, "stat")).Split(' ')[2].StartsWith('Z'));
+            threads = Directory.GetDirectories($"/proc/{pid}/task");
         }
         catch (IOException)
         {
-            return false; // the process (or the thread looked at) is gone
+            return false; // the process is gone
+        }
+        return threads.Any(ThreadRuns);
+    }
+
+    // A thread's state is the field after its name, which is in parentheses and may hold spaces
+    // (".NET SigHandler"). A thread that ends while looked at does not run.
+    private static bool ThreadRuns(string task)
+    {
+        try
+        {
+            string stat = File.ReadAllText(Path.Combine(task, "stat"));
+            return stat[(stat.LastIndexOf(')') + 2)..][0] != 'Z';
+        }
+        catch (IOException)
+        {
+            return false;
         }
     }
 
