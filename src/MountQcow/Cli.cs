@@ -18,6 +18,12 @@ internal static class Cli
 
     public static void Info(string message) => s_sink($"mountqcow: {message}");
 
+    /// <summary>A path as a shell reads it back: as it is where that is safe, else in single quotes.</summary>
+    public static string Quote(string text) =>
+        text.Length > 0 && text.All(c => char.IsAsciiLetterOrDigit(c) || c is '/' or '.' or '_' or '-' or '+' or ':' or '@' or '%' or ',')
+            ? text
+            : "'" + text.Replace("'", "'\\''") + "'";
+
     /// <summary>Warns when another process writes the image that is about to be read.</summary>
     public static void WarnIfInUse(MountQcow.Qcow2.Qcow2Image image)
     {

@@ -26,16 +26,16 @@ internal static class ConvertCommand
         try
         {
             Qcow2Creator.Create(o.Image, new CreateOptions { Size = source.Length, ClusterBits = clusterBits, Compression = compression });
-            long written;
+            long data;
             // A new image, deleted unless finished: no flush barriers while it is filled, one flush at close.
             using (var image = Qcow2Image.Open(o.Image, new ImageOptions { Writable = true, CompressWrites = o.Compress is not null, FlushBarriers = false }))
             {
                 var copy = new BlockCopy(source, image, new CopyOptions { TargetIsZeroed = true, ZeroBlockSize = Math.Max(4096, 1 << clusterBits) });
                 ProgressView.Run("converting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress);
-                written = copy.Written;
+                data = copy.Data;
             }
             long onDisk = new FileInfo(o.Image).Length;
-            Console.Error.WriteLine($"converted {Units.Bytes(source.Length)} ({Units.Bytes(written)} of data) into {o.Image} " +
+            Console.Error.WriteLine($"converted {Units.Bytes(source.Length)} ({Units.Bytes(data)} of data) into {o.Image} " +
                                     $"({Units.Bytes(onDisk)}{(o.Compress is null ? "" : $", {compression.ToString().ToLowerInvariant()}-compressed")}) in {clock.Elapsed.TotalSeconds:0.0} s");
         }
         catch

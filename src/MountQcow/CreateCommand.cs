@@ -20,7 +20,7 @@ internal static class CreateCommand
             (long backingSize, backingFormat) = Describe(backingPath, o.BackingFormat);
             size ??= backingSize;
         }
-        if (size is null) throw new UserError("give the SIZE of the new image (or a --backing file to take it from)");
+        if (size is null) throw new UsageError("give the SIZE of the new image (or a --backing file to take it from)");
         Replace(o.Image, o.Force);
         Qcow2Creator.Create(o.Image, new CreateOptions
         {
@@ -32,7 +32,9 @@ internal static class CreateCommand
             BackingFile = o.Backing,
             BackingFormat = backingFormat,
         });
-        Console.WriteLine($"created {o.Image}: {Units.Bytes(size.Value)} virtual, {o.ClusterSize} clusters" +
+        long made; // what was made: the size rounded up to whole sectors, as QEMU rounds it
+        using (var image = Qcow2Image.Open(o.Image)) made = image.Length;
+        Console.WriteLine($"created {o.Image}: {Units.Bytes(made)} virtual, {o.ClusterSize} clusters" +
                           (o.Backing is null ? "" : $", over {o.Backing} ({backingFormat})"));
         return Program.Ok;
     }
@@ -47,7 +49,7 @@ internal static class CreateCommand
             case "raw":
                 using (var raw = FileBlockDevice.Open(path, writable: false)) return (raw.Length, format);
             default:
-                throw new UserError($"backing format '{format}' is not supported (qcow2 or raw)");
+                throw new UsageError($"backing format '{format}' is not supported (qcow2 or raw)");
         }
     }
 
@@ -64,17 +66,17 @@ internal static class CreateCommand
     {
         long bytes = Units.ParseSize(text);
         if (bytes < 512 || bytes > 2 << 20 || !BitOperations.IsPow2(bytes))
-            throw new UserError($"cluster size {text} is not a power of two from 512 to 2M");
+            throw new UsageError($"cluster size {text} is not a power of two from 512 to 2M");
         return BitOperations.Log2((ulong)bytes);
     }
 
     private static int RefcountOrder(int bits) =>
-        bits is 1 or 2 or 4 or 8 or 16 or 32 or 64 ? BitOperations.Log2((uint)bits) : throw new UserError($"refcount width {bits} is not 1, 2, 4, 8, 16, 32 or 64");
+        bits is 1 or 2 or 4 or 8 or 16 or 32 or 64 ? BitOperations.Log2((uint)bits) : throw new UsageError($"refcount width {bits} is not 1, 2, 4, 8, 16, 32 or 64");
 
     public static CompressionType CompressionOf(string name) => name.ToLowerInvariant() switch
     {
         "deflate" or "zlib" => CompressionType.Deflate,
         "zstd" => CompressionType.Zstd,
-        _ => throw new UserError($"compression '{name}' is not deflate or zstd"),
+        _ => throw new UsageError($"compression '{name}' is not deflate or zstd"),
     };
 }

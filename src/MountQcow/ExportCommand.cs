@@ -4,13 +4,20 @@ using MountQcow.Storage;
 
 namespace MountQcow.Host;
 
-/// <summary>`mountqcow export IMAGE OUTPUT`: the virtual disk as raw bytes, sparse in a file, whole on a device.</summary>
+/// <summary>
+/// `mountqcow export IMAGE OUTPUT`: the virtual disk as raw bytes, sparse in a file, whole on a
+/// device, in order to standard output ("-"), a pipe or a character device.
+/// </summary>
 internal static class ExportCommand
 {
     public static int Run(ExportOptions o)
     {
         using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn, ShareWrites = o.ForceShare });
         Cli.WarnIfInUse(image);
+        if (OpenStream(o.Output) is { } stream)
+        {
+            using (stream) return Stream(o, image, stream);
+        }
         bool created = !File.Exists(o.Output);
         var (target, zeroed) = OpenTarget(o.Output, image.Length, o.Force);
         var clock = Stopwatch.StartNew();
@@ -23,7 +30,7 @@ internal static class ExportCommand
                 var copy = new BlockCopy(image, target, new CopyOptions { TargetIsZeroed = zeroed, FlushTarget = target.IsBlockDevice });
                 ProgressView.Run("exporting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress);
                 Console.Error.WriteLine(
-                    $"exported {Units.Bytes(image.Length)} ({Units.Bytes(copy.Written)} of data) to {o.Output} in {clock.Elapsed.TotalSeconds:0.0} s");
+                    $"exported {Units.Bytes(image.Length)} ({Units.Bytes(copy.Data)} of data) to {o.Output} in {clock.Elapsed.TotalSeconds:0.0} s");
             }
         }
         catch when (created)
@@ -32,6 +39,33 @@ internal static class ExportCommand
             throw;
         }
         return Program.Ok;
+    }
+
+    private static int Stream(ExportOptions o, Qcow2Image image, Stream output)
+    {
+        var clock = Stopwatch.StartNew();
+        using var cancel = Cli.CancelOnCtrlC();
+        var copy = new StreamCopy(image, output);
+        ProgressView.Run("exporting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress);
+        string name = o.Output == "-" ? "standard output" : o.Output;
+        Console.Error.WriteLine($"exported {Units.Bytes(image.Length)} ({Units.Bytes(copy.Data)} of data) to {name} in {clock.Elapsed.TotalSeconds:0.0} s");
+        return Program.Ok;
+    }
+
+    /// <summary>
+    /// Standard output for "-", and outputs that are written in order, never sized or sparse: a
+    /// pipe, a socket, a character device (/dev/null, a terminal). Null for files and block devices.
+    /// </summary>
+    private static Stream? OpenStream(string path)
+    {
+        if (path == "-")
+        {
+            if (!Console.IsOutputRedirected) throw new UserError("refusing to write a disk to the terminal; redirect standard output (e.g. '- | zstd > disk.raw.zst')");
+            return Console.OpenStandardOutput();
+        }
+        return Native.FileType(path) is Native.UnixFileType.Fifo or Native.UnixFileType.CharacterDevice or Native.UnixFileType.Socket
+            ? new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.ReadWrite, 0)
+            : null;
     }
 
     /// <summary>Opens the output: a new sparse file (zeroed), a regular file with --force, or a block device.</summary>

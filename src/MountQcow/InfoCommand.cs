@@ -42,7 +42,8 @@ internal static class InfoCommand
     public static int Run(InfoOptions o)
     {
         var warnings = new List<string>();
-        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = warnings.Add });
+        // A broken chain is what a user runs info to understand: describe what resolves, then fail.
+        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = warnings.Add, AllowMissingBacking = true });
         var info = Describe(image);
         if (o.Json)
         {
@@ -53,13 +54,18 @@ internal static class InfoCommand
             foreach (string w in warnings) Console.Error.WriteLine($"mountqcow: warning: {w}");
             Print(info);
         }
+        if (image.Chain().Where(l => l.Device is MissingFile).Select(l => l.Path).FirstOrDefault() is { } missing)
+        {
+            Cli.Error($"backing file {missing} is missing: the image cannot be read until it is back (or the overlay is rebased)");
+            return Program.Failed;
+        }
         return Program.Ok;
     }
 
     public static ImageInfo Describe(Qcow2Image image)
     {
         var h = image.Header;
-        var chain = image.Chain().Skip(1).Select(l => new LayerInfo(l.Path, l.Format, l.Device.Length)).ToArray();
+        var chain = image.Chain().Skip(1).Select(l => new LayerInfo(l.Path, l.Format, l.Device is MissingFile ? 0 : l.Device.Length)).ToArray();
         return new ImageInfo(
             image.Path, "qcow2", h.Version, h.VirtualSize, new FileInfo(image.Path).Length, h.ClusterSize,
             h.CompressionType == CompressionType.Zstd ? "zstd" : "deflate",
@@ -67,7 +73,19 @@ internal static class InfoCommand
             image.DataFilePath, h.Autoclear.HasFlag(AutoclearFeatures.RawExternalData),
             image.Snapshots.Select(s => new SnapshotInfo(s.Id, s.Name, s.Date, s.VmStateSize, s.DiskSize)).ToArray(),
             h.BitmapCount,
-            DescribePartitions(PartitionReader.Read(image)));
+            DescribePartitions(image));
+    }
+
+    private static PartitionsInfo DescribePartitions(Qcow2Image image)
+    {
+        try
+        {
+            return DescribePartitions(PartitionReader.Read(image));
+        }
+        catch (ImageIOException e) when (image.Chain().Any(l => l.Device is MissingFile))
+        {
+            return new("unknown", 0, [], [$"cannot read the partition table: {e.Message}"]);
+        }
     }
 
     private static PartitionsInfo DescribePartitions(PartitionTable table) =>
@@ -77,7 +95,7 @@ internal static class InfoCommand
 
     private static void Print(ImageInfo i)
     {
-        void Line(string key, string value) => Console.WriteLine($"{key + ":",-16}{value}");
+        void Line(string key, string value) => Console.WriteLine($"{(key.Length == 0 ? "" : key + ":"),-16}{value}");
         Line("image", i.Image);
         Line("format", $"qcow2, version {i.Version}");
         Line("virtual size", $"{Units.Bytes(i.VirtualSize)} ({i.VirtualSize} bytes)");
@@ -91,7 +109,8 @@ internal static class InfoCommand
         for (int n = 0; n < i.BackingChain.Length; n++)
         {
             var layer = i.BackingChain[n];
-            Line(n == 0 ? "backing chain" : "", $"{new string(' ', 2 * n)}{(n > 0 ? "└ " : "")}{layer.Path} ({layer.Format}, {Units.Bytes(layer.VirtualSize)})");
+            string what = layer.Format == "missing" ? "MISSING" : $"{layer.Format}, {Units.Bytes(layer.VirtualSize)}";
+            Line(n == 0 ? "backing chain" : "", $"{new string(' ', 2 * n)}{(n > 0 ? "└ " : "")}{layer.Path} ({what})");
         }
         if (i.DataFile is not null) Line("data file", $"{i.DataFile}{(i.DataFileRaw ? " (a consistent raw image)" : "")}");
         Line("snapshots", i.Snapshots.Length.ToString());
@@ -99,8 +118,12 @@ internal static class InfoCommand
             Line("", $"{s.Id,-4} {s.Name,-20} {s.Date.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC  vm state {Units.Bytes(s.VmStateSize)}");
         if (i.Bitmaps > 0) Line("bitmaps", i.Bitmaps.ToString());
         var parts = i.Partitions;
-        Line("partitions", parts.Scheme == "none" ? "none (no partition table)"
-            : $"{parts.Scheme.ToUpperInvariant()}, {parts.SectorSize}-byte sectors, {parts.Entries.Length} partition{(parts.Entries.Length == 1 ? "" : "s")}");
+        Line("partitions", parts.Scheme switch
+        {
+            "none" => "none (no partition table)",
+            "unknown" => "unknown",
+            _ => $"{parts.Scheme.ToUpperInvariant()}, {parts.SectorSize}-byte sectors, {parts.Entries.Length} partition{(parts.Entries.Length == 1 ? "" : "s")}",
+        });
         if (parts.Entries.Length > 0)
         {
             Console.WriteLine($"  {"file",-8} {"start",14} {"size",10}  {"type",-24} name");

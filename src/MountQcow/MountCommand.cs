@@ -19,6 +19,9 @@ internal static class MountCommand
     private const string ReadyMarker = "\u0001mountqcow-ready";
     private const string StderrDone = "\u0001mountqcow-stderr-done";
 
+    // Set in the background copy's environment (not on its command line, which ps shows).
+    private const string BackgroundVariable = "MOUNTQCOW_SERVE_DETACHED";
+
     public static int Run(MountOptions o, string[] args)
     {
         string image = Path.GetFullPath(o.Image);
@@ -26,16 +29,31 @@ internal static class MountCommand
         if (mountpoint.Length == 0) mountpoint = "/";
         if (!File.Exists(image))
             throw new UserError(Directory.Exists(image) ? $"{o.Image} is a directory, not an image" : $"{o.Image}: no such file");
-        MountPoint.Check(o.Mountpoint, mountpoint);
-        if (FuseMount.Unavailable() is { } reason) throw new UserError(reason);
+        if (image == mountpoint) throw new UsageError("IMAGE and MOUNTPOINT are the same file");
+        var user = UserOptions(o);
         long l2Cache = Units.ParseSize(o.L2Cache);
+        if (l2Cache < 1) throw new UsageError($"--l2-cache {o.L2Cache}: the cache needs room for at least one L2 table (e.g. 1M)");
+        MountPoint.Check(o.Mountpoint, mountpoint, mayHoldFiles: user.Contains("nonempty"));
+        if (FuseMount.Unavailable() is { } reason) throw new UserError(reason);
 
-        if (!o.Foreground && !o.Debug && !o.ReadyMarker) return StartInBackground(args, mountpoint);
-        if (o.ReadyMarker) Native.NewSession();
-        return Serve(o, image, mountpoint, l2Cache);
+        bool detached = Environment.GetEnvironmentVariable(BackgroundVariable) == "1";
+        if (!o.Foreground && !o.Debug && !detached) return StartInBackground(args, mountpoint);
+        if (detached) Native.NewSession();
+        return Serve(o, image, mountpoint, l2Cache, detached, user);
     }
 
-    private static int Serve(MountOptions o, string imagePath, string mountpoint, long l2Cache)
+    /// <summary>The -o options, checked against the mode and what this user may ask for.</summary>
+    private static List<string> UserOptions(MountOptions o)
+    {
+        var user = (o.FuseOptions ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
+        if (user.Contains("rw") && !o.ReadWrite) throw new UsageError("-o rw needs --rw (only --rw mounts write into the image)");
+        if (user.Contains("ro") && o.ReadWrite) throw new UsageError("--rw and -o ro contradict each other");
+        if (Native.geteuid() != 0 && user.FirstOrDefault(u => u is "allow_root" or "allow_other") is { } access && !MountPoint.UserAllowOther())
+            throw new UserError($"-o {access} needs the line 'user_allow_other' in /etc/fuse.conf (root can add it)");
+        return user;
+    }
+
+    private static int Serve(MountOptions o, string imagePath, string mountpoint, long l2Cache, bool background, List<string> user)
     {
         // Signals are taken over first: one that arrives while the mount is being made must not
         // end the process and leave a dead mount behind; it ends the mount once it exists.
@@ -46,15 +64,16 @@ internal static class MountCommand
         using var tree = VirtualFileTree.Create(image, o.ReadWrite, File.GetLastWriteTimeUtc(imagePath), mayChange: image.HeldByWriter || o.ForceShare);
         foreach (string w in tree.Partitions.Warnings) Cli.Warn($"partition table: {w}");
         tree.StartAllocationScan(); // sizes on disk for `ls -s` and `du`, counted while the mount starts
-        var options = MountOptionsFor(o, imagePath);
-        bool background = o.ReadyMarker;
+        var (options, rootCanOpen) = MountOptionsFor(o, imagePath, user);
         using var mount = FuseMount.Mount(tree, mountpoint, new FuseOptions
         {
             MountOptions = options,
             Debug = o.Debug,
             Log = Cli.Info,
         });
-        PrintSummary(o.Image, image, tree, mountpoint, options);
+        if (!rootCanOpen)
+            Cli.Warn("root cannot open these files (to loop-mount a partition) unless /etc/fuse.conf has the line 'user_allow_other'; add it and mount again");
+        PrintSummary(o, image, tree, mountpoint, rootCanOpen);
         unmounter.Attach(mount);
         if (background)
         {
@@ -123,7 +142,7 @@ internal static class MountCommand
     }
 
     /// <summary>FUSE options: read-only unless --rw, a name for mount listings, and access for root where allowed.</summary>
-    private static List<string> MountOptionsFor(MountOptions o, string imagePath)
+    private static (List<string> Options, bool RootCanOpen) MountOptionsFor(MountOptions o, string imagePath, List<string> user)
     {
         var options = new List<string>
         {
@@ -133,18 +152,18 @@ internal static class MountCommand
             $"max_read={FuseMount.MaxRequest(o.ReadWrite)}",
         };
         if (!o.ReadWrite) options.Add("ro");
-        var user = (o.FuseOptions ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
+        bool rootCanOpen = true;
         if (Native.geteuid() != 0 && !user.Any(u => u is "allow_root" or "allow_other"))
         {
             // Root must be able to loop-mount what an ordinary user mounted.
-            if (MountPoint.UserAllowOther()) options.Add("allow_root");
-            else Cli.Warn("root cannot open these files (to loop-mount a partition) unless /etc/fuse.conf has the line 'user_allow_other'; add it and mount again");
+            rootCanOpen = MountPoint.UserAllowOther();
+            if (rootCanOpen) options.Add("allow_root");
         }
-        options.AddRange(user);
-        return options;
+        options.AddRange(user.Where(u => u != "nonempty")); // libfuse 3 mounts over files by itself; the check above is ours
+        return (options, rootCanOpen);
     }
 
-    private static void PrintSummary(string shownImage, Qcow2Image image, VirtualFileTree tree, string mountpoint, List<string> options)
+    private static void PrintSummary(MountOptions o, Qcow2Image image, VirtualFileTree tree, string mountpoint, bool rootCanOpen)
     {
         var table = tree.Partitions;
         string layout = table.Scheme switch
@@ -152,15 +171,21 @@ internal static class MountCommand
             PartitionScheme.None => "no partition table",
             _ => $"{table.Scheme.ToString().ToUpperInvariant()}, {table.Partitions.Count} partition{(table.Partitions.Count == 1 ? "" : "s")}",
         };
-        Console.WriteLine($"mounted {shownImage} ({Units.Bytes(image.Length)} virtual, {layout}) {(tree.Writable ? "read-write" : "read-only")} at {mountpoint}");
-        string sudo = Native.geteuid() == 0 ? "" : "sudo ";
+        Console.WriteLine($"mounted {o.Image} ({Units.Bytes(image.Length)} virtual, {layout}) {(tree.Writable ? "read-write" : "read-only")} at {mountpoint}");
+        bool root = Native.geteuid() == 0;
         string ro = tree.Writable ? "" : ",ro";
         var largest = table.Partitions.OrderByDescending(p => p.Length).FirstOrDefault();
-        if (largest is not null)
-            Console.WriteLine($"  loop-mount a partition:  {sudo}mount -o loop{ro} {mountpoint}/{largest.FileName} /mnt/p{largest.Number}");
-        else
-            Console.WriteLine($"  loop-mount the disk:     {sudo}mount -o loop{ro} {mountpoint}/{VirtualFileTree.DiskFileName} /mnt/disk");
-        Console.WriteLine($"  unmount:                 {(Native.geteuid() == 0 ? "umount" : "fusermount3 -u")} {mountpoint}");
+        string file = largest?.FileName ?? VirtualFileTree.DiskFileName;
+        string name = largest is null ? "disk" : $"p{largest.Number}";
+        string source = Cli.Quote($"{mountpoint}/{file}");
+        if (root || rootCanOpen)
+        {
+            string sudo = root ? "" : "sudo ";
+            Console.WriteLine($"  loop-mount {(largest is null ? "the disk" : "a partition")}:  {sudo}mkdir -p /mnt/{name} && {sudo}mount -o loop{ro} {source} /mnt/{name}");
+        }
+        if (!root)
+            Console.WriteLine($"  without root (ext2/3/4): mkdir -p ~/{name} && fuse2fs -o {(tree.Writable ? "" : "ro,")}fakeroot {source} ~/{name}");
+        Console.WriteLine($"  unmount:                 {(o.Foreground || o.Debug ? "Ctrl-C here, or " : "")}mountqcow unmount {Cli.Quote(mountpoint)}");
     }
 
     /// <summary>Starts this program again in the foreground, detached, and waits for it to say it is mounted.</summary>
@@ -177,7 +202,7 @@ internal static class MountCommand
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
             psi.ArgumentList.Add(typeof(MountCommand).Assembly.Location);
         foreach (string a in args) psi.ArgumentList.Add(a);
-        psi.ArgumentList.Add("--ready-marker");
+        psi.Environment[BackgroundVariable] = "1";
         using var child = Process.Start(psi) ?? throw new UserError("cannot start the background process");
         child.StandardInput.Close();
         var errors = new Thread(() =>
@@ -260,12 +285,17 @@ internal static class MountPoint
         return Table().LastOrDefault(m => m.Target == target);
     }
 
-    public static void Check(string shown, string full)
+    public static void Check(string shown, string full, bool mayHoldFiles)
     {
         if (!Directory.Exists(full))
-            throw new UserError(File.Exists(full) ? $"mount point {shown} is not a directory" : $"mount point {shown} does not exist");
+        {
+            if (File.Exists(full)) throw new UsageError($"mount point {shown} is a file, not a directory");
+            throw new UserError($"mount point {shown} does not exist (mkdir -p {Cli.Quote(shown)})");
+        }
         if (IsMounted(full))
-            throw new UserError($"{shown} is already a mount point (unmount it first: fusermount3 -u {shown})");
+            throw new UserError($"{shown} is already a mount point (unmount it first: fusermount3 -u {Cli.Quote(shown)})");
+        if (!mayHoldFiles && Directory.EnumerateFileSystemEntries(full).Any())
+            throw new UserError($"mount point {shown} is not empty; mounting would hide its files (use -o nonempty to mount over them anyway)");
     }
 
     /// <summary>Whether a path is a mount point.</summary>

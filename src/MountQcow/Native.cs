@@ -2,8 +2,8 @@ using System.Runtime.InteropServices;
 
 namespace MountQcow.Host;
 
-/// <summary>The libc calls the host needs to run in the background.</summary>
-internal static partial class Native
+/// <summary>The libc calls the host needs: to run in the background, and to tell kinds of files apart.</summary>
+internal static unsafe partial class Native
 {
     private const int O_RDWR = 2;
 
@@ -18,6 +18,42 @@ internal static partial class Native
 
     [LibraryImport("libc")]
     public static partial uint geteuid();
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int statx(int dirfd, string path, int flags, uint mask, byte* buffer);
+
+    private const int AT_FDCWD = -100;
+    private const uint STATX_TYPE = 1;
+
+    /// <summary>The kinds of file S_IFMT tells apart.</summary>
+    public enum UnixFileType { Fifo = 0x1000, CharacterDevice = 0x2000, Directory = 0x4000, BlockDevice = 0x6000, Regular = 0x8000, Link = 0xA000, Socket = 0xC000 }
+
+    /// <summary>What kind of file a path names (links followed); null where it does not exist or cannot be asked.</summary>
+    public static unsafe UnixFileType? FileType(string path)
+    {
+        // struct statx has the same layout on every architecture: stx_mode is the 16 bits at offset 28.
+        byte* buffer = stackalloc byte[256];
+        if (!OperatingSystem.IsLinux() || statx(AT_FDCWD, path, 0, STATX_TYPE, buffer) != 0) return null;
+        return (UnixFileType)(*(ushort*)(buffer + 28) & 0xF000);
+    }
+
+    [LibraryImport("libc")]
+    private static partial void _exit(int status);
+
+    /// <summary>
+    /// Ends the process at once, after a mount has been served and its image closed. The runtime's
+    /// own exit flushes C's stderr, and at the end of fuse_loop_mt libfuse cancels its workers,
+    /// one of which may be inside perror() then: glibc leaves stderr's lock held by the dead
+    /// thread, and that exit would wait for it forever (seen: a detached mount's server that
+    /// never ended).
+    /// </summary>
+    public static int ExitAtOnce(int code)
+    {
+        Console.Out.Flush();
+        Console.Error.Flush();
+        _exit(code);
+        return code; // not reached
+    }
 
     /// <summary>Leaves the terminal's session, so its Ctrl-C and hang-up no longer reach this process.</summary>
     public static void NewSession() => setsid();

@@ -2,6 +2,10 @@ using CommandLine;
 
 namespace MountQcow.Host;
 
+/// <summary>Marks a positional value the verb cannot do without (checked after parsing, so the error can name it).</summary>
+[AttributeUsage(AttributeTargets.Property)]
+internal sealed class NeededAttribute : Attribute;
+
 /// <summary>Options every verb takes.</summary>
 internal abstract class CommonOptions
 {
@@ -12,17 +16,23 @@ internal abstract class CommonOptions
 [Verb("info", HelpText = "Show an image's format, size, features, backing chain, snapshots and partitions.")]
 internal sealed class InfoOptions : CommonOptions
 {
-    [Value(0, MetaName = "IMAGE", Required = true, HelpText = "The qcow2 image.")]
+    [Value(1, Hidden = true)]
+    public IEnumerable<string> Extra { get; set; } = [];
+
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image.")]
     public string Image { get; set; } = "";
 
     [Option("json", HelpText = "Print JSON instead of text.")]
     public bool Json { get; set; }
 }
 
-[Verb("check", HelpText = "Check an image's consistency as qemu-img check does (exit 0 clean, 2 corruptions, 3 leaks only, 1 could not check); optionally repair it.")]
+[Verb("check", HelpText = "Check an image's consistency as qemu-img check does; optionally repair it.")]
 internal sealed class CheckOptions : CommonOptions
 {
-    [Value(0, MetaName = "IMAGE", Required = true, HelpText = "The qcow2 image.")]
+    [Value(1, Hidden = true)]
+    public IEnumerable<string> Extra { get; set; } = [];
+
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image.")]
     public string Image { get; set; } = "";
 
     [Option("json", HelpText = "Print the result as JSON (qemu-img check's field names).")]
@@ -35,13 +45,16 @@ internal sealed class CheckOptions : CommonOptions
     public string? Repair { get; set; }
 }
 
-[Verb("export", HelpText = "Write the virtual disk as raw bytes to a file (sparse) or to a block device.")]
+[Verb("export", HelpText = "Write the virtual disk as raw bytes: to a sparse file, a block device or a pipe.")]
 internal sealed class ExportOptions : CommonOptions
 {
-    [Value(0, MetaName = "IMAGE", Required = true, HelpText = "The qcow2 image.")]
+    [Value(2, Hidden = true)]
+    public IEnumerable<string> Extra { get; set; } = [];
+
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image.")]
     public string Image { get; set; } = "";
 
-    [Value(1, MetaName = "OUTPUT", Required = true, HelpText = "A new raw file, or an existing block device at least as large as the disk.")]
+    [Needed, Value(1, MetaName = "OUTPUT", HelpText = "A new raw file, an existing block device at least as large as the disk, or - for standard output (also a FIFO or a character device): the disk in order.")]
     public string Output { get; set; } = "";
 
     [Option('f', "force", HelpText = "Overwrite OUTPUT if it is an existing regular file, or a block device that a process has open. A mounted device is never overwritten.")]
@@ -54,13 +67,16 @@ internal sealed class ExportOptions : CommonOptions
     public bool NoProgress { get; set; }
 }
 
-[Verb("mount", isDefault: true, HelpText = "Mount IMAGE at MOUNTPOINT as disk.raw and one pN.raw per partition (the default verb: 'mountqcow IMAGE MOUNTPOINT').")]
+[Verb("mount", isDefault: true, HelpText = "Mount IMAGE at MOUNTPOINT as disk.raw and one pN.raw per partition (the default verb).")]
 internal sealed class MountOptions : CommonOptions
 {
-    [Value(0, MetaName = "IMAGE", Required = true, HelpText = "The qcow2 image.")]
+    [Value(2, Hidden = true)]
+    public IEnumerable<string> Extra { get; set; } = [];
+
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image.")]
     public string Image { get; set; } = "";
 
-    [Value(1, MetaName = "MOUNTPOINT", Required = true, HelpText = "An existing empty directory.")]
+    [Needed, Value(1, MetaName = "MOUNTPOINT", HelpText = "An existing empty directory.")]
     public string Mountpoint { get; set; } = "";
 
     [Option('f', "foreground", HelpText = "Stay in the foreground until unmounted (Ctrl-C unmounts).")]
@@ -69,7 +85,7 @@ internal sealed class MountOptions : CommonOptions
     [Option("rw", HelpText = "Mount read-write: writes to the files go into the image.")]
     public bool ReadWrite { get; set; }
 
-    [Option('o', "options", HelpText = "FUSE mount options, comma-separated (e.g. allow_other).")]
+    [Option('o', "options", HelpText = "FUSE mount options, comma-separated (e.g. allow_other; nonempty mounts over a directory that holds files).")]
     public string? FuseOptions { get; set; }
 
     [Option('U', "force-share", HelpText = "Read-only mounts: let other processes write the image meanwhile (as qemu-img -U); what you read may then change under you.")]
@@ -80,16 +96,15 @@ internal sealed class MountOptions : CommonOptions
 
     [Option('d', "debug", HelpText = "Print every FUSE request (implies --foreground).")]
     public bool Debug { get; set; }
-
-    /// <summary>Set on the background copy of the process: say "ready" on stdout once mounted.</summary>
-    [Option("ready-marker", Hidden = true)]
-    public bool ReadyMarker { get; set; }
 }
 
-[Verb("unmount", HelpText = "Unmount a mountqcow mount and wait until its image is flushed and closed (umount returns before that).")]
+[Verb("unmount", HelpText = "Unmount, and wait until the image is flushed and closed (umount returns before that).")]
 internal sealed class UnmountOptions : CommonOptions
 {
-    [Value(0, MetaName = "MOUNTPOINT", Required = true, HelpText = "Where the image is mounted.")]
+    [Value(1, Hidden = true)]
+    public IEnumerable<string> Extra { get; set; } = [];
+
+    [Needed, Value(0, MetaName = "MOUNTPOINT", HelpText = "Where the image is mounted.")]
     public string Mountpoint { get; set; } = "";
 
     [Option("timeout", Default = 600, HelpText = "Seconds to wait for the image to be closed.")]
@@ -99,7 +114,10 @@ internal sealed class UnmountOptions : CommonOptions
 [Verb("create", HelpText = "Make a new, empty qcow2 image (version 3), or an overlay on a backing file.")]
 internal sealed class CreateVerbOptions : CommonOptions
 {
-    [Value(0, MetaName = "IMAGE", Required = true, HelpText = "The new image file.")]
+    [Value(2, Hidden = true)]
+    public IEnumerable<string> Extra { get; set; } = [];
+
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The new image file.")]
     public string Image { get; set; } = "";
 
     [Value(1, MetaName = "SIZE", Required = false, HelpText = "Virtual size (e.g. 20G); with --backing it defaults to the backing file's size.")]
@@ -127,13 +145,16 @@ internal sealed class CreateVerbOptions : CommonOptions
     public bool Force { get; set; }
 }
 
-[Verb("convert", HelpText = "Turn a raw disk image, a block device or a qcow2 image into a new qcow2 image, skipping holes and zeros.")]
+[Verb("convert", HelpText = "Turn a raw disk, a block device or a qcow2 image into a new qcow2 image.")]
 internal sealed class ConvertOptions : CommonOptions
 {
-    [Value(0, MetaName = "SOURCE", Required = true, HelpText = "A raw file, a block device, or a qcow2 image.")]
+    [Value(2, Hidden = true)]
+    public IEnumerable<string> Extra { get; set; } = [];
+
+    [Needed, Value(0, MetaName = "SOURCE", HelpText = "A raw file, a block device, or a qcow2 image.")]
     public string Source { get; set; } = "";
 
-    [Value(1, MetaName = "IMAGE", Required = true, HelpText = "The new qcow2 image.")]
+    [Needed, Value(1, MetaName = "IMAGE", HelpText = "The new qcow2 image.")]
     public string Image { get; set; } = "";
 
     [Option('c', "compress", HelpText = "Compress clusters: deflate or zstd.")]

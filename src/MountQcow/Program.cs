@@ -6,77 +6,187 @@ namespace MountQcow.Host;
 /// <summary>The mountqcow command line: parses a verb, runs it, turns errors into one line and an exit code.</summary>
 internal static class Program
 {
-    /// <summary>Exit codes: 0 success, 1 the work failed (bad image, I/O, mount), 2 the command line was wrong.</summary>
+    /// <summary>Exit codes: 0 success, 1 the work failed (bad image, I/O, mount), 2 the command line was wrong (and 130, <see cref="Interrupted"/>).</summary>
     public const int Ok = 0, Failed = 1, Usage = 2;
+
+    private static readonly Type[] s_verbs =
+        [typeof(MountOptions), typeof(UnmountOptions), typeof(InfoOptions), typeof(CheckOptions), typeof(ExportOptions), typeof(CreateVerbOptions), typeof(ConvertOptions)];
 
     public static int Main(string[] args)
     {
-        using var parser = new Parser(s =>
+        using var parser = NewParser();
+        // No arguments, "help", "--help": the overview; "help VERB": that verb's help.
+        if (args.Length == 0) return Overview(Console.Error, Usage);
+        if (args[0] is "help" or "--help" or "-h")
         {
-            s.HelpWriter = null;
-            s.CaseInsensitiveEnumValues = true;
-            s.AutoVersion = true;
-        });
-        // With no arguments at all, show the overview (and fail) rather than the default verb's complaint.
-        bool empty = args.Length == 0;
-        var result = parser.ParseArguments<MountOptions, UnmountOptions, InfoOptions, CheckOptions, ExportOptions, CreateVerbOptions, ConvertOptions>(empty ? ["help"] : args);
+            if (args.Length == 1) return Overview(Console.Out, Ok);
+            return VerbOf(args[1]) is { } verb ? VerbHelp(parser, verb, Console.Out, Ok) : UsageFailure($"there is no verb '{args[1]}'", null);
+        }
+        var result = parser.ParseArguments(args, s_verbs);
         return result.MapResult(
-            (MountOptions o) => Run(o, () => MountCommand.Run(o, args)),
-            (UnmountOptions o) => Run(o, () => UnmountCommand.Run(o)),
-            (InfoOptions o) => Run(o, () => InfoCommand.Run(o)),
-            (CheckOptions o) => Run(o, () => CheckCommand.Run(o)),
-            (ExportOptions o) => Run(o, () => ExportCommand.Run(o)),
-            (CreateVerbOptions o) => Run(o, () => CreateCommand.Run(o)),
-            (ConvertOptions o) => Run(o, () => ConvertCommand.Run(o)),
-            errors => ShowHelp(result, errors, failed: empty));
+            options => options switch
+            {
+                MountOptions o => Native.ExitAtOnce(Run(o, () => MountCommand.Run(o, args))),
+                UnmountOptions o => Run(o, () => UnmountCommand.Run(o)),
+                InfoOptions o => Run(o, () => InfoCommand.Run(o)),
+                CheckOptions o => Run(o, () => CheckCommand.Run(o)),
+                ExportOptions o => Run(o, () => ExportCommand.Run(o)),
+                CreateVerbOptions o => Run(o, () => CreateCommand.Run(o)),
+                ConvertOptions o => Run(o, () => ConvertCommand.Run(o)),
+                _ => throw new InvalidOperationException(options.GetType().Name),
+            },
+            errors => ParseFailure(parser, result, errors.ToList()));
     }
+
+    private static Parser NewParser() => new(s =>
+    {
+        s.HelpWriter = null;
+        s.CaseInsensitiveEnumValues = true;
+        s.AutoVersion = true;
+    });
+
+    private static Type? VerbOf(string name) =>
+        s_verbs.FirstOrDefault(t => t.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Any(v => v.Name == name));
+
+    private static string VerbName(Type verb) => verb.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Single().Name;
 
     private static int Run(CommonOptions options, Func<int> command)
     {
         try
         {
+            CheckValues(options);
             return command();
         }
-        catch (UsageError e)
+        catch (Exception thrown)
         {
-            Cli.Error($"{e.Message} (see 'mountqcow help')");
-            return Usage;
-        }
-        catch (Exception e) when (e is ImageException or IOException or UnauthorizedAccessException or UserError or Fuse.FuseException or ArgumentException and not ArgumentOutOfRangeException)
-        {
-            // The engine knows another process holds the image; the host can say which.
-            Cli.Error(e is MountQcow.Qcow2.ImageInUseException inUse && Holders.Describe(inUse.Path) is { } who ? e.Message.Replace("another process", who) : e.Message);
-            if (options.Verbose) Console.Error.WriteLine(e);
-            return Failed;
-        }
-        catch (Exception e) when (!options.Verbose)
-        {
-            Cli.Error($"internal error: {e.GetType().Name}: {e.Message} (run with --verbose for details)");
-            return Failed;
+            var e = Unwrap(thrown);
+            switch (e)
+            {
+                case UsageError:
+                    return UsageFailure(e.Message, options.GetType());
+                case OperationCanceledException:
+                    Cli.Error("interrupted");
+                    return Interrupted;
+                case ImageException or IOException or UnauthorizedAccessException or UserError or Fuse.FuseException or ArgumentException and not ArgumentOutOfRangeException:
+                    // The engine knows another process holds the image; the host can say which.
+                    Cli.Error(e is MountQcow.Qcow2.ImageInUseException inUse && Holders.Describe(inUse.Path) is { } who ? e.Message.Replace("another process", who) : e.Message);
+                    if (options.Verbose) Console.Error.WriteLine(e);
+                    return Failed;
+                default:
+                    if (options.Verbose) throw;
+                    Cli.Error($"internal error: {e.GetType().Name}: {e.Message} (run with --verbose for details)");
+                    return Failed;
+            }
         }
     }
 
-    private static int ShowHelp(ParserResult<object> result, IEnumerable<Error> errors, bool failed)
+    /// <summary>The one failure a user can act on, out of the wrappers parallel work puts around it.</summary>
+    private static Exception Unwrap(Exception e)
     {
-        var list = errors.ToList();
-        bool asked = (list.IsHelp() || list.IsVersion()) && !failed;
-        string? usage = result.TypeInfo.Current is { } verb && s_usage.TryGetValue(verb, out string? u) ? u : null;
-        var help = list.IsVersion()
-            ? new HelpText(HeadingInfo.Default)
-            : HelpText.AutoBuild(result, h =>
-            {
-                h.Heading = "mountqcow: mount QCOW2 disk images as ordinary files";
-                h.Copyright = "";
-                h.AddDashesToOption = true;
-                h.AdditionalNewLineAfterOption = false;
-                h.MaximumDisplayWidth = 100;
-                if (usage is not null) h.AddPreOptionsLine($"usage: {usage}");
-                h.AddPostOptionsLines(Examples);
-                return HelpText.DefaultParsingErrorsHandler(result, h);
-            }, e => e, verbsIndex: true);
-        (asked ? Console.Out : Console.Error).WriteLine(help);
-        return asked ? Ok : Usage;
+        while (e is AggregateException { InnerExceptions.Count: > 0 } all)
+            e = all.InnerExceptions.FirstOrDefault(i => i is not OperationCanceledException) ?? all.InnerExceptions[0];
+        return e;
     }
+
+    /// <summary>Positional values: the needed ones given, no more than the verb takes.</summary>
+    private static void CheckValues(CommonOptions options)
+    {
+        foreach (var property in options.GetType().GetProperties())
+        {
+            if (property.GetCustomAttributes(typeof(ValueAttribute), false).SingleOrDefault() is not ValueAttribute value) continue;
+            object? given = property.GetValue(options);
+            if (value.Hidden && given is IEnumerable<string> extra && extra.FirstOrDefault() is { } first)
+                throw new UsageError($"unexpected argument '{first}'");
+            if (property.IsDefined(typeof(NeededAttribute), false) && string.IsNullOrEmpty(given as string))
+                throw new UsageError($"missing {value.MetaName}");
+        }
+    }
+
+    /// <summary>A wrong command line: one line naming the problem, the verb's usage, exit status 2.</summary>
+    private static int UsageFailure(string problem, Type? verb)
+    {
+        Cli.Error(problem);
+        string name = verb is null ? "" : " " + VerbName(verb);
+        if (verb is not null && s_usage.TryGetValue(verb, out string? usage)) Console.Error.WriteLine($"usage: {usage}");
+        Console.Error.WriteLine($"(see 'mountqcow help{name}')");
+        return Usage;
+    }
+
+    private static int ParseFailure(Parser parser, ParserResult<object> result, List<Error> errors)
+    {
+        var verb = result.TypeInfo.Current;
+        if (errors.IsVersion())
+        {
+            Console.WriteLine(HeadingInfo.Default);
+            return Ok;
+        }
+        if (errors.IsHelp()) return s_verbs.Contains(verb) ? VerbHelp(parser, verb, Console.Out, Ok) : Overview(Console.Out, Ok);
+        return UsageFailure(Describe(errors[0]), s_verbs.Contains(verb) ? verb : null);
+    }
+
+    private static string Describe(Error error) => error switch
+    {
+        UnknownOptionError u => $"unknown option '{(u.Token.Length == 1 ? "-" : "--")}{u.Token}'",
+        MissingValueOptionError m => $"option {Name(m.NameInfo)} needs a value",
+        BadFormatConversionError b => $"option {Name(b.NameInfo)}: not a valid value",
+        RepeatedOptionError r => $"option {Name(r.NameInfo)} is given twice",
+        BadVerbSelectedError v => $"there is no verb '{v.Token}'",
+        SequenceOutOfRangeError s => $"option {Name(s.NameInfo)}: wrong number of values",
+        _ => $"cannot read the command line ({error.Tag})",
+    };
+
+    private static string Name(NameInfo n) => n.LongName.Length > 0 ? "--" + n.LongName : "-" + n.ShortName;
+
+    /// <summary>The overview: what mountqcow is, its verbs, a few examples.</summary>
+    private static int Overview(TextWriter to, int exit)
+    {
+        to.WriteLine("mountqcow: mount QCOW2 disk images as ordinary files");
+        to.WriteLine();
+        to.WriteLine("usage: mountqcow [mount] IMAGE MOUNTPOINT [options]");
+        to.WriteLine("       mountqcow VERB ARGUMENTS [options]");
+        to.WriteLine();
+        to.WriteLine("verbs:");
+        foreach (var verb in s_verbs)
+        {
+            var attribute = verb.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Single();
+            to.WriteLine($"  {attribute.Name,-9} {FirstSentence(attribute.HelpText)}");
+        }
+        to.WriteLine();
+        to.WriteLine("examples:");
+        foreach (var verb in s_verbs) to.WriteLine(s_examples[verb][0]);
+        to.WriteLine();
+        to.WriteLine("'mountqcow help VERB' shows a verb's options. " + ExitStatus);
+        return exit;
+    }
+
+    private static string FirstSentence(string text) => text.IndexOf(". ", StringComparison.Ordinal) is var dot and > 0 ? text[..(dot + 1)] : text;
+
+    private const string ExitStatus = "Exit status: 0 success, 1 failure (bad image, I/O error, mount refused), 2 wrong command line, 130 interrupted.";
+
+    /// <summary>One verb's help: its usage, what it does, its options and its own examples.</summary>
+    private static int VerbHelp(Parser parser, Type verb, TextWriter to, int exit)
+    {
+        var result = parser.ParseArguments([VerbName(verb), "--help"], s_verbs);
+        var help = HelpText.AutoBuild(result, h =>
+        {
+            h.Heading = $"mountqcow {VerbName(verb)}: {verb.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Single().HelpText}";
+            h.Copyright = "";
+            h.AddDashesToOption = true;
+            h.AdditionalNewLineAfterOption = false;
+            h.MaximumDisplayWidth = 100;
+            h.AutoVersion = false;
+            h.AddPreOptionsLine("");
+            h.AddPreOptionsLine($"usage: {s_usage[verb]}");
+            h.AddPostOptionsLine("examples:");
+            h.AddPostOptionsLines(s_examples[verb]);
+            return h;
+        }, e => e);
+        to.WriteLine(help);
+        return exit;
+    }
+
+    /// <summary>Exit status of a run stopped by Ctrl-C, as shells report it (128 + SIGINT).</summary>
+    public const int Interrupted = 130;
 
     private static readonly Dictionary<Type, string> s_usage = new()
     {
@@ -84,26 +194,51 @@ internal static class Program
         [typeof(UnmountOptions)] = "mountqcow unmount MOUNTPOINT",
         [typeof(InfoOptions)] = "mountqcow info IMAGE [--json]",
         [typeof(CheckOptions)] = "mountqcow check IMAGE [--json] [--repair leaks|all]",
-        [typeof(ExportOptions)] = "mountqcow export IMAGE OUTPUT [--force]",
+        [typeof(ExportOptions)] = "mountqcow export IMAGE OUTPUT|- [--force]",
         [typeof(CreateVerbOptions)] = "mountqcow create IMAGE [SIZE] [--cluster-size N] [--backing FILE]",
         [typeof(ConvertOptions)] = "mountqcow convert SOURCE IMAGE [--compress deflate|zstd] [--cluster-size N]",
     };
 
-    private static readonly string[] Examples =
-    [
-        "Examples:",
-        "  mountqcow vm.qcow2 /mnt/vm                    mount: /mnt/vm/disk.raw, p1.raw, ...",
-        "  sudo mount -o loop,ro /mnt/vm/p1.raw /mnt/p1  then read a partition's files",
-        "  mountqcow unmount /mnt/vm                     unmount, and wait until the image is closed",
-        "  mountqcow info vm.qcow2                       what the image is",
-        "  mountqcow check vm.qcow2                      is it consistent? (--repair leaks|all fixes it)",
-        "  mountqcow export vm.qcow2 vm.raw              the disk as a sparse raw file",
-        "  mountqcow --rw vm.qcow2 /mnt/vm               mount read-write: writes go into the image",
-        "  mountqcow create new.qcow2 20G                a new empty image",
-        "  mountqcow convert disk.raw vm.qcow2 -c zstd   a raw disk into a compressed image",
-        "",
-        "Exit status: 0 success, 1 failure (bad image, I/O error, mount refused), 2 wrong command line.",
-    ];
+    // Each verb's examples; the first of each goes into the overview.
+    private static readonly Dictionary<Type, string[]> s_examples = new()
+    {
+        [typeof(MountOptions)] =
+        [
+            "  mountqcow vm.qcow2 /mnt/vm                    mount: /mnt/vm/disk.raw, p1.raw, ...",
+            "  mountqcow --rw vm.qcow2 /mnt/vm               mount read-write: writes go into the image",
+            "  mountqcow -f vm.qcow2 /mnt/vm                 stay in the foreground; Ctrl-C unmounts",
+            "  sudo mount -o loop,ro /mnt/vm/p1.raw /mnt/p1  then (as root) read a partition's files",
+        ],
+        [typeof(UnmountOptions)] = ["  mountqcow unmount /mnt/vm                     unmount, and wait until the image is closed"],
+        [typeof(InfoOptions)] =
+        [
+            "  mountqcow info vm.qcow2                       what the image is",
+            "  mountqcow info --json vm.qcow2                the same, for scripts",
+        ],
+        [typeof(CheckOptions)] =
+        [
+            "  mountqcow check vm.qcow2                      is it consistent?",
+            "  mountqcow check --repair leaks vm.qcow2       free leaked clusters",
+            "",
+            "Exit status, as qemu-img check: 0 clean, 2 corruptions, 3 leaks only, 1 could not check.",
+        ],
+        [typeof(ExportOptions)] =
+        [
+            "  mountqcow export vm.qcow2 vm.raw              the disk as a sparse raw file",
+            "  mountqcow export vm.qcow2 - | zstd > vm.zst   the disk to standard output, in order",
+            "  mountqcow export vm.qcow2 /dev/sdX            onto a block device (never a mounted one)",
+        ],
+        [typeof(CreateVerbOptions)] =
+        [
+            "  mountqcow create new.qcow2 20G                a new empty image",
+            "  mountqcow create -b base.qcow2 top.qcow2      an overlay: writes go to top.qcow2",
+        ],
+        [typeof(ConvertOptions)] =
+        [
+            "  mountqcow convert disk.raw vm.qcow2 -c zstd   a raw disk into a compressed image",
+            "  mountqcow convert /dev/sdX vm.qcow2           a block device into an image",
+        ],
+    };
 }
 
 /// <summary>A failure caused by what the user asked for (bad path, existing output), reported as one line.</summary>

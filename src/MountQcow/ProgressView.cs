@@ -21,7 +21,8 @@ internal static class ProgressView
             .Start(ctx =>
             {
                 var bar = ctx.AddTask(label, maxValue: total);
-                while (!task.Wait(100)) bar.Value = done();
+                // Waiting on the handle, not Task.Wait: a failure comes out of GetResult below, unwrapped.
+                while (!((IAsyncResult)task).AsyncWaitHandle.WaitOne(100)) bar.Value = done();
                 bar.Value = done();
             });
         task.GetAwaiter().GetResult();

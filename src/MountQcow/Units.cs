@@ -22,14 +22,14 @@ internal static class Units
     public static long ParseSize(string text)
     {
         text = text.Trim();
-        if (text.Length == 0) throw new UserError("empty size");
+        if (text.Length == 0) throw new UsageError("empty size");
         char last = char.ToUpperInvariant(text[^1]);
         int shift = last switch { 'K' => 10, 'M' => 20, 'G' => 30, 'T' => 40, 'P' => 50, 'E' => 60, _ => 0 };
         string number = shift > 0 || last == 'B' ? text[..^1] : text;
         if (!decimal.TryParse(number, System.Globalization.NumberStyles.Number, System.Globalization.CultureInfo.InvariantCulture, out decimal value) || value < 0)
-            throw new UserError($"'{text}' is not a size (examples: 4096, 64K, 10G)");
+            throw new UsageError($"'{text}' is not a size (examples: 4096, 64K, 10G)");
         decimal bytes = value * (1L << shift);
-        if (bytes > long.MaxValue) throw new UserError($"size '{text}' is too large");
+        if (bytes > long.MaxValue) throw new UsageError($"size '{text}' is too large");
         return (long)decimal.Ceiling(bytes);
     }
 }

@@ -45,7 +45,10 @@ public sealed class MountErrorTests : IDisposable
     public void MountpointIsAFile()
     {
         string image = Image();
-        AssertFails(MountedImage.Host(image, image), "is not a directory");
+        var r = MountedImage.Host(image, _b.Raw("file.raw", 512));
+        Assert.Equal(2, r.ExitCode); // a wrong command line
+        Assert.StartsWith("mountqcow: mount point", r.Stderr);
+        Assert.Contains("is a file, not a directory", r.Stderr.Split('\n')[0]);
     }
 
     [MountFact]
@@ -129,12 +132,26 @@ public sealed class MountErrorTests : IDisposable
             Assert.Contains("/dev/fuse is not open to this user", denied.Stderr);
             File.SetUnixFileMode("/dev/fuse", (UnixFileMode)0x1b6); // 0666, as udev makes it
 
-            // Without user_allow_other: a warning that says what to change.
+            // Without user_allow_other: a mount that fails for another reason says only that;
+            // asking for allow_root says what it needs; a mount that works warns, and suggests
+            // only what works for this user.
             File.WriteAllText(conf, string.Join('\n', original.Split('\n').Where(l => l.Trim() != "user_allow_other")));
+            string full = Directory.CreateDirectory(_b.PathOf("userfull")).FullName;
+            File.WriteAllText(Path.Combine(full, "f"), "x");
+            Run.Checked("chown", "-R", "nobody:nogroup", full);
+            var failed = AsNobody(image, full);
+            Assert.Equal(1, failed.ExitCode);
+            Assert.Contains("is not empty", Assert.Single(failed.Stderr.TrimEnd('\n').Split('\n'))); // and no warning
+            var allowRoot = AsNobody(image, mnt, "-o", "allow_root");
+            Assert.Equal(1, allowRoot.ExitCode);
+            Assert.Contains("-o allow_root needs the line 'user_allow_other' in /etc/fuse.conf", allowRoot.Stderr);
+            Assert.False(MountedImage.IsMounted(mnt));
             var r = AsNobody(image, mnt);
             Assert.Equal(0, r.ExitCode);
             Assert.Contains("add it and mount again", r.Stderr);
             Assert.Contains("user_allow_other", r.Stderr);
+            Assert.DoesNotContain("sudo mount", r.Stdout); // root could not open the files
+            Assert.Contains($"fuse2fs -o ro,fakeroot {mnt}/p2.raw", r.Stdout);
             Run.Checked("fusermount3", "-u", mnt);
             WaitUnmounted(mnt);
 
@@ -155,8 +172,8 @@ public sealed class MountErrorTests : IDisposable
         }
     }
 
-    private static Run.Result AsNobody(string image, string mnt) =>
-        Run.Capture("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "dotnet", MountedImage.Dll, image, mnt],
+    private static Run.Result AsNobody(string image, string mnt, params string[] options) =>
+        Run.Capture("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "dotnet", MountedImage.Dll, image, mnt, .. options],
             env: new Dictionary<string, string> { ["HOME"] = "/tmp", ["DOTNET_CLI_HOME"] = "/tmp" });
 
     private static void WaitUnmounted(string mnt)

@@ -214,9 +214,49 @@ public sealed partial class MountTests : IDisposable
         Assert.True(output.Wait(TimeSpan.FromSeconds(30)), "no output from the foreground mount");
         Assert.StartsWith("mounted ", output.Result);
         Assert.True(File.Exists(Path.Combine(mnt, "disk.raw")));
+        // The banner says how this mount ends.
+        string banner = "";
+        for (int i = 0; i < 3 && process.StandardOutput.ReadLineAsync() is var line && line.Wait(TimeSpan.FromSeconds(10)) && line.Result is { } text; i++)
+        {
+            banner += text + "\n";
+            if (text.Contains("unmount:")) break;
+        }
+        Assert.Contains("Ctrl-C here, or mountqcow unmount", banner);
         Run.Checked("kill", "-INT", process.Id.ToString());
         Assert.True(process.WaitForExit(15_000), "the foreground mount did not end on SIGINT");
         Assert.Equal(0, process.ExitCode);
         Assert.False(MountedImage.IsMounted(mnt));
+    }
+
+    [MountFact]
+    public void TheBannersHintsCanBePastedAndPsShowsNoInternals()
+    {
+        var (image, _) = PartitionedImage();
+        string mnt = NewMountpoint("my mount");
+        using var mount = MountedImage.Start(image, mnt);
+        // A path with a space is quoted, and the target folder is made first.
+        Assert.Contains($"mkdir -p /mnt/p2 && mount -o loop,ro '{mnt}/p2.raw' /mnt/p2", mount.Output);
+        Assert.Contains($"mountqcow unmount '{mnt}'", mount.Output);
+        string[] args = File.ReadAllText($"/proc/{mount.ServerPid}/cmdline").TrimEnd('\0').Split('\0');
+        Assert.DoesNotContain(args, a => a.Contains("ready", StringComparison.OrdinalIgnoreCase));
+        Assert.Equal(mnt, args[^1]); // the user's own arguments, nothing after them
+    }
+
+    [MountFact]
+    public void NonemptyMountsOverFilesWhenAsked()
+    {
+        var (image, _) = PartitionedImage();
+        string mnt = NewMountpoint("full");
+        File.WriteAllText(Path.Combine(mnt, "hidden.txt"), "x");
+        var refused = MountedImage.Host(image, mnt);
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("is not empty", refused.Stderr);
+        Assert.False(MountedImage.IsMounted(mnt));
+        using (var mount = MountedImage.Start(image, mnt, "-o", "nonempty"))
+        {
+            Assert.True(File.Exists(mount.PathOf("disk.raw")));
+            Assert.False(File.Exists(mount.PathOf("hidden.txt")));
+        }
+        Assert.True(File.Exists(Path.Combine(mnt, "hidden.txt")));
     }
 }

@@ -47,7 +47,7 @@ public sealed class CreateConvertTests : IDisposable
         Assert.Equal(1, r.ExitCode);
         Assert.Contains("already exists", r.Stderr);
         r = MountqcowProgram.Run("create", _b.PathOf("x.qcow2"), "ten");
-        Assert.Equal(1, r.ExitCode);
+        Assert.Equal(2, r.ExitCode); // a wrong command line
         Assert.Contains("not a size", r.Stderr);
         r = MountqcowProgram.Run("create", _b.PathOf("y.qcow2"), "1G", "--cluster-size", "3000");
         Assert.Contains("power of two", r.Stderr);

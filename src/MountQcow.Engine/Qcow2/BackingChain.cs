@@ -45,7 +45,11 @@ internal sealed class BackingChain(int maxDepth)
     public (IBlockDevice Device, string Format) OpenBacking(string overlay, string backingPath, string? format, ImageOptions options)
     {
         if (!File.Exists(backingPath))
-            throw new ImageIOException($"{overlay}: backing file {backingPath} is missing");
+        {
+            var missing = new ImageIOException($"{overlay}: backing file {backingPath} is missing");
+            if (options.AllowMissingBacking && !options.Writable) return (new MissingFile(missing), "missing");
+            throw missing;
+        }
         format ??= Qcow2Image.Probe(backingPath);
         var readOnly = options with { Writable = false };
         switch (format)
@@ -61,4 +65,28 @@ internal sealed class BackingChain(int maxDepth)
                 throw new UnsupportedFeatureException(overlay, $"backing file {backingPath} has format '{format}' (only qcow2 and raw are read)");
         }
     }
+}
+
+/// <summary>
+/// Stands for a backing file that does not exist, so an image can still be described: every
+/// read fails with the error that opening it would have given.
+/// </summary>
+public sealed class MissingFile(ImageIOException error) : IBlockDevice
+{
+    /// <summary>Unknown; as large as any read, so every read below the overlay reaches this file and fails.</summary>
+    public long Length => long.MaxValue / 2;
+
+    public bool CanWrite => false;
+
+    public void ReadAt(Span<byte> buffer, long offset) => throw new ImageIOException(error.Message);
+
+    public void WriteAt(ReadOnlySpan<byte> buffer, long offset) => throw new ImageIOException(error.Message);
+
+    public void Flush() { }
+
+    public void Extend(long length) => throw new ImageIOException(error.Message);
+
+    public bool TryPunch(long offset, long length) => false;
+
+    public void Dispose() { }
 }

@@ -47,6 +47,13 @@ public sealed record ImageOptions
     /// <summary>Receives warnings (e.g. an image marked corrupt opened read-only).</summary>
     public Action<string>? Warn { get; init; }
 
+    /// <summary>
+    /// For inspection (info): a backing file that does not exist becomes a layer of format
+    /// "missing" (see <see cref="MissingFile"/>) instead of failing the open; any read that
+    /// needs it fails. Never for writing.
+    /// </summary>
+    public bool AllowMissingBacking { get; init; }
+
     public const long DefaultL2CacheBytes = 16L << 20;
 }
 

@@ -43,12 +43,16 @@ public sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOpti
     private long _nextChunk;
     private long _done;
     private long _written;
+    private long _data;
 
     /// <summary>Bytes of the source handled so far (for progress).</summary>
     public long Done => Interlocked.Read(ref _done);
 
     /// <summary>Bytes actually written to the target so far.</summary>
     public long Written => Interlocked.Read(ref _written);
+
+    /// <summary>Bytes of the source's data extents copied so far: the "of data" figure, whatever the target.</summary>
+    public long Data => Interlocked.Read(ref _data);
 
     public long Total => source.Length;
 
@@ -102,6 +106,7 @@ public sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOpti
                         var data = buffer.AsSpan(0, (int)length);
                         source.ReadAt(data, at);
                         WriteData(data, at);
+                        Interlocked.Add(ref _data, length);
                     }
                     at += length;
                     Interlocked.Add(ref _done, length);
@@ -142,5 +147,104 @@ public sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOpti
     {
         target.WriteAt(data, offset);
         Interlocked.Add(ref _written, data.Length);
+    }
+}
+
+/// <summary>
+/// Copies a device to a stream in order, from its first byte to its last, with its holes as
+/// zeros: for outputs that cannot seek (a pipe, standard output, a character device). Chunks
+/// are read ahead on the thread pool while earlier ones are written.
+/// </summary>
+public sealed class StreamCopy(IBlockDevice source, Stream target)
+{
+    private const int Chunk = 1 << 20, Ahead = 8;
+    private static readonly byte[] s_zeros = new byte[Chunk];
+    private long _done;
+    private long _data;
+
+    /// <summary>Bytes written so far (for progress).</summary>
+    public long Done => Interlocked.Read(ref _done);
+
+    /// <summary>Bytes of the source's data extents copied so far (see <see cref="BlockCopy.Data"/>).</summary>
+    public long Data => Interlocked.Read(ref _data);
+
+    public long Total => source.Length;
+
+    public void Run(CancellationToken cancel = default)
+    {
+        var window = new Queue<Task<(byte[]? Buffer, int Length)>>();
+        try
+        {
+            for (long next = 0; next < Total || window.Count > 0;)
+            {
+                while (window.Count < Ahead && next < Total)
+                {
+                    long at = next;
+                    window.Enqueue(Task.Run(() => Read(at, (int)Math.Min(Chunk, Total - at)), cancel));
+                    next += Chunk;
+                }
+                var (buffer, length) = window.Dequeue().GetAwaiter().GetResult();
+                try
+                {
+                    target.Write(buffer ?? s_zeros, 0, length);
+                }
+                finally
+                {
+                    if (buffer is not null) ArrayPool<byte>.Shared.Return(buffer);
+                }
+                Interlocked.Add(ref _done, length);
+                cancel.ThrowIfCancellationRequested();
+            }
+            target.Flush();
+        }
+        finally
+        {
+            foreach (var pending in window)
+            {
+                try
+                {
+                    if (pending.GetAwaiter().GetResult().Buffer is { } left) ArrayPool<byte>.Shared.Return(left);
+                }
+                catch (Exception e) when (e is OperationCanceledException or ImageException or IOException)
+                {
+                    // the first failure is the one reported
+                }
+            }
+        }
+    }
+
+    // One chunk; null where it is all zeros (nothing read).
+    private (byte[]? Buffer, int Length) Read(long offset, int length)
+    {
+        byte[]? buffer = null;
+        try
+        {
+            for (int done = 0; done < length;)
+            {
+                var extent = source.GetExtent(offset + done, length - done);
+                int n = (int)Math.Clamp(extent.Length, 1, length - done);
+                if (extent.Kind == ExtentKind.Data)
+                {
+                    if (buffer is null)
+                    {
+                        buffer = ArrayPool<byte>.Shared.Rent(Chunk);
+                        buffer.AsSpan(0, done).Clear();
+                    }
+                    source.ReadAt(buffer.AsSpan(done, n), offset + done);
+                    Interlocked.Add(ref _data, n);
+                }
+                else if (buffer is not null)
+                {
+                    buffer.AsSpan(done, n).Clear();
+                }
+                done += n;
+            }
+            return (buffer, length);
+        }
+        catch
+        {
+            if (buffer is not null) ArrayPool<byte>.Shared.Return(buffer);
+            throw;
+        }
     }
 }

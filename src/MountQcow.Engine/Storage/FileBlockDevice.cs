@@ -48,6 +48,10 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
         }
         catch (FileNotFoundException) { throw new ImageIOException($"{path}: no such file"); }
         catch (DirectoryNotFoundException) { throw new ImageIOException($"{path}: no such file or directory"); }
+        catch (UnauthorizedAccessException) when (Directory.Exists(path))
+        {
+            throw new ImageIOException($"{path} is a directory, not an image");
+        }
         catch (UnauthorizedAccessException)
         {
             throw new ImageIOException($"{path}: permission denied{(writable ? " (opening for writing)" : "")}");
