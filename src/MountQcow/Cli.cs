@@ -18,6 +18,21 @@ internal static class Cli
 
     public static void Info(string message) => s_sink($"mountqcow: {message}");
 
+    /// <summary>How to run this program again from a shell: its name where PATH finds it, else its path.</summary>
+    public static string Self
+    {
+        get
+        {
+            string? path = Environment.ProcessPath;
+            if (path is null || Path.GetFileNameWithoutExtension(path) == "dotnet") return "mountqcow";
+            string name = Path.GetFileName(path);
+            bool onPath = (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries)
+                .Select(folder => Path.Combine(folder, name))
+                .Any(candidate => File.Exists(candidate) && (new FileInfo(candidate).ResolveLinkTarget(true)?.FullName ?? Path.GetFullPath(candidate)) == path);
+            return onPath ? name : Quote(path);
+        }
+    }
+
     /// <summary>A path as a shell reads it back: as it is where that is safe, else in single quotes.</summary>
     public static string Quote(string text) =>
         text.Length > 0 && text.All(c => char.IsAsciiLetterOrDigit(c) || c is '/' or '.' or '_' or '-' or '+' or ':' or '@' or '%' or ',')

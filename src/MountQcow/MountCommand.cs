@@ -185,7 +185,7 @@ internal static class MountCommand
         }
         if (!root)
             Console.WriteLine($"  without root (ext2/3/4): mkdir -p ~/{name} && fuse2fs -o {(tree.Writable ? "" : "ro,")}fakeroot {source} ~/{name}");
-        Console.WriteLine($"  unmount:                 {(o.Foreground || o.Debug ? "Ctrl-C here, or " : "")}mountqcow unmount {Cli.Quote(mountpoint)}");
+        Console.WriteLine($"  unmount:                 {(o.Foreground || o.Debug ? "Ctrl-C here, or " : "")}{Cli.Self} unmount {Cli.Quote(mountpoint)}");
     }
 
     /// <summary>Starts this program again in the foreground, detached, and waits for it to say it is mounted.</summary>
