@@ -93,4 +93,42 @@ public sealed class CreateTests : IDisposable
         if (refcountOrder == 0) Assert.True(packedLength <= plainLength, $"{packedLength} > {plainLength}");
         else Assert.True(packedLength < plainLength * 3 / 4, $"compressed {packedLength} bytes, plain {plainLength}");
     }
+
+    /// <summary>
+    /// Compressed clusters of about 40 KiB alternate with incompressible ones, so each of the
+    /// first eight opens a host cluster of its own and leaves about 24 KiB at its end; eight of
+    /// about 20 KiB that follow fit in those ends, and the file must not grow for them (a packer
+    /// that fills only its newest cluster, as QEMU's, takes new ones).
+    /// </summary>
+    [QemuFact]
+    public void SmallCompressedClustersFillTheEndsOthersLeft()
+    {
+        const int cluster = 64 << 10;
+        byte[] Compressible(int randomBytes, int seed)
+        {
+            var data = new byte[cluster]; // random bytes, then zeros: compresses to about randomBytes
+            ImageBuilder.Content(Fill.Random, randomBytes, seed).CopyTo(data, 0);
+            return data;
+        }
+        long Make(string name, bool withSmallOnes)
+        {
+            string image = _b.PathOf(name);
+            Qcow2Creator.Create(image, new CreateOptions { Size = 32L * cluster, ClusterBits = 16, Compression = CompressionType.Zstd });
+            using (var q = Qcow2Image.Open(image, new ImageOptions { Writable = true, CompressWrites = true }))
+            {
+                for (int i = 0; i < 8; i++)
+                {
+                    q.WriteAt(Compressible(40 << 10, i), 2L * i * cluster);
+                    q.WriteAt(ImageBuilder.Content(Fill.Random, cluster, 100 + i), (2L * i + 1) * cluster);
+                }
+                if (withSmallOnes)
+                    for (int i = 0; i < 8; i++) q.WriteAt(Compressible(20 << 10, 200 + i), (16L + i) * cluster);
+            }
+            QemuAssert.CheckClean(image);
+            return new FileInfo(image).Length;
+        }
+        long without = Make("ends-without.qcow2", withSmallOnes: false), with = Make("ends-with.qcow2", withSmallOnes: true);
+        Assert.Equal(without, with);
+        Assert.Matches(@"[1-9][\d.]*% compressed clusters", Run.Checked("qemu-img", "check", _b.PathOf("ends-with.qcow2")));
+    }
 }

@@ -54,8 +54,10 @@ internal sealed class Refcounts
     // many). A cluster handed out plainly is lowered to 1; a pack cluster, which holds several
     // compressed clusters, is lowered to their number when it is closed. Lowering is always safe.
     private ulong _reserveValue = 1;
-    private long _packCluster = -1;
-    private int _packUsed, _packCount;
+    // Clusters being filled with compressed clusters; the last one opened may run on into the
+    // next cluster, the others only take what fits in what they have left.
+    private readonly List<Pack> _packs = [];
+    private const int MaxOpenPacks = 8;
     private long _reserveBytes;
 
     // Storage that reads as zeros, so a new cluster needs no zeros written around its data:
@@ -363,56 +365,70 @@ internal sealed class Refcounts
     private ulong PackCapacity => Math.Min(_max, (ulong)_clusterSize / 256 + 1);
 
     /// <summary>
-    /// Room for <paramref name="length"/> bytes of one compressed cluster, right after the last
-    /// one (running on into the next cluster where that is the next one reserved): the file
-    /// stays dense. Returns the host byte offset.
+    /// Host bytes for a compressed cluster, packed as densely as QEMU packs them or more: into
+    /// the first cluster being filled that has room, else running on from the last one opened
+    /// into the next cluster where that is the next one reserved (each cluster the bytes touch
+    /// counts one reference), else at the start of a new cluster. A plain cluster handed out
+    /// between two compressed ones thus costs no hole: the tail before it is filled later by
+    /// a compressed cluster that fits. Returns the host byte offset.
     /// </summary>
     public long AllocateCompressed(int length)
     {
         if (_reserveValue < PackCapacity) throw new InvalidOperationException("packing was not enabled");
-        if (_packCluster >= 0 && (ulong)_packCount == PackCapacity) ClosePack();
-        if (_packCluster < 0) OpenPack();
-        long offset = (_packCluster << _clusterBits) + _packUsed;
-        int free = _clusterSize - _packUsed;
-        if (length <= free)
+        for (int i = 0; i < _packs.Count; i++)
         {
-            _packUsed += length;
-            _packCount++;
+            var pack = _packs[i];
+            if (pack.Used + length > _clusterSize) continue;
+            _packs[i] = pack with { Used = pack.Used + length, Count = pack.Count + 1 };
+            long offset = (pack.Cluster << _clusterBits) + pack.Used;
+            if (_packs[i].Count == (int)PackCapacity || _packs[i].Used == _clusterSize) ClosePack(i);
             return offset;
         }
-        // As QEMU packs: the bytes run on into the next cluster when that one is next in the
-        // reservation (each cluster they touch counts one reference); otherwise a new cluster.
-        if (_reserveStart == _packCluster + 1 && _reserveStart < _reserveEnd)
+        if (_packs.Count > 0 && _packs[^1] is var last && _reserveStart == last.Cluster + 1 && _reserveStart < _reserveEnd
+            && length - (_clusterSize - last.Used) < _clusterSize)
         {
-            _packCount++;
-            ClosePack();
-            OpenPack();
-            _packUsed = length - free;
-            _packCount = 1;
+            long offset = (last.Cluster << _clusterBits) + last.Used;
+            int rest = length - (_clusterSize - last.Used);
+            _packs[^1] = last with { Count = last.Count + 1 };
+            ClosePack(_packs.Count - 1);
+            OpenPack(rest);
             return offset;
         }
-        ClosePack();
-        OpenPack();
-        _packUsed = length;
-        _packCount = 1;
-        return _packCluster << _clusterBits;
+        if (_packs.Count == MaxOpenPacks) ClosePack(FullestPack());
+        return OpenPack(length) << _clusterBits;
     }
 
-    private void OpenPack()
+    private readonly record struct Pack(long Cluster, int Used, int Count);
+
+    // A new cluster with its first compressed bytes (length of them) in it; closed at once
+    // where a refcount cannot count a second reference.
+    private long OpenPack(int length)
     {
-        _packCluster = TakeReserved(1).First;
-        Written(_packCluster, 1);
-        _packUsed = 0;
-        _packCount = 0;
+        long cluster = TakeReserved(1).First;
+        Written(cluster, 1);
+        _packs.Add(new Pack(cluster, length, 1));
+        if (PackCapacity == 1) ClosePack(_packs.Count - 1);
+        return cluster;
+    }
+
+    private int FullestPack()
+    {
+        int fullest = 0;
+        for (int i = 1; i < _packs.Count; i++)
+            if (_packs[i].Used > _packs[fullest].Used) fullest = i;
+        return fullest;
     }
 
     // Lowering a refcount to the number of references the cluster really has is always safe.
-    private void ClosePack()
+    private void ClosePack(int index)
     {
-        if (_packCluster < 0) return;
-        Set(_packCluster, (ulong)_packCount);
-        if (_packCount == 0) _freeHint = Math.Min(_freeHint, _packCluster);
-        _packCluster = -1;
+        Set(_packs[index].Cluster, (ulong)_packs[index].Count);
+        _packs.RemoveAt(index);
+    }
+
+    private void CloseAllPacks()
+    {
+        while (_packs.Count > 0) ClosePack(_packs.Count - 1);
     }
 
     private void ReleaseReserve()
@@ -503,13 +519,18 @@ internal sealed class Refcounts
     public void Close(FileBlockDevice? trimmable)
     {
         Flush();
-        ClosePack();
+        var packs = _packs.ToList();
+        CloseAllPacks();
         ReleaseReserve();
         if (trimmable is { IsBlockDevice: false })
         {
             long last = Math.Min(_end, (trimmable.Length + _clusterSize - 1) >> _clusterBits);
             while (last > _openClusters && Get(last - 1) == 0) last--;
-            if ((last << _clusterBits) < trimmable.Length) trimmable.SetLength(last << _clusterBits);
+            long length = last << _clusterBits;
+            // A file that ends in compressed clusters ends where their bytes end (whole sectors), as QEMU's do.
+            if (last > _openClusters && packs.FirstOrDefault(p => p.Cluster == last - 1) is { Count: > 0 } tail)
+                length = ((last - 1) << _clusterBits) + ((tail.Used + 511) & ~511);
+            if (length < trimmable.Length) trimmable.SetLength(length);
         }
         _file.Flush(); // closing always leaves the image on disk
     }
