@@ -86,7 +86,8 @@ for image in "$@"; do
   "$mountqcow" "$image" "$m" >/dev/null && mounted+=("$m") && file[mountqcow]=$m/disk.raw
   if command -v qemu-storage-daemon >/dev/null; then
     m=$scratch/qsd-$name; mkdir -p "$m"; touch "$m/disk"
-    qemu-storage-daemon --blockdev driver=file,node-name=f,filename="$image" --blockdev driver=qcow2,node-name=q,file=f \
+    # read-only: mountqcow's mount holds QEMU's reader locks, which keep writers out
+    qemu-storage-daemon --blockdev driver=file,node-name=f,filename="$image",read-only=on --blockdev driver=qcow2,node-name=q,file=f,read-only=on \
       --export type=fuse,id=e,node-name=q,mountpoint="$m/disk",writable=off --daemonize --pidfile "$scratch/qsd.pid" 2>/dev/null \
       && mounted+=("$m/disk") && file[qemu-storage-daemon]=$m/disk
   fi
