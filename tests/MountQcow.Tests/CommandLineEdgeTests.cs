@@ -33,14 +33,7 @@ public sealed class CommandLineEdgeTests : IDisposable
         Assert.DoesNotContain("   at ", r.Stderr);
     }
 
-    private static void AssertOneLineError(Run.Result r, string expected)
-    {
-        Assert.True(r.ExitCode == 1, $"exit {r.ExitCode}: {r.Stderr}{r.Stdout}");
-        string line = Assert.Single(r.Stderr.TrimEnd('\n').Split('\n'));
-        Assert.StartsWith("mountqcow: ", line);
-        Assert.Contains(expected, line);
-        Assert.DoesNotContain("internal error", line);
-    }
+    private static void AssertOneLineError(Run.Result r, string expected) => CommandLineTests.AssertOneLineError(r, expected);
 
     [QemuFact]
     public void ExtraArgumentsAreRefused()

@@ -18,13 +18,15 @@ public sealed class CommandLineTests : IDisposable
         return image;
     }
 
-    private static void AssertOneLineError(Run.Result r, string expected)
+    /// <summary>A failure: exit 1, nothing on stdout, one line on stderr that says what, never an internal error or a stack trace.</summary>
+    internal static void AssertOneLineError(Run.Result r, string expected)
     {
-        Assert.Equal(1, r.ExitCode);
+        Assert.True(r.ExitCode == 1, $"exit {r.ExitCode}: {r.Stderr}{r.Stdout}");
         Assert.Equal("", r.Stdout);
         string line = Assert.Single(r.Stderr.TrimEnd('\n').Split('\n'));
         Assert.StartsWith("mountqcow: ", line);
         Assert.Contains(expected, line);
+        Assert.DoesNotContain("internal error", line);
         Assert.DoesNotContain("   at ", r.Stderr);
     }
 
