@@ -30,7 +30,11 @@ public sealed class UnsupportedFeatureException(string path, string detail)
 
 /// <summary>Reading or writing the host file failed (the device, not the format, is at fault).</summary>
 public sealed class ImageIOException(string message, Exception? inner = null)
-    : ImageException(message, inner);
+    : ImageException(message, inner)
+{
+    /// <summary>The operating system said its file system or device is full (on any platform).</summary>
+    public bool DiskFull => InnerException is IOException e && Storage.BlockDevices.IsDiskFull(e);
+}
 
 /// <summary>
 /// The image cannot grow: its block device is full. Thrown before anything changed, so writing

@@ -225,8 +225,8 @@ public sealed class VirtualFileTree : IDisposable
     {
         FileTreeException f => f.Status,
         ImageFullException => FsStatus.NoSpace,
-        ImageException { InnerException: IOException { HResult: 28 } } => FsStatus.NoSpace, // ENOSPC
-        IOException { HResult: 28 } => FsStatus.NoSpace,
+        ImageIOException { DiskFull: true } => FsStatus.NoSpace,
+        IOException io when BlockDevices.IsDiskFull(io) => FsStatus.NoSpace,
         ImageException or IOException => FsStatus.IoError,
         NotSupportedException => FsStatus.ReadOnly,
         ArgumentException => FsStatus.InvalidArgument,

@@ -105,7 +105,7 @@ public static class PartitionReader
         }
         uint crc = BinaryPrimitives.ReadUInt32LittleEndian(block.AsSpan(GptHeaderCrc));
         BinaryPrimitives.WriteUInt32LittleEndian(block.AsSpan(GptHeaderCrc), 0);
-        if (Crc32.Compute(block.AsSpan(0, (int)size)) != crc)
+        if (System.IO.Hashing.Crc32.HashToUInt32(block.AsSpan(0, (int)size)) != crc)
         {
             problem = "header CRC mismatch";
             return null;
@@ -131,7 +131,7 @@ public static class PartitionReader
     {
         var entries = new byte[header.EntryCount * header.EntrySize];
         disk.ReadAt(entries, header.EntriesLba * sector);
-        problem = Crc32.Compute(entries) == header.EntriesCrc ? null : "entry array CRC mismatch";
+        problem = System.IO.Hashing.Crc32.HashToUInt32(entries) == header.EntriesCrc ? null : "entry array CRC mismatch";
         return problem is null ? entries : null;
     }
 

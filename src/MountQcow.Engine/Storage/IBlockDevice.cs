@@ -89,6 +89,14 @@ public static class BlockDevices
 {
     private static readonly byte[] s_zeros = new byte[1 << 20];
 
+    /// <summary>
+    /// Whether an I/O error says the file system or device is full: ENOSPC or EDQUOT where .NET
+    /// gives errno (Linux), ERROR_HANDLE_DISK_FULL or ERROR_DISK_FULL on Windows.
+    /// </summary>
+    public static bool IsDiskFull(IOException e) => OperatingSystem.IsWindows()
+        ? (e.HResult & 0xFFFF) is 39 or 112
+        : e.HResult is 28 or 122;
+
     /// <summary>Writes zeros over a range, a megabyte at a time.</summary>
     public static void WriteZerosByWriting(IBlockDevice device, long offset, long length)
     {

@@ -1,0 +1,46 @@
+using System.Reflection;
+using NetArchTest.Rules;
+using Xunit;
+
+namespace MountQcow.Tests;
+
+/// <summary>
+/// The layers of DESIGN.md, checked on the compiled assemblies: a backend translates, the tree
+/// decides, the engine knows no partitions, tree or mounts. A dependency across a line fails here.
+/// </summary>
+public sealed class LayerTests
+{
+    private static readonly Assembly Engine = typeof(Qcow2.Qcow2Image).Assembly;
+    private static readonly Assembly Fuse = typeof(Fuse.FuseMount).Assembly;
+
+    private static void AssertKept(ConditionList rule)
+    {
+        var result = rule.GetResult();
+        Assert.True(result.IsSuccessful, "crosses the layers: " + string.Join(", ", result.FailingTypeNames ?? []));
+    }
+
+    [Fact]
+    public void TheFuseBackendKnowsNoImageFormatAndNoPartitions() =>
+        AssertKept(Types.InAssembly(Fuse).Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.Compression", "MountQcow.Partitions"));
+
+    [Fact]
+    public void TheTreeKnowsNoImageFormatAndNoBackend() =>
+        AssertKept(Types.InAssembly(Engine).That().ResideInNamespace("MountQcow.FileTree")
+            .Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.Compression", "MountQcow.Fuse", "MountQcow.Host"));
+
+    [Fact]
+    public void TheBlockEngineKnowsNoPartitionsTreeOrMounts() =>
+        AssertKept(Types.InAssembly(Engine).That().ResideInNamespace("MountQcow.Qcow2").Or().ResideInNamespace("MountQcow.Storage").Or().ResideInNamespace("MountQcow.Compression")
+            .Should().NotHaveDependencyOnAny("MountQcow.Partitions", "MountQcow.FileTree", "MountQcow.Fuse", "MountQcow.Host"));
+
+    [Fact]
+    public void PartitionsAreReadFromAnyDeviceNotFromQcow2() =>
+        AssertKept(Types.InAssembly(Engine).That().ResideInNamespace("MountQcow.Partitions")
+            .Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.FileTree", "MountQcow.Fuse", "MountQcow.Host"));
+
+    /// <summary>The checker sees dependencies at all: the tree does use the partition reader.</summary>
+    [Fact]
+    public void TheCheckerSeesADependencyThatExists() =>
+        Assert.False(Types.InAssembly(Engine).That().ResideInNamespace("MountQcow.FileTree")
+            .Should().NotHaveDependencyOn("MountQcow.Partitions").GetResult().IsSuccessful);
+}
