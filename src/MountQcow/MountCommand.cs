@@ -37,6 +37,7 @@ internal static class MountCommand
         if (FuseMount.Unavailable() is { } reason) throw new UserError(reason);
 
         bool detached = Environment.GetEnvironmentVariable(BackgroundVariable) == "1";
+        Environment.SetEnvironmentVariable(BackgroundVariable, null); // not for the programs it starts (fusermount3)
         if (!o.Foreground && !o.Debug && !detached) return StartInBackground(args, mountpoint);
         if (detached) Native.NewSession();
         return Serve(o, image, mountpoint, l2Cache, detached, user);

@@ -205,9 +205,9 @@ public sealed class StreamCopy(IBlockDevice source, Stream target)
                 {
                     if (pending.GetAwaiter().GetResult().Buffer is { } left) ArrayPool<byte>.Shared.Return(left);
                 }
-                catch (Exception e) when (e is OperationCanceledException or ImageException or IOException)
+                catch (Exception)
                 {
-                    // the first failure is the one reported
+                    // a chunk read after the first failure: that first failure is the one reported
                 }
             }
         }
