@@ -100,6 +100,26 @@ public sealed class CreateConvertTests : IDisposable
         Assert.True(new FileInfo(ours).Length <= new FileInfo(qemus).Length, $"{new FileInfo(ours).Length} bytes, qemu-img's {new FileInfo(qemus).Length}");
     }
 
+    /// <summary>Without libzstd (as on Windows), ZstdSharp.Port reads and writes zstd clusters QEMU agrees with.</summary>
+    [QemuFact]
+    public void ZstdWorksWithoutLibzstd()
+    {
+        string raw = _b.Raw("z.raw", 8 << 20, (0, 3 << 20, Fill.Text, 1), (4 << 20, 1 << 20, Fill.Random, 2));
+        string qemus = _b.PathOf("qemu-zstd.qcow2");
+        Run.Checked("qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", raw, qemus);
+        var noLibzstd = new Dictionary<string, string> { ["MOUNTQCOW_NO_LIBZSTD"] = "1" };
+        string exported = _b.PathOf("exported.raw");
+        var export = Run.Capture("dotnet", [MountqcowProgram.Dll, "export", qemus, exported], env: noLibzstd);
+        Assert.True(export.ExitCode == 0, export.Stderr);
+        Assert.Equal(File.ReadAllBytes(raw), File.ReadAllBytes(exported));
+        string ours = _b.PathOf("ours-zstd.qcow2");
+        var convert = Run.Capture("dotnet", [MountqcowProgram.Dll, "convert", raw, ours, "-c", "zstd"], env: noLibzstd);
+        Assert.True(convert.ExitCode == 0, convert.Stderr);
+        QemuAssert.CheckClean(ours);
+        QemuAssert.SameContent(raw, ours);
+        Assert.Matches(@"[1-9][\d.]*% compressed clusters", Run.Checked("qemu-img", "check", ours));
+    }
+
     [QemuFact]
     public void ConvertRecompressesAQcow2Image()
     {

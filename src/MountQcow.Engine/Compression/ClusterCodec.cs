@@ -10,12 +10,11 @@ internal static class ClusterCodec
     /// Decompresses one cluster into <paramref name="output"/> (exactly one cluster long).
     /// Returns null on success, or why the data is not a valid compressed cluster.
     /// </summary>
-    /// <exception cref="DllNotFoundException">zstd is needed and libzstd is missing.</exception>
     public static string? Decompress(CompressionType type, byte[] input, int inputLength, Span<byte> output) =>
         type switch
         {
             CompressionType.Deflate => Inflate(input, inputLength, output),
-            CompressionType.Zstd => LibZstd.DecompressCluster(input.AsSpan(0, inputLength), output),
+            CompressionType.Zstd => Zstd.DecompressCluster(input.AsSpan(0, inputLength), output),
             _ => $"compression type {(int)type}",
         };
 
@@ -49,7 +48,7 @@ internal static class ClusterCodec
     public static int Compress(CompressionType type, ReadOnlySpan<byte> cluster, byte[] output)
     {
         int limit = Math.Min(output.Length, cluster.Length - 1);
-        if (type == CompressionType.Zstd) return LibZstd.Compress(cluster, output.AsSpan(0, limit), level: 3);
+        if (type == CompressionType.Zstd) return Zstd.Compress(cluster, output.AsSpan(0, limit), level: 3);
         if (LibZ.IsAvailable) return LibZ.Compress(cluster, output.AsSpan(0, limit));
         // Without zlib: Huffman coding only makes no back-references, so any window reads it.
         var sink = new BoundedSink(output, limit);

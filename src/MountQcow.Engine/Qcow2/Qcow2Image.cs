@@ -307,15 +307,7 @@ public sealed partial class Qcow2Image : IBlockDevice
         try
         {
             _file.ReadAt(input.AsSpan(0, length), hostOffset); // past the end of the file reads zeros
-            string? error;
-            try
-            {
-                error = ClusterCodec.Decompress(Header.CompressionType, input, length, cluster);
-            }
-            catch (DllNotFoundException e)
-            {
-                throw new UnsupportedFeatureException(Path, e.Message);
-            }
+            string? error = ClusterCodec.Decompress(Header.CompressionType, input, length, cluster);
             if (error is not null)
                 throw new CorruptImageException(Path, $"compressed cluster at 0x{hostOffset:x} (+{length}): {error}");
             Interlocked.Increment(ref _decompressions);
