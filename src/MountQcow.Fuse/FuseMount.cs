@@ -119,18 +119,32 @@ public sealed unsafe class FuseMount : IDisposable
     }
 
     /// <summary>Serves requests on libfuse's worker threads until the file system is unmounted.</summary>
-    /// <returns>libfuse's result: 0 for a normal end.</returns>
+    /// <returns>0 for a normal end, else libfuse's error (a negative errno).</returns>
     public int Run()
     {
         if (_options.ReadaheadKiB > 0 && LibFuse3.getuid() == 0)
             new Thread(SetReadahead) { IsBackground = true, Name = "readahead" }.Start();
+        int result;
         if (LibFuse3.fuse_loop_mt_32 != null)
         {
             var config = new fuse_loop_config { clone_fd = _options.CloneFd ? 1 : 0, max_idle_threads = 16 };
-            return LibFuse3.fuse_loop_mt_32(_fuse, &config);
+            result = LibFuse3.fuse_loop_mt_32(_fuse, &config);
         }
-        return LibFuse3.fuse_loop_mt_30(_fuse, _options.CloneFd ? 1 : 0);
+        else
+        {
+            result = LibFuse3.fuse_loop_mt_30(_fuse, _options.CloneFd ? 1 : 0);
+        }
+        return EndedByKernel(result) ? 0 : result;
     }
+
+    /// <summary>
+    /// Whether libfuse's result only reports that the kernel ended the session. A worker reading
+    /// /dev/fuse while the kernel tears the connection down gets ENODEV, or ENOENT or ECONNABORTED
+    /// when a request was being handed over at that moment (the kernel gives those only then);
+    /// libfuse's read path treats them as the end, its splice path returns them as errors (seen
+    /// after a detached mount's last user let go: exit status 1 for a clean end).
+    /// </summary>
+    private static bool EndedByKernel(int result) => result is -2 or -19 or -103; // ENOENT, ENODEV, ECONNABORTED
 
     // INIT's reply caps the mount's readahead, so the window is widened only once a request
     // after INIT has arrived: through the mount's backing device info in sysfs, found by the
