@@ -45,10 +45,11 @@ internal static class Program
         s.AutoVersion = true;
     });
 
-    private static Type? VerbOf(string name) =>
-        s_verbs.FirstOrDefault(t => t.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Any(v => v.Name == name));
+    private static Type? VerbOf(string name) => s_verbs.FirstOrDefault(t => VerbAttributeOf(t).Name == name);
 
-    private static string VerbName(Type verb) => verb.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Single().Name;
+    private static VerbAttribute VerbAttributeOf(Type verb) => verb.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Single();
+
+    private static string VerbName(Type verb) => VerbAttributeOf(verb).Name;
 
     private static int Run(CommonOptions options, Func<int> command)
     {
@@ -148,7 +149,7 @@ internal static class Program
         to.WriteLine("verbs:");
         foreach (var verb in s_verbs)
         {
-            var attribute = verb.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Single();
+            var attribute = VerbAttributeOf(verb);
             to.WriteLine($"  {attribute.Name,-9} {FirstSentence(attribute.HelpText)}");
         }
         to.WriteLine();
@@ -169,7 +170,7 @@ internal static class Program
         var result = parser.ParseArguments([VerbName(verb), "--help"], s_verbs);
         var help = HelpText.AutoBuild(result, h =>
         {
-            h.Heading = $"mountqcow {VerbName(verb)}: {verb.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Single().HelpText}";
+            h.Heading = $"mountqcow {VerbName(verb)}: {VerbAttributeOf(verb).HelpText}";
             h.Copyright = "";
             h.AddDashesToOption = true;
             h.AdditionalNewLineAfterOption = false;
