@@ -74,7 +74,7 @@ demo() {
     echo "to read the files inside: sudo mount -o loop,ro $dir/mnt/p2.raw /mnt"
   fi
   echo
-  echo "the demo image stays mounted at $dir/mnt; unmount it with: fusermount3 -u $dir/mnt"
+  echo "the demo image stays mounted at $dir/mnt; unmount it with: $mq unmount $dir/mnt"
 }
 
 # mountqcow.exe for Windows, without ReadyToRun (that needs a Windows-targeting crossgen): a
