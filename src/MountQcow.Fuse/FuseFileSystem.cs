@@ -211,7 +211,7 @@ internal static unsafe class FuseFileSystem
         {
             var file = FileAt(path, out bool root);
             if (file is null) return root ? -EISDIR : -ENOENT;
-            if ((fi->flags & O_ACCMODE) != O_RDONLY && !file.Writable) return -EROFS;
+            file.Open(forWriting: (fi->flags & O_ACCMODE) != O_RDONLY);
             fi->fh = (ulong)IndexOf(file) + 1;
             // Read-only: the kernel keeps pages cached (nothing changes them). Read-write: no page
             // cache (FOPEN_DIRECT_IO): a write goes straight from the writer's buffer to the image,
@@ -313,7 +313,6 @@ internal static unsafe class FuseFileSystem
         {
             var file = FileOf(path, fi);
             if (file is null) return -ENOENT;
-            if (!file.Writable) return -EROFS;
             file.Resize(length);
             return 0;
         }
@@ -335,9 +334,9 @@ internal static unsafe class FuseFileSystem
                 file.Discard(offset, length);
                 return 0;
             }
-            // Plain allocation: the space exists already unless it would grow the file.
             if ((mode & ~FALLOC_FL_KEEP_SIZE) != 0) return -EOPNOTSUPP;
-            return offset + length > file.Length && (mode & FALLOC_FL_KEEP_SIZE) == 0 ? -EFBIG : 0;
+            file.Reserve(offset, length, keepSize: (mode & FALLOC_FL_KEEP_SIZE) != 0);
+            return 0;
         }
         catch (Exception e)
         {
@@ -410,12 +409,12 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
+            var volume = s_tree.Volume;
             *st = default;
-            const uint block = 4096;
-            st->f_bsize = st->f_frsize = block;
-            st->f_blocks = (ulong)(s_tree.Files[0].Length + block - 1) / block;
-            st->f_files = (ulong)s_tree.Files.Count + 1;
-            st->f_namemax = 255;
+            st->f_bsize = st->f_frsize = (ulong)volume.BlockSize;
+            st->f_blocks = (ulong)volume.Blocks;
+            st->f_files = (ulong)volume.Files;
+            st->f_namemax = (ulong)volume.MaxNameLength;
             return 0;
         }
         catch (Exception e)
@@ -431,7 +430,8 @@ internal static unsafe class FuseFileSystem
         {
             var file = FileAt(path, out bool root);
             if (file is null && !root) return -ENOENT;
-            return (mask & W_OK) != 0 && !s_tree.Writable ? -EROFS : 0;
+            s_tree.CheckAccess(write: (mask & W_OK) != 0);
+            return 0;
         }
         catch (Exception e)
         {

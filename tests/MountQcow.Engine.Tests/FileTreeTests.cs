@@ -35,6 +35,27 @@ public sealed class FileTreeTests
     }
 
     [Fact]
+    public void TheTreeDecidesOpensAccessSpaceAndVolume()
+    {
+        using var readOnly = Tree(new byte[1 << 20], writable: false);
+        var file = readOnly.Files[0];
+        file.Open(forWriting: false);
+        Assert.Equal(FsStatus.ReadOnly, Assert.Throws<FileTreeException>(() => file.Open(forWriting: true)).Status);
+        Assert.Equal(FsStatus.ReadOnly, Assert.Throws<FileTreeException>(() => file.Resize(1 << 20)).Status);
+        Assert.Equal(FsStatus.ReadOnly, Assert.Throws<FileTreeException>(() => readOnly.CheckAccess(write: true)).Status);
+        readOnly.CheckAccess(write: false);
+        using var writable = Tree(new byte[1 << 20], writable: true);
+        var disk = writable.Files[0];
+        disk.Open(forWriting: true);
+        disk.Resize(1 << 20); // its own size: nothing to do
+        disk.Reserve(0, 1 << 20, keepSize: false); // the space exists
+        disk.Reserve(1 << 19, 1 << 20, keepSize: true); // past the end, but the size stays
+        Assert.Equal(FsStatus.FileTooLarge, Assert.Throws<FileTreeException>(() => disk.Reserve(1 << 19, 1 << 20, keepSize: false)).Status);
+        Assert.Equal(FsStatus.InvalidArgument, Assert.Throws<FileTreeException>(() => disk.Reserve(-1, 10, keepSize: false)).Status);
+        Assert.Equal(new VirtualFileTree.VolumeFigures(4096, 256, 2, 255), writable.Volume);
+    }
+
+    [Fact]
     public void EveryFailureBecomesAStatus()
     {
         Assert.Equal(FsStatus.NoSpace, VirtualFileTree.StatusOf(new ImageFullException("full")));

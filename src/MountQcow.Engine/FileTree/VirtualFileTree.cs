@@ -89,10 +89,21 @@ public sealed class VirtualFile
         return run with { Length = Math.Clamp(run.Length, 1, n) };
     }
 
+    /// <summary>Checks an open: for writing only where the file is writable.</summary>
+    public void Open(bool forWriting)
+    {
+        if (forWriting) RefuseIfReadOnly();
+    }
+
+    private void RefuseIfReadOnly()
+    {
+        if (!Writable) throw new FileTreeException(FsStatus.ReadOnly, $"{Name} is read-only");
+    }
+
     /// <summary>Writes inside the file; a write past its end is refused, since the disk has a fixed size.</summary>
     public void Write(ReadOnlySpan<byte> data, long offset)
     {
-        if (!Writable) throw new FileTreeException(FsStatus.ReadOnly, $"{Name} is read-only");
+        RefuseIfReadOnly();
         if (offset < 0) throw new FileTreeException(FsStatus.InvalidArgument, "negative offset");
         if (offset > Length || data.Length > Length - offset)
             throw new FileTreeException(FsStatus.FileTooLarge, $"{Name} has a fixed size of {Length} bytes");
@@ -102,7 +113,7 @@ public sealed class VirtualFile
     /// <summary>Makes a range read as zeros and releases its storage where the image can (punching a hole).</summary>
     public void Discard(long offset, long length)
     {
-        if (!Writable) throw new FileTreeException(FsStatus.ReadOnly, $"{Name} is read-only");
+        RefuseIfReadOnly();
         if (offset < 0 || length < 0 || offset > Length) throw new FileTreeException(FsStatus.InvalidArgument, "range outside the file");
         Device.WriteZeros(offset, Math.Min(length, Length - offset), discard: true);
     }
@@ -110,8 +121,20 @@ public sealed class VirtualFile
     /// <summary>Size changes are refused: the virtual disk and its partitions have fixed sizes.</summary>
     public void Resize(long length)
     {
+        RefuseIfReadOnly();
         if (length != Length)
             throw new FileTreeException(FsStatus.NotPermitted, $"{Name} has a fixed size of {Length} bytes");
+    }
+
+    /// <summary>
+    /// Space for a range (fallocate without flags): it exists already inside the file, so only a
+    /// range that would make the file longer is refused, unless the size is to stay as it is.
+    /// </summary>
+    public void Reserve(long offset, long length, bool keepSize)
+    {
+        if (offset < 0 || length <= 0) throw new FileTreeException(FsStatus.InvalidArgument, "empty or negative range");
+        if (offset + length > Length && !keepSize)
+            throw new FileTreeException(FsStatus.FileTooLarge, $"{Name} has a fixed size of {Length} bytes");
     }
 
     /// <summary>
@@ -193,6 +216,24 @@ public sealed class VirtualFileTree : IDisposable
         foreach (var p in table.Partitions)
             files.Add(new VirtualFile(p.FileName, new SliceBlockDevice(disk, p.Start, p.Length, writable), writable, p));
         return new VirtualFileTree(files, table, writable, modified, mayChange);
+    }
+
+    /// <summary>Checks access to the tree or a file in it: writing only where the tree is writable.</summary>
+    public void CheckAccess(bool write)
+    {
+        if (write && !Writable) throw new FileTreeException(FsStatus.ReadOnly, "the mount is read-only");
+    }
+
+    /// <summary>What the tree reports as its volume: block size, size (the disk's), files, longest name.</summary>
+    public readonly record struct VolumeFigures(int BlockSize, long Blocks, int Files, int MaxNameLength);
+
+    public VolumeFigures Volume
+    {
+        get
+        {
+            const int block = 4096;
+            return new VolumeFigures(block, (Files[0].Length + block - 1) / block, Files.Count + 1, 255);
+        }
     }
 
     /// <summary>The file with this UTF-8 name (no slashes), or null.</summary>
