@@ -39,9 +39,9 @@ internal static class CreateCommand
         return Program.Ok;
     }
 
-    private static (long Size, string Format) Describe(string path, string? format)
+    private static (long Size, string Format) Describe(string path, string? given)
     {
-        format ??= Qcow2Image.Probe(path);
+        string format = given ?? Qcow2Image.Probe(path);
         switch (format)
         {
             case "qcow2":
@@ -49,7 +49,9 @@ internal static class CreateCommand
             case "raw":
                 using (var raw = FileBlockDevice.Open(path, writable: false)) return (raw.Length, format);
             default:
-                throw new UsageError($"backing format '{format}' is not supported (qcow2 or raw)");
+                // A format the user named is a wrong command line; one found in the file is not.
+                string problem = $"backing format '{format}' is not supported (qcow2 or raw)";
+                throw given is null ? new UserError(problem) : new UsageError(problem);
         }
     }
 
