@@ -215,6 +215,9 @@ internal readonly struct L2Entry(ulong raw)
     /// <summary>Host cluster offset of a standard cluster (0: none).</summary>
     public long HostOffset => (long)(raw & OffsetMask);
 
+    /// <summary>An allocated, uncompressed cluster that only this table names: it may be written in place.</summary>
+    public bool OwnsCluster => !IsCompressed && HostOffset != 0 && Copied;
+
     /// <summary>Reserved bits of a standard descriptor that are set (should be none).</summary>
     public ulong ReservedBits => raw & StandardReservedMask;
 

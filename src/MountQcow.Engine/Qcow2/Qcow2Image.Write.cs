@@ -157,7 +157,7 @@ public sealed partial class Qcow2Image
                 var l1 = new L1Entry(_map.L1[l1Index]);
                 if (l1.L2Offset == 0 || !l1.Copied) return false;
                 var entry = new L2Entry(_map.GetTable(l1Index)!.Entries[l2Index]);
-                if (entry.IsCompressed || entry.HostOffset == 0 || !entry.Copied || entry.ZeroFlagSet) return false;
+                if (!entry.OwnsCluster || entry.ZeroFlagSet) return false;
                 _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
                 int inCluster = (int)(at & _clusterMask);
                 int n = (int)Math.Min(offset + buffer.Length - at, _clusterSize - inCluster);
@@ -384,7 +384,7 @@ public sealed partial class Qcow2Image
             return;
         }
         var entry = new L2Entry(table.Entries[l2Index]);
-        if (!entry.IsCompressed && entry.HostOffset != 0 && entry.Copied)
+        if (entry.OwnsCluster)
         {
             _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
             if (!entry.ZeroFlagSet)

@@ -519,7 +519,7 @@ internal sealed class Refcounts
     public void Close(FileBlockDevice? trimmable)
     {
         Flush();
-        var packs = _packs.ToList();
+        var lastPack = _packs.Count == 0 ? default : _packs.MaxBy(p => p.Cluster); // Count 0: none
         CloseAllPacks();
         ReleaseReserve();
         if (trimmable is { IsBlockDevice: false })
@@ -528,8 +528,8 @@ internal sealed class Refcounts
             while (last > _openClusters && Get(last - 1) == 0) last--;
             long length = last << _clusterBits;
             // A file that ends in compressed clusters ends where their bytes end (whole sectors), as QEMU's do.
-            if (last > _openClusters && packs.FirstOrDefault(p => p.Cluster == last - 1) is { Count: > 0 } tail)
-                length = ((last - 1) << _clusterBits) + ((tail.Used + 511) & ~511);
+            if (last > _openClusters && lastPack.Count > 0 && lastPack.Cluster == last - 1)
+                length = ((last - 1) << _clusterBits) + ((lastPack.Used + 511) & ~511);
             if (length < trimmable.Length) trimmable.SetLength(length);
         }
         _file.Flush(); // closing always leaves the image on disk

@@ -158,7 +158,6 @@ public sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOpti
 public sealed class StreamCopy(IBlockDevice source, Stream target)
 {
     private const int Chunk = 1 << 20, Ahead = 8;
-    private static readonly byte[] s_zeros = new byte[Chunk];
     private long _done;
     private long _data;
 
@@ -186,7 +185,7 @@ public sealed class StreamCopy(IBlockDevice source, Stream target)
                 var (buffer, length) = window.Dequeue().GetAwaiter().GetResult();
                 try
                 {
-                    target.Write(buffer ?? s_zeros, 0, length);
+                    target.Write(buffer is null ? BlockDevices.Zeros(length) : buffer.AsSpan(0, length));
                 }
                 finally
                 {

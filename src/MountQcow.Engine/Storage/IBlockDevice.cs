@@ -89,6 +89,9 @@ public static class BlockDevices
 {
     private static readonly byte[] s_zeros = new byte[1 << 20];
 
+    /// <summary>Up to a mebibyte of zeros to write from (never written into).</summary>
+    internal static ReadOnlySpan<byte> Zeros(int length) => s_zeros.AsSpan(0, length);
+
     /// <summary>
     /// Whether an I/O error says the file system or device is full: ENOSPC or EDQUOT where .NET
     /// gives errno (Linux), ERROR_HANDLE_DISK_FULL or ERROR_DISK_FULL on Windows.
