@@ -12,7 +12,7 @@ namespace MountQcow.Fuse;
 internal static unsafe class FuseFileSystem
 {
     private const int ENOENT = 2, EIO = 5, ENXIO = 6, EISDIR = 21, EINVAL = 22, EFBIG = 27, ENOSPC = 28,
-        EROFS = 30, EPERM = 1, EOPNOTSUPP = 95;
+        EROFS = 30, EPERM = 1, EOPNOTSUPP = 95, ENOTDIR = 20, EEXIST = 17;
     private const int O_ACCMODE = 3, O_RDONLY = 0;
     private const int SEEK_DATA = 3, SEEK_HOLE = 4;
     private const int W_OK = 2;
@@ -86,6 +86,8 @@ internal static unsafe class FuseFileSystem
         FsStatus.FileTooLarge => EFBIG,
         FsStatus.NoData => ENXIO,
         FsStatus.NotSupported => EOPNOTSUPP,
+        FsStatus.NotDirectory => ENOTDIR,
+        FsStatus.Exists => EEXIST,
         _ => EIO,
     };
 
@@ -152,20 +154,11 @@ internal static unsafe class FuseFileSystem
         try
         {
             var file = FileOf(path, fi);
-            if (file is null)
-            {
-                FileAt(path, out bool root);
-                if (!root) return -ENOENT;
-                FillStat(stat, S_IFDIR | (s_tree.Writable ? 0x1edu : 0x16du), 2, 0, 0); // 0755 / 0555
-                return 0;
-            }
-            long allocated = file.AllocatedBytes;
-            if (allocated < 0)
-            {
-                s_tree.StartAllocationScan();
-                allocated = file.Length; // until the scan has counted
-            }
-            FillStat(stat, S_IFREG | (file.Writable ? 0x1a4u : 0x124u), 1, file.Length, (allocated + 511) / 512); // 0644 / 0444
+            FileFacts facts;
+            if (file is not null) facts = file.Facts;
+            else if (FileAt(path, out bool root) is null && root) facts = s_tree.RootFacts;
+            else return -ENOENT;
+            FillStat(stat, (facts.IsDirectory ? S_IFDIR : S_IFREG) | facts.Permissions, facts.Links, facts.Length, (facts.AllocatedBytes + 511) / 512);
             return 0;
         }
         catch (Exception e)
@@ -212,7 +205,7 @@ internal static unsafe class FuseFileSystem
             var file = FileAt(path, out bool root);
             if (file is null) return root ? -EISDIR : -ENOENT;
             file.Open(forWriting: (fi->flags & O_ACCMODE) != O_RDONLY);
-            fi->fh = (ulong)IndexOf(file) + 1;
+            fi->fh = (ulong)file.Index + 1;
             // Read-only: the kernel keeps pages cached (nothing changes them). Read-write: no page
             // cache (FOPEN_DIRECT_IO): a write goes straight from the writer's buffer to the image,
             // with one copy less, whole (not cut at page boundaries), and every opener sees the
@@ -227,53 +220,42 @@ internal static unsafe class FuseFileSystem
         }
     }
 
-    private static int IndexOf(VirtualFile file)
-    {
-        for (int i = 0; i < s_tree.Files.Count; i++)
-            if (ReferenceEquals(s_tree.Files[i], file)) return i;
-        return -1;
-    }
-
     /// <summary>
-    /// Reads for libfuse, which frees what is returned. Ranges that lie unchanged in the image
-    /// file (or a backing file) go back as file ranges, which libfuse splices into /dev/fuse
-    /// without a copy through this process; the rest (zeros, compressed clusters, or everything
-    /// on a writable mount) as bytes in malloc'ed memory. At most <see cref="MaxBuffers"/> pieces.
+    /// Reads for libfuse, which frees what is returned. The tree plans the pieces: ranges that lie
+    /// unchanged in the image file (or a backing file) go back as file ranges, which libfuse
+    /// splices into /dev/fuse without a copy through this process; the rest (zeros, compressed
+    /// clusters, or everything on a writable mount) as bytes in malloc'ed memory.
     /// </summary>
     [UnmanagedCallersOnly]
     private static int ReadBuf(byte* path, fuse_bufvec** result, nuint size, long offset, fuse_file_info* fi)
     {
+        var plan = new ReadPlan();
         var pieces = stackalloc fuse_buf[MaxBuffers];
+        new Span<fuse_buf>(pieces, MaxBuffers).Clear(); // what a failure frees
         int count = 0;
         try
         {
             var file = FileOf(path, fi);
             if (file is null) return -ENOENT;
-            long end = offset + Math.Max(0, Math.Min((long)Math.Min(size, (nuint)MaxRequestFor(s_tree.Writable)), file.Length - offset));
-            for (long at = offset; at < end;)
+            long length = (long)Math.Min(size, (nuint)MaxRequestFor(s_tree.Writable));
+            int planned = file.PlanRead(offset, length, plan, hostRanges: s_splice);
+            for (; count < planned; count++)
             {
-                bool lastPiece = count == MaxBuffers - 1;
-                var run = s_splice ? file.Locate(at, (int)(end - at)) : HostRun.Computed(end - at);
-                if (run.File is not null && !lastPiece)
+                var piece = plan[count];
+                if (piece.Host is { } host)
                 {
-                    pieces[count++] = new fuse_buf
+                    pieces[count] = new fuse_buf
                     {
-                        size = (nuint)run.Length,
+                        size = (nuint)piece.Length,
                         flags = fuse_buf.FUSE_BUF_IS_FD | fuse_buf.FUSE_BUF_FD_SEEK,
-                        fd = (int)run.File.DangerousGetHandle(),
-                        pos = run.Offset,
+                        fd = (int)host.DangerousGetHandle(),
+                        pos = piece.HostOffset,
                     };
-                    at += run.Length;
                     continue;
                 }
-                // Bytes to compute: this run and the computed runs after it, or all that is left.
-                long length = lastPiece ? end - at : run.Length;
-                while (at + length < end && s_splice && !lastPiece && file.Locate(at + length, (int)(end - at - length)) is { File: null } next)
-                    length += next.Length;
-                void* memory = NativeMemory.Alloc((nuint)length);
-                pieces[count++] = new fuse_buf { mem = memory };
-                pieces[count - 1].size = (nuint)file.Read(new Span<byte>(memory, (int)length), at);
-                at += length;
+                void* memory = NativeMemory.Alloc((nuint)piece.Length);
+                pieces[count] = new fuse_buf { mem = memory };
+                pieces[count].size = (nuint)file.Read(new Span<byte>(memory, (int)piece.Length), piece.Offset);
             }
             if (count == 0) pieces[count++] = new fuse_buf { mem = NativeMemory.Alloc(1) }; // an empty read
             var vector = (fuse_bufvec*)NativeMemory.AllocZeroed((nuint)(sizeof(fuse_bufvec) + (count - 1) * sizeof(fuse_buf)));
@@ -284,9 +266,16 @@ internal static unsafe class FuseFileSystem
         }
         catch (Exception e)
         {
-            for (int k = 0; k < count; k++) NativeMemory.Free(pieces[k].mem);
+            for (int k = 0; k < MaxBuffers; k++) NativeMemory.Free(pieces[k].mem);
             return Fail(e, "read");
         }
+    }
+
+    /// <summary>Room for a read's pieces on the stack (they hold file handles, so no stackalloc).</summary>
+    [System.Runtime.CompilerServices.InlineArray(MaxBuffers)]
+    private struct ReadPlan
+    {
+        private ReadPiece _first;
     }
 
     [UnmanagedCallersOnly]

@@ -68,4 +68,119 @@ public sealed class FileTreeTests
         Assert.Equal(FsStatus.InvalidArgument, VirtualFileTree.StatusOf(new FileTreeException(FsStatus.InvalidArgument, "negative offset")));
         Assert.Equal(FsStatus.IoError, VirtualFileTree.StatusOf(new InvalidOperationException("a bug")));
     }
+
+    /// <summary>A device whose bytes lie in a host file in 64 KiB stretches, every other one (as a qcow2 image with compressed clusters between plain ones).</summary>
+    private sealed class StripedDevice(Microsoft.Win32.SafeHandles.SafeFileHandle host, long length) : IBlockDevice
+    {
+        public const long Stripe = 64 * 1024;
+        public long Length => length;
+        public bool CanWrite => false;
+        public void ReadAt(Span<byte> buffer, long offset) => buffer.Fill(7);
+        public void WriteAt(ReadOnlySpan<byte> buffer, long offset) => throw new NotSupportedException();
+        public void Flush() { }
+        public void Dispose() { }
+
+        public HostRun GetHostRun(long offset, long maxLength)
+        {
+            long left = Math.Min(maxLength, Stripe - offset % Stripe);
+            return offset / Stripe % 2 == 0 ? new HostRun(host, 1_000_000 + offset, left) : HostRun.Computed(left);
+        }
+    }
+
+    [Fact]
+    public void TheTreePlansReadsIntoHostRangesAndComputedStretches()
+    {
+        string path = Path.GetTempFileName();
+        try
+        {
+            using var host = File.OpenHandle(path);
+            const long stripe = StripedDevice.Stripe;
+            using var tree = VirtualFileTree.Create(new StripedDevice(host, 8 * stripe), false, DateTimeOffset.UnixEpoch);
+            var file = tree.Files[0];
+            var pieces = new ReadPiece[5];
+            // From the middle of a host stripe: host, computed, host, computed, then the rest in one computed piece.
+            int n = file.PlanRead(stripe / 2, 6 * stripe, pieces, hostRanges: true);
+            Assert.Equal(5, n);
+            Assert.Equal(new ReadPiece(stripe / 2, stripe / 2, host, 1_000_000 + stripe / 2), pieces[0]);
+            Assert.Equal(new ReadPiece(stripe, stripe, null, 0), pieces[1]);
+            Assert.Equal(new ReadPiece(2 * stripe, stripe, host, 1_000_000 + 2 * stripe), pieces[2]);
+            Assert.Equal(new ReadPiece(3 * stripe, stripe, null, 0), pieces[3]);
+            Assert.Equal(new ReadPiece(4 * stripe, 2 * stripe + stripe / 2, null, 0), pieces[4]);
+            // Clamped to the end of the file; nothing at or past it.
+            Assert.Equal(1, file.PlanRead(8 * stripe - 10, 4096, pieces, hostRanges: true));
+            Assert.Equal(new ReadPiece(8 * stripe - 10, 10, null, 0), pieces[0]);
+            Assert.Equal(0, file.PlanRead(8 * stripe, 4096, pieces, hostRanges: true));
+            // Without host ranges (a writable mount, or no splice): one piece to compute.
+            Assert.Equal(1, file.PlanRead(0, 3 * stripe, pieces, hostRanges: false));
+            Assert.Equal(new ReadPiece(0, 3 * stripe, null, 0), pieces[0]);
+            Assert.Equal(FsStatus.InvalidArgument, Assert.Throws<FileTreeException>(() => file.PlanRead(-1, 10, pieces, true)).Status);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public void NamesAreFoundExactlyOrIgnoringCase()
+    {
+        var disk = new byte[4 << 20];
+        for (int i = 0; i < 2; i++) // two Linux partitions of 1 MiB at 1 MiB and 2 MiB
+        {
+            var entry = disk.AsSpan(446 + 16 * i, 16);
+            entry[4] = 0x83;
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(entry[8..], (uint)(2048 * (i + 1)));
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(entry[12..], 2048);
+        }
+        disk[510] = 0x55;
+        disk[511] = 0xAA;
+        using var tree = Tree(disk, writable: false);
+        Assert.Equal(["disk.raw", "p1.raw", "p2.raw"], tree.Files.Select(f => f.Name));
+        Assert.Same(tree.Files[1], tree.Find("p1.raw".AsSpan(), ignoreCase: false));
+        Assert.Null(tree.Find("P1.RAW".AsSpan(), ignoreCase: false));
+        Assert.Same(tree.Files[1], tree.Find("P1.RAW".AsSpan(), ignoreCase: true));
+        Assert.Same(tree.Files[0], tree.Find("Disk.Raw".AsSpan(), ignoreCase: true));
+        Assert.Null(tree.Find("p3.raw".AsSpan(), ignoreCase: true));
+        Assert.Null(tree.Find("p1.raw "u8));
+        Assert.Equal([0, 1, 2], tree.Files.Select(f => f.Index));
+    }
+
+    [Fact]
+    public void FactsCarryModesSizesAndTimes()
+    {
+        var modified = new DateTimeOffset(2024, 5, 6, 7, 8, 9, TimeSpan.Zero);
+        using var readOnly = VirtualFileTree.Create(new MemoryBlockDevice(new byte[1 << 20], false), false, modified);
+        var root = readOnly.RootFacts;
+        Assert.True(root.IsDirectory);
+        Assert.Equal(0x16du, root.Permissions); // 0555
+        Assert.Equal(2u, root.Links);
+        var file = readOnly.Files[0].Facts;
+        Assert.False(file.IsDirectory);
+        Assert.Equal(0x124u, file.Permissions); // 0444
+        Assert.Equal(1 << 20, file.Length);
+        Assert.Equal(modified, file.Modified);
+        Assert.NotEqual(root.Id, file.Id);
+        using var writable = VirtualFileTree.Create(new MemoryBlockDevice(new byte[1 << 20]), true, modified);
+        Assert.Equal(0x1edu, writable.RootFacts.Permissions); // 0755
+        Assert.Equal(0x1a4u, writable.Files[0].Facts.Permissions); // 0644
+        // Sizes on disk: the file's length until the scan has counted, then the bytes that hold data.
+        for (int i = 0; i < 200 && writable.Files[0].AllocatedBytes < 0; i++) Thread.Sleep(10);
+        Assert.Equal(1 << 20, writable.Files[0].Facts.AllocatedBytes); // a memory device is all data
+    }
+
+    [Fact]
+    public void NamesCannotChangeAndSizesOnlyGrowTheirAllocation()
+    {
+        using var readOnly = Tree(new byte[1 << 20], writable: false);
+        Assert.Equal(FsStatus.ReadOnly, Assert.Throws<FileTreeException>(() => readOnly.ChangeEntries("create x")).Status);
+        Assert.Equal(FsStatus.ReadOnly, Assert.Throws<FileTreeException>(() => readOnly.Files[0].Touch()).Status);
+        Assert.Equal(FsStatus.ReadOnly, Assert.Throws<FileTreeException>(() => readOnly.Files[0].Allocate(1 << 20)).Status);
+        using var writable = Tree(new byte[1 << 20], writable: true);
+        Assert.Equal(FsStatus.NotPermitted, Assert.Throws<FileTreeException>(() => writable.ChangeEntries("delete disk.raw")).Status);
+        writable.Files[0].Touch();
+        writable.Files[0].Allocate(1 << 20);
+        writable.Files[0].Allocate(2 << 20);
+        Assert.Equal(FsStatus.NotPermitted, Assert.Throws<FileTreeException>(() => writable.Files[0].Allocate(4096)).Status);
+        Assert.Equal(FsStatus.InvalidArgument, Assert.Throws<FileTreeException>(() => writable.Files[0].Allocate(-1)).Status);
+    }
 }

@@ -21,6 +21,8 @@ public enum FsStatus
     FileTooLarge,
     NoData,
     NotSupported,
+    NotDirectory,
+    Exists,
 }
 
 /// <summary>A refusal with a status (reading past the end of the data for SEEK_DATA, a size change, ...).</summary>
@@ -30,6 +32,27 @@ public sealed class FileTreeException(FsStatus status, string message) : Excepti
 }
 
 /// <summary>
+/// What a backend shows for the folder or a file: the tree's answer to stat, GetFileInformation
+/// and a directory listing. <see cref="Id"/> is 1 for the folder and 2 onwards for the files.
+/// </summary>
+public readonly record struct FileFacts(long Id, bool IsDirectory, bool Writable, long Length, long AllocatedBytes, DateTimeOffset Modified)
+{
+    /// <summary>Unix permission bits: read for all, write for the owner where writable, search on the folder.</summary>
+    public uint Permissions => (IsDirectory ? 0x16du : 0x124u) | (Writable ? 0x80u : 0u); // 0555 / 0444, plus 0200
+
+    /// <summary>Links: a folder has its own "." and the parent's entry.</summary>
+    public uint Links => IsDirectory ? 2u : 1u;
+}
+
+/// <summary>
+/// A piece of a read, planned by <see cref="VirtualFile.PlanRead"/>: bytes of a host file
+/// (<see cref="Host"/> set, at <see cref="HostOffset"/>) that a backend may hand over without
+/// copying them through this process, or bytes to compute with <see cref="VirtualFile.Read"/>
+/// at <see cref="Offset"/> of the virtual file.
+/// </summary>
+public readonly record struct ReadPiece(long Offset, long Length, Microsoft.Win32.SafeHandles.SafeFileHandle? Host, long HostOffset);
+
+/// <summary>
 /// One file of a mount: the whole disk or one partition, a window on a block device.
 /// Every operation is safe from many threads at once.
 /// </summary>
@@ -37,8 +60,12 @@ public sealed class VirtualFile
 {
     private long _allocated = -1;
 
-    internal VirtualFile(string name, IBlockDevice device, bool writable, Partition? partition)
+    private readonly VirtualFileTree _tree;
+
+    internal VirtualFile(VirtualFileTree tree, int index, string name, IBlockDevice device, bool writable, Partition? partition)
     {
+        _tree = tree;
+        Index = index;
         Name = name;
         NameUtf8 = Encoding.UTF8.GetBytes(name);
         Device = device;
@@ -47,6 +74,9 @@ public sealed class VirtualFile
     }
 
     public string Name { get; }
+
+    /// <summary>Where the file is in <see cref="VirtualFileTree.Files"/>; backends keep it as their handle.</summary>
+    public int Index { get; }
 
     /// <summary>The name in UTF-8, for backends that compare native strings without allocating.</summary>
     public byte[] NameUtf8 { get; }
@@ -76,17 +106,61 @@ public sealed class VirtualFile
         return n;
     }
 
-    /// <summary>
-    /// The first run of [offset, offset + length), clamped to the end of the file: a range of a
-    /// host file, or bytes to read with <see cref="Read"/>. Zero length at or past the end.
-    /// </summary>
-    public HostRun Locate(long offset, int length)
+    /// <summary>What a backend shows for this file; sizes on disk are the file's length until the allocation scan has counted them.</summary>
+    public FileFacts Facts
     {
-        if (offset < 0) throw new FileTreeException(FsStatus.InvalidArgument, "negative offset");
-        long n = Math.Min(length, Math.Max(0, Length - offset));
-        if (n == 0) return HostRun.Computed(0);
-        var run = Device.GetHostRun(offset, n);
-        return run with { Length = Math.Clamp(run.Length, 1, n) };
+        get
+        {
+            long allocated = AllocatedBytes;
+            if (allocated < 0)
+            {
+                _tree.StartAllocationScan();
+                allocated = Length;
+            }
+            return new FileFacts(Index + 2, false, Writable, Length, allocated, _tree.Modified);
+        }
+    }
+
+    /// <summary>
+    /// Plans a read of [offset, offset + length), clamped to the end of the file, into at most
+    /// <paramref name="pieces"/>.Length pieces: with <paramref name="hostRanges"/>, ranges that lie
+    /// unchanged in the image file (or a backing file) become host-file pieces; everything else,
+    /// and all that is left when only one piece remains, is one piece to compute per stretch.
+    /// Returns the number of pieces (0 at or past the end).
+    /// </summary>
+    public int PlanRead(long offset, long length, Span<ReadPiece> pieces, bool hostRanges)
+    {
+        if (offset < 0 || length < 0) throw new FileTreeException(FsStatus.InvalidArgument, "negative offset or length");
+        if (pieces.IsEmpty) throw new ArgumentException("no room for a piece", nameof(pieces));
+        long end = offset + Math.Min(length, Math.Max(0, Length - offset));
+        int count = 0;
+        for (long at = offset; at < end;)
+        {
+            if (!hostRanges || count == pieces.Length - 1)
+            {
+                pieces[count++] = new ReadPiece(at, end - at, null, 0);
+                break;
+            }
+            var run = HostRunAt(at, end);
+            if (run.File is not null)
+            {
+                pieces[count++] = new ReadPiece(at, run.Length, run.File, run.Offset);
+                at += run.Length;
+                continue;
+            }
+            // Bytes to compute: this run and the computed runs right after it.
+            long stretch = run.Length;
+            while (at + stretch < end && HostRunAt(at + stretch, end) is { File: null } next) stretch += next.Length;
+            pieces[count++] = new ReadPiece(at, stretch, null, 0);
+            at += stretch;
+        }
+        return count;
+    }
+
+    private HostRun HostRunAt(long offset, long end)
+    {
+        var run = Device.GetHostRun(offset, end - offset);
+        return run with { Length = Math.Clamp(run.Length, 1, end - offset) };
     }
 
     /// <summary>Checks an open: for writing only where the file is writable.</summary>
@@ -125,6 +199,20 @@ public sealed class VirtualFile
         if (length != Length)
             throw new FileTreeException(FsStatus.NotPermitted, $"{Name} has a fixed size of {Length} bytes");
     }
+
+    /// <summary>
+    /// Sets the space a file may use (Windows' allocation size): as much as the file holds or more
+    /// is there already; less would cut the file, and is refused as a resize is.
+    /// </summary>
+    public void Allocate(long size)
+    {
+        RefuseIfReadOnly();
+        if (size < 0) throw new FileTreeException(FsStatus.InvalidArgument, "negative size");
+        if (size < Length) Resize(size);
+    }
+
+    /// <summary>Changes of time stamps or attributes: refused on a read-only file, accepted and not kept otherwise (the image has no place for them).</summary>
+    public void Touch() => RefuseIfReadOnly();
 
     /// <summary>
     /// Space for a range (fallocate without flags): it exists already inside the file, so only a
@@ -212,10 +300,25 @@ public sealed class VirtualFileTree : IDisposable
     public static VirtualFileTree Create(IBlockDevice disk, bool writable, DateTimeOffset modified, bool mayChange = false)
     {
         var table = PartitionReader.Read(disk);
-        var files = new List<VirtualFile> { new(DiskFileName, disk, writable, null) };
+        var files = new List<VirtualFile>();
+        var tree = new VirtualFileTree(files, table, writable, modified, mayChange);
+        files.Add(new VirtualFile(tree, 0, DiskFileName, disk, writable, null));
         foreach (var p in table.Partitions)
-            files.Add(new VirtualFile(p.FileName, new SliceBlockDevice(disk, p.Start, p.Length, writable), writable, p));
-        return new VirtualFileTree(files, table, writable, modified, mayChange);
+            files.Add(new VirtualFile(tree, files.Count, p.FileName, new SliceBlockDevice(disk, p.Start, p.Length, writable), writable, p));
+        return tree;
+    }
+
+    /// <summary>What a backend shows for the folder that holds the files.</summary>
+    public FileFacts RootFacts => new(1, true, Writable, 0, 0, Modified);
+
+    /// <summary>
+    /// Creating, deleting or renaming a file: the tree shows a fixed set of files, so every such
+    /// change is refused, as read-only where the whole tree is.
+    /// </summary>
+    public void ChangeEntries(string what)
+    {
+        CheckAccess(write: true);
+        throw new FileTreeException(FsStatus.NotPermitted, $"{what}: the mount shows a fixed set of files");
     }
 
     /// <summary>Checks access to the tree or a file in it: writing only where the tree is writable.</summary>
@@ -224,8 +327,15 @@ public sealed class VirtualFileTree : IDisposable
         if (write && !Writable) throw new FileTreeException(FsStatus.ReadOnly, "the mount is read-only");
     }
 
-    /// <summary>What the tree reports as its volume: block size, size (the disk's), files, longest name.</summary>
-    public readonly record struct VolumeFigures(int BlockSize, long Blocks, int Files, int MaxNameLength);
+    /// <summary>
+    /// What the tree reports as its volume: block size, size (the disk's; none of it free), files,
+    /// longest name, and a name and serial number for backends that show them (Windows).
+    /// </summary>
+    public readonly record struct VolumeFigures(int BlockSize, long Blocks, int Files, int MaxNameLength)
+    {
+        public long TotalBytes => Blocks * BlockSize;
+        public const string Label = "mountqcow";
+    }
 
     public VolumeFigures Volume
     {
@@ -236,11 +346,26 @@ public sealed class VirtualFileTree : IDisposable
         }
     }
 
-    /// <summary>The file with this UTF-8 name (no slashes), or null.</summary>
+    /// <summary>A serial number for the volume, the same for every mount of the same image as it was.</summary>
+    public uint VolumeSerial => (uint)(Modified.ToUnixTimeSeconds() ^ Files[0].Length ^ (Files[0].Length >> 32));
+
+    /// <summary>The file with this UTF-8 name (no slashes), exactly; null if none.</summary>
     public VirtualFile? Find(ReadOnlySpan<byte> utf8Name)
     {
         foreach (var f in Files)
             if (utf8Name.SequenceEqual(f.NameUtf8)) return f;
+        return null;
+    }
+
+    /// <summary>
+    /// The file with this name (no separators), for backends whose names are UTF-16 and, with
+    /// <paramref name="ignoreCase"/>, compared as Windows compares them (P1.RAW is p1.raw); null if none.
+    /// </summary>
+    public VirtualFile? Find(ReadOnlySpan<char> name, bool ignoreCase)
+    {
+        var comparison = ignoreCase ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal;
+        foreach (var f in Files)
+            if (name.Equals(f.Name, comparison)) return f;
         return null;
     }
 
