@@ -35,7 +35,7 @@ public sealed record FuseOptions
 /// until the kernel ends the session (after <see cref="TryUnmount"/>, fusermount3 -u or umount,
 /// or once everything a <see cref="Detach"/> left in use has let go), then disposed.
 /// </summary>
-public sealed unsafe class FuseMount : IDisposable
+public sealed unsafe class FuseMount : IMount
 {
     private static int s_instances;
     private nint _fuse;

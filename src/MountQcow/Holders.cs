@@ -27,7 +27,7 @@ internal static class Holders
     {
         string prefix = mountpoint.TrimEnd('/') + "/";
         var users = new List<string>();
-        if (Directory.Exists("/sys/block"))
+        if (OperatingSystem.IsLinux() && Directory.Exists("/sys/block"))
         {
             foreach (string loop in Directory.EnumerateDirectories("/sys/block", "loop*"))
             {
@@ -63,6 +63,7 @@ internal static class Holders
 
     private static IEnumerable<int> Processes()
     {
+        if (!OperatingSystem.IsLinux()) yield break; // only Linux has /proc to look in
         foreach (string dir in Directory.EnumerateDirectories("/proc"))
             if (int.TryParse(Path.GetFileName(dir), out int pid)) yield return pid;
     }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
+using MountQcow.Dokan;
 using MountQcow.FileTree;
 using MountQcow.Fuse;
 using MountQcow.Partitions;
@@ -8,9 +9,10 @@ using MountQcow.Qcow2;
 namespace MountQcow.Host;
 
 /// <summary>
-/// `mountqcow IMAGE MOUNTPOINT`: checks what it can up front, then serves the mount in a
-/// background copy of itself (a .NET process cannot fork) and returns once the mount works
-/// or has failed; with -f it serves in the foreground.
+/// `mountqcow IMAGE MOUNTPOINT`: checks what it can up front, then serves the mount through
+/// this platform's backend (FUSE on Linux, Dokan on Windows). On Linux it serves in a background
+/// copy of itself (a .NET process cannot fork) and returns once the mount works or has failed;
+/// with -f, and always on Windows, it serves in the foreground until Ctrl-C or unmount.
 /// </summary>
 internal static class MountCommand
 {
@@ -25,14 +27,17 @@ internal static class MountCommand
     public static int Run(MountOptions o, string[] args)
     {
         string image = Path.GetFullPath(o.Image);
-        string mountpoint = Path.GetFullPath(o.Mountpoint).TrimEnd('/');
-        if (mountpoint.Length == 0) mountpoint = "/";
         if (!File.Exists(image))
             throw new UserError(Directory.Exists(image) ? $"{o.Image} is a directory, not an image" : $"{o.Image}: no such file");
-        if (image == mountpoint) throw new UsageError("IMAGE and MOUNTPOINT are the same file");
         var user = UserOptions(o);
         long l2Cache = Units.ParseSize(o.L2Cache);
         if (l2Cache < 1) throw new UsageError($"--l2-cache {o.L2Cache}: the cache needs room for at least one L2 table (e.g. 1M)");
+        if (OperatingSystem.IsWindows()) return RunOnWindows(o, image, l2Cache);
+        string mountpoint = Path.GetFullPath(o.Mountpoint).TrimEnd('/');
+        if (mountpoint.Length == 0) mountpoint = "/";
+        if (image == mountpoint) throw new UsageError("IMAGE and MOUNTPOINT are the same file");
+        if (IsDriveLetter(o.Mountpoint) && !Directory.Exists(mountpoint))
+            throw new UsageError($"{o.Mountpoint} is a Windows drive letter; on Linux, mount at an empty directory (e.g. /mnt/vm)");
         MountPoint.Check(o.Mountpoint, mountpoint, mayHoldFiles: user.Contains("nonempty"));
         if (FuseMount.Unavailable() is { } reason) throw new UserError(reason);
 
@@ -43,13 +48,36 @@ internal static class MountCommand
         return Serve(o, image, mountpoint, l2Cache, detached, user);
     }
 
-    /// <summary>The -o options, checked against the mode and what this user may ask for.</summary>
+    /// <summary>On Windows: a drive letter or an empty folder, served by Dokan in the foreground.</summary>
+    private static int RunOnWindows(MountOptions o, string image, long l2Cache)
+    {
+        string mountpoint = DokanMount.Normalize(o.Mountpoint);
+        if (string.Equals(image, mountpoint, StringComparison.OrdinalIgnoreCase)) throw new UsageError("IMAGE and MOUNTPOINT are the same file");
+        if (DokanMount.IsDriveLetter(mountpoint))
+        {
+            if (Directory.Exists(mountpoint)) throw new UserError($"drive {mountpoint[..2]} is taken; pick a free letter (e.g. M:)");
+        }
+        else
+        {
+            MountPoint.CheckFolder(o.Mountpoint, mountpoint, mayHoldFiles: false);
+        }
+        if (DokanMount.Unavailable() is { } reason) throw new UserError(reason);
+        return Serve(o, image, mountpoint, l2Cache, background: false, []);
+    }
+
+    /// <summary>"M:" or "M:\": what a Windows user types for a drive.</summary>
+    private static bool IsDriveLetter(string mountpoint) =>
+        mountpoint.TrimEnd('\\', '/') is { Length: 2 } m && char.IsAsciiLetter(m[0]) && m[1] == ':';
+
+    /// <summary>The -o options, checked against the mode, the backend and what this user may ask for.</summary>
     private static List<string> UserOptions(MountOptions o)
     {
+        if (OperatingSystem.IsWindows() && o.FuseOptions is not null)
+            throw new UsageError("-o passes options to FUSE, which Windows does not use; Dokan mounts take no -o options");
         var user = (o.FuseOptions ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
         if (user.Contains("rw") && !o.ReadWrite) throw new UsageError("-o rw needs --rw (only --rw mounts write into the image)");
         if (user.Contains("ro") && o.ReadWrite) throw new UsageError("--rw and -o ro contradict each other");
-        if (Native.geteuid() != 0 && user.FirstOrDefault(u => u is "allow_root" or "allow_other") is { } access && !MountPoint.UserAllowOther())
+        if (!Native.IsRoot && user.FirstOrDefault(u => u is "allow_root" or "allow_other") is { } access && !MountPoint.UserAllowOther())
             throw new UserError($"-o {access} needs the line 'user_allow_other' in /etc/fuse.conf (root can add it)");
         return user;
     }
@@ -65,13 +93,7 @@ internal static class MountCommand
         using var tree = VirtualFileTree.Create(image, o.ReadWrite, File.GetLastWriteTimeUtc(imagePath), mayChange: image.HeldByWriter || o.ForceShare);
         foreach (string w in tree.Partitions.Warnings) Cli.Warn($"partition table: {w}");
         tree.StartAllocationScan(); // sizes on disk for `ls -s` and `du`, counted while the mount starts
-        var (options, rootCanOpen) = MountOptionsFor(o, imagePath, user);
-        using var mount = FuseMount.Mount(tree, mountpoint, new FuseOptions
-        {
-            MountOptions = options,
-            Debug = o.Debug,
-            Log = Cli.Info,
-        });
+        using var mount = MountWithBackend(o, tree, imagePath, mountpoint, user, out bool rootCanOpen);
         if (!rootCanOpen)
             Cli.Warn("root cannot open these files (to loop-mount a partition) unless /etc/fuse.conf has the line 'user_allow_other'; add it and mount again");
         PrintSummary(o, image, tree, mountpoint, rootCanOpen);
@@ -91,6 +113,22 @@ internal static class MountCommand
         // Leaving this method flushes and closes the image; a failure there is reported and exits 1.
     }
 
+    /// <summary>The backend seam: Dokan on Windows, FUSE elsewhere; each takes only its own options.</summary>
+    private static IMount MountWithBackend(MountOptions o, VirtualFileTree tree, string imagePath, string mountpoint, List<string> user, out bool rootCanOpen)
+    {
+        rootCanOpen = true;
+        if (OperatingSystem.IsWindows())
+            return DokanMount.Mount(tree, mountpoint, new DokanOptions { Debug = o.Debug, Log = Cli.Info });
+        var (options, canOpen) = MountOptionsFor(o, imagePath, user);
+        rootCanOpen = canOpen;
+        return FuseMount.Mount(tree, mountpoint, new FuseOptions
+        {
+            MountOptions = options,
+            Debug = o.Debug,
+            Log = Cli.Info,
+        });
+    }
+
     /// <summary>
     /// What a signal (Ctrl-C, SIGTERM, SIGHUP) does: unmount, as umount would, when nothing uses
     /// the mount; when something does (a loop device, an open file), never cut it off: detach
@@ -99,12 +137,12 @@ internal static class MountCommand
     private sealed class Unmounter
     {
         private readonly object _lock = new();
-        private FuseMount? _mount;
+        private IMount? _mount;
         private bool _signalled;
         private int _detached;
 
         /// <summary>The mount exists: a signal that came before it is acted on now.</summary>
-        public void Attach(FuseMount mount)
+        public void Attach(IMount mount)
         {
             lock (_lock)
             {
@@ -116,7 +154,7 @@ internal static class MountCommand
 
         public void OnSignal()
         {
-            FuseMount? mount;
+            IMount? mount;
             lock (_lock)
             {
                 _signalled = true;
@@ -135,7 +173,7 @@ internal static class MountCommand
             Cli.Info($"{mount.Mountpoint} is in use ({users}): detached it; it is served until that ends, then the image is closed");
         }
 
-        private static string Describe(FuseMount mount)
+        private static string Describe(IMount mount)
         {
             var users = Holders.OfMount(mount.Mountpoint);
             return users.Count == 0 ? "by the kernel" : "by " + string.Join(", ", users);
@@ -154,7 +192,7 @@ internal static class MountCommand
         };
         if (!o.ReadWrite) options.Add("ro");
         bool rootCanOpen = true;
-        if (Native.geteuid() != 0 && !user.Any(u => u is "allow_root" or "allow_other"))
+        if (!Native.IsRoot && !user.Any(u => u is "allow_root" or "allow_other"))
         {
             // Root must be able to loop-mount what an ordinary user mounted.
             rootCanOpen = MountPoint.UserAllowOther();
@@ -173,7 +211,14 @@ internal static class MountCommand
             _ => $"{table.Scheme.ToString().ToUpperInvariant()}, {table.Partitions.Count} partition{(table.Partitions.Count == 1 ? "" : "s")}",
         };
         Console.WriteLine($"mounted {o.Image} ({Units.Bytes(image.Length)} virtual, {layout}) {(tree.Writable ? "read-write" : "read-only")} at {mountpoint}");
-        bool root = Native.geteuid() == 0;
+        if (OperatingSystem.IsWindows())
+        {
+            string largestFile = table.Partitions.OrderByDescending(p => p.Length).FirstOrDefault()?.FileName ?? VirtualFileTree.DiskFileName;
+            Console.WriteLine($"  open a partition's files: 7-Zip opens {Path.Combine(mountpoint, largestFile)} (NTFS, FAT, ext4); OSFMount attaches it as a drive");
+            Console.WriteLine($"  unmount:                  Ctrl-C here, or {Cli.Self} unmount {mountpoint}");
+            return;
+        }
+        bool root = Native.IsRoot;
         string ro = tree.Writable ? "" : ",ro";
         var largest = table.Partitions.OrderByDescending(p => p.Length).FirstOrDefault();
         string file = largest?.FileName ?? VirtualFileTree.DiskFileName;
@@ -288,15 +333,21 @@ internal static class MountPoint
 
     public static void Check(string shown, string full, bool mayHoldFiles)
     {
+        if (IsMounted(full))
+            throw new UserError($"{shown} is already a mount point (unmount it first: fusermount3 -u {Cli.Quote(shown)})");
+        CheckFolder(shown, full, mayHoldFiles);
+    }
+
+    /// <summary>The checks every platform makes: the folder exists and, unless allowed, is empty.</summary>
+    public static void CheckFolder(string shown, string full, bool mayHoldFiles)
+    {
         if (!Directory.Exists(full))
         {
             if (File.Exists(full)) throw new UsageError($"mount point {shown} is a file, not a directory");
-            throw new UserError($"mount point {shown} does not exist (mkdir -p {Cli.Quote(shown)})");
+            throw new UserError($"mount point {shown} does not exist ({(OperatingSystem.IsWindows() ? "mkdir" : "mkdir -p")} {Cli.Quote(shown)})");
         }
-        if (IsMounted(full))
-            throw new UserError($"{shown} is already a mount point (unmount it first: fusermount3 -u {Cli.Quote(shown)})");
         if (!mayHoldFiles && Directory.EnumerateFileSystemEntries(full).Any())
-            throw new UserError($"mount point {shown} is not empty; mounting would hide its files (use -o nonempty to mount over them anyway)");
+            throw new UserError($"mount point {shown} is not empty; mounting would hide its files{(OperatingSystem.IsWindows() ? "" : " (use -o nonempty to mount over them anyway)")}");
     }
 
     /// <summary>Whether a path is a mount point.</summary>

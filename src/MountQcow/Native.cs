@@ -17,7 +17,10 @@ internal static unsafe partial class Native
     private static partial int dup2(int from, int to);
 
     [LibraryImport("libc")]
-    public static partial uint geteuid();
+    private static partial uint geteuid();
+
+    /// <summary>Whether this process runs as root (never on Windows, which has no root to ask about).</summary>
+    public static bool IsRoot => !OperatingSystem.IsWindows() && geteuid() == 0;
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int statx(int dirfd, string path, int flags, uint mask, byte* buffer);
@@ -49,6 +52,7 @@ internal static unsafe partial class Native
     /// </summary>
     public static int ExitAtOnce(int code)
     {
+        if (!OperatingSystem.IsLinux()) return code; // the hang is glibc's and libfuse's
         Console.Out.Flush();
         Console.Error.Flush();
         _exit(code);
@@ -56,11 +60,15 @@ internal static unsafe partial class Native
     }
 
     /// <summary>Leaves the terminal's session, so its Ctrl-C and hang-up no longer reach this process.</summary>
-    public static void NewSession() => setsid();
+    public static void NewSession()
+    {
+        if (!OperatingSystem.IsWindows()) setsid();
+    }
 
     /// <summary>Points stdin, stdout and stderr at /dev/null (the parent that read them has gone).</summary>
     public static void DetachStdio()
     {
+        if (OperatingSystem.IsWindows()) return;
         int devNull = open("/dev/null", O_RDWR);
         if (devNull < 0) return;
         for (int fd = 0; fd <= 2; fd++) dup2(devNull, fd);

@@ -76,16 +76,16 @@ internal sealed class MountOptions : CommonOptions
     [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image.")]
     public string Image { get; set; } = "";
 
-    [Needed, Value(1, MetaName = "MOUNTPOINT", HelpText = "An existing empty directory.")]
+    [Needed, Value(1, MetaName = "MOUNTPOINT", HelpText = "An existing empty directory; on Windows a free drive letter (M:) or an empty NTFS folder.")]
     public string Mountpoint { get; set; } = "";
 
-    [Option('f', "foreground", HelpText = "Stay in the foreground until unmounted (Ctrl-C unmounts).")]
+    [Option('f', "foreground", HelpText = "Stay in the foreground until unmounted (Ctrl-C unmounts). Always so on Windows.")]
     public bool Foreground { get; set; }
 
     [Option("rw", HelpText = "Mount read-write: writes to the files go into the image.")]
     public bool ReadWrite { get; set; }
 
-    [Option('o', "options", HelpText = "FUSE mount options, comma-separated (e.g. allow_other; nonempty mounts over a directory that holds files).")]
+    [Option('o', "options", HelpText = "FUSE mount options, comma-separated (e.g. allow_other; nonempty mounts over a directory that holds files). Linux only.")]
     public string? FuseOptions { get; set; }
 
     [Option('U', "force-share", HelpText = "Read-only mounts: let other processes write the image meanwhile (as qemu-img -U); what you read may then change under you.")]
@@ -94,7 +94,7 @@ internal sealed class MountOptions : CommonOptions
     [Option("l2-cache", Default = "16M", HelpText = "Memory for each image's L2 table cache.")]
     public string L2Cache { get; set; } = "16M";
 
-    [Option('d', "debug", HelpText = "Print every FUSE request (implies --foreground).")]
+    [Option('d', "debug", HelpText = "Print every FUSE request, or Dokan's debug output on Windows (implies --foreground).")]
     public bool Debug { get; set; }
 }
 
@@ -104,7 +104,7 @@ internal sealed class UnmountOptions : CommonOptions
     [Value(1, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "MOUNTPOINT", HelpText = "Where the image is mounted.")]
+    [Needed, Value(0, MetaName = "MOUNTPOINT", HelpText = "Where the image is mounted (on Windows, the drive letter or folder).")]
     public string Mountpoint { get; set; } = "";
 
     [Option("timeout", Default = 600, HelpText = "Seconds to wait for the image to be closed.")]

@@ -68,7 +68,7 @@ internal static class Program
                 case OperationCanceledException:
                     Cli.Error("interrupted");
                     return Interrupted;
-                case ImageException or IOException or UnauthorizedAccessException or UserError or Fuse.FuseException or ArgumentException and not ArgumentOutOfRangeException:
+                case ImageException or IOException or UnauthorizedAccessException or UserError or Fuse.FuseException or Dokan.DokanException or ArgumentException and not ArgumentOutOfRangeException:
                     // The engine knows another process holds the image; the host can say which.
                     Cli.Error(e is MountQcow.Qcow2.ImageInUseException inUse && Holders.Describe(inUse.Path) is { } who ? e.Message.Replace("another process", who) : e.Message);
                     if (options.Verbose) Console.Error.WriteLine(e);
@@ -209,8 +209,13 @@ internal static class Program
             "  mountqcow --rw vm.qcow2 /mnt/vm               mount read-write: writes go into the image",
             "  mountqcow -f vm.qcow2 /mnt/vm                 stay in the foreground; Ctrl-C unmounts",
             "  sudo mount -o loop,ro /mnt/vm/p1.raw /mnt/p1  then (as root) read a partition's files",
+            "  mountqcow vm.qcow2 M:                         Windows (Dokany 2.x): M:\\disk.raw, M:\\p1.raw, ...",
         ],
-        [typeof(UnmountOptions)] = ["  mountqcow unmount /mnt/vm                     unmount, and wait until the image is closed"],
+        [typeof(UnmountOptions)] =
+        [
+            "  mountqcow unmount /mnt/vm                     unmount, and wait until the image is closed",
+            "  mountqcow unmount M:                          Windows: unmount the drive",
+        ],
         [typeof(InfoOptions)] =
         [
             "  mountqcow info vm.qcow2                       what the image is",

@@ -12,6 +12,7 @@ internal static class UnmountCommand
 {
     public static int Run(UnmountOptions o)
     {
+        if (OperatingSystem.IsWindows()) return RunOnWindows(o);
         string mountpoint = Path.GetFullPath(o.Mountpoint).TrimEnd('/');
         var entry = MountPoint.At(mountpoint) ?? throw new UserError($"{o.Mountpoint} is not mounted");
         if (entry.FsType != "fuse.mountqcow" || !entry.Source.StartsWith("mountqcow:", StringComparison.Ordinal))
@@ -24,11 +25,23 @@ internal static class UnmountCommand
                 var users = Holders.OfMount(mountpoint);
                 throw new UserError($"{o.Mountpoint} is in use{(users.Count > 0 ? " by " + string.Join(", ", users) : "")}; unmount or close that first");
             case FuseMount.UnmountResult.Failed:
-                throw new UserError($"cannot unmount {o.Mountpoint}{(Native.geteuid() == 0 ? "" : " (is it yours?)")}");
+                throw new UserError($"cannot unmount {o.Mountpoint}{(Native.IsRoot ? "" : " (is it yours?)")}");
         }
         if (server is { } pid && !WaitForExit(pid, image, TimeSpan.FromSeconds(o.Timeout)))
             throw new UserError($"{o.Mountpoint} is unmounted, but mountqcow (pid {pid}) has not closed {image} after {o.Timeout} s");
         Console.WriteLine($"unmounted {o.Mountpoint}; {image} is closed");
+        return Program.Ok;
+    }
+
+    /// <summary>
+    /// Windows: Dokan unmounts by drive letter or folder and waits for its own threads; the
+    /// serving mountqcow then closes the image as it exits.
+    /// </summary>
+    private static int RunOnWindows(UnmountOptions o)
+    {
+        if (Dokan.DokanMount.Unavailable() is { } reason) throw new UserError(reason);
+        if (!Dokan.DokanMount.Unmount(o.Mountpoint)) throw new UserError($"{o.Mountpoint} is not a Dokan mount");
+        Console.WriteLine($"unmounted {o.Mountpoint}");
         return Program.Ok;
     }
 

@@ -64,6 +64,8 @@ public sealed class CommandLineEdgeTests : IDisposable
         string image = SmallImage();
         AssertUsage(MountqcowProgram.Run(image, image), "IMAGE and MOUNTPOINT are the same file");
         AssertUsage(MountqcowProgram.Run(image, _b.Raw("file.raw", 512)), "is a file, not a directory");
+        // A Windows habit on Linux: said so, not "M: does not exist".
+        AssertUsage(MountqcowProgram.Run(image, "M:"), "M: is a Windows drive letter; on Linux, mount at an empty directory (e.g. /mnt/vm)");
     }
 
     [QemuFact]

@@ -12,6 +12,7 @@ public sealed class LayerTests
 {
     private static readonly Assembly Engine = typeof(Qcow2.Qcow2Image).Assembly;
     private static readonly Assembly Fuse = typeof(Fuse.FuseMount).Assembly;
+    private static readonly Assembly Dokan = typeof(Dokan.DokanMount).Assembly;
 
     private static void AssertKept(ConditionList rule)
     {
@@ -24,19 +25,27 @@ public sealed class LayerTests
         AssertKept(Types.InAssembly(Fuse).Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.Compression", "MountQcow.Partitions"));
 
     [Fact]
+    public void TheDokanBackendKnowsNoImageFormatNoPartitionsAndNoOtherBackend() =>
+        AssertKept(Types.InAssembly(Dokan).Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.Compression", "MountQcow.Partitions", "MountQcow.Fuse", "MountQcow.Host"));
+
+    [Fact]
+    public void TheFuseBackendKnowsNoOtherBackend() =>
+        AssertKept(Types.InAssembly(Fuse).Should().NotHaveDependencyOnAny("MountQcow.Dokan", "MountQcow.Host"));
+
+    [Fact]
     public void TheTreeKnowsNoImageFormatAndNoBackend() =>
         AssertKept(Types.InAssembly(Engine).That().ResideInNamespace("MountQcow.FileTree")
-            .Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.Compression", "MountQcow.Fuse", "MountQcow.Host"));
+            .Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.Compression", "MountQcow.Fuse", "MountQcow.Dokan", "MountQcow.Host"));
 
     [Fact]
     public void TheBlockEngineKnowsNoPartitionsTreeOrMounts() =>
         AssertKept(Types.InAssembly(Engine).That().ResideInNamespace("MountQcow.Qcow2").Or().ResideInNamespace("MountQcow.Storage").Or().ResideInNamespace("MountQcow.Compression")
-            .Should().NotHaveDependencyOnAny("MountQcow.Partitions", "MountQcow.FileTree", "MountQcow.Fuse", "MountQcow.Host"));
+            .Should().NotHaveDependencyOnAny("MountQcow.Partitions", "MountQcow.FileTree", "MountQcow.Fuse", "MountQcow.Dokan", "MountQcow.Host"));
 
     [Fact]
     public void PartitionsAreReadFromAnyDeviceNotFromQcow2() =>
         AssertKept(Types.InAssembly(Engine).That().ResideInNamespace("MountQcow.Partitions")
-            .Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.FileTree", "MountQcow.Fuse", "MountQcow.Host"));
+            .Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.FileTree", "MountQcow.Fuse", "MountQcow.Dokan", "MountQcow.Host"));
 
     /// <summary>The checker sees dependencies at all: the tree does use the partition reader.</summary>
     [Fact]

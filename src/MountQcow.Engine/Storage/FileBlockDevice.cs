@@ -44,7 +44,7 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
         {
             handle = File.OpenHandle(path, FileMode.Open,
                 writable ? FileAccess.ReadWrite : FileAccess.Read,
-                writable ? FileShare.ReadWrite : FileShare.ReadWrite | FileShare.Delete);
+                HostFile.ShareFor(writable));
         }
         catch (FileNotFoundException) { throw new ImageIOException($"{path}: no such file"); }
         catch (DirectoryNotFoundException) { throw new ImageIOException($"{path}: no such file or directory"); }
@@ -61,7 +61,7 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
         {
             long length = RandomAccess.GetLength(handle);
             // Block devices report size 0 through fstat; seeking to their end gives the size.
-            long deviceLength = length == 0 ? Posix.SeekEnd(handle) : 0;
+            long deviceLength = length == 0 ? HostFile.SeekEnd(handle) : 0;
             return new FileBlockDevice(handle, path, writable, Math.Max(length, deviceLength), deviceLength > 0);
         }
         catch
@@ -82,7 +82,7 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
         SafeFileHandle handle;
         try
         {
-            handle = Posix.OpenExclusive(path);
+            handle = HostFile.OpenDeviceExclusive(path);
         }
         catch (IOException e) when (e.HResult == EBUSY)
         {
@@ -92,7 +92,7 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
         {
             throw new ImageIOException(e.Message, e);
         }
-        return new FileBlockDevice(handle, path, true, Posix.SeekEnd(handle), isBlockDevice: true);
+        return new FileBlockDevice(handle, path, true, HostFile.SeekEnd(handle), isBlockDevice: true);
     }
 
     /// <summary>Creates (or, with <paramref name="overwrite"/>, truncates) a regular file for writing.</summary>
@@ -155,7 +155,7 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
     {
         long length = Length;
         if (offset >= length) return new(ExtentKind.Zero, maxLength);
-        if (Posix.ProbeHole(_handle, offset, length) is not { } probe) return new(ExtentKind.Data, maxLength);
+        if (HostFile.ProbeHole(_handle, offset, length) is not { } probe) return new(ExtentKind.Data, maxLength);
         return new(probe.IsData ? ExtentKind.Data : ExtentKind.Zero, Math.Clamp(probe.End - offset, 1, maxLength));
     }
 
@@ -165,7 +165,7 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
     public void WriteZeros(long offset, long length, bool discard)
     {
         BlockDevices.CheckWritable(this);
-        if (discard && offset + length <= Length && Posix.PunchHole(_handle, offset, length)) return;
+        if (discard && offset + length <= Length && HostFile.PunchHole(_handle, offset, length)) return;
         BlockDevices.WriteZerosByWriting(this, offset, length);
     }
 
@@ -177,7 +177,7 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
 
     /// <summary>Punches a hole in a regular file; false for a block device or where the file system cannot.</summary>
     public bool TryPunch(long offset, long length) =>
-        CanWrite && !IsBlockDevice && offset + length <= Length && Posix.PunchHole(_handle, offset, length);
+        CanWrite && !IsBlockDevice && offset + length <= Length && HostFile.PunchHole(_handle, offset, length);
 
     /// <summary>Sets the file's length (regular files only).</summary>
     public void SetLength(long length)
@@ -195,8 +195,8 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
     }
 
     /// <summary>
-    /// Makes every completed write durable: fdatasync on Linux, as QEMU flushes. Called through
-    /// libc because .NET's RandomAccess.FlushToDisk reports some failures (ENOTCONN, seen from
+    /// Makes every completed write durable: fdatasync on Linux, as QEMU flushes, FlushFileBuffers
+    /// on Windows. Called through the system's own call because .NET's RandomAccess.FlushToDisk reports some failures (ENOTCONN, seen from
     /// a dead FUSE server) as success, and a flush that failed must never be taken for done.
     /// </summary>
     public void Flush()
@@ -204,8 +204,7 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
         if (!CanWrite) return;
         try
         {
-            if (OperatingSystem.IsLinux()) Posix.FlushData(_handle);
-            else RandomAccess.FlushToDisk(_handle);
+            HostFile.FlushData(_handle);
         }
         catch (IOException e)
         {

@@ -3,7 +3,7 @@ using Microsoft.Win32.SafeHandles;
 
 namespace MountQcow.Storage;
 
-/// <summary>The few libc calls the storage layer needs that .NET does not wrap.</summary>
+/// <summary>The few libc calls the storage layer needs on Linux that .NET does not wrap; reached through <see cref="HostFile"/>.</summary>
 internal static partial class Posix
 {
     private const int SEEK_END = 2;
@@ -33,7 +33,6 @@ internal static partial class Posix
     /// <summary>A sparse in-memory file of <see cref="Zeros.Size"/> bytes; null where it cannot be made.</summary>
     public static SafeFileHandle? CreateZeroFile()
     {
-        if (!OperatingSystem.IsLinux()) return null;
         int fd = memfd_create("mountqcow-zeros", MFD_CLOEXEC);
         if (fd < 0) return null;
         var handle = new SafeFileHandle(fd, ownsHandle: true);
@@ -114,7 +113,7 @@ internal static partial class Posix
     }
 
     /// <summary>The size of a file or block device, by seeking to its end.</summary>
-    public static long SeekEnd(SafeFileHandle fd) => OperatingSystem.IsLinux() ? Math.Max(0, lseek(fd, 0, SEEK_END)) : 0;
+    public static long SeekEnd(SafeFileHandle fd) => Math.Max(0, lseek(fd, 0, SEEK_END));
 
     /// <summary>
     /// Where the data run or hole containing <paramref name="offset"/> ends, using SEEK_HOLE and
@@ -122,7 +121,6 @@ internal static partial class Posix
     /// </summary>
     public static (bool IsData, long End)? ProbeHole(SafeFileHandle fd, long offset, long fileLength)
     {
-        if (!OperatingSystem.IsLinux() || offset >= fileLength) return null;
         long data = lseek(fd, offset, SEEK_DATA);
         if (data < 0) return Marshal.GetLastPInvokeError() == 6 /* ENXIO: only a hole follows */ ? (false, fileLength) : null;
         if (data > offset) return (false, data);
@@ -132,5 +130,5 @@ internal static partial class Posix
 
     /// <summary>Releases the storage of a byte range, keeping the file's size; false where unsupported.</summary>
     public static bool PunchHole(SafeFileHandle fd, long offset, long length) =>
-        OperatingSystem.IsLinux() && fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0;
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0;
 }

@@ -25,7 +25,7 @@ public static class QemuLock
     /// </summary>
     public static string? AcquireForWriting(SafeFileHandle file)
     {
-        if (!OperatingSystem.IsLinux()) return null;
+        if (!HostFile.HasQemuLocks) return null;
         int[] wanted = [ConsistentRead, Write, Resize];
         int[] unshared = [Write, Resize];
         foreach (int p in wanted)
@@ -45,7 +45,7 @@ public static class QemuLock
     /// </summary>
     public static string? AcquireForReading(SafeFileHandle file, bool share)
     {
-        if (!OperatingSystem.IsLinux()) return null;
+        if (!HostFile.HasQemuLocks) return null;
         int[] unshared = [Write, Resize];
         string? conflict = null;
         foreach (int p in unshared)
@@ -63,7 +63,7 @@ public static class QemuLock
     /// </summary>
     public static void Release(SafeFileHandle file)
     {
-        if (!OperatingSystem.IsLinux() || file.IsClosed) return;
+        if (!HostFile.HasQemuLocks || file.IsClosed) return;
         foreach (int p in new[] { ConsistentRead, Write, Resize }) Posix.UnlockByte(file, PermBase + p);
         foreach (int p in new[] { Write, Resize }) Posix.UnlockByte(file, SharedBase + p);
     }

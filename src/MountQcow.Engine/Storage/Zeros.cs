@@ -11,7 +11,7 @@ public static class Zeros
 {
     public const int Size = 1 << 20;
 
-    private static readonly Lazy<SafeFileHandle?> s_file = new(Posix.CreateZeroFile);
+    private static readonly Lazy<SafeFileHandle?> s_file = new(HostFile.CreateZeroFile);
 
     /// <summary>Where <paramref name="length"/> zeros can be read: the zero file, or bytes to compute where there is none.</summary>
     public static HostRun Run(long length) =>
