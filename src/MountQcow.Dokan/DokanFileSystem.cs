@@ -99,29 +99,15 @@ internal static unsafe class DokanFileSystem
         return Status(status);
     }
 
-    /// <summary>What a path names: the folder (<paramref name="isRoot"/>), a file, or nothing. Names are matched as Windows matches them, ignoring case.</summary>
-    private static VirtualFile? Resolve(char* path, out bool isRoot)
-    {
-        var span = path == null ? default : MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path);
-        if (!span.IsEmpty && span[0] == '\\') span = span[1..];
-        isRoot = span.IsEmpty;
-        if (isRoot) return null;
-        return span.IndexOf('\\') >= 0 ? null : s_tree.Find(span, ignoreCase: true); // no folders below the root
-    }
+    /// <summary>What a path names; names are matched as Windows matches them, ignoring case.</summary>
+    private static TreeEntry EntryAt(char* path) =>
+        path == null ? default : s_tree.Lookup(MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path), '\\', ignoreCase: true);
 
     /// <summary>The file a request is about: the one opened (Context is its index + 1), else by its path.</summary>
-    private static VirtualFile? FileOf(char* path, DOKAN_FILE_INFO* info, out bool isRoot)
+    private static VirtualFile? FileOf(char* path, DOKAN_FILE_INFO* info)
     {
-        isRoot = false;
         if (info != null && info->Context != 0 && info->Context <= (ulong)s_tree.Files.Count) return s_tree.Files[(int)info->Context - 1];
-        return Resolve(path, out isRoot);
-    }
-
-    private static bool HasSubfolder(char* path)
-    {
-        if (path == null) return false;
-        var span = MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path);
-        return span.Length > 1 && span[1..].IndexOf('\\') >= 0;
+        return EntryAt(path).File;
     }
 
     [UnmanagedCallersOnly]
@@ -129,23 +115,22 @@ internal static unsafe class DokanFileSystem
     {
         try
         {
-            if (HasSubfolder(path)) return STATUS_OBJECT_PATH_NOT_FOUND;
-            var file = Resolve(path, out bool root);
+            var entry = EntryAt(path);
             bool creates = disposition is FILE_CREATE or FILE_OPEN_IF or FILE_OVERWRITE_IF or FILE_SUPERSEDE;
             bool truncates = disposition is FILE_SUPERSEDE or FILE_OVERWRITE or FILE_OVERWRITE_IF;
-            if (root)
+            if (entry.Folder is not null)
             {
                 if ((options & FILE_NON_DIRECTORY_FILE) != 0) return STATUS_FILE_IS_A_DIRECTORY;
                 if (disposition == FILE_CREATE) return STATUS_OBJECT_NAME_COLLISION;
-                if (truncates || (options & FILE_DELETE_ON_CLOSE) != 0) s_tree.ChangeEntries("replace or delete the folder");
+                if (truncates || (options & FILE_DELETE_ON_CLOSE) != 0) s_tree.ChangeEntries("replace or delete a folder");
                 info->IsDirectory = 1;
                 info->Context = 0;
                 return disposition == FILE_OPEN_IF ? STATUS_OBJECT_NAME_COLLISION : STATUS_SUCCESS;
             }
-            if (file is null)
+            if (entry.File is not { } file)
             {
-                string name = new(path + 1);
-                if (creates) s_tree.ChangeEntries($"create {name}");
+                if (!entry.ParentExists) return STATUS_OBJECT_PATH_NOT_FOUND;
+                if (creates) s_tree.ChangeEntries($"create {new string(path)}");
                 return STATUS_OBJECT_NAME_NOT_FOUND;
             }
             if ((options & FILE_DIRECTORY_FILE) != 0 || info->IsDirectory != 0) return STATUS_NOT_A_DIRECTORY;
@@ -175,9 +160,8 @@ internal static unsafe class DokanFileSystem
         try
         {
             *read = 0;
-            var file = FileOf(path, info, out bool root);
-            if (root) return STATUS_FILE_IS_A_DIRECTORY;
-            if (file is null) return STATUS_OBJECT_NAME_NOT_FOUND;
+            var file = FileOf(path, info);
+            if (file is null) return NotAFile(path);
             *read = (uint)file.Read(new Span<byte>(buffer, (int)Math.Min(length, int.MaxValue)), offset);
             return STATUS_SUCCESS;
         }
@@ -193,9 +177,8 @@ internal static unsafe class DokanFileSystem
         try
         {
             *written = 0;
-            var file = FileOf(path, info, out bool root);
-            if (root) return STATUS_FILE_IS_A_DIRECTORY;
-            if (file is null) return STATUS_OBJECT_NAME_NOT_FOUND;
+            var file = FileOf(path, info);
+            if (file is null) return NotAFile(path);
             if (info->WriteToEndOfFile != 0) offset = file.Length; // an append: refused below, the size is fixed
             long n = Math.Min(length, int.MaxValue);
             if (info->PagingIo != 0)
@@ -219,9 +202,8 @@ internal static unsafe class DokanFileSystem
     {
         try
         {
-            var file = FileOf(path, info, out bool root);
-            if (root) return STATUS_SUCCESS;
-            if (file is null) return STATUS_OBJECT_NAME_NOT_FOUND;
+            var file = FileOf(path, info);
+            if (file is null) return EntryAt(path).Folder is not null ? STATUS_SUCCESS : STATUS_OBJECT_NAME_NOT_FOUND;
             file.Flush();
             return STATUS_SUCCESS;
         }
@@ -240,9 +222,10 @@ internal static unsafe class DokanFileSystem
     {
         try
         {
-            var file = FileOf(path, info, out bool root);
-            if (file is null && !root) return STATUS_OBJECT_NAME_NOT_FOUND;
-            var facts = file?.Facts ?? s_tree.RootFacts;
+            FileFacts facts;
+            if (FileOf(path, info) is { } file) facts = file.Facts;
+            else if (EntryAt(path).Folder is { } folder) facts = folder.Facts;
+            else return STATUS_OBJECT_NAME_NOT_FOUND;
             var time = FILETIME.From(facts.Modified);
             *result = new BY_HANDLE_FILE_INFORMATION
             {
@@ -270,25 +253,11 @@ internal static unsafe class DokanFileSystem
     {
         try
         {
-            var file = Resolve(path, out bool root);
-            if (!root) return file is null ? STATUS_OBJECT_NAME_NOT_FOUND : STATUS_NOT_A_DIRECTORY;
+            var found = EntryAt(path);
+            if (found.Folder is not { } folder) return found.File is null ? STATUS_OBJECT_NAME_NOT_FOUND : STATUS_NOT_A_DIRECTORY;
             var fill = (delegate* unmanaged<WIN32_FIND_DATAW*, DOKAN_FILE_INFO*, int>)fillFindData;
-            foreach (var f in s_tree.Files)
-            {
-                var facts = f.Facts;
-                var time = FILETIME.From(facts.Modified);
-                var entry = new WIN32_FIND_DATAW
-                {
-                    dwFileAttributes = Attributes(facts),
-                    ftCreationTime = time,
-                    ftLastAccessTime = time,
-                    ftLastWriteTime = time,
-                    nFileSizeHigh = (uint)(facts.Length >> 32),
-                    nFileSizeLow = (uint)facts.Length,
-                };
-                f.Name.AsSpan().CopyTo(new Span<char>(entry.cFileName, WIN32_FIND_DATAW.MAX_PATH - 1)); // names are short: pN.raw
-                fill(&entry, info);
-            }
+            foreach (var sub in folder.Folders) Fill(fill, info, sub.Name, sub.Facts);
+            foreach (var f in folder.Files) Fill(fill, info, f.Name, f.Facts);
             return STATUS_SUCCESS;
         }
         catch (Exception e)
@@ -296,6 +265,26 @@ internal static unsafe class DokanFileSystem
             return Fail(e, "findfiles");
         }
     }
+
+    /// <summary>Hands one entry to FindFiles' FillFindData.</summary>
+    private static void Fill(delegate* unmanaged<WIN32_FIND_DATAW*, DOKAN_FILE_INFO*, int> fill, DOKAN_FILE_INFO* info, string name, FileFacts facts)
+    {
+        var time = FILETIME.From(facts.Modified);
+        var entry = new WIN32_FIND_DATAW
+        {
+            dwFileAttributes = Attributes(facts),
+            ftCreationTime = time,
+            ftLastAccessTime = time,
+            ftLastWriteTime = time,
+            nFileSizeHigh = (uint)(facts.Length >> 32),
+            nFileSizeLow = (uint)facts.Length,
+        };
+        name.AsSpan(0, Math.Min(name.Length, WIN32_FIND_DATAW.MAX_PATH - 1)).CopyTo(new Span<char>(entry.cFileName, WIN32_FIND_DATAW.MAX_PATH - 1));
+        fill(&entry, info);
+    }
+
+    /// <summary>The status for a file operation on a path that names no file: a folder, or nothing.</summary>
+    private static int NotAFile(char* path) => EntryAt(path).Folder is not null ? STATUS_FILE_IS_A_DIRECTORY : STATUS_OBJECT_NAME_NOT_FOUND;
 
     [UnmanagedCallersOnly]
     private static int SetFileAttributes(char* path, uint attributes, DOKAN_FILE_INFO* info) => Touch(path, info, "setfileattributes");
@@ -308,14 +297,12 @@ internal static unsafe class DokanFileSystem
     {
         try
         {
-            var file = FileOf(path, info, out bool root);
-            if (root)
+            if (FileOf(path, info) is { } file)
             {
-                s_tree.CheckAccess(write: true);
+                file.Touch();
                 return STATUS_SUCCESS;
             }
-            if (file is null) return STATUS_OBJECT_NAME_NOT_FOUND;
-            file.Touch();
+            s_tree.CheckAccess(EntryAt(path), write: true); // a folder: accepted where writable, not kept
             return STATUS_SUCCESS;
         }
         catch (Exception e)
@@ -357,9 +344,8 @@ internal static unsafe class DokanFileSystem
     {
         try
         {
-            var file = FileOf(path, info, out bool root);
-            if (root) return STATUS_FILE_IS_A_DIRECTORY;
-            if (file is null) return STATUS_OBJECT_NAME_NOT_FOUND;
+            var file = FileOf(path, info);
+            if (file is null) return NotAFile(path);
             file.Resize(length);
             return STATUS_SUCCESS;
         }
@@ -374,9 +360,8 @@ internal static unsafe class DokanFileSystem
     {
         try
         {
-            var file = FileOf(path, info, out bool root);
-            if (root) return STATUS_FILE_IS_A_DIRECTORY;
-            if (file is null) return STATUS_OBJECT_NAME_NOT_FOUND;
+            var file = FileOf(path, info);
+            if (file is null) return NotAFile(path);
             file.Allocate(size);
             return STATUS_SUCCESS;
         }

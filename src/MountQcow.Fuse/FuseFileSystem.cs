@@ -99,19 +99,25 @@ internal static unsafe class FuseFileSystem
         return -Errno(status);
     }
 
-    // Paths are "/" or "/name"; the file is found without allocating.
-    private static VirtualFile? FileAt(byte* path, out bool isRoot)
-    {
-        var span = MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path);
-        isRoot = span.Length == 1 && span[0] == (byte)'/';
-        return span.Length > 1 && span[0] == (byte)'/' ? s_tree.Find(span[1..]) : null;
-    }
+    // A folder's handle has the top bit set; a file's is its index + 1.
+    private const ulong FolderHandle = 1UL << 63;
 
-    // With nullpath_ok the path may be null when a file handle is given: fh is the file's index + 1.
+    // What a path names, found without allocating.
+    private static TreeEntry EntryAt(byte* path) =>
+        path == null ? default : s_tree.Lookup(MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path));
+
+    // With nullpath_ok the path may be null when a handle is given.
     private static VirtualFile? FileOf(byte* path, fuse_file_info* fi)
     {
         if (fi != null && fi->fh != 0 && fi->fh <= (ulong)s_tree.Files.Count) return s_tree.Files[(int)fi->fh - 1];
-        return path == null ? null : FileAt(path, out _);
+        return EntryAt(path).File;
+    }
+
+    private static VirtualFolder? FolderOf(byte* path, fuse_file_info* fi)
+    {
+        if (fi != null && (fi->fh & FolderHandle) != 0 && (fi->fh & ~FolderHandle) < (ulong)s_tree.Folders.Count)
+            return s_tree.Folders[(int)(fi->fh & ~FolderHandle)];
+        return EntryAt(path).Folder;
     }
 
     [UnmanagedCallersOnly]
@@ -153,10 +159,9 @@ internal static unsafe class FuseFileSystem
         if (Volatile.Read(ref s_requests) == 0 && Interlocked.Exchange(ref s_requests, 1) == 0) Serving.Set();
         try
         {
-            var file = FileOf(path, fi);
             FileFacts facts;
-            if (file is not null) facts = file.Facts;
-            else if (FileAt(path, out bool root) is null && root) facts = s_tree.RootFacts;
+            if (FileOf(path, fi) is { } file) facts = file.Facts;
+            else if (FolderOf(path, fi) is { } folder) facts = folder.Facts;
             else return -ENOENT;
             FillStat(stat, (facts.IsDirectory ? S_IFDIR : S_IFREG) | facts.Permissions, facts.Links, facts.Length, (facts.AllocatedBytes + 511) / 512);
             return 0;
@@ -202,8 +207,8 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            var file = FileAt(path, out bool root);
-            if (file is null) return root ? -EISDIR : -ENOENT;
+            var entry = EntryAt(path);
+            if (entry.File is not { } file) return entry.Folder is not null ? -EISDIR : -ENOENT;
             file.Open(forWriting: (fi->flags & O_ACCMODE) != O_RDONLY);
             fi->fh = (ulong)file.Index + 1;
             // Read-only: the kernel keeps pages cached (nothing changes them). Read-write: no page
@@ -360,8 +365,10 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            FileAt(path, out bool root);
-            return root ? 0 : -ENOENT;
+            var entry = EntryAt(path);
+            if (entry.Folder is not { } folder) return entry.File is not null ? -ENOTDIR : -ENOENT;
+            fi->fh = FolderHandle | (uint)folder.Index;
+            return 0;
         }
         catch (Exception e)
         {
@@ -374,23 +381,28 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
+            if (FolderOf(path, fi) is not { } folder) return -ENOENT;
             var fill = (delegate* unmanaged<void*, byte*, void*, long, int, int>)filler;
             byte* dot = stackalloc byte[] { (byte)'.', 0, (byte)'.', (byte)'.', 0 };
             fill(buffer, dot, null, 0, 0);
             fill(buffer, dot + 2, null, 0, 0);
-            Span<byte> name = stackalloc byte[256];
-            foreach (var file in s_tree.Files)
-            {
-                file.NameUtf8.CopyTo(name);
-                name[file.NameUtf8.Length] = 0;
-                fixed (byte* n = name) fill(buffer, n, null, 0, 0);
-            }
+            byte* name = stackalloc byte[256];
+            foreach (var sub in folder.Folders) Fill(fill, buffer, name, sub.NameUtf8);
+            foreach (var file in folder.Files) Fill(fill, buffer, name, file.NameUtf8);
             return 0;
         }
         catch (Exception e)
         {
             return Fail(e, "readdir");
         }
+    }
+
+    /// <summary>Adds one name to a readdir buffer, NUL-terminated in <paramref name="name"/> (256 bytes).</summary>
+    private static void Fill(delegate* unmanaged<void*, byte*, void*, long, int, int> fill, void* buffer, byte* name, byte[] utf8)
+    {
+        utf8.CopyTo(new Span<byte>(name, 255));
+        name[utf8.Length] = 0;
+        fill(buffer, name, null, 0, 0);
     }
 
     [UnmanagedCallersOnly]
@@ -417,9 +429,9 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            var file = FileAt(path, out bool root);
-            if (file is null && !root) return -ENOENT;
-            s_tree.CheckAccess(write: (mask & W_OK) != 0);
+            var entry = EntryAt(path);
+            if (!entry.Found) return -ENOENT;
+            s_tree.CheckAccess(entry, write: (mask & W_OK) != 0);
             return 0;
         }
         catch (Exception e)

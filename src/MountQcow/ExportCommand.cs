@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using MountQcow.Partitions;
 using MountQcow.Qcow2;
 using MountQcow.Storage;
 
@@ -12,14 +13,80 @@ internal static class ExportCommand
 {
     public static int Run(ExportOptions o)
     {
+        var targets = Targets(o);
+        // Nothing is written unless every target can be: an existing file needs --force.
+        foreach (var (_, output) in targets)
+            if (!o.Force && output != "-" && Native.FileType(output) == Native.UnixFileType.Regular)
+                throw new UserError($"{output} already exists (use --force to overwrite it)");
         using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn, ShareWrites = o.ForceShare });
         Cli.WarnIfInUse(image);
-        if (OpenStream(o.Output) is { } stream)
+        using var snapshot = o.Snapshot is null ? null : OpenSnapshot(o, image);
+        IBlockDevice disk = snapshot ?? image;
+        var table = targets[0].Partition is null ? null : PartitionReader.Read(disk);
+        var sources = targets.Select(t => (t.Output, Source: t.Partition is { } n ? PartitionOf(o, disk, table!, n) : disk)).ToList();
+        foreach (var (output, source) in sources)
         {
-            using (stream) return Stream(o, image, stream);
+            int result = Export(o, source, output);
+            if (result != Program.Ok) return result;
         }
-        bool created = !File.Exists(o.Output);
-        var (target, zeroed) = OpenTarget(o.Output, image.Length, o.Force);
+        return Program.Ok;
+    }
+
+    /// <summary>What goes where: the whole disk or one partition to OUTPUT, or each --partition N:TARGET.</summary>
+    private static List<(int? Partition, string Output)> Targets(ExportOptions o)
+    {
+        var given = o.Partitions.ToList();
+        bool named = given.Any(p => p.Contains(':'));
+        if (given.Count == 0 || !named)
+        {
+            if (string.IsNullOrEmpty(o.Output)) throw new UsageError("missing OUTPUT");
+            if (given.Count > 1) throw new UsageError("--partition N with OUTPUT exports one partition; for several, give --partition N:TARGET for each");
+            return [(given.Count == 0 ? null : Number(given[0]), o.Output)];
+        }
+        if (!string.IsNullOrEmpty(o.Output)) throw new UsageError($"OUTPUT '{o.Output}' and --partition N:TARGET both say where to write; give one of them");
+        var targets = new List<(int?, string)>();
+        foreach (string p in given)
+        {
+            int colon = p.IndexOf(':');
+            if (colon <= 0 || colon == p.Length - 1) throw new UsageError($"--partition {p}: give N:TARGET for each partition when there are several");
+            targets.Add((Number(p[..colon]), p[(colon + 1)..]));
+        }
+        if (targets.Select(t => t.Item2).Distinct().Count() < targets.Count) throw new UsageError("two partitions would be written to the same TARGET");
+        return targets;
+    }
+
+    private static int Number(string text) =>
+        int.TryParse(text, System.Globalization.NumberStyles.None, null, out int n) && n >= 1
+            ? n : throw new UsageError($"--partition {text}: a partition number is 1 or more (as in pN.raw)");
+
+    private static Qcow2Image OpenSnapshot(ExportOptions o, Qcow2Image image)
+    {
+        var snapshot = image.FindSnapshot(o.Snapshot!)
+            ?? throw new UserError(image.Snapshots.Count == 0
+                ? $"{o.Image} has no snapshots"
+                : $"{o.Image} has no snapshot '{o.Snapshot}' (it has: {string.Join(", ", image.Snapshots.Select(s => $"{s.Id} '{s.Name}'"))})");
+        return image.OpenSnapshot(snapshot);
+    }
+
+    private static IBlockDevice PartitionOf(ExportOptions o, IBlockDevice disk, PartitionTable table, int number)
+    {
+        foreach (string w in table.Warnings) Cli.Warn($"partition table: {w}");
+        var partition = table.Partitions.FirstOrDefault(p => p.Number == number)
+            ?? throw new UserError(table.Partitions.Count == 0
+                ? $"{o.Image}{(o.Snapshot is null ? "" : $" (snapshot {o.Snapshot})")} has no partitions"
+                : $"{o.Image} has no partition {number} (it has {string.Join(", ", table.Partitions.Select(p => p.Number))})");
+        return new SliceBlockDevice(disk, partition.Start, partition.Length, writable: false);
+    }
+
+    /// <summary>One source (the disk, a snapshot, a partition) to one output.</summary>
+    private static int Export(ExportOptions o, IBlockDevice source, string output)
+    {
+        if (OpenStream(output) is { } stream)
+        {
+            using (stream) return Stream(o, source, stream, output);
+        }
+        bool created = !File.Exists(output);
+        var (target, zeroed) = OpenTarget(output, source.Length, o.Force);
         var clock = Stopwatch.StartNew();
         using var cancel = Cli.CancelOnCtrlC();
         try
@@ -27,28 +94,28 @@ internal static class ExportCommand
             using (target)
             {
                 // A block device is flushed before export returns; a file is left to the page cache, as cp leaves it.
-                var copy = new BlockCopy(image, target, new CopyOptions { TargetIsZeroed = zeroed, FlushTarget = target.IsBlockDevice });
+                var copy = new BlockCopy(source, target, new CopyOptions { TargetIsZeroed = zeroed, FlushTarget = target.IsBlockDevice });
                 ProgressView.Run("exporting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress);
                 Console.Error.WriteLine(
-                    $"exported {Units.Bytes(image.Length)} ({Units.Bytes(copy.Data)} of data) to {o.Output} in {clock.Elapsed.TotalSeconds:0.0} s");
+                    $"exported {Units.Bytes(source.Length)} ({Units.Bytes(copy.Data)} of data) to {output} in {clock.Elapsed.TotalSeconds:0.0} s");
             }
         }
         catch when (created)
         {
-            File.Delete(o.Output); // never leave a half-written file behind that looks complete
+            File.Delete(output); // never leave a half-written file behind that looks complete
             throw;
         }
         return Program.Ok;
     }
 
-    private static int Stream(ExportOptions o, Qcow2Image image, Stream output)
+    private static int Stream(ExportOptions o, IBlockDevice source, Stream output, string path)
     {
         var clock = Stopwatch.StartNew();
         using var cancel = Cli.CancelOnCtrlC();
-        var copy = new StreamCopy(image, output);
+        var copy = new StreamCopy(source, output);
         ProgressView.Run("exporting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress);
-        string name = o.Output == "-" ? "standard output" : o.Output;
-        Console.Error.WriteLine($"exported {Units.Bytes(image.Length)} ({Units.Bytes(copy.Data)} of data) to {name} in {clock.Elapsed.TotalSeconds:0.0} s");
+        string name = path == "-" ? "standard output" : path;
+        Console.Error.WriteLine($"exported {Units.Bytes(source.Length)} ({Units.Bytes(copy.Data)} of data) to {name} in {clock.Elapsed.TotalSeconds:0.0} s");
         return Program.Ok;
     }
 

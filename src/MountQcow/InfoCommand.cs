@@ -31,7 +31,19 @@ internal sealed record PartitionInfo(int Number, string File, string Type, strin
 
 internal sealed record LayerInfo(string Path, string Format, long VirtualSize);
 
-internal sealed record SnapshotInfo(string Id, string Name, DateTimeOffset Date, long VmStateSize, long DiskSize);
+/// <summary>One internal snapshot: qemu-img snapshot -l's columns, its disk's size, and the folder a mount shows it in.</summary>
+internal sealed record SnapshotInfo(string Id, string Name, DateTimeOffset Date, long VmStateSize, long DiskSize, long VmClockNanoseconds, string Folder)
+{
+    /// <summary>The guest's clock at the snapshot, as qemu-img prints it: hours:minutes:seconds.milliseconds.</summary>
+    public string VmClock
+    {
+        get
+        {
+            long ms = VmClockNanoseconds / 1_000_000;
+            return $"{ms / 3_600_000:00}:{ms / 60_000 % 60:00}:{ms / 1000 % 60:00}.{ms % 1000:000}";
+        }
+    }
+}
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, WriteIndented = true)]
 [JsonSerializable(typeof(ImageInfo))]
@@ -71,9 +83,16 @@ internal static class InfoCommand
             h.CompressionType == CompressionType.Zstd ? "zstd" : "deflate",
             h.RefcountBits, h.FeatureList().ToArray(), h.IsDirty, h.IsMarkedCorrupt, chain,
             image.DataFilePath, h.Autoclear.HasFlag(AutoclearFeatures.RawExternalData),
-            image.Snapshots.Select(s => new SnapshotInfo(s.Id, s.Name, s.Date, s.VmStateSize, s.DiskSize)).ToArray(),
+            DescribeSnapshots(image.Snapshots),
             h.BitmapCount,
             DescribePartitions(image));
+    }
+
+    private static SnapshotInfo[] DescribeSnapshots(IReadOnlyList<Snapshot> snapshots)
+    {
+        var folders = MountQcow.FileTree.VirtualFileTree.SnapshotFolderNames(snapshots.Select(s => (s.Id, s.Name)).ToList());
+        return snapshots.Select((s, i) => new SnapshotInfo(s.Id, s.Name, s.Date, s.VmStateSize, s.DiskSize, s.VmClock.Ticks * 100,
+            $"{MountQcow.FileTree.VirtualFileTree.SnapshotsFolderName}/{folders[i]}")).ToArray();
     }
 
     private static PartitionsInfo DescribePartitions(Qcow2Image image)
@@ -113,9 +132,15 @@ internal static class InfoCommand
             Line(n == 0 ? "backing chain" : "", $"{new string(' ', 2 * n)}{(n > 0 ? "└ " : "")}{layer.Path} ({what})");
         }
         if (i.DataFile is not null) Line("data file", $"{i.DataFile}{(i.DataFileRaw ? " (a consistent raw image)" : "")}");
-        Line("snapshots", i.Snapshots.Length.ToString());
-        foreach (var s in i.Snapshots)
-            Line("", $"{s.Id,-4} {s.Name,-20} {s.Date.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC  vm state {Units.Bytes(s.VmStateSize)}");
+        Line("snapshots", i.Snapshots.Length == 0 ? "none" : i.Snapshots.Length.ToString());
+        if (i.Snapshots.Length > 0)
+        {
+            // qemu-img snapshot -l's columns (its date in local time too), with the disk's size and where a mount shows it.
+            int tag = Math.Max(16, i.Snapshots.Max(s => s.Name.Length));
+            Console.WriteLine($"  {"ID",-4} {"TAG".PadRight(tag)} {"DISK SIZE",10} {"VM SIZE",10} {"DATE",-19} {"VM CLOCK",-13} FOLDER");
+            foreach (var s in i.Snapshots)
+                Console.WriteLine($"  {s.Id,-4} {s.Name.PadRight(tag)} {Units.Bytes(s.DiskSize),10} {Units.Bytes(s.VmStateSize),10} {s.Date.ToLocalTime():yyyy-MM-dd HH:mm:ss} {s.VmClock,-13} {s.Folder}");
+        }
         if (i.Bitmaps > 0) Line("bitmaps", i.Bitmaps.ToString());
         var parts = i.Partitions;
         Line("partitions", parts.Scheme switch

@@ -90,8 +90,11 @@ internal static class MountCommand
         using var signals = new SignalHandlers(unmounter.OnSignal);
         using var image = Qcow2Image.Open(imagePath, new ImageOptions { Writable = o.ReadWrite, L2CacheBytes = l2Cache, ShareWrites = o.ForceShare, Warn = Cli.Warn });
         if (!o.ReadWrite) Cli.WarnIfInUse(image);
-        using var tree = VirtualFileTree.Create(image, o.ReadWrite, File.GetLastWriteTimeUtc(imagePath), mayChange: image.HeldByWriter || o.ForceShare);
+        using var snapshots = SnapshotViews.Of(image);
+        using var tree = VirtualFileTree.Create(image, o.ReadWrite, File.GetLastWriteTimeUtc(imagePath), mayChange: image.HeldByWriter || o.ForceShare,
+            snapshots: snapshots.Disks);
         foreach (string w in tree.Partitions.Warnings) Cli.Warn($"partition table: {w}");
+        foreach (string w in tree.Warnings) Cli.Warn(w);
         tree.StartAllocationScan(); // sizes on disk for `ls -s` and `du`, counted while the mount starts
         using var mount = MountWithBackend(o, tree, imagePath, mountpoint, user, out bool rootCanOpen);
         if (!rootCanOpen)
@@ -301,6 +304,41 @@ internal static class MountCommand
         {
             foreach (var r in _registrations) r.Dispose();
         }
+    }
+}
+
+/// <summary>
+/// Read-only views of an image's internal snapshots, for the tree to show; one whose L1 table is
+/// damaged is left out with a warning, and the rest of the mount works.
+/// </summary>
+internal sealed class SnapshotViews : IDisposable
+{
+    private readonly List<Qcow2Image> _views = [];
+
+    public List<SnapshotDisk> Disks { get; } = [];
+
+    public static SnapshotViews Of(Qcow2Image image)
+    {
+        var views = new SnapshotViews();
+        foreach (var s in image.Snapshots)
+        {
+            try
+            {
+                var view = image.OpenSnapshot(s);
+                views._views.Add(view);
+                views.Disks.Add(new SnapshotDisk(s.Id, s.Name, view));
+            }
+            catch (MountQcow.ImageException e)
+            {
+                Cli.Warn($"snapshot {s.Id} ('{s.Name}') is not shown: {e.Message}");
+            }
+        }
+        return views;
+    }
+
+    public void Dispose()
+    {
+        foreach (var v in _views) v.Dispose();
     }
 }
 

@@ -54,8 +54,14 @@ internal sealed class ExportOptions : CommonOptions
     [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image.")]
     public string Image { get; set; } = "";
 
-    [Needed, Value(1, MetaName = "OUTPUT", HelpText = "A new raw file, an existing block device at least as large as the disk, or - for standard output (also a FIFO or a character device): the disk in order.")]
+    [Value(1, MetaName = "OUTPUT", HelpText = "A new raw file, an existing block device at least as large as the disk, or - for standard output (also a FIFO or a character device): the disk in order. Not with --partition N:TARGET.")]
     public string Output { get; set; } = "";
+
+    [Option('p', "partition", Separator = ',', HelpText = "Export partition N (as numbered in the mount: pN.raw) instead of the whole disk; N:TARGET, given several times, writes each partition to its own TARGET in one run.")]
+    public IEnumerable<string> Partitions { get; set; } = [];
+
+    [Option('s', "snapshot", HelpText = "Export an internal snapshot (by id or name, as qemu-img convert -l) instead of the current disk.")]
+    public string? Snapshot { get; set; }
 
     [Option('f', "force", HelpText = "Overwrite OUTPUT if it is an existing regular file, or a block device that a process has open. A mounted device is never overwritten.")]
     public bool Force { get; set; }

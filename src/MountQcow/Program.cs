@@ -22,7 +22,7 @@ internal static class Program
             if (args.Length == 1) return Overview(Console.Out, Ok);
             return VerbOf(args[1]) is { } verb ? VerbHelp(parser, verb, Console.Out, Ok) : UsageFailure($"there is no verb '{args[1]}'", null);
         }
-        var result = parser.ParseArguments(args, s_verbs);
+        var result = parser.ParseArguments(JoinRepeated(args, "--partition", "-p"), s_verbs);
         return result.MapResult(
             options => options switch
             {
@@ -36,6 +36,31 @@ internal static class Program
                 _ => throw new InvalidOperationException(options.GetType().Name),
             },
             errors => ParseFailure(parser, result, errors.ToList()));
+    }
+
+    /// <summary>
+    /// An option that may be given several times (export --partition 1:a --partition 2:b) becomes one
+    /// comma-separated value, the one form CommandLineParser reads for a list, while every other
+    /// option given twice stays an error.
+    /// </summary>
+    internal static string[] JoinRepeated(string[] args, string longName, string shortName)
+    {
+        var values = new List<string>();
+        var rest = new List<string>();
+        int first = -1;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string a = args[i];
+            if (a == "--") { rest.AddRange(args[i..]); break; }
+            string? value = a.StartsWith(longName + "=", StringComparison.Ordinal) ? a[(longName.Length + 1)..]
+                : (a == longName || a == shortName) && i + 1 < args.Length ? args[++i] : null;
+            if (value is null) { rest.Add(a); continue; }
+            if (first < 0) first = rest.Count;
+            values.Add(value);
+        }
+        if (values.Count < 2) return args;
+        rest.InsertRange(first, [longName, string.Join(',', values)]);
+        return rest.ToArray();
     }
 
     private static Parser NewParser() => new(s =>
@@ -195,7 +220,7 @@ internal static class Program
         [typeof(UnmountOptions)] = "mountqcow unmount MOUNTPOINT",
         [typeof(InfoOptions)] = "mountqcow info IMAGE [--json]",
         [typeof(CheckOptions)] = "mountqcow check IMAGE [--json] [--repair leaks|all]",
-        [typeof(ExportOptions)] = "mountqcow export IMAGE OUTPUT|- [--force]",
+        [typeof(ExportOptions)] = "mountqcow export IMAGE OUTPUT|- [--partition N] [--snapshot ID|NAME] [--force]\n       mountqcow export IMAGE --partition N:TARGET [--partition N:TARGET ...]",
         [typeof(CreateVerbOptions)] = "mountqcow create IMAGE [SIZE] [--cluster-size N] [--backing FILE]",
         [typeof(ConvertOptions)] = "mountqcow convert SOURCE IMAGE [--compress deflate|zstd] [--cluster-size N]",
     };
@@ -233,6 +258,9 @@ internal static class Program
             "  mountqcow export vm.qcow2 vm.raw              the disk as a sparse raw file",
             "  mountqcow export vm.qcow2 - | zstd > vm.zst   the disk to standard output, in order",
             "  mountqcow export vm.qcow2 /dev/sdX            onto a block device (never a mounted one)",
+            "  mountqcow export vm.qcow2 p2.raw -p 2         one partition (p2.raw in a mount)",
+            "  mountqcow export vm.qcow2 -p 1:/dev/sdb1 -p 2:/dev/sdb2   partitions onto devices",
+            "  mountqcow export vm.qcow2 old.raw -s before   an internal snapshot, by name or id",
         ],
         [typeof(CreateVerbOptions)] =
         [

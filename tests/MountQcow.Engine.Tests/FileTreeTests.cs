@@ -16,8 +16,8 @@ public sealed class FileTreeTests
         var disk = ImageBuilder.Content(Fill.Random, 1 << 20, 1);
         using var tree = Tree(disk, writable: false);
         var file = Assert.Single(tree.Files);
-        Assert.Same(file, tree.Find("disk.raw"u8));
-        Assert.Null(tree.Find("p1.raw"u8));
+        Assert.Same(file, tree.Lookup("disk.raw"u8).File);
+        Assert.False(tree.Lookup("p1.raw"u8).Found);
         var back = new byte[4096];
         Assert.Equal(4096, file.Read(back, 12345));
         Assert.Equal(disk.AsSpan(12345, 4096).ToArray(), back);
@@ -136,12 +136,12 @@ public sealed class FileTreeTests
         disk[511] = 0xAA;
         using var tree = Tree(disk, writable: false);
         Assert.Equal(["disk.raw", "p1.raw", "p2.raw"], tree.Files.Select(f => f.Name));
-        Assert.Same(tree.Files[1], tree.Find("p1.raw".AsSpan(), ignoreCase: false));
-        Assert.Null(tree.Find("P1.RAW".AsSpan(), ignoreCase: false));
-        Assert.Same(tree.Files[1], tree.Find("P1.RAW".AsSpan(), ignoreCase: true));
-        Assert.Same(tree.Files[0], tree.Find("Disk.Raw".AsSpan(), ignoreCase: true));
-        Assert.Null(tree.Find("p3.raw".AsSpan(), ignoreCase: true));
-        Assert.Null(tree.Find("p1.raw "u8));
+        Assert.Same(tree.Files[1], tree.Lookup("p1.raw".AsSpan(), '\\', ignoreCase: false).File);
+        Assert.Null(tree.Lookup("P1.RAW".AsSpan(), '\\', ignoreCase: false).File);
+        Assert.Same(tree.Files[1], tree.Lookup("P1.RAW".AsSpan(), '\\', ignoreCase: true).File);
+        Assert.Same(tree.Files[0], tree.Lookup("\\Disk.Raw".AsSpan(), '\\', ignoreCase: true).File);
+        Assert.Null(tree.Lookup("p3.raw".AsSpan(), '\\', ignoreCase: true).File);
+        Assert.Null(tree.Lookup("p1.raw "u8).File);
         Assert.Equal([0, 1, 2], tree.Files.Select(f => f.Index));
     }
 
@@ -150,7 +150,7 @@ public sealed class FileTreeTests
     {
         var modified = new DateTimeOffset(2024, 5, 6, 7, 8, 9, TimeSpan.Zero);
         using var readOnly = VirtualFileTree.Create(new MemoryBlockDevice(new byte[1 << 20], false), false, modified);
-        var root = readOnly.RootFacts;
+        var root = readOnly.Root.Facts;
         Assert.True(root.IsDirectory);
         Assert.Equal(0x16du, root.Permissions); // 0555
         Assert.Equal(2u, root.Links);
@@ -161,7 +161,7 @@ public sealed class FileTreeTests
         Assert.Equal(modified, file.Modified);
         Assert.NotEqual(root.Id, file.Id);
         using var writable = VirtualFileTree.Create(new MemoryBlockDevice(new byte[1 << 20]), true, modified);
-        Assert.Equal(0x1edu, writable.RootFacts.Permissions); // 0755
+        Assert.Equal(0x1edu, writable.Root.Facts.Permissions); // 0755
         Assert.Equal(0x1a4u, writable.Files[0].Facts.Permissions); // 0644
         // Sizes on disk: the file's length until the scan has counted, then the bytes that hold data.
         for (int i = 0; i < 200 && writable.Files[0].AllocatedBytes < 0; i++) Thread.Sleep(10);

@@ -162,6 +162,29 @@ public sealed partial class MountTests : IDisposable
     }
 
     [MountFact]
+    public void SnapshotsAreFoldersOfTheirOwnDisksReadOnlyEvenOnAWritableMount()
+    {
+        var (image, disk) = PartitionedImage();
+        _b.Img("snapshot", "-c", "clean install", image);
+        string before = _b.PathOf("before.raw");
+        _b.Img("convert", "-l", "snapshot.name=clean install", "-O", "raw", image, before);
+        _b.Write(image, disk.P2Start, 1 << 20, Fill.Random, 9); // the current disk moves on
+        _b.Img("snapshot", "-c", "../odd", image);
+        using var mount = MountedImage.Start(image, NewMountpoint("mnt"), "--rw");
+        Assert.Equal(["clean install", "id-2"], Directory.GetDirectories(mount.PathOf("snapshots")).Select(Path.GetFileName).Order());
+        string folder = mount.PathOf("snapshots/clean install");
+        Assert.Equal(["disk.raw", "p1.raw", "p2.raw"], Directory.GetFiles(folder).Select(Path.GetFileName).Order());
+        Assert.Equal(File.ReadAllBytes(before), File.ReadAllBytes(Path.Combine(folder, "disk.raw")));
+        Assert.Equal(Slice(before, disk.P2Start, disk.P2Size), File.ReadAllBytes(Path.Combine(folder, "p2.raw")));
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.GroupRead | UnixFileMode.OtherRead, File.GetUnixFileMode(Path.Combine(folder, "p1.raw")));
+        var e = Assert.ThrowsAny<Exception>(() => File.OpenHandle(Path.Combine(folder, "p1.raw"), FileMode.Open, FileAccess.Write));
+        Assert.True(e is IOException or UnauthorizedAccessException, e.GetType().Name);
+        Assert.Contains("snapshot 2 ('../odd') is shown as snapshots/id-2", mount.Output);
+        // The current disk of the same mount stays writable.
+        using (File.OpenHandle(mount.PathOf("disk.raw"), FileMode.Open, FileAccess.ReadWrite)) { }
+    }
+
+    [MountFact]
     public void ReadOnlyMountRefusesWrites()
     {
         var (image, _) = PartitionedImage();

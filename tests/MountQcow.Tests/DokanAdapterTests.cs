@@ -220,6 +220,36 @@ public sealed unsafe class DokanAdapterTests : IDisposable
         Assert.Equal(FILE_ATTRIBUTE_NORMAL, info.dwFileAttributes);
     }
 
+    [Fact]
+    public void SnapshotFoldersAreBrowsedAndTheirFilesAreReadOnly()
+    {
+        var old = Disk();
+        old[2 * Mib] = 0x77;
+        using var oldDisk = new MemoryBlockDevice(old, writable: false);
+        using var tree = VirtualFileTree.Create(new MemoryBlockDevice(Disk()), true, DateTimeOffset.UnixEpoch,
+            snapshots: [new SnapshotDisk("1", "Before", oldDisk)]);
+        _ops = Operations(tree, _log.Add);
+        Assert.Equal(STATUS_SUCCESS, FindFiles("\\"));
+        Assert.Contains(("snapshots", 0L, FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_READONLY), s_found);
+        Assert.Equal(STATUS_SUCCESS, FindFiles("\\SNAPSHOTS"));
+        Assert.Equal([("Before", 0L, FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_READONLY)], s_found);
+        Assert.Equal(STATUS_SUCCESS, FindFiles("\\snapshots\\before"));
+        Assert.Equal(["disk.raw", "p1.raw", "p2.raw"], s_found.Select(f => f.Name));
+        Assert.Equal(STATUS_SUCCESS, Create("\\snapshots\\before", options: FILE_DIRECTORY_FILE));
+        Assert.Equal(1, _info->IsDirectory);
+        Assert.Equal(STATUS_SUCCESS, Create("\\snapshots\\Before\\P2.raw"));
+        var buffer = new byte[1];
+        Assert.Equal(STATUS_SUCCESS, Read("\\snapshots\\Before\\P2.raw", buffer, 0, out _));
+        Assert.Equal(0x77, buffer[0]);
+        // Read-only inside a writable mount; the current disk's files stay writable.
+        Assert.Equal(STATUS_MEDIA_WRITE_PROTECTED, Create("\\snapshots\\before\\p2.raw", access: FILE_WRITE_DATA));
+        Assert.Equal(STATUS_SUCCESS, Create("\\snapshots\\before\\p2.raw"));
+        Assert.Equal(STATUS_MEDIA_WRITE_PROTECTED, Write("\\snapshots\\before\\p2.raw", [1], 0, out _));
+        Assert.Equal(STATUS_SUCCESS, Create("\\p2.raw", access: FILE_WRITE_DATA));
+        Assert.Equal(STATUS_OBJECT_PATH_NOT_FOUND, Create("\\snapshots\\after\\disk.raw"));
+        Assert.Equal(STATUS_OBJECT_NAME_NOT_FOUND, Create("\\snapshots\\before\\p9.raw"));
+    }
+
     /// <summary>A device whose writes fail as a full disk does, and whose reads fail as a bug would.</summary>
     private sealed class FailingDevice(Exception onWrite, Exception onRead) : IBlockDevice
     {

@@ -117,7 +117,7 @@ public sealed class VirtualFile
                 _tree.StartAllocationScan();
                 allocated = Length;
             }
-            return new FileFacts(Index + 2, false, Writable, Length, allocated, _tree.Modified);
+            return new FileFacts(2L * Index + 2, false, Writable, Length, allocated, _tree.Modified);
         }
     }
 
@@ -261,18 +261,64 @@ public sealed class VirtualFile
     }
 }
 
+/// <summary>A folder of the tree: the root, <c>snapshots</c>, or one snapshot's folder. Read-only but for the root of a writable tree.</summary>
+public sealed class VirtualFolder
+{
+    private readonly VirtualFileTree _tree;
+    internal readonly List<VirtualFolder> FolderList = [];
+    internal readonly List<VirtualFile> FileList = [];
+
+    internal VirtualFolder(VirtualFileTree tree, int index, string name, bool writable)
+    {
+        _tree = tree;
+        Index = index;
+        Name = name;
+        NameUtf8 = Encoding.UTF8.GetBytes(name);
+        Writable = writable;
+    }
+
+    public string Name { get; }
+
+    public byte[] NameUtf8 { get; }
+
+    /// <summary>Where the folder is in <see cref="VirtualFileTree.Folders"/> (the root is 0); backends keep it as their handle.</summary>
+    public int Index { get; }
+
+    public bool Writable { get; }
+
+    public IReadOnlyList<VirtualFolder> Folders => FolderList;
+
+    public IReadOnlyList<VirtualFile> Files => FileList;
+
+    /// <summary>What a backend shows for this folder.</summary>
+    public FileFacts Facts => new(2L * Index + 1, true, Writable, 0, 0, _tree.Modified);
+}
+
+/// <summary>What a path names: a folder, a file, or nothing (then whether its parent folder exists, for "path not found").</summary>
+public readonly record struct TreeEntry(VirtualFolder? Folder, VirtualFile? File, bool ParentExists)
+{
+    public bool Found => Folder is not null || File is not null;
+}
+
+/// <summary>An internal snapshot's disk for the tree to show: its id, its name and its bytes (read-only).</summary>
+public sealed record SnapshotDisk(string Id, string Name, IBlockDevice Disk);
+
 /// <summary>
 /// What a mount shows, independent of FUSE or Dokan: <c>disk.raw</c> (the whole virtual disk)
-/// and <c>pN.raw</c> for each partition, numbered as Linux numbers them.
+/// and <c>pN.raw</c> for each partition, numbered as Linux numbers them; and, for an image with
+/// internal snapshots, <c>snapshots/NAME/</c> with each snapshot's own <c>disk.raw</c> and
+/// <c>pN.raw</c>, read-only.
 /// </summary>
 public sealed class VirtualFileTree : IDisposable
 {
     private readonly CancellationTokenSource _stop = new();
+    private readonly List<VirtualFile> _files = [];
+    private readonly List<VirtualFolder> _folders = [];
+    private readonly List<string> _warnings = [];
     private int _scanStarted;
 
-    private VirtualFileTree(IReadOnlyList<VirtualFile> files, PartitionTable table, bool writable, DateTimeOffset modified, bool mayChange)
+    private VirtualFileTree(PartitionTable table, bool writable, DateTimeOffset modified, bool mayChange)
     {
-        Files = files;
         Partitions = table;
         Writable = writable;
         Modified = modified;
@@ -281,9 +327,22 @@ public sealed class VirtualFileTree : IDisposable
 
     public const string DiskFileName = "disk.raw";
 
-    public IReadOnlyList<VirtualFile> Files { get; }
+    /// <summary>The folder that holds the snapshots' folders.</summary>
+    public const string SnapshotsFolderName = "snapshots";
 
+    /// <summary>Every file of the tree: the current disk's first (disk.raw, then its partitions), then each snapshot's.</summary>
+    public IReadOnlyList<VirtualFile> Files => _files;
+
+    /// <summary>Every folder: the root first.</summary>
+    public IReadOnlyList<VirtualFolder> Folders => _folders;
+
+    public VirtualFolder Root => _folders[0];
+
+    /// <summary>The current disk's partition table.</summary>
     public PartitionTable Partitions { get; }
+
+    /// <summary>What the tree noticed while building (a snapshot's damaged partition table, a renamed snapshot folder).</summary>
+    public IReadOnlyList<string> Warnings => _warnings;
 
     public bool Writable { get; }
 
@@ -296,20 +355,134 @@ public sealed class VirtualFileTree : IDisposable
     /// <summary>The time every file shows as modified (the image file's own).</summary>
     public DateTimeOffset Modified { get; }
 
-    /// <summary>Builds the tree for a disk: reads its partition table and makes one file per partition.</summary>
-    public static VirtualFileTree Create(IBlockDevice disk, bool writable, DateTimeOffset modified, bool mayChange = false)
+    /// <summary>
+    /// Builds the tree for a disk: reads its partition table and makes one file per partition;
+    /// then a read-only folder for each snapshot, named as <see cref="SnapshotFolderNames"/> says.
+    /// </summary>
+    public static VirtualFileTree Create(IBlockDevice disk, bool writable, DateTimeOffset modified, bool mayChange = false,
+        IReadOnlyList<SnapshotDisk>? snapshots = null)
     {
         var table = PartitionReader.Read(disk);
-        var files = new List<VirtualFile>();
-        var tree = new VirtualFileTree(files, table, writable, modified, mayChange);
-        files.Add(new VirtualFile(tree, 0, DiskFileName, disk, writable, null));
-        foreach (var p in table.Partitions)
-            files.Add(new VirtualFile(tree, files.Count, p.FileName, new SliceBlockDevice(disk, p.Start, p.Length, writable), writable, p));
+        var tree = new VirtualFileTree(table, writable, modified, mayChange);
+        var root = tree.AddFolder(null, "", writable);
+        tree.AddDisk(root, disk, table, writable);
+        if (snapshots is { Count: > 0 })
+        {
+            var all = tree.AddFolder(root, SnapshotsFolderName, false);
+            var names = SnapshotFolderNames(snapshots.Select(s => (s.Id, s.Name)).ToList());
+            for (int i = 0; i < snapshots.Count; i++)
+            {
+                var folder = tree.AddFolder(all, names[i], false);
+                if (names[i] != snapshots[i].Name)
+                    tree._warnings.Add($"snapshot {snapshots[i].Id} ('{snapshots[i].Name}') is shown as {SnapshotsFolderName}/{names[i]}");
+                var snapshotTable = PartitionReader.Read(snapshots[i].Disk);
+                foreach (string w in snapshotTable.Warnings) tree._warnings.Add($"snapshot {names[i]}: partition table: {w}");
+                tree.AddDisk(folder, snapshots[i].Disk, snapshotTable, false);
+            }
+        }
         return tree;
     }
 
-    /// <summary>What a backend shows for the folder that holds the files.</summary>
-    public FileFacts RootFacts => new(1, true, Writable, 0, 0, Modified);
+    private VirtualFolder AddFolder(VirtualFolder? parent, string name, bool folderWritable)
+    {
+        var folder = new VirtualFolder(this, _folders.Count, name, folderWritable);
+        _folders.Add(folder);
+        parent?.FolderList.Add(folder);
+        return folder;
+    }
+
+    private void AddDisk(VirtualFolder folder, IBlockDevice disk, PartitionTable table, bool writable)
+    {
+        void Add(VirtualFile f)
+        {
+            _files.Add(f);
+            folder.FileList.Add(f);
+        }
+        Add(new VirtualFile(this, _files.Count, DiskFileName, disk, writable, null));
+        foreach (var p in table.Partitions)
+            Add(new VirtualFile(this, _files.Count, p.FileName, new SliceBlockDevice(disk, p.Start, p.Length, writable), writable, p));
+    }
+
+    /// <summary>
+    /// The folder names of snapshots: a snapshot's own name where it is a safe file name on every
+    /// platform (not empty, not "." or "..", none of / \ : * ? " &lt; &gt; | or control characters,
+    /// at most 255 bytes) and no earlier snapshot took it (ignoring case, as Windows compares);
+    /// otherwise "id-" and its id, with "~" added until it is unique.
+    /// </summary>
+    public static IReadOnlyList<string> SnapshotFolderNames(IReadOnlyList<(string Id, string Name)> snapshots)
+    {
+        var taken = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
+        var names = new List<string>();
+        foreach (var (id, name) in snapshots)
+        {
+            string chosen = Safe(name) && !taken.Contains(name) ? name : $"id-{id}";
+            if (!Safe(chosen)) chosen = $"id-{names.Count + 1}";
+            while (taken.Contains(chosen)) chosen += "~";
+            taken.Add(chosen);
+            names.Add(chosen);
+        }
+        return names;
+    }
+
+    private static bool Safe(string name) =>
+        name.Length > 0 && name is not "." and not ".." && Encoding.UTF8.GetByteCount(name) <= 255
+        && !name.Any(c => c < 0x20 || "/\\:*?\"<>|".Contains(c)) && !name.EndsWith('.') && !name.EndsWith(' ');
+
+    /// <summary>What a "/"-separated UTF-8 path names (a leading "/" is allowed), compared exactly.</summary>
+    public TreeEntry Lookup(ReadOnlySpan<byte> utf8Path)
+    {
+        var folder = Root;
+        while (true)
+        {
+            while (!utf8Path.IsEmpty && utf8Path[0] == (byte)'/') utf8Path = utf8Path[1..];
+            if (utf8Path.IsEmpty) return new TreeEntry(folder, null, true);
+            int slash = utf8Path.IndexOf((byte)'/');
+            var name = slash < 0 ? utf8Path : utf8Path[..slash];
+            bool last = slash < 0 || utf8Path[slash..].TrimStart((byte)'/').IsEmpty;
+            VirtualFolder? sub = null;
+            foreach (var f in folder.FolderList)
+                if (name.SequenceEqual(f.NameUtf8)) sub = f;
+            if (sub is null)
+            {
+                if (last)
+                    foreach (var f in folder.FileList)
+                        if (name.SequenceEqual(f.NameUtf8)) return new TreeEntry(null, f, true);
+                return new TreeEntry(null, null, last);
+            }
+            folder = sub;
+            utf8Path = slash < 0 ? default : utf8Path[slash..];
+        }
+    }
+
+    /// <summary>
+    /// What a UTF-16 path names, its parts separated by <paramref name="separator"/> (Windows: '\\'),
+    /// with <paramref name="ignoreCase"/> compared as Windows compares names (P1.RAW is p1.raw).
+    /// </summary>
+    public TreeEntry Lookup(ReadOnlySpan<char> path, char separator, bool ignoreCase)
+    {
+        var comparison = ignoreCase ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal;
+        var folder = Root;
+        while (true)
+        {
+            path = path.TrimStart(separator);
+            if (path.IsEmpty) return new TreeEntry(folder, null, true);
+            int at = path.IndexOf(separator);
+            var name = at < 0 ? path : path[..at];
+            bool last = at < 0 || path[at..].TrimStart(separator).IsEmpty;
+            VirtualFolder? sub = null;
+            foreach (var f in folder.FolderList)
+                if (name.Equals(f.Name, comparison)) sub = f;
+            if (sub is null)
+            {
+                if (last)
+                    foreach (var f in folder.FileList)
+                        if (name.Equals(f.Name, comparison)) return new TreeEntry(null, f, true);
+                return new TreeEntry(null, null, last);
+            }
+            folder = sub;
+            path = at < 0 ? default : path[at..];
+        }
+    }
 
     /// <summary>
     /// Creating, deleting or renaming a file: the tree shows a fixed set of files, so every such
@@ -321,10 +494,19 @@ public sealed class VirtualFileTree : IDisposable
         throw new FileTreeException(FsStatus.NotPermitted, $"{what}: the mount shows a fixed set of files");
     }
 
-    /// <summary>Checks access to the tree or a file in it: writing only where the tree is writable.</summary>
+    /// <summary>Checks access to the tree: writing only where the tree is writable.</summary>
     public void CheckAccess(bool write)
     {
         if (write && !Writable) throw new FileTreeException(FsStatus.ReadOnly, "the mount is read-only");
+    }
+
+    /// <summary>Checks access to a folder or file: writing only where it is writable (never a snapshot's).</summary>
+    public void CheckAccess(TreeEntry entry, bool write)
+    {
+        if (!entry.Found) throw new FileTreeException(FsStatus.NotFound, "no such file or folder");
+        CheckAccess(write);
+        if (write && !(entry.File?.Writable ?? entry.Folder!.Writable))
+            throw new FileTreeException(FsStatus.ReadOnly, $"{entry.File?.Name ?? entry.Folder!.Name} is read-only");
     }
 
     /// <summary>
@@ -342,32 +524,12 @@ public sealed class VirtualFileTree : IDisposable
         get
         {
             const int block = 4096;
-            return new VolumeFigures(block, (Files[0].Length + block - 1) / block, Files.Count + 1, 255);
+            return new VolumeFigures(block, (Files[0].Length + block - 1) / block, Files.Count + Folders.Count, 255);
         }
     }
 
     /// <summary>A serial number for the volume, the same for every mount of the same image as it was.</summary>
     public uint VolumeSerial => (uint)(Modified.ToUnixTimeSeconds() ^ Files[0].Length ^ (Files[0].Length >> 32));
-
-    /// <summary>The file with this UTF-8 name (no slashes), exactly; null if none.</summary>
-    public VirtualFile? Find(ReadOnlySpan<byte> utf8Name)
-    {
-        foreach (var f in Files)
-            if (utf8Name.SequenceEqual(f.NameUtf8)) return f;
-        return null;
-    }
-
-    /// <summary>
-    /// The file with this name (no separators), for backends whose names are UTF-16 and, with
-    /// <paramref name="ignoreCase"/>, compared as Windows compares them (P1.RAW is p1.raw); null if none.
-    /// </summary>
-    public VirtualFile? Find(ReadOnlySpan<char> name, bool ignoreCase)
-    {
-        var comparison = ignoreCase ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal;
-        foreach (var f in Files)
-            if (name.Equals(f.Name, comparison)) return f;
-        return null;
-    }
 
     /// <summary>Starts counting allocated bytes of every file on a background thread (once).</summary>
     public void StartAllocationScan()

@@ -76,10 +76,14 @@ public sealed partial class Qcow2Image : IBlockDevice
     private readonly bool _flushBarriers;
     private readonly long _snapshotTableBytes;
     private readonly (long First, long Max) _reservations;
+    private readonly long _length;
+    private bool OwnsFiles { get; init; } = true;
 
     private Qcow2Image(string path, IBlockDevice file, IBlockDevice data, IBlockDevice? backing,
-        Qcow2Header header, ulong[] l1, IReadOnlyList<Snapshot> snapshots, long snapshotTableBytes, ImageOptions options)
+        Qcow2Header header, ulong[] l1, IReadOnlyList<Snapshot> snapshots, long snapshotTableBytes, ImageOptions options,
+        long? length = null)
     {
+        _length = length ?? header.VirtualSize;
         _snapshotTableBytes = snapshotTableBytes;
         _reservations = options.Reservations;
         Path = path;
@@ -133,7 +137,40 @@ public sealed partial class Qcow2Image : IBlockDevice
     public (long L2Misses, long Decompressions, long CompressedCacheHits) Counters =>
         (_map.Cache.Misses, Interlocked.Read(ref _decompressions), _compressed.Hits);
 
-    public long Length => Header.VirtualSize;
+    public long Length => _length;
+
+    /// <summary>The internal snapshot this image shows, or null for the current disk.</summary>
+    public Snapshot? ShownSnapshot { get; private init; }
+
+    /// <summary>
+    /// A read-only view of an internal snapshot: the disk as it was when the snapshot was taken,
+    /// with the snapshot's own size, through its L1 table, over the same files and backing chain
+    /// as this image (which must stay open while the view is used; the view closes nothing).
+    /// </summary>
+    /// <exception cref="CorruptImageException">The snapshot's L1 table is unreadable or too small for its size.</exception>
+    public Qcow2Image OpenSnapshot(Snapshot snapshot, long l2CacheBytes = 1 << 20)
+    {
+        if (snapshot.DiskSize < 0) throw new CorruptImageException(Path, $"snapshot {snapshot.Id} has a negative disk size");
+        long needed = Qcow2Header.RequiredL1(snapshot.DiskSize, Header.ClusterBits, Header.L2Bits);
+        if (snapshot.L1Size < needed)
+            throw new CorruptImageException(Path, $"snapshot {snapshot.Id}: L1 table of {snapshot.L1Size} entries is too small for {snapshot.DiskSize} bytes (needs {needed})");
+        Qcow2Header.CheckTable($"snapshot {snapshot.Id}: L1 table", snapshot.L1TableOffset, snapshot.L1Size * 8L, _clusterMask, _file.Length, Path);
+        var l1 = new ulong[snapshot.L1Size];
+        _file.ReadAt(MemoryMarshal.AsBytes(l1.AsSpan()), snapshot.L1TableOffset);
+        BigEndian.ToHost(l1);
+        return new Qcow2Image(Path, _file, _data, _backing, Header, l1, [], 0, new ImageOptions { L2CacheBytes = l2CacheBytes }, snapshot.DiskSize)
+        {
+            ShownSnapshot = snapshot,
+            DataFilePath = DataFilePath,
+            BackingPath = BackingPath,
+            BackingFormatUsed = BackingFormatUsed,
+            OwnsFiles = false,
+        };
+    }
+
+    /// <summary>The snapshot whose id or name is <paramref name="idOrName"/> (ids first, as qemu-img does), or null.</summary>
+    public Snapshot? FindSnapshot(string idOrName) =>
+        Snapshots.FirstOrDefault(s => s.Id == idOrName) ?? Snapshots.FirstOrDefault(s => s.Name == idOrName);
 
     public bool CanWrite { get; }
 
@@ -405,6 +442,7 @@ public sealed partial class Qcow2Image : IBlockDevice
 
     private void ReleaseFiles()
     {
+        if (!OwnsFiles) return;
         _backing?.Dispose();
         if (!ReferenceEquals(_data, _file)) _data.Dispose();
         _file.Dispose();
