@@ -27,7 +27,8 @@ internal sealed record ImageInfo(
 
 internal sealed record PartitionsInfo(string Scheme, int SectorSize, PartitionInfo[] Entries, string[] Warnings);
 
-internal sealed record PartitionInfo(int Number, string File, string Type, string TypeCode, long Start, long Size, string Name, bool Bootable);
+internal sealed record PartitionInfo(int Number, string File, string Type, string TypeCode, long Start, long Size, string Name, bool Bootable,
+    string? FileSystem, string? Label, string? Uuid);
 
 internal sealed record LayerInfo(string Path, string Format, long VirtualSize);
 
@@ -99,7 +100,7 @@ internal static class InfoCommand
     {
         try
         {
-            return DescribePartitions(PartitionReader.Read(image));
+            return DescribePartitions(PartitionReader.Read(image), image);
         }
         catch (ImageIOException e) when (image.Chain().Any(l => l.Device is MissingFile))
         {
@@ -107,9 +108,13 @@ internal static class InfoCommand
         }
     }
 
-    private static PartitionsInfo DescribePartitions(PartitionTable table) =>
+    private static PartitionsInfo DescribePartitions(PartitionTable table, MountQcow.Storage.IBlockDevice disk) =>
         new(table.Scheme.ToString().ToLowerInvariant(), table.SectorSize,
-            table.Partitions.Select(p => new PartitionInfo(p.Number, p.FileName, p.TypeName, p.TypeCode, p.Start, p.Length, p.Name, p.Bootable)).ToArray(),
+            table.Partitions.Select(p =>
+            {
+                var fs = FileSystemProbe.Detect(new MountQcow.Storage.SliceBlockDevice(disk, p.Start, p.Length, writable: false));
+                return new PartitionInfo(p.Number, p.FileName, p.TypeName, p.TypeCode, p.Start, p.Length, p.Name, p.Bootable, fs?.Type, fs?.Label, fs?.Uuid);
+            }).ToArray(),
             table.Warnings.ToArray());
 
     private static void Print(ImageInfo i)
@@ -151,9 +156,9 @@ internal static class InfoCommand
         });
         if (parts.Entries.Length > 0)
         {
-            Console.WriteLine($"  {"file",-8} {"start",14} {"size",10}  {"type",-24} name");
+            Console.WriteLine($"  {"file",-8} {"start",14} {"size",10}  {"type",-24} {"fs",-11} {"label",-16} {"uuid",-36} name");
             foreach (var p in parts.Entries)
-                Console.WriteLine($"  {p.File,-8} {p.Start,14} {Units.Bytes(p.Size),10}  {p.Type + (p.Bootable ? " *" : ""),-24} {p.Name}");
+                Console.WriteLine($"  {p.File,-8} {p.Start,14} {Units.Bytes(p.Size),10}  {p.Type + (p.Bootable ? " *" : ""),-24} {p.FileSystem ?? "-",-11} {p.Label ?? "-",-16} {p.Uuid ?? "-",-36} {p.Name}".TrimEnd());
         }
         foreach (string w in parts.Warnings) Console.WriteLine($"  warning: {w}");
     }

@@ -124,4 +124,24 @@ public sealed class SnapshotAndPartitionExportTests : IDisposable
         Assert.Contains(text, l => l.Contains("ID") && l.Contains("TAG") && l.Contains("VM SIZE") && l.Contains("VM CLOCK"));
         Assert.Contains(text, l => l.TrimStart().StartsWith("2 ") && l.Contains("a/b") && l.Contains("80 MiB") && l.Contains("00:00:00.000") && l.EndsWith("snapshots/id-2"));
     }
+
+    [NeedsFact("qemu", "blkid", "mkfs.ext4")]
+    public void InfoNamesEachPartitionsFileSystemLabelAndUuid()
+    {
+        var disk = DiskBuilder.GptWithExt4(_b, "fs.raw");
+        string image = _b.Convert(disk.Raw, "fs.qcow2");
+        var r = MountqcowProgram.Run("info", "--json", image);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var entries = JsonDocument.Parse(r.Stdout).RootElement.GetProperty("partitions").GetProperty("entries");
+        foreach (var (entry, start) in new[] { (entries[0], disk.P1Start), (entries[1], disk.P2Start) })
+        {
+            var blkid = Run.Checked("blkid", "-p", "-o", "export", "-O", start.ToString(), disk.Raw).Split('\n')
+                .Select(l => l.Split('=', 2)).Where(kv => kv.Length == 2).ToDictionary(kv => kv[0], kv => kv[1]);
+            Assert.Equal(blkid["TYPE"], entry.GetProperty("fileSystem").GetString());
+            Assert.Equal(blkid["UUID"], entry.GetProperty("uuid").GetString());
+            Assert.Equal(blkid.GetValueOrDefault("LABEL"), entry.GetProperty("label").GetString());
+        }
+        var text = MountqcowProgram.Run("info", image).Stdout.Split('\n');
+        Assert.Contains(text, l => l.TrimStart().StartsWith("p2.raw") && l.Contains(" ext4 "));
+    }
 }
