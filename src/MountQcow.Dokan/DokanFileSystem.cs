@@ -256,7 +256,8 @@ internal static unsafe class DokanFileSystem
             var found = EntryAt(path);
             if (found.Folder is not { } folder) return found.File is null ? STATUS_OBJECT_NAME_NOT_FOUND : STATUS_NOT_A_DIRECTORY;
             var fill = (delegate* unmanaged<WIN32_FIND_DATAW*, DOKAN_FILE_INFO*, int>)fillFindData;
-            foreach (var sub in folder.Folders) Fill(fill, info, sub.Name, sub.Facts);
+            foreach (var sub in folder.Folders)
+                if (!sub.Hidden) Fill(fill, info, sub.Name, sub.Facts);
             foreach (var f in folder.Files) Fill(fill, info, f.Name, f.Facts);
             return STATUS_SUCCESS;
         }

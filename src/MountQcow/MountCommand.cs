@@ -91,8 +91,13 @@ internal static class MountCommand
         using var image = Qcow2Image.Open(imagePath, new ImageOptions { Writable = o.ReadWrite, L2CacheBytes = l2Cache, ShareWrites = o.ForceShare, Warn = Cli.Warn });
         if (!o.ReadWrite) Cli.WarnIfInUse(image);
         using var snapshots = SnapshotViews.Of(image);
+        VirtualFileTree? served = null;
+        var clock = Stopwatch.StartNew();
+        var started = DateTimeOffset.Now;
         using var tree = VirtualFileTree.Create(image, o.ReadWrite, File.GetLastWriteTimeUtc(imagePath), mayChange: image.HeldByWriter || o.ForceShare,
-            snapshots: snapshots.Disks);
+            snapshots: snapshots.Disks,
+            statistics: () => MountStatistics.Of(image, snapshots.Images, served, clock, started).ToJson());
+        served = tree;
         foreach (string w in tree.Partitions.Warnings) Cli.Warn($"partition table: {w}");
         foreach (string w in tree.Warnings) Cli.Warn(w);
         tree.StartAllocationScan(); // sizes on disk for `ls -s` and `du`, counted while the mount starts
@@ -316,6 +321,8 @@ internal sealed class SnapshotViews : IDisposable
     private readonly List<Qcow2Image> _views = [];
 
     public List<SnapshotDisk> Disks { get; } = [];
+
+    public IReadOnlyList<Qcow2Image> Images => _views;
 
     public static SnapshotViews Of(Qcow2Image image)
     {

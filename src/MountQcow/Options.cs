@@ -117,6 +117,22 @@ internal sealed class UnmountOptions : CommonOptions
     public int Timeout { get; set; } = 600;
 }
 
+[Verb("stats", HelpText = "Show what a mount's engine does: reads by cluster kind, caches, the image file, writes (no root needed).")]
+internal sealed class StatsOptions : CommonOptions
+{
+    [Value(1, Hidden = true)]
+    public IEnumerable<string> Extra { get; set; } = [];
+
+    [Needed, Value(0, MetaName = "MOUNTPOINT", HelpText = "Where an image is mounted.")]
+    public string Mountpoint { get; set; } = "";
+
+    [Option("json", HelpText = "Print the counters as JSON (as MOUNTPOINT/.mountqcow/stats.json holds them).")]
+    public bool Json { get; set; }
+
+    [Option('w', "watch", HelpText = "Print again every SECONDS, with rates, until Ctrl-C.")]
+    public double? Watch { get; set; }
+}
+
 [Verb("create", HelpText = "Make a new, empty qcow2 image (version 3), or an overlay on a backing file.")]
 internal sealed class CreateVerbOptions : CommonOptions
 {

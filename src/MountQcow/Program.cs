@@ -10,7 +10,7 @@ internal static class Program
     public const int Ok = 0, Failed = 1, Usage = 2;
 
     private static readonly Type[] s_verbs =
-        [typeof(MountOptions), typeof(UnmountOptions), typeof(InfoOptions), typeof(CheckOptions), typeof(ExportOptions), typeof(CreateVerbOptions), typeof(ConvertOptions)];
+        [typeof(MountOptions), typeof(UnmountOptions), typeof(InfoOptions), typeof(CheckOptions), typeof(ExportOptions), typeof(CreateVerbOptions), typeof(ConvertOptions), typeof(StatsOptions)];
 
     public static int Main(string[] args)
     {
@@ -33,6 +33,7 @@ internal static class Program
                 ExportOptions o => Run(o, () => ExportCommand.Run(o)),
                 CreateVerbOptions o => Run(o, () => CreateCommand.Run(o)),
                 ConvertOptions o => Run(o, () => ConvertCommand.Run(o)),
+                StatsOptions o => Run(o, () => StatsCommand.Run(o)),
                 _ => throw new InvalidOperationException(options.GetType().Name),
             },
             errors => ParseFailure(parser, result, errors.ToList()));
@@ -223,6 +224,7 @@ internal static class Program
         [typeof(ExportOptions)] = "mountqcow export IMAGE OUTPUT|- [--partition N] [--snapshot ID|NAME] [--force]\n       mountqcow export IMAGE --partition N:TARGET [--partition N:TARGET ...]",
         [typeof(CreateVerbOptions)] = "mountqcow create IMAGE [SIZE] [--cluster-size N] [--backing FILE]",
         [typeof(ConvertOptions)] = "mountqcow convert SOURCE IMAGE [--compress deflate|zstd] [--cluster-size N]",
+        [typeof(StatsOptions)] = "mountqcow stats MOUNTPOINT [--json] [--watch SECONDS]",
     };
 
     // Each verb's examples; the first of each goes into the overview.
@@ -271,6 +273,11 @@ internal static class Program
         [
             "  mountqcow convert disk.raw vm.qcow2 -c zstd   a raw disk into a compressed image",
             "  mountqcow convert /dev/sdX vm.qcow2           a block device into an image",
+        ],
+        [typeof(StatsOptions)] =
+        [
+            "  mountqcow stats /mnt/vm                       what the mount's engine has done",
+            "  mountqcow stats /mnt/vm --watch 2             again every 2 s, with rates",
         ],
     };
 }

@@ -163,6 +163,12 @@ public sealed class MountErrorTests : IDisposable
             Assert.Contains("sudo mount -o loop,ro", r.Stdout);
             using (var inside = LoopMount.Of(Path.Combine(mnt, "p2.raw"), Directory.CreateDirectory(_b.PathOf("rootview")).FullName))
                 Assert.Equal(disk.RootFiles["etc/hostname"], File.ReadAllBytes(inside.PathOf("etc/hostname")));
+            // The user who mounted reads the mount's counters, without root.
+            var stats = Run.Capture("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "dotnet", MountedImage.Dll, "stats", mnt],
+                env: new Dictionary<string, string> { ["HOME"] = "/tmp", ["DOTNET_CLI_HOME"] = "/tmp" });
+            Assert.True(stats.ExitCode == 0, stats.Stderr);
+            Assert.Contains("mount reads:", stats.Stdout);
+            Assert.Contains(image, stats.Stdout);
         }
         finally
         {

@@ -185,6 +185,33 @@ public sealed partial class MountTests : IDisposable
     }
 
     [MountFact]
+    public void StatsShowWhatTheMountDid_FromAFolderThatListingsLeaveOut()
+    {
+        var (image, disk) = PartitionedImage();
+        using var mount = MountedImage.Start(image, NewMountpoint("mnt"));
+        Assert.DoesNotContain(".mountqcow", Directory.GetFileSystemEntries(mount.Mountpoint).Select(Path.GetFileName));
+        Assert.True(File.Exists(mount.PathOf(".mountqcow/stats.json")));
+        File.ReadAllBytes(mount.PathOf("p1.raw"));
+        var r = MountedImage.Host("stats", "--json", mount.Mountpoint);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var json = System.Text.Json.JsonDocument.Parse(r.Stdout).RootElement;
+        Assert.Equal(image, json.GetProperty("image").GetString());
+        Assert.True(json.GetProperty("mountBytesRead").GetInt64() >= disk.P1Size);
+        var top = json.GetProperty("layers")[0];
+        Assert.True(top.GetProperty("compressedBytes").GetInt64() > 0); // a compressed image: its clusters are decompressed
+        Assert.True(top.GetProperty("decompressedMisses").GetInt64() > 0);
+        // Read again: the numbers move (the file is never cached).
+        File.ReadAllBytes(mount.PathOf("p2.raw"));
+        var later = System.Text.Json.JsonDocument.Parse(MountedImage.Host("stats", "--json", mount.Mountpoint).Stdout).RootElement;
+        Assert.True(later.GetProperty("mountBytesRead").GetInt64() >= json.GetProperty("mountBytesRead").GetInt64() + disk.P2Size);
+        var text = MountedImage.Host("stats", mount.Mountpoint);
+        Assert.Contains("L2 cache:", text.Stdout);
+        var none = MountedImage.Host("stats", _b.Folder);
+        Assert.Equal(1, none.ExitCode);
+        Assert.Contains("is not a mountqcow mount", none.Stderr);
+    }
+
+    [MountFact]
     public void ReadOnlyMountRefusesWrites()
     {
         var (image, _) = PartitionedImage();

@@ -227,9 +227,11 @@ public sealed unsafe class DokanAdapterTests : IDisposable
         old[2 * Mib] = 0x77;
         using var oldDisk = new MemoryBlockDevice(old, writable: false);
         using var tree = VirtualFileTree.Create(new MemoryBlockDevice(Disk()), true, DateTimeOffset.UnixEpoch,
-            snapshots: [new SnapshotDisk("1", "Before", oldDisk)]);
+            snapshots: [new SnapshotDisk("1", "Before", oldDisk)], statistics: () => "{}");
         _ops = Operations(tree, _log.Add);
         Assert.Equal(STATUS_SUCCESS, FindFiles("\\"));
+        Assert.DoesNotContain(s_found, f => f.Name == ".mountqcow"); // hidden from listings, found by name
+        Assert.Equal(STATUS_SUCCESS, Create("\\.mountqcow\\stats.json"));
         Assert.Contains(("snapshots", 0L, FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_READONLY), s_found);
         Assert.Equal(STATUS_SUCCESS, FindFiles("\\SNAPSHOTS"));
         Assert.Equal([("Before", 0L, FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_READONLY)], s_found);

@@ -85,6 +85,9 @@ public sealed class VirtualFile
 
     public bool Writable { get; }
 
+    /// <summary>Whether the bytes change while mounted without a write through the mount (the statistics file): a backend must not cache them.</summary>
+    public bool NeverCached { get; internal init; }
+
     /// <summary>The partition this file shows; null for the whole disk.</summary>
     public Partition? Partition { get; }
 
@@ -102,8 +105,19 @@ public sealed class VirtualFile
         if (offset < 0) throw new FileTreeException(FsStatus.InvalidArgument, "negative offset");
         if (offset >= Length) return 0;
         int n = (int)Math.Min(buffer.Length, Length - offset);
+        _tree.ReadRequests.Increment();
+        _tree.ReadBytes.Add(n);
         Device.ReadAt(buffer[..n], offset);
         return n;
+    }
+
+    /// <summary>Reads a computed piece of a read <see cref="PlanRead"/> planned (and counted); returns its length.</summary>
+    public int ReadPlanned(Span<byte> buffer, ReadPiece piece)
+    {
+        if (piece.Host is not null || piece.Length != buffer.Length || piece.Offset < 0 || piece.Offset + piece.Length > Length)
+            throw new FileTreeException(FsStatus.InvalidArgument, "not a computed piece of this file");
+        Device.ReadAt(buffer, piece.Offset);
+        return buffer.Length;
     }
 
     /// <summary>What a backend shows for this file; sizes on disk are the file's length until the allocation scan has counted them.</summary>
@@ -133,6 +147,8 @@ public sealed class VirtualFile
         if (offset < 0 || length < 0) throw new FileTreeException(FsStatus.InvalidArgument, "negative offset or length");
         if (pieces.IsEmpty) throw new ArgumentException("no room for a piece", nameof(pieces));
         long end = offset + Math.Min(length, Math.Max(0, Length - offset));
+        _tree.ReadRequests.Increment();
+        _tree.ReadBytes.Add(end - offset);
         int count = 0;
         for (long at = offset; at < end;)
         {
@@ -144,6 +160,7 @@ public sealed class VirtualFile
             var run = HostRunAt(at, end);
             if (run.File is not null)
             {
+                _tree.HostRangeBytes.Add(run.Length);
                 pieces[count++] = new ReadPiece(at, run.Length, run.File, run.Offset);
                 at += run.Length;
                 continue;
@@ -286,6 +303,9 @@ public sealed class VirtualFolder
 
     public bool Writable { get; }
 
+    /// <summary>Left out of listings (found only when asked for by name), as .mountqcow is.</summary>
+    public bool Hidden { get; internal init; }
+
     public IReadOnlyList<VirtualFolder> Folders => FolderList;
 
     public IReadOnlyList<VirtualFile> Files => FileList;
@@ -330,6 +350,19 @@ public sealed class VirtualFileTree : IDisposable
     /// <summary>The folder that holds the snapshots' folders.</summary>
     public const string SnapshotsFolderName = "snapshots";
 
+    /// <summary>The hidden folder of files about the mount itself, and its statistics file.</summary>
+    public const string InfoFolderName = ".mountqcow", StatisticsFileName = "stats.json";
+
+    /// <summary>The statistics file's fixed size: its JSON, padded with spaces to the end, then a newline.</summary>
+    public const int StatisticsFileSize = 64 * 1024;
+
+    // What the backends asked of the files: read requests, their bytes, and the bytes of those
+    // answered as host-file ranges (spliced by FUSE) rather than copied through this process.
+    internal readonly StripedCounter ReadRequests = new(), ReadBytes = new(), HostRangeBytes = new();
+
+    /// <summary>Read requests the files were given, their bytes, and how many of those went back as host-file ranges.</summary>
+    public (long Requests, long Bytes, long HostRangeBytes) ReadCounts => (ReadRequests.Value, ReadBytes.Value, HostRangeBytes.Value);
+
     /// <summary>Every file of the tree: the current disk's first (disk.raw, then its partitions), then each snapshot's.</summary>
     public IReadOnlyList<VirtualFile> Files => _files;
 
@@ -359,8 +392,9 @@ public sealed class VirtualFileTree : IDisposable
     /// Builds the tree for a disk: reads its partition table and makes one file per partition;
     /// then a read-only folder for each snapshot, named as <see cref="SnapshotFolderNames"/> says.
     /// </summary>
+    /// <remarks>With <paramref name="statistics"/>, <c>.mountqcow/stats.json</c> (hidden from listings, never cached) reads as what it returns at each read from the start.</remarks>
     public static VirtualFileTree Create(IBlockDevice disk, bool writable, DateTimeOffset modified, bool mayChange = false,
-        IReadOnlyList<SnapshotDisk>? snapshots = null)
+        IReadOnlyList<SnapshotDisk>? snapshots = null, Func<string>? statistics = null)
     {
         var table = PartitionReader.Read(disk);
         var tree = new VirtualFileTree(table, writable, modified, mayChange);
@@ -380,12 +414,19 @@ public sealed class VirtualFileTree : IDisposable
                 tree.AddDisk(folder, snapshots[i].Disk, snapshotTable, false);
             }
         }
+        if (statistics is not null)
+        {
+            var info = tree.AddFolder(root, InfoFolderName, false, hidden: true);
+            var file = new VirtualFile(tree, tree._files.Count, StatisticsFileName, new GeneratedDevice(statistics, StatisticsFileSize), false, null) { NeverCached = true };
+            tree._files.Add(file);
+            info.FileList.Add(file);
+        }
         return tree;
     }
 
-    private VirtualFolder AddFolder(VirtualFolder? parent, string name, bool folderWritable)
+    private VirtualFolder AddFolder(VirtualFolder? parent, string name, bool folderWritable, bool hidden = false)
     {
-        var folder = new VirtualFolder(this, _folders.Count, name, folderWritable);
+        var folder = new VirtualFolder(this, _folders.Count, name, folderWritable) { Hidden = hidden };
         _folders.Add(folder);
         parent?.FolderList.Add(folder);
         return folder;
@@ -566,4 +607,41 @@ public sealed class VirtualFileTree : IDisposable
         _stop.Cancel();
         _stop.Dispose();
     }
+}
+
+/// <summary>
+/// A read-only device whose bytes a function makes: regenerated at every read from offset 0 and
+/// kept for the reads that follow, padded with spaces to its fixed length and ended by a newline.
+/// </summary>
+internal sealed class GeneratedDevice(Func<string> generate, int length) : IBlockDevice
+{
+    private readonly byte[] _bytes = new byte[length];
+    private bool _made;
+
+    public long Length => length;
+
+    public bool CanWrite => false;
+
+    public void ReadAt(Span<byte> buffer, long offset)
+    {
+        BlockDevices.CheckRange(offset, buffer.Length, Length);
+        lock (_bytes)
+        {
+            if (offset == 0 || !_made)
+            {
+                byte[] text = Encoding.UTF8.GetBytes(generate());
+                _bytes.AsSpan().Fill((byte)' ');
+                text.AsSpan(0, Math.Min(text.Length, length - 1)).CopyTo(_bytes); // cut, never past the end
+                _bytes[^1] = (byte)'\n';
+                _made = true;
+            }
+            _bytes.AsSpan((int)offset, buffer.Length).CopyTo(buffer);
+        }
+    }
+
+    public void WriteAt(ReadOnlySpan<byte> buffer, long offset) => throw new NotSupportedException("generated bytes are read-only");
+
+    public void Flush() { }
+
+    public void Dispose() { }
 }

@@ -21,9 +21,15 @@ internal sealed class CompressedClusterCache(int clusterSize)
     }
 
     private readonly Slot[] _slots = Enumerable.Range(0, SlotCount).Select(_ => new Slot()).ToArray();
-    private long _hits;
+    private readonly MountQcow.Storage.StripedCounter _hits = new(), _misses = new(), _evictions = new();
 
-    public long Hits => Interlocked.Read(ref _hits);
+    public long Hits => _hits.Value;
+
+    /// <summary>Clusters decompressed into the cache.</summary>
+    public long Misses => _misses.Value;
+
+    /// <summary>Cached clusters a decompressed one replaced.</summary>
+    public long Evictions => _evictions.Value;
 
     /// <summary>
     /// Copies <paramref name="destination"/>.Length bytes from offset <paramref name="inCluster"/>
@@ -38,6 +44,8 @@ internal sealed class CompressedClusterCache(int clusterSize)
         {
             if (slot.Descriptor != descriptor || slot.Data is null)
             {
+                _misses.Increment();
+                if (slot.Descriptor != 0) _evictions.Increment();
                 slot.Descriptor = 0;
                 slot.Data ??= new byte[clusterSize];
                 decompress(descriptor, slot.Data);
@@ -45,7 +53,7 @@ internal sealed class CompressedClusterCache(int clusterSize)
             }
             else
             {
-                Interlocked.Increment(ref _hits);
+                _hits.Increment();
             }
             slot.Data.AsSpan(inCluster, destination.Length).CopyTo(destination);
         }

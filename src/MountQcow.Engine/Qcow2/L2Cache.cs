@@ -80,11 +80,24 @@ internal sealed class L2Cache
     /// <summary>Number of tables read from the image so far.</summary>
     public long Misses => Interlocked.Read(ref _misses);
 
+    /// <summary>Lookups the cache answered.</summary>
+    public long Hits => _hits.Value;
+
+    /// <summary>Tables a newly read one pushed out of their slot.</summary>
+    public long Evictions => Interlocked.Read(ref _evictions);
+
+    private readonly MountQcow.Storage.StripedCounter _hits = new();
+    private long _evictions;
+
     /// <summary>The cached table for <paramref name="l1Index"/> if it is the one at <paramref name="offset"/>.</summary>
     public Table? TryGet(long l1Index, long offset)
     {
         var table = Volatile.Read(ref _slots[l1Index & _mask]);
-        if (table is not null && table.Offset == offset) return table;
+        if (table is not null && table.Offset == offset)
+        {
+            _hits.Increment();
+            return table;
+        }
         // Changed tables are read and changed under the image's lock (shared and exclusive side).
         return _dirty is not null && _dirty.TryGetValue(offset, out table) ? table : null;
     }
@@ -122,7 +135,7 @@ internal sealed class L2Cache
     public Table Add(long l1Index, Table table)
     {
         Interlocked.Increment(ref _misses);
-        Volatile.Write(ref _slots[l1Index & _mask], table);
+        if (Interlocked.Exchange(ref _slots[l1Index & _mask], table) is not null) Interlocked.Increment(ref _evictions);
         return table;
     }
 }

@@ -130,6 +130,8 @@ public sealed partial class Qcow2Image
     {
         BlockDevices.CheckWritable(this);
         BlockDevices.CheckRange(offset, buffer.Length, Length);
+        _writes.Increment();
+        _bytesWritten.Add(buffer.Length);
         if (_compressWrites) WriteCompressing(buffer, offset);
         else if (!TryWriteInPlace(buffer, offset)) Exclusive(Change.Write, buffer, offset, buffer.Length);
     }
@@ -190,13 +192,16 @@ public sealed partial class Qcow2Image
     {
         BlockDevices.CheckWritable(this);
         BlockDevices.CheckRange(offset, length, Length);
+        _zeroWrites.Increment();
         Exclusive(discard ? Change.Discard : Change.Zeros, default, offset, length);
     }
 
     /// <summary>Makes every write so far durable and applies the frees that waited for it.</summary>
     public void Flush()
     {
-        if (CanWrite) Exclusive(Change.Flush, default, 0, 0);
+        if (!CanWrite) return;
+        _flushes.Increment();
+        Exclusive(Change.Flush, default, 0, 0);
     }
 
     private enum Change { Write, Zeros, Discard, Compressed, Flush }
@@ -417,7 +422,11 @@ public sealed partial class Qcow2Image
         {
             var whole = buffer.AsSpan(0, _clusterSize);
             if (zerosBelow || CoversCluster(cluster, inCluster, data.Length)) whole.Clear();
-            else ReadGuest(whole, cluster << Header.ClusterBits);
+            else
+            {
+                _copyOnWrite.Increment();
+                ReadGuest(whole, cluster << Header.ClusterBits);
+            }
             data.CopyTo(whole[inCluster..]);
             _writer!.Data(whole, host);
         }

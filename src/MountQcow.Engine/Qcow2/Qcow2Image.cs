@@ -58,6 +58,23 @@ public sealed record ImageOptions
 }
 
 /// <summary>
+/// What one layer of an image has done since it was opened. Reads count requests and the bytes
+/// they found in each kind of cluster (unallocated bytes were read from the layer below); host
+/// figures are the image file's (and data file's) own requests; writes, copy-on-write clusters,
+/// allocated and freed clusters and flushes are those of a writable image.
+/// </summary>
+public sealed record ImageStatistics(
+    string Path, string? Snapshot,
+    long Reads, long UnallocatedBytes, long ZeroBytes, long DataBytes, long CompressedBytes,
+    long L2Hits, long L2Misses, long L2Evictions,
+    long DecompressedHits, long DecompressedMisses, long DecompressedEvictions,
+    long HostReads, long HostBytesRead, long HostWrites, long HostBytesWritten,
+    long Writes, long BytesWritten, long ZeroWrites, long CopyOnWriteClusters, long AllocatedClusters, long FreedClusters, long Flushes)
+{
+    public long BytesRead => UnallocatedBytes + ZeroBytes + DataBytes + CompressedBytes;
+}
+
+/// <summary>
 /// A qcow2 image as a block device: the virtual disk, read (and, when opened writable,
 /// written) at guest offsets. Safe for concurrent use from many threads.
 /// </summary>
@@ -132,6 +149,29 @@ public sealed partial class Qcow2Image : IBlockDevice
 
     /// <summary>Memory the L2 cache may use.</summary>
     public long L2CacheMemory => _map.Cache.MemoryBytes;
+
+    // Live counters (see Statistics): reads, and the bytes they found of each kind of cluster.
+    private readonly StripedCounter _reads = new(), _unallocatedBytes = new(), _zeroBytes = new(), _dataBytes = new(), _compressedBytes = new();
+    private readonly StripedCounter _writes = new(), _bytesWritten = new(), _zeroWrites = new(), _copyOnWrite = new(), _flushes = new();
+
+    /// <summary>What this layer has done since it was opened, for a user watching a mount.</summary>
+    public ImageStatistics Statistics
+    {
+        get
+        {
+            var file = (_file as FileBlockDevice)?.Io;
+            var data = ReferenceEquals(_data, _file) ? null : (_data as FileBlockDevice)?.Io;
+            return new ImageStatistics(
+                Path, ShownSnapshot?.Id,
+                _reads.Value, _unallocatedBytes.Value, _zeroBytes.Value, _dataBytes.Value, _compressedBytes.Value,
+                _map.Cache.Hits, _map.Cache.Misses, _map.Cache.Evictions,
+                _compressed.Hits, _compressed.Misses, _compressed.Evictions,
+                (file?.Reads.Value ?? 0) + (data?.Reads.Value ?? 0), (file?.BytesRead.Value ?? 0) + (data?.BytesRead.Value ?? 0),
+                (file?.Writes.Value ?? 0) + (data?.Writes.Value ?? 0), (file?.BytesWritten.Value ?? 0) + (data?.BytesWritten.Value ?? 0),
+                _writes.Value, _bytesWritten.Value, _zeroWrites.Value, _copyOnWrite.Value,
+                _refcounts?.AllocatedClusters ?? 0, _refcounts?.FreedClusters ?? 0, _flushes.Value);
+        }
+    }
 
     /// <summary>Counters: L2 tables read, clusters decompressed, and decompressed-cluster cache hits.</summary>
     public (long L2Misses, long Decompressions, long CompressedCacheHits) Counters =>
@@ -268,6 +308,7 @@ public sealed partial class Qcow2Image : IBlockDevice
     public void ReadAt(Span<byte> buffer, long offset)
     {
         BlockDevices.CheckRange(offset, buffer.Length, Length);
+        _reads.Increment();
         if (_rw is null)
         {
             ReadCore(buffer, offset);
@@ -294,15 +335,19 @@ public sealed partial class Qcow2Image : IBlockDevice
             switch (run.Kind)
             {
                 case ClusterKind.Data:
+                    _dataBytes.Add(n);
                     _data.ReadAt(part, run.HostOffset);
                     break;
                 case ClusterKind.Zero:
+                    _zeroBytes.Add(n);
                     part.Clear();
                     break;
                 case ClusterKind.Unallocated:
+                    _unallocatedBytes.Add(n);
                     ReadBelow(part, offset);
                     break;
                 case ClusterKind.Compressed:
+                    _compressedBytes.Add(n);
                     ReadCompressed(part, offset, run.Descriptor);
                     break;
             }

@@ -312,10 +312,18 @@ internal sealed class Refcounts
             for (long c = first; c < first + count; c++) _punched.Remove(c);
     }
 
+    /// <summary>Clusters handed out, and clusters whose refcount a flush lowered (the writer's lock is held for both).</summary>
+    public long AllocatedClusters => Interlocked.Read(ref _allocatedClusters);
+
+    public long FreedClusters => Interlocked.Read(ref _freedClusters);
+
+    private long _allocatedClusters, _freedClusters;
+
     private (long First, int Count) TakeReserved(int count)
     {
         if (_reserveStart == _reserveEnd) Reserve(count);
         int n = (int)Math.Min(count, _reserveEnd - _reserveStart);
+        Interlocked.Add(ref _allocatedClusters, n);
         long first = _reserveStart;
         _reserveStart += n;
         return (first, n);
@@ -469,6 +477,7 @@ internal sealed class Refcounts
         _writer.Sync();
         _durableClusters = length >> _clusterBits;
         if (_pendingFrees.Count == 0) return;
+        Interlocked.Add(ref _freedClusters, _pendingFrees.Count);
         foreach (var (c, kind) in _pendingFrees) Decrement(c, kind);
         _pendingFrees.Clear();
         PunchFreed();

@@ -114,9 +114,14 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
         }
     }
 
+    /// <summary>What this file was asked to do: reads, writes and flushes, and their bytes.</summary>
+    public IoCounters Io { get; } = new();
+
     public void ReadAt(Span<byte> buffer, long offset)
     {
         if (offset < 0) throw new ArgumentOutOfRangeException(nameof(offset));
+        Io.Reads.Increment();
+        Io.BytesRead.Add(buffer.Length);
         int done = 0;
         try
         {
@@ -137,6 +142,8 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
     public void WriteAt(ReadOnlySpan<byte> buffer, long offset)
     {
         BlockDevices.CheckWritable(this);
+        Io.Writes.Increment();
+        Io.BytesWritten.Add(buffer.Length);
         try
         {
             RandomAccess.Write(_handle, buffer, offset);
@@ -202,6 +209,7 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
     public void Flush()
     {
         if (!CanWrite) return;
+        Io.Flushes.Increment();
         try
         {
             HostFile.FlushData(_handle);
