@@ -10,7 +10,7 @@ internal static class Program
     public const int Ok = 0, Failed = 1, Usage = 2;
 
     private static readonly Type[] s_verbs =
-        [typeof(MountOptions), typeof(UnmountOptions), typeof(InfoOptions), typeof(CheckOptions), typeof(ExportOptions), typeof(CreateVerbOptions), typeof(ConvertOptions), typeof(StatsOptions)];
+        [typeof(MountOptions), typeof(UnmountOptions), typeof(StatsOptions), typeof(InfoOptions), typeof(CheckOptions), typeof(ExportOptions), typeof(CreateVerbOptions), typeof(ConvertOptions)];
 
     public static int Main(string[] args)
     {
