@@ -41,3 +41,11 @@ public sealed class ImageIOException(string message, Exception? inner = null)
 /// may go on once space is freed (a discard).
 /// </summary>
 public sealed class ImageFullException(string message) : ImageException(message);
+
+/// <summary>The passphrase opens none of the image's LUKS key slots.</summary>
+public sealed class WrongPassphraseException(string path)
+    : ImageException($"{path}: no key slot matches the passphrase");
+
+/// <summary>The image is encrypted and no passphrase was given; the message says how to give one.</summary>
+public sealed class KeyNeededException(string path, string kind)
+    : ImageException($"{path} is encrypted ({kind}): give its passphrase with --key-file FILE (or type it when asked on a terminal)");

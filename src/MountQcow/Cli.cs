@@ -14,6 +14,75 @@ internal static class Cli
 
     public static void Error(string message) => s_sink($"mountqcow: {message}");
 
+    // Set in a background mount's environment when its parent sends the passphrase on its standard input.
+    public const string PassphraseOnStdin = "MOUNTQCOW_PASSPHRASE_ON_STDIN";
+
+    /// <summary>
+    /// Where an encrypted image's passphrase comes from: the key file's contents (one trailing
+    /// newline dropped, as QEMU's secret objects read files), a line on standard input from a
+    /// parent process, or a prompt without echo on a terminal; otherwise none.
+    /// </summary>
+    public static Func<string, byte[]?> Passphrase(string? keyFile)
+    {
+        byte[]? fromStdin = null;
+        if (keyFile is null && Environment.GetEnvironmentVariable(PassphraseOnStdin) == "1")
+        {
+            Environment.SetEnvironmentVariable(PassphraseOnStdin, null);
+            fromStdin = Encoding.UTF8.GetBytes(Console.In.ReadLine() ?? "");
+        }
+        return path =>
+        {
+            if (keyFile is not null) return ReadKeyFile(keyFile);
+            if (fromStdin is not null) return (byte[])fromStdin.Clone();
+            return Console.IsInputRedirected || Console.IsErrorRedirected ? null : Prompt($"passphrase for {path}: ");
+        };
+    }
+
+    private static byte[] ReadKeyFile(string keyFile)
+    {
+        byte[] bytes;
+        try
+        {
+            bytes = File.ReadAllBytes(keyFile);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UserError($"--key-file {keyFile}: {e.Message}");
+        }
+        int n = bytes.Length > 0 && bytes[^1] == '\n' ? bytes.Length - 1 : bytes.Length;
+        var key = bytes[..n];
+        System.Security.Cryptography.CryptographicOperations.ZeroMemory(bytes);
+        return key;
+    }
+
+    /// <summary>Reads a passphrase from the terminal without echoing it.</summary>
+    public static byte[] Prompt(string question)
+    {
+        Console.Error.Write(question);
+        var typed = new List<char>();
+        while (true)
+        {
+            var key = Console.ReadKey(intercept: true);
+            if (key.Key == ConsoleKey.Enter) break;
+            if (key.Key == ConsoleKey.Backspace) { if (typed.Count > 0) typed.RemoveAt(typed.Count - 1); continue; }
+            if (key.KeyChar != '\0') typed.Add(key.KeyChar);
+        }
+        Console.Error.WriteLine();
+        var chars = typed.ToArray();
+        var bytes = Encoding.UTF8.GetBytes(chars);
+        Array.Clear(chars);
+        typed.Clear();
+        return bytes;
+    }
+
+    /// <summary>Refuses to read an image whose data is encrypted and no passphrase opened, naming the option to add.</summary>
+    public static void RequireKeys(MountQcow.Qcow2.Qcow2Image image)
+    {
+        foreach (var (path, _, device) in image.Chain())
+            if (device is MountQcow.Qcow2.Qcow2Image { Locked: true } layer)
+                throw new KeyNeededException(path, layer.Encryption!);
+    }
+
     public static void Warn(string message) => s_sink($"mountqcow: warning: {message}");
 
     public static void Info(string message) => s_sink($"mountqcow: {message}");

@@ -15,9 +15,13 @@ internal static class ConvertCommand
     {
         if (Path.GetFullPath(o.Source) == Path.GetFullPath(o.Image)) throw new UserError("SOURCE and IMAGE are the same file");
         using IBlockDevice source = Qcow2Image.Probe(o.Source) == "qcow2"
-            ? Qcow2Image.Open(o.Source, new ImageOptions { Warn = Cli.Warn })
+            ? Qcow2Image.Open(o.Source, new ImageOptions { Warn = Cli.Warn, Passphrase = Cli.Passphrase(o.KeyFile) })
             : FileBlockDevice.Open(o.Source, writable: false);
-        if (source is Qcow2Image qcow2) Cli.WarnIfInUse(qcow2);
+        if (source is Qcow2Image qcow2)
+        {
+            Cli.RequireKeys(qcow2);
+            Cli.WarnIfInUse(qcow2);
+        }
         var compression = o.Compress is null ? CompressionType.Deflate : CreateCommand.CompressionOf(o.Compress);
         int clusterBits = CreateCommand.ClusterBits(o.ClusterSize);
         CreateCommand.Replace(o.Image, o.Force);

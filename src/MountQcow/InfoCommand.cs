@@ -21,6 +21,7 @@ internal sealed record ImageInfo(
     LayerInfo[] BackingChain,
     string? DataFile,
     bool DataFileRaw,
+    string? Encryption,
     SnapshotInfo[] Snapshots,
     int Bitmaps,
     PartitionsInfo Partitions);
@@ -56,7 +57,7 @@ internal static class InfoCommand
     {
         var warnings = new List<string>();
         // A broken chain is what a user runs info to understand: describe what resolves, then fail.
-        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = warnings.Add, AllowMissingBacking = true });
+        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = warnings.Add, AllowMissingBacking = true, Passphrase = o.KeyFile is null ? null : Cli.Passphrase(o.KeyFile) });
         var info = Describe(image);
         if (o.Json)
         {
@@ -84,6 +85,7 @@ internal static class InfoCommand
             h.CompressionType == CompressionType.Zstd ? "zstd" : "deflate",
             h.RefcountBits, h.FeatureList().ToArray(), h.IsDirty, h.IsMarkedCorrupt, chain,
             image.DataFilePath, h.Autoclear.HasFlag(AutoclearFeatures.RawExternalData),
+            image.Encryption,
             DescribeSnapshots(image.Snapshots),
             h.BitmapCount,
             DescribePartitions(image));
@@ -100,6 +102,7 @@ internal static class InfoCommand
     {
         try
         {
+            if (image.Locked) return new("unknown", 0, [], ["the disk is encrypted: give --key-file to see its partitions"]);
             return DescribePartitions(PartitionReader.Read(image), image);
         }
         catch (ImageIOException e) when (image.Chain().Any(l => l.Device is MissingFile))
@@ -128,6 +131,7 @@ internal static class InfoCommand
         Line("compression", i.Compression == "zstd" ? "zstd" : "deflate (zlib)");
         Line("refcount bits", i.RefcountBits.ToString());
         Line("features", i.Features.Length == 0 ? "none" : string.Join(", ", i.Features));
+        if (i.Encryption is not null) Line("encryption", i.Encryption);
         Line("state", i.Corrupt ? "marked corrupt (read-only)" : i.Dirty ? "dirty (refcounts may be stale)" : "clean");
         if (i.BackingChain.Length == 0) Line("backing file", "none");
         for (int n = 0; n < i.BackingChain.Length; n++)

@@ -43,7 +43,7 @@ internal static class MountCommand
 
         bool detached = Environment.GetEnvironmentVariable(BackgroundVariable) == "1";
         Environment.SetEnvironmentVariable(BackgroundVariable, null); // not for the programs it starts (fusermount3)
-        if (!o.Foreground && !o.Debug && !detached) return StartInBackground(args, mountpoint);
+        if (!o.Foreground && !o.Debug && !detached) return StartInBackground(args, mountpoint, PassphraseForChild(o, image));
         if (detached) Native.NewSession();
         return Serve(o, image, mountpoint, l2Cache, detached, user);
     }
@@ -88,7 +88,8 @@ internal static class MountCommand
         // end the process and leave a dead mount behind; it ends the mount once it exists.
         var unmounter = new Unmounter();
         using var signals = new SignalHandlers(unmounter.OnSignal);
-        using var image = Qcow2Image.Open(imagePath, new ImageOptions { Writable = o.ReadWrite, L2CacheBytes = l2Cache, ShareWrites = o.ForceShare, Warn = Cli.Warn });
+        using var image = Qcow2Image.Open(imagePath, new ImageOptions { Writable = o.ReadWrite, L2CacheBytes = l2Cache, ShareWrites = o.ForceShare, Warn = Cli.Warn, Passphrase = Cli.Passphrase(o.KeyFile) });
+        Cli.RequireKeys(image);
         if (!o.ReadWrite) Cli.WarnIfInUse(image);
         using var snapshots = SnapshotViews.Of(image);
         VirtualFileTree? served = null;
@@ -243,7 +244,17 @@ internal static class MountCommand
     }
 
     /// <summary>Starts this program again in the foreground, detached, and waits for it to say it is mounted.</summary>
-    private static int StartInBackground(string[] args, string mountpoint)
+    /// <summary>
+    /// The background copy has no terminal: for an encrypted image without --key-file, this
+    /// process asks on its own terminal and hands the passphrase over on the copy's standard input.
+    /// </summary>
+    private static byte[]? PassphraseForChild(MountOptions o, string image)
+    {
+        if (o.KeyFile is not null || Console.IsInputRedirected || Console.IsErrorRedirected) return null;
+        return Qcow2Image.EncryptionOf(image) is null ? null : Cli.Prompt($"passphrase for {image}: ");
+    }
+
+    private static int StartInBackground(string[] args, string mountpoint, byte[]? passphrase)
     {
         var psi = new ProcessStartInfo(Environment.ProcessPath!)
         {
@@ -257,7 +268,13 @@ internal static class MountCommand
             psi.ArgumentList.Add(typeof(MountCommand).Assembly.Location);
         foreach (string a in args) psi.ArgumentList.Add(a);
         psi.Environment[BackgroundVariable] = "1";
+        if (passphrase is not null) psi.Environment[Cli.PassphraseOnStdin] = "1";
         using var child = Process.Start(psi) ?? throw new UserError("cannot start the background process");
+        if (passphrase is not null)
+        {
+            child.StandardInput.WriteLine(System.Text.Encoding.UTF8.GetString(passphrase));
+            System.Security.Cryptography.CryptographicOperations.ZeroMemory(passphrase);
+        }
         child.StandardInput.Close();
         var errors = new Thread(() =>
         {

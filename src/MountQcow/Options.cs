@@ -24,6 +24,9 @@ internal sealed class InfoOptions : CommonOptions
 
     [Option("json", HelpText = "Print JSON instead of text.")]
     public bool Json { get; set; }
+
+    [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
+    public string? KeyFile { get; set; }
 }
 
 [Verb("check", HelpText = "Check an image's consistency as qemu-img check does; optionally repair it.")]
@@ -71,6 +74,9 @@ internal sealed class ExportOptions : CommonOptions
 
     [Option("no-progress", HelpText = "Do not draw a progress bar.")]
     public bool NoProgress { get; set; }
+
+    [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
+    public string? KeyFile { get; set; }
 }
 
 [Verb("mount", isDefault: true, HelpText = "Mount IMAGE at MOUNTPOINT as disk.raw and one pN.raw per partition (the default verb).")]
@@ -102,6 +108,9 @@ internal sealed class MountOptions : CommonOptions
 
     [Option('d', "debug", HelpText = "Print every FUSE request, or Dokan's debug output on Windows (implies --foreground).")]
     public bool Debug { get; set; }
+
+    [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
+    public string? KeyFile { get; set; }
 }
 
 [Verb("unmount", HelpText = "Unmount, and wait until the image is flushed and closed (umount returns before that).")]
@@ -190,4 +199,7 @@ internal sealed class ConvertOptions : CommonOptions
 
     [Option("no-progress", HelpText = "Do not draw a progress bar.")]
     public bool NoProgress { get; set; }
+
+    [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
+    public string? KeyFile { get; set; }
 }

@@ -39,7 +39,7 @@ public sealed class LayerTests
 
     [Fact]
     public void TheBlockEngineKnowsNoPartitionsTreeOrMounts() =>
-        AssertKept(Types.InAssembly(Engine).That().ResideInNamespace("MountQcow.Qcow2").Or().ResideInNamespace("MountQcow.Storage").Or().ResideInNamespace("MountQcow.Compression")
+        AssertKept(Types.InAssembly(Engine).That().ResideInNamespace("MountQcow.Qcow2").Or().ResideInNamespace("MountQcow.Storage").Or().ResideInNamespace("MountQcow.Compression").Or().ResideInNamespace("MountQcow.Crypto")
             .Should().NotHaveDependencyOnAny("MountQcow.Partitions", "MountQcow.FileTree", "MountQcow.Fuse", "MountQcow.Dokan", "MountQcow.Host"));
 
     [Fact]

@@ -144,4 +144,27 @@ public sealed class SnapshotAndPartitionExportTests : IDisposable
         var text = MountqcowProgram.Run("info", image).Stdout.Split('\n');
         Assert.Contains(text, l => l.TrimStart().StartsWith("p2.raw") && l.Contains(" ext4 "));
     }
+
+    [QemuFact]
+    public void EncryptedImagesExportWithAKeyFile_AndAWrongOrMissingKeyIsOneLine()
+    {
+        string image = _b.PathOf("secret.qcow2");
+        _b.Img("create", "-q", "--object", "secret,id=s0,data=hunter2", "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", image, "4M");
+        string opts = $"driver=qcow2,file.filename={image},encrypt.key-secret=s0";
+        Run.Checked("qemu-io", "--object", "secret,id=s0,data=hunter2", "--image-opts", opts, "-c", "write -P 0x42 1M 1M");
+        string expected = _b.PathOf("expected.raw");
+        Run.Checked("qemu-img", "convert", "--object", "secret,id=s0,data=hunter2", "--image-opts", opts, "-O", "raw", expected);
+        string key = _b.PathOf("key");
+        File.WriteAllText(key, "hunter2\n"); // a trailing newline is dropped
+        string output = _b.PathOf("out.raw");
+        var r = MountqcowProgram.Run("export", image, output, "--key-file", key, "--no-progress");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Equal(File.ReadAllBytes(expected), File.ReadAllBytes(output));
+        File.WriteAllText(key, "hunter3");
+        AssertOneLineError(MountqcowProgram.Run("export", image, _b.PathOf("bad.raw"), "--key-file", key), "no key slot matches the passphrase");
+        AssertOneLineError(MountqcowProgram.Run("export", image, _b.PathOf("none.raw")), "is encrypted (LUKS: aes xts-plain64, sha256, 1 key slot): give its passphrase with --key-file FILE");
+        Assert.False(File.Exists(_b.PathOf("bad.raw")));
+        var info = MountqcowProgram.Run("info", image);
+        Assert.Contains("encryption:     LUKS: aes xts-plain64, sha256, 1 key slot", info.Stdout);
+    }
 }

@@ -214,6 +214,11 @@ public sealed class ImageChecker
         }
         Claim(claims, _h.SnapshotsOffset, snapshotBytes, MetadataKind.SnapshotTable);
         Reference(_h.SnapshotsOffset, snapshotBytes);
+        if (_h.CryptMethod == CryptMethod.Luks && _h.EncryptionHeaderLength > 0)
+        {
+            Claim(claims, _h.EncryptionHeaderOffset, _h.EncryptionHeaderLength, MetadataKind.Header); // the LUKS header and key material
+            Reference(_h.EncryptionHeaderOffset, _h.EncryptionHeaderLength);
+        }
         Claim(claims, _tableOffset, (long)_table.Length * 8, MetadataKind.RefcountTable);
         Reference(_tableOffset, (long)_table.Length * 8);
         CountBitmaps(claims);

@@ -57,6 +57,11 @@ public sealed class Qcow2Header
     /// <summary>Whether a full disk encryption header extension is present.</summary>
     public bool HasEncryptionHeader { get; private init; }
 
+    /// <summary>Where the LUKS header lies in the file, and its length (from the full disk encryption extension).</summary>
+    public long EncryptionHeaderOffset { get; private init; }
+
+    public long EncryptionHeaderLength { get; private init; }
+
     /// <summary>Types of header extensions this program does not know (kept, never interpreted).</summary>
     public IReadOnlyList<uint> UnknownExtensions { get; private init; } = [];
 
@@ -164,6 +169,7 @@ public sealed class Qcow2Header
         int bitmaps = 0;
         long bitmapDirectoryOffset = 0, bitmapDirectorySize = 0;
         bool encryptionHeader = false;
+        long encryptionOffset = 0, encryptionLength = 0;
         int at = headerLength;
         while (at + 8 <= extensionEnd)
         {
@@ -196,7 +202,10 @@ public sealed class Qcow2Header
                     bitmapDirectoryOffset = (long)Math.Min(BigEndian.U64(data, BitmapsExtensionField.DirectoryOffset), long.MaxValue);
                     break;
                 case ExtensionType.FullDiskEncryption:
+                    if (len < 16) Corrupt($"full disk encryption extension is {len} bytes, expected 16");
                     encryptionHeader = true;
+                    encryptionOffset = (long)Math.Min(BigEndian.U64(data, 0), long.MaxValue);
+                    encryptionLength = (long)Math.Min(BigEndian.U64(data, 8), long.MaxValue);
                     break;
                 default:
                     unknown.Add(type);
@@ -230,6 +239,8 @@ public sealed class Qcow2Header
             BitmapDirectoryOffset = bitmapDirectoryOffset,
             BitmapDirectorySize = bitmapDirectorySize,
             HasEncryptionHeader = encryptionHeader,
+            EncryptionHeaderOffset = encryptionOffset,
+            EncryptionHeaderLength = encryptionLength,
             UnknownExtensions = unknown,
             BackingFile = ReadBackingName(first, backingOffset, clusterSize, path),
         };
@@ -257,11 +268,15 @@ public sealed class Qcow2Header
             IncompatibleFeatures.ExternalDataFile | IncompatibleFeatures.CompressionType | IncompatibleFeatures.ExtendedL2);
         if (unknownIncompatible != 0)
             throw new UnsupportedFeatureException(path, "incompatible feature " + DescribeBits(FeatureKind.Incompatible, unknownIncompatible));
-        if (CryptMethod != CryptMethod.None)
-        {
-            if (CryptMethod is CryptMethod.Aes or CryptMethod.Luks)
-                throw new UnsupportedFeatureException(path, $"encrypted image ({(CryptMethod == CryptMethod.Aes ? "AES" : "LUKS")})");
+        if (CryptMethod is not (CryptMethod.None or CryptMethod.Aes or CryptMethod.Luks))
             Corrupt($"crypt_method {(uint)CryptMethod} is not a known method");
+        if (CryptMethod == CryptMethod.Luks)
+        {
+            if (!HasEncryptionHeader) Corrupt("a LUKS-encrypted image without its encryption header extension");
+            if ((EncryptionHeaderOffset & (ClusterSize - 1)) != 0 || EncryptionHeaderOffset == 0)
+                Corrupt($"the LUKS header offset 0x{EncryptionHeaderOffset:x} is not a cluster boundary after the header");
+            if (EncryptionHeaderLength <= 0 || EncryptionHeaderOffset > fileLength || EncryptionHeaderLength > fileLength - EncryptionHeaderOffset)
+                Corrupt($"the LUKS header (0x{EncryptionHeaderOffset:x}, {EncryptionHeaderLength} bytes) lies outside the file");
         }
         if (Incompatible.HasFlag(IncompatibleFeatures.CompressionType) != (CompressionType != CompressionType.Deflate))
             Corrupt($"the compression type bit is {(Incompatible.HasFlag(IncompatibleFeatures.CompressionType) ? "set" : "clear")} but compression_type is {(int)CompressionType}");

@@ -54,6 +54,13 @@ public sealed record ImageOptions
     /// </summary>
     public bool AllowMissingBacking { get; init; }
 
+    /// <summary>
+    /// The passphrase of an encrypted image (or backing file), asked for with the file's path
+    /// only when one is encrypted. The bytes returned are cleared once the key is derived. Null,
+    /// or a null answer: the image opens, but reading its data fails with <see cref="KeyNeededException"/>.
+    /// </summary>
+    public Func<string, byte[]?>? Passphrase { get; init; }
+
     public const long DefaultL2CacheBytes = 16L << 20;
 }
 
@@ -95,6 +102,7 @@ public sealed partial class Qcow2Image : IBlockDevice
     private readonly (long First, long Max) _reservations;
     private readonly long _length;
     private bool OwnsFiles { get; init; } = true;
+    private MountQcow.Crypto.SectorCipher? _cipher;
 
     private Qcow2Image(string path, IBlockDevice file, IBlockDevice data, IBlockDevice? backing,
         Qcow2Header header, ulong[] l1, IReadOnlyList<Snapshot> snapshots, long snapshotTableBytes, ImageOptions options,
@@ -204,7 +212,9 @@ public sealed partial class Qcow2Image : IBlockDevice
             DataFilePath = DataFilePath,
             BackingPath = BackingPath,
             BackingFormatUsed = BackingFormatUsed,
+            Encryption = Encryption,
             OwnsFiles = false,
+            _cipher = _cipher,
         };
     }
 
@@ -248,6 +258,7 @@ public sealed partial class Qcow2Image : IBlockDevice
                 options.Warn?.Invoke($"{path}: the image is marked corrupt; opened read-only");
             }
             chain.Enter(path);
+            var (cipher, encryption) = Unlock(file, header, path, options);
             var l1 = ReadL1(file, header);
             var snapshots = SnapshotTable.Read(file, header, path, out long snapshotTableBytes);
             string? dataPath = null;
@@ -269,7 +280,9 @@ public sealed partial class Qcow2Image : IBlockDevice
                 DataFilePath = dataPath,
                 BackingPath = backingPath,
                 BackingFormatUsed = backingFormat,
+                Encryption = encryption,
             };
+            image._cipher = cipher;
             if (options.Writable) image.OpenForWriting();
             else if (file is FileBlockDevice f) image.HeldByWriter = f.TakeQemuLocks(write: false, options.ShareWrites) is not null;
             return image;
@@ -280,6 +293,52 @@ public sealed partial class Qcow2Image : IBlockDevice
             data?.Dispose();
             file.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>How the image is encrypted ("LUKS: aes xts-plain64, sha256" or "AES-CBC (legacy)"); null when it is not.</summary>
+    public string? Encryption { get; private init; }
+
+    /// <summary>How the image at <paramref name="path"/> is encrypted, from its header alone; null when it is not (or is no qcow2 image).</summary>
+    public static string? EncryptionOf(string path)
+    {
+        try
+        {
+            using var file = FileBlockDevice.Open(path, writable: false);
+            var header = Qcow2Header.Read(file, path);
+            return header.CryptMethod switch { CryptMethod.Luks => "LUKS", CryptMethod.Aes => "AES", _ => null };
+        }
+        catch (ImageException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Whether the image is encrypted and no passphrase opened it: its data cannot be read.</summary>
+    public bool Locked => Encryption is not null && _cipher is null;
+
+    /// <summary>
+    /// For an encrypted image: its LUKS header checked (with or without a key), and the payload
+    /// cipher if a passphrase was given. Writing encrypted images is refused for now.
+    /// </summary>
+    private static (MountQcow.Crypto.SectorCipher? Cipher, string? Description) Unlock(IBlockDevice file, Qcow2Header header, string path, ImageOptions options)
+    {
+        if (header.CryptMethod == CryptMethod.None) return (null, null);
+        if (options.Writable)
+            throw new UnsupportedFeatureException(path, "writing an encrypted image is not implemented yet; mount or open it read-only");
+        var luks = header.CryptMethod == CryptMethod.Luks
+            ? new MountQcow.Crypto.LuksHeader(file, header.EncryptionHeaderOffset, header.EncryptionHeaderLength, path)
+            : null;
+        string description = luks is null ? "AES-CBC (legacy qcow2 encryption)" : $"LUKS: {luks.Cipher} {luks.Mode}, {luks.HashName}, {luks.ActiveSlots} key slot{(luks.ActiveSlots == 1 ? "" : "s")}";
+        byte[]? passphrase = options.Passphrase?.Invoke(path);
+        if (passphrase is null) return (null, description);
+        try
+        {
+            return (luks?.Unlock(passphrase) ?? MountQcow.Crypto.LegacyAes.Key(passphrase), description);
+        }
+        finally
+        {
+            System.Security.Cryptography.CryptographicOperations.ZeroMemory(passphrase);
         }
     }
 
@@ -336,7 +395,8 @@ public sealed partial class Qcow2Image : IBlockDevice
             {
                 case ClusterKind.Data:
                     _dataBytes.Add(n);
-                    _data.ReadAt(part, run.HostOffset);
+                    if (Encryption is null) _data.ReadAt(part, run.HostOffset);
+                    else ReadDecrypted(part, run.HostOffset, offset);
                     break;
                 case ClusterKind.Zero:
                     _zeroBytes.Add(n);
@@ -444,10 +504,41 @@ public sealed partial class Qcow2Image : IBlockDevice
     /// zero file (<see cref="Zeros"/>); compressed clusters must be computed. Writable images
     /// answer nothing: a cluster could move before the caller uses it.
     /// </summary>
+    /// <summary>
+    /// Reads and decrypts a data run: whole 512-byte sectors around it, their IVs numbered by host
+    /// offset (LUKS, as QEMU's crypt_physical_offset) or guest offset (legacy AES).
+    /// </summary>
+    private void ReadDecrypted(Span<byte> part, long host, long guest)
+    {
+        var cipher = _cipher ?? throw new KeyNeededException(Path, Encryption!);
+        const int sector = MountQcow.Crypto.SectorCipher.SectorSize;
+        long start = host & ~(long)(sector - 1), end = (host + part.Length + sector - 1) & ~(long)(sector - 1);
+        long first = (Header.CryptMethod == CryptMethod.Luks ? start : guest - (host - start)) / sector;
+        if (start == host && end == host + part.Length)
+        {
+            _data.ReadAt(part, host);
+            cipher.Decrypt(part, first);
+            return;
+        }
+        byte[] buffer = ArrayPool<byte>.Shared.Rent((int)(end - start));
+        try
+        {
+            var whole = buffer.AsSpan(0, (int)(end - start));
+            _data.ReadAt(whole, start);
+            cipher.Decrypt(whole, first);
+            whole.Slice((int)(host - start), part.Length).CopyTo(part);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
     public HostRun GetHostRun(long offset, long maxLength)
     {
         maxLength = Math.Min(maxLength, Length - offset);
-        if (_rw is not null || maxLength <= 0) return HostRun.Computed(Math.Max(0, maxLength));
+        // Encrypted bytes are never handed out as they lie in the file.
+        if (_rw is not null || Encryption is not null || maxLength <= 0) return HostRun.Computed(Math.Max(0, maxLength));
         var run = _map.Map(offset, maxLength);
         return run.Kind switch
         {
@@ -488,6 +579,7 @@ public sealed partial class Qcow2Image : IBlockDevice
     private void ReleaseFiles()
     {
         if (!OwnsFiles) return;
+        _cipher?.Dispose();
         _backing?.Dispose();
         if (!ReferenceEquals(_data, _file)) _data.Dispose();
         _file.Dispose();
