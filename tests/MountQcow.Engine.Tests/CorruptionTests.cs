@@ -36,7 +36,7 @@ public sealed class CorruptionTests(ImageFixture fixture) : IClassFixture<ImageF
         ["version 1", 4L, 1u, typeof(UnsupportedFeatureException), "version 1"],
         ["cluster bits 8", 20L, 8u, typeof(CorruptImageException), "cluster_bits 8"],
         ["cluster bits 22", 20L, 22u, typeof(UnsupportedFeatureException), "2^22"],
-        ["AES encryption", 32L, 1u, typeof(UnsupportedFeatureException), "AES"],
+        ["LUKS without its header", 32L, 2u, typeof(CorruptImageException), "a LUKS-encrypted image without its encryption header extension"],
         ["unknown crypt method", 32L, 7u, typeof(CorruptImageException), "crypt_method 7"],
         ["L1 too small", 36L, 0u, typeof(CorruptImageException), "too small"],
         ["L1 too large", 36L, 0x1000_0000u, typeof(CorruptImageException), "too large"],
