@@ -91,7 +91,7 @@ internal static class InfoCommand
             DescribePartitions(image));
     }
 
-    private static SnapshotInfo[] DescribeSnapshots(IReadOnlyList<Snapshot> snapshots)
+    public static SnapshotInfo[] DescribeSnapshots(IReadOnlyList<Snapshot> snapshots)
     {
         var folders = MountQcow.FileTree.VirtualFileTree.SnapshotFolderNames(snapshots.Select(s => (s.Id, s.Name)).ToList());
         return snapshots.Select((s, i) => new SnapshotInfo(s.Id, s.Name, s.Date, s.VmStateSize, s.DiskSize, s.VmClock.Ticks * 100,
@@ -120,6 +120,15 @@ internal static class InfoCommand
             }).ToArray(),
             table.Warnings.ToArray());
 
+    /// <summary>qemu-img snapshot -l's columns (its date in local time too), with the disk's size and where a mount shows it.</summary>
+    public static void PrintSnapshots(SnapshotInfo[] snapshots)
+    {
+        int tag = Math.Max(16, snapshots.Max(s => s.Name.Length));
+        Console.WriteLine($"  {"ID",-4} {"TAG".PadRight(tag)} {"DISK SIZE",10} {"VM SIZE",10} {"DATE",-19} {"VM CLOCK",-13} FOLDER");
+        foreach (var s in snapshots)
+            Console.WriteLine($"  {s.Id,-4} {s.Name.PadRight(tag)} {Units.Bytes(s.DiskSize),10} {Units.Bytes(s.VmStateSize),10} {s.Date.ToLocalTime():yyyy-MM-dd HH:mm:ss} {s.VmClock,-13} {s.Folder}");
+    }
+
     private static void Print(ImageInfo i)
     {
         void Line(string key, string value) => Console.WriteLine($"{(key.Length == 0 ? "" : key + ":"),-16}{value}");
@@ -142,14 +151,7 @@ internal static class InfoCommand
         }
         if (i.DataFile is not null) Line("data file", $"{i.DataFile}{(i.DataFileRaw ? " (a consistent raw image)" : "")}");
         Line("snapshots", i.Snapshots.Length == 0 ? "none" : i.Snapshots.Length.ToString());
-        if (i.Snapshots.Length > 0)
-        {
-            // qemu-img snapshot -l's columns (its date in local time too), with the disk's size and where a mount shows it.
-            int tag = Math.Max(16, i.Snapshots.Max(s => s.Name.Length));
-            Console.WriteLine($"  {"ID",-4} {"TAG".PadRight(tag)} {"DISK SIZE",10} {"VM SIZE",10} {"DATE",-19} {"VM CLOCK",-13} FOLDER");
-            foreach (var s in i.Snapshots)
-                Console.WriteLine($"  {s.Id,-4} {s.Name.PadRight(tag)} {Units.Bytes(s.DiskSize),10} {Units.Bytes(s.VmStateSize),10} {s.Date.ToLocalTime():yyyy-MM-dd HH:mm:ss} {s.VmClock,-13} {s.Folder}");
-        }
+        if (i.Snapshots.Length > 0) PrintSnapshots(i.Snapshots);
         if (i.Bitmaps > 0) Line("bitmaps", i.Bitmaps.ToString());
         var parts = i.Partitions;
         Line("partitions", parts.Scheme switch

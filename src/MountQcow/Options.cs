@@ -142,6 +142,28 @@ internal sealed class StatsOptions : CommonOptions
     public double? Watch { get; set; }
 }
 
+[Verb("snapshot", HelpText = "List, create, apply or delete an image's internal snapshots, as qemu-img snapshot does.")]
+internal sealed class SnapshotOptions : CommonOptions
+{
+    [Value(1, Hidden = true)]
+    public IEnumerable<string> Extra { get; set; } = [];
+
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image (not in use by a VM or a --rw mount, except for --list).")]
+    public string Image { get; set; } = "";
+
+    [Option('l', "list", HelpText = "List the snapshots (id, tag, sizes, date, VM clock, folder in a mount).")]
+    public bool List { get; set; }
+
+    [Option('c', "create", HelpText = "Create a snapshot of the current disk named NAME.")]
+    public string? Create { get; set; }
+
+    [Option('a', "apply", HelpText = "Make the current disk what snapshot ID or NAME holds (the snapshot stays).")]
+    public string? Apply { get; set; }
+
+    [Option('d', "delete", HelpText = "Delete snapshot ID or NAME and free what only it used.")]
+    public string? Delete { get; set; }
+}
+
 [Verb("create", HelpText = "Make a new, empty qcow2 image (version 3), or an overlay on a backing file.")]
 internal sealed class CreateVerbOptions : CommonOptions
 {

@@ -10,7 +10,7 @@ internal static class Program
     public const int Ok = 0, Failed = 1, Usage = 2;
 
     private static readonly Type[] s_verbs =
-        [typeof(MountOptions), typeof(UnmountOptions), typeof(StatsOptions), typeof(InfoOptions), typeof(CheckOptions), typeof(ExportOptions), typeof(CreateVerbOptions), typeof(ConvertOptions)];
+        [typeof(MountOptions), typeof(UnmountOptions), typeof(StatsOptions), typeof(InfoOptions), typeof(CheckOptions), typeof(ExportOptions), typeof(SnapshotOptions), typeof(CreateVerbOptions), typeof(ConvertOptions)];
 
     public static int Main(string[] args)
     {
@@ -34,6 +34,7 @@ internal static class Program
                 CreateVerbOptions o => Run(o, () => CreateCommand.Run(o)),
                 ConvertOptions o => Run(o, () => ConvertCommand.Run(o)),
                 StatsOptions o => Run(o, () => StatsCommand.Run(o)),
+                SnapshotOptions o => Run(o, () => SnapshotCommand.Run(o)),
                 _ => throw new InvalidOperationException(options.GetType().Name),
             },
             errors => ParseFailure(parser, result, errors.ToList()));
@@ -225,6 +226,7 @@ internal static class Program
         [typeof(CreateVerbOptions)] = "mountqcow create IMAGE [SIZE] [--cluster-size N] [--backing FILE]",
         [typeof(ConvertOptions)] = "mountqcow convert SOURCE IMAGE [--compress deflate|zstd] [--cluster-size N]",
         [typeof(StatsOptions)] = "mountqcow stats MOUNTPOINT [--json] [--watch SECONDS]",
+        [typeof(SnapshotOptions)] = "mountqcow snapshot IMAGE --list | --create NAME | --apply ID|NAME | --delete ID|NAME",
     };
 
     // Each verb's examples; the first of each goes into the overview.
@@ -273,6 +275,12 @@ internal static class Program
         [
             "  mountqcow convert disk.raw vm.qcow2 -c zstd   a raw disk into a compressed image",
             "  mountqcow convert /dev/sdX vm.qcow2           a block device into an image",
+        ],
+        [typeof(SnapshotOptions)] =
+        [
+            "  mountqcow snapshot vm.qcow2 -c before-upgrade  a snapshot of the disk as it is",
+            "  mountqcow snapshot vm.qcow2 -a before-upgrade  back to it",
+            "  mountqcow snapshot vm.qcow2 -l                 the snapshots",
         ],
         [typeof(StatsOptions)] =
         [

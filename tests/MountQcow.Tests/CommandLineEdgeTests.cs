@@ -130,7 +130,7 @@ public sealed class CommandLineEdgeTests : IDisposable
             var r = MountqcowProgram.Run(args);
             Assert.Equal(0, r.ExitCode);
             var verbs = r.Stdout.Split('\n').SkipWhile(l => l != "verbs:").Skip(1).TakeWhile(l => l.Length > 0).Select(l => l.Trim().Split(' ')[0]).ToList();
-            Assert.Equal(["mount", "unmount", "stats", "info", "check", "export", "create", "convert"], verbs);
+            Assert.Equal(["mount", "unmount", "stats", "info", "check", "export", "snapshot", "create", "convert"], verbs);
             Assert.DoesNotContain("--l2-cache", r.Stdout); // options are in each verb's help
         }
         var none = MountqcowProgram.Run();

@@ -167,4 +167,29 @@ public sealed class SnapshotAndPartitionExportTests : IDisposable
         var info = MountqcowProgram.Run("info", image);
         Assert.Contains("encryption:     LUKS: aes xts-plain64, sha256, 1 key slot", info.Stdout);
     }
+
+    [QemuFact]
+    public void TheSnapshotVerbCreatesListsAppliesAndDeletes_AsQemuSeesIt()
+    {
+        string image = Image();
+        var r = MountqcowProgram.Run("snapshot", image, "--create", "mine");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("created snapshot 2 'mine'", r.Stdout);
+        Assert.Contains("mine", _b.Img("snapshot", "-l", image));
+        var list = MountqcowProgram.Run("snapshot", image, "-l");
+        Assert.Contains(list.Stdout.Split('\n'), l => l.TrimStart().StartsWith("2 ") && l.Contains("mine") && l.EndsWith("snapshots/mine"));
+        var before = Qemu(image, "-l", "snapshot.name=before");
+        r = MountqcowProgram.Run("snapshot", image, "--apply", "before");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("the disk is 64 MiB again", r.Stdout);
+        Assert.Equal(before.AsSpan(0, 64 * Mib).ToArray(), Qemu(image));
+        r = MountqcowProgram.Run("snapshot", image, "-d", "1");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.DoesNotContain("before", _b.Img("snapshot", "-l", image));
+        QemuAssert.CheckClean(image);
+        AssertOneLineError(MountqcowProgram.Run("snapshot", image, "-a", "nope"), "has no snapshot 'nope' (it has: 2 'mine')");
+        AssertOneLineError(MountqcowProgram.Run("snapshot", image, "-c", "mine"), "a snapshot named 'mine' exists already (id 2)");
+        Assert.Equal(2, MountqcowProgram.Run("snapshot", image).ExitCode);
+        Assert.Equal(2, MountqcowProgram.Run("snapshot", image, "-l", "-c", "x").ExitCode);
+    }
 }

@@ -102,6 +102,13 @@ internal sealed class L2Cache
         return _dirty is not null && _dirty.TryGetValue(offset, out table) ? table : null;
     }
 
+    /// <summary>Forgets every cached table (the L1 table was replaced); changed tables must have been written out.</summary>
+    public void Clear()
+    {
+        if (DirtyCount > 0) throw new InvalidOperationException("changed L2 tables are not written out yet");
+        for (int i = 0; i < _slots.Length; i++) Volatile.Write(ref _slots[i], null);
+    }
+
     /// <summary>Makes the cache write-back (for a writable image): changed tables stay pinned until written out.</summary>
     public void EnableWriteBack() => _dirty ??= new Dictionary<long, Table>();
 

@@ -10,7 +10,7 @@ public readonly record struct FeatureName(FeatureKind Kind, int Bit, string Name
 /// The parsed and checked header of a qcow2 image, with its header extensions. Every number
 /// is validated against the format and the file's size before anything else uses it.
 /// </summary>
-public sealed class Qcow2Header
+public sealed record Qcow2Header
 {
     private Qcow2Header() { }
 
@@ -53,6 +53,12 @@ public sealed class Qcow2Header
 
     /// <summary>Bytes of the bitmap directory; 0 when none.</summary>
     public long BitmapDirectorySize { get; private init; }
+
+    /// <summary>The header after a snapshot table switch: a new count and table offset.</summary>
+    internal Qcow2Header WithSnapshotTable(int count, long offset) => this with { SnapshotCount = count, SnapshotsOffset = offset };
+
+    /// <summary>The header after a snapshot was applied: its disk size.</summary>
+    internal Qcow2Header WithVirtualSize(long size) => this with { VirtualSize = size };
 
     /// <summary>Whether a full disk encryption header extension is present.</summary>
     public bool HasEncryptionHeader { get; private init; }

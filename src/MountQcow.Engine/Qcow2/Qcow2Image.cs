@@ -98,9 +98,9 @@ public sealed partial class Qcow2Image : IBlockDevice
     private long _decompressions;
     private readonly bool _compressWrites;
     private readonly bool _flushBarriers;
-    private readonly long _snapshotTableBytes;
+    private long _snapshotTableBytes;
     private readonly (long First, long Max) _reservations;
-    private readonly long _length;
+    private long _length;
     private bool OwnsFiles { get; init; } = true;
     private MountQcow.Crypto.SectorCipher? _cipher;
 
@@ -131,13 +131,13 @@ public sealed partial class Qcow2Image : IBlockDevice
     public string Path { get; }
 
     /// <summary>The header as read at open.</summary>
-    public Qcow2Header Header { get; }
+    public Qcow2Header Header { get; private set; }
 
     /// <summary>The device below this image (a qcow2 image or a raw file), if any.</summary>
     public IBlockDevice? Backing => _backing;
 
     /// <summary>Internal snapshots in the image.</summary>
-    public IReadOnlyList<Snapshot> Snapshots { get; }
+    public IReadOnlyList<Snapshot> Snapshots { get; private set; }
 
     /// <summary>Resolved path of the external data file, if the image has one.</summary>
     public string? DataFilePath { get; private init; }

@@ -134,6 +134,9 @@ internal sealed class Refcounts
         return block;
     }
 
+    /// <summary>The largest refcount an entry holds (refcount_bits wide).</summary>
+    public ulong MaxRefcount => _max;
+
     /// <summary>The refcount of one host cluster.</summary>
     public ulong Get(long cluster)
     {

@@ -13,7 +13,11 @@ public sealed record Snapshot(
     long DiskSize,
     long L1TableOffset,
     int L1Size,
-    byte[] ExtraData);
+    byte[] ExtraData)
+{
+    /// <summary>The entry as it lies in the table (without padding), copied as it is when the table is rewritten.</summary>
+    internal byte[] Raw { get; init; } = [];
+}
 
 /// <summary>Reads and checks the snapshot table ("Snapshots" in qcow2.txt).</summary>
 internal static class SnapshotTable
@@ -61,11 +65,45 @@ internal static class SnapshotTable
                 DateTimeOffset.FromUnixTimeSeconds(BigEndian.U32(entry, SnapshotField.DateSeconds))
                     .AddTicks(BigEndian.U32(entry, SnapshotField.DateNanoseconds) / 100),
                 TimeSpan.FromTicks((long)(BigEndian.U64(entry, SnapshotField.VmClockNs) / 100)),
-                vmState, diskSize, l1Offset, (int)Math.Min(l1Size, int.MaxValue), extra.ToArray()));
+                vmState, diskSize, l1Offset, (int)Math.Min(l1Size, int.MaxValue), extra.ToArray()) { Raw = entry.ToArray() });
             at += (entryLength + 7) & ~7L;
         }
         tableBytes = at;
         return list;
+    }
+
+    /// <summary>A new entry as QEMU writes one: no VM state, the disk's size and an icount of 0 in 24 bytes of extra data.</summary>
+    public static byte[] Encode(string id, string name, long l1Offset, int l1Size, DateTimeOffset date, long diskSize)
+    {
+        byte[] idBytes = Encoding.UTF8.GetBytes(id), nameBytes = Encoding.UTF8.GetBytes(name);
+        const int extra = 24;
+        var e = new byte[SnapshotField.FixedLength + extra + idBytes.Length + nameBytes.Length];
+        BigEndian.Put(e, SnapshotField.L1TableOffset, (ulong)l1Offset);
+        BigEndian.Put(e, SnapshotField.L1Size, (uint)l1Size);
+        BigEndian.Put(e, SnapshotField.IdLength, (ushort)idBytes.Length);
+        BigEndian.Put(e, SnapshotField.NameLength, (ushort)nameBytes.Length);
+        long micros = (date.UtcTicks - DateTimeOffset.UnixEpoch.UtcTicks) / 10;
+        BigEndian.Put(e, SnapshotField.DateSeconds, (uint)(micros / 1_000_000));
+        BigEndian.Put(e, SnapshotField.DateNanoseconds, (uint)(micros % 1_000_000 * 1000));
+        BigEndian.Put(e, SnapshotField.ExtraDataSize, (uint)extra);
+        BigEndian.Put(e, SnapshotField.FixedLength + SnapshotField.ExtraDiskSize, (ulong)diskSize);
+        idBytes.CopyTo(e, SnapshotField.FixedLength + extra);
+        nameBytes.CopyTo(e, SnapshotField.FixedLength + extra + idBytes.Length);
+        return e;
+    }
+
+    /// <summary>A table of these entries, each padded to 8 bytes.</summary>
+    public static byte[] Build(IEnumerable<byte[]> entries)
+    {
+        var list = entries.ToList();
+        var table = new byte[list.Sum(e => (e.Length + 7) & ~7)];
+        int at = 0;
+        foreach (var e in list)
+        {
+            e.CopyTo(table, at);
+            at += (e.Length + 7) & ~7;
+        }
+        return table;
     }
 
     private static void EnsureRead(ref byte[] table, long needed, long limit, IBlockDevice file, Qcow2Header header, string path, string where)
