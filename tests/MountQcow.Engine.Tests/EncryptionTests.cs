@@ -64,8 +64,8 @@ public sealed class EncryptionTests : IDisposable
         Assert.StartsWith("LUKS: aes xts-plain64, sha256", q.Encryption);
         var k = Assert.Throws<KeyNeededException>(() => q.ReadAt(new byte[512], 0));
         Assert.Contains("--key-file", k.Message);
-        var w = Assert.Throws<UnsupportedFeatureException>(() => Qcow2Image.Open(image, new ImageOptions { Writable = true, Passphrase = _ => Key(Secret) }));
-        Assert.Contains("writing an encrypted image is not implemented yet", w.Message);
+        // Writing needs the key from the start.
+        Assert.Throws<KeyNeededException>(() => Qcow2Image.Open(image, new ImageOptions { Writable = true }));
         byte[]? given = null;
         using (Qcow2Image.Open(image, new ImageOptions { Passphrase = _ => given = Key(Secret) })) { }
         Assert.All(given!, b => Assert.Equal(0, b)); // the passphrase is cleared once used
@@ -114,5 +114,49 @@ public sealed class EncryptionTests : IDisposable
         Assert.Equal((0, 0, 0), (report.Corruptions, report.Leaks, report.ExitCode));
         // QEMU agrees (it needs the key to open the image at all).
         Run.Checked("qemu-img", "check", "--object", $"secret,id=s0,data={Secret}", "--image-opts", $"driver=qcow2,file.filename={image},encrypt.key-secret=s0");
+    }
+
+    [QemuTheory]
+    [InlineData("encrypt.format=luks,encrypt.iter-time=10")]
+    [InlineData("encrypt.format=luks,encrypt.iter-time=10,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256")]
+    public void WritesIntoALuksImageAreReadBackByQemu(string options)
+    {
+        var (image, expected) = Encrypted("write.qcow2", options);
+        var shadow = (byte[])expected.Clone();
+        var random = new Random(7);
+        using (var q = Qcow2Image.Open(image, new ImageOptions { Writable = true, Passphrase = _ => Key(Secret) }))
+        {
+            for (int i = 0; i < 60; i++)
+            {
+                int length = random.Next(1, 20_000);
+                long offset = random.NextInt64(0, q.Length - length);
+                if (i % 10 == 9)
+                {
+                    q.WriteZeros(offset, length, discard: i % 20 == 19);
+                    Array.Clear(shadow, (int)offset, length);
+                    continue;
+                }
+                var data = ImageBuilder.Content(Fill.Random, length, i);
+                q.WriteAt(data, offset);
+                data.CopyTo(shadow, offset);
+                if (i % 15 == 0) q.Flush();
+            }
+            var back = new byte[q.Length];
+            q.ReadAt(back, 0);
+            Assert.Equal(shadow, back);
+        }
+        string opts = $"driver=qcow2,file.filename={image},encrypt.key-secret=s0";
+        Run.Checked("qemu-img", "check", "--object", $"secret,id=s0,data={Secret}", "--image-opts", opts);
+        string raw = _b.PathOf("written.raw");
+        Run.Checked("qemu-img", "convert", "--object", $"secret,id=s0,data={Secret}", "--image-opts", opts, "-O", "raw", raw);
+        Assert.Equal(shadow, File.ReadAllBytes(raw));
+    }
+
+    [QemuFact]
+    public void LegacyAesImagesAreNotWritten()
+    {
+        var (image, _) = Encrypted("aes-rw.qcow2", "encrypt.format=aes");
+        var e = Assert.Throws<UnsupportedFeatureException>(() => Qcow2Image.Open(image, new ImageOptions { Writable = true, Passphrase = _ => Key(Secret) }));
+        Assert.Contains("writing legacy AES-encrypted images", e.Message);
     }
 }

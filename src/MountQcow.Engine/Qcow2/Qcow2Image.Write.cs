@@ -83,6 +83,7 @@ public sealed partial class Qcow2Image
     {
         var h = Header;
         map.Add(0, _clusterSize, MetadataKind.Header, "the header");
+        if (h.CryptMethod == CryptMethod.Luks) map.Add(h.EncryptionHeaderOffset, h.EncryptionHeaderLength, MetadataKind.Header, "the LUKS header");
         if (h.L1Size > 0) map.Add(h.L1TableOffset, h.L1Size * 8L, MetadataKind.ActiveL1, "the active L1 table");
         _refcounts!.RegisterMetadata(map);
         if (h.SnapshotCount > 0) map.Add(h.SnapshotsOffset, _snapshotTableBytes, MetadataKind.SnapshotTable, "the snapshot table");
@@ -145,6 +146,8 @@ public sealed partial class Qcow2Image
     private bool TryWriteInPlace(ReadOnlySpan<byte> buffer, long offset)
     {
         if (Header.HasExtendedL2) return false;
+        // Encrypted: a write that covers part of a sector reads, decrypts and rewrites it, which only the exclusive lock keeps safe.
+        if (_cipher is not null && ((offset | (long)buffer.Length) & (MountQcow.Crypto.SectorCipher.SectorSize - 1)) != 0) return false;
         int bits = Header.ClusterBits;
         long first = offset >> bits, last = (offset + buffer.Length - 1) >> bits;
         if (last - first >= 16) return false; // a large write: the exclusive path's cost is small beside it
@@ -172,7 +175,7 @@ public sealed partial class Qcow2Image
             {
                 int inCluster = (int)(at & _clusterMask);
                 int n = (int)Math.Min(buffer.Length, _clusterSize - inCluster);
-                _writer!.Data(buffer[..n], hosts[(int)(c - first)] + inCluster);
+                WriteData(buffer[..n], hosts[(int)(c - first)] + inCluster);
                 buffer = buffer[n..];
                 at += n;
             }
@@ -394,7 +397,7 @@ public sealed partial class Qcow2Image
             _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
             if (!entry.ZeroFlagSet)
             {
-                _writer!.Data(data, entry.HostOffset + inCluster); // in place
+                WriteData(data, entry.HostOffset + inCluster); // in place
                 return;
             }
             // A preallocated zero cluster: fill it, then clear the zero flag.
@@ -408,10 +411,46 @@ public sealed partial class Qcow2Image
         // as zeros even after a crash, the entry need not wait for them (lost, they read as zeros).
         var fresh = _refcounts!.AllocateNew();
         bool zerosNow = !entry.IsCompressed && (entry.ZeroFlagSet || (entry.HostOffset == 0 && !BackingUnder(cluster)));
-        if (zerosNow && fresh.ReadsZero) _writer!.Data(data, fresh.Offset + inCluster);
+        // (Not for an encrypted image: storage of zeros is no encrypted zeros.)
+        if (zerosNow && fresh.ReadsZero && _cipher is null) WriteData(data, fresh.Offset + inCluster);
         else WriteMerged(cluster, inCluster, data, fresh.Offset, zerosBelow: entry.ZeroFlagSet);
         SetL2(table, l2Index, L2Entry.Standard(fresh.Offset, copied: true).Raw, waitsForFlush: !(zerosNow && fresh.Durable));
         Release(entry, cluster);
+    }
+
+    /// <summary>
+    /// Writes guest bytes at a host offset, encrypted where the image is (LUKS: sectors numbered by
+    /// host offset). A write covering part of a sector decrypts the sector around it first; that
+    /// sector already holds valid ciphertext (an owned cluster), since new clusters are always
+    /// written whole in an encrypted image.
+    /// </summary>
+    private void WriteData(ReadOnlySpan<byte> data, long host)
+    {
+        if (_cipher is null)
+        {
+            _writer!.Data(data, host);
+            return;
+        }
+        const int sector = MountQcow.Crypto.SectorCipher.SectorSize;
+        long start = host & ~(long)(sector - 1), end = (host + data.Length + sector - 1) & ~(long)(sector - 1);
+        byte[] buffer = ArrayPool<byte>.Shared.Rent((int)(end - start));
+        try
+        {
+            var whole = buffer.AsSpan(0, (int)(end - start));
+            if (start != host || end != host + data.Length)
+            {
+                _data.ReadAt(whole, start);
+                _cipher.Decrypt(whole, start / sector);
+            }
+            data.CopyTo(whole[(int)(host - start)..]);
+            _cipher.Encrypt(whole, start / sector);
+            _writer!.Data(whole, start);
+        }
+        finally
+        {
+            buffer.AsSpan(0, (int)(end - start)).Clear(); // no plaintext left in the pool
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
     }
 
     /// <summary>Writes a whole cluster at <paramref name="host"/>: its current contents (or zeros) with <paramref name="data"/> over them.</summary>
@@ -428,7 +467,7 @@ public sealed partial class Qcow2Image
                 ReadGuest(whole, cluster << Header.ClusterBits);
             }
             data.CopyTo(whole[inCluster..]);
-            _writer!.Data(whole, host);
+            WriteData(whole, host);
         }
         finally
         {
@@ -474,7 +513,7 @@ public sealed partial class Qcow2Image
             var span = buffer.AsSpan(0, length);
             if (start != inCluster || length != data.Length) ReadGuest(span, (cluster << Header.ClusterBits) + start);
             data.CopyTo(span[(inCluster - start)..]);
-            _writer!.Data(span, host + start);
+            WriteData(span, host + start);
         }
         finally
         {
@@ -500,7 +539,7 @@ public sealed partial class Qcow2Image
             long host = _refcounts!.AllocateCluster();
             var table2 = WritableL2(l1Index);
             var old = new L2Entry(table2.Entries[l2Index]);
-            _writer!.Data(s_zeroCluster.AsSpan(0, _clusterSize), host);
+            WriteData(s_zeroCluster.AsSpan(0, _clusterSize), host);
             SetL2(table2, l2Index, L2Entry.Standard(host, copied: true).Raw, waitsForFlush: true);
             Release(old, cluster);
             return;

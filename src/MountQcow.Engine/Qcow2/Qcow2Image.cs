@@ -319,19 +319,25 @@ public sealed partial class Qcow2Image : IBlockDevice
 
     /// <summary>
     /// For an encrypted image: its LUKS header checked (with or without a key), and the payload
-    /// cipher if a passphrase was given. Writing encrypted images is refused for now.
+    /// cipher if a passphrase was given. LUKS images may be written (with their key); legacy AES ones only read.
     /// </summary>
     private static (MountQcow.Crypto.SectorCipher? Cipher, string? Description) Unlock(IBlockDevice file, Qcow2Header header, string path, ImageOptions options)
     {
         if (header.CryptMethod == CryptMethod.None) return (null, null);
-        if (options.Writable)
-            throw new UnsupportedFeatureException(path, "writing an encrypted image is not implemented yet; mount or open it read-only");
+        if (options.Writable && header.CryptMethod == CryptMethod.Aes)
+            throw new UnsupportedFeatureException(path, "writing legacy AES-encrypted images (QEMU's system emulators no longer write them either); mount it read-only, or convert it");
+        if (options.Writable && header.HasExtendedL2)
+            throw new UnsupportedFeatureException(path, "writing encrypted images with extended L2 entries is not implemented; mount it read-only");
         var luks = header.CryptMethod == CryptMethod.Luks
             ? new MountQcow.Crypto.LuksHeader(file, header.EncryptionHeaderOffset, header.EncryptionHeaderLength, path)
             : null;
         string description = luks is null ? "AES-CBC (legacy qcow2 encryption)" : $"LUKS: {luks.Cipher} {luks.Mode}, {luks.HashName}, {luks.ActiveSlots} key slot{(luks.ActiveSlots == 1 ? "" : "s")}";
         byte[]? passphrase = options.Passphrase?.Invoke(path);
-        if (passphrase is null) return (null, description);
+        if (passphrase is null)
+        {
+            if (options.Writable) throw new KeyNeededException(path, description); // writing needs the key from the start
+            return (null, description);
+        }
         try
         {
             return (luks?.Unlock(passphrase) ?? MountQcow.Crypto.LegacyAes.Key(passphrase), description);
