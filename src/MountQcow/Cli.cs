@@ -28,7 +28,7 @@ internal static class Cli
         if (keyFile is null && Environment.GetEnvironmentVariable(PassphraseOnStdin) == "1")
         {
             Environment.SetEnvironmentVariable(PassphraseOnStdin, null);
-            fromStdin = Encoding.UTF8.GetBytes(Console.In.ReadLine() ?? "");
+            fromStdin = ReadLineBytes(Console.OpenStandardInput());
         }
         return path =>
         {
@@ -36,6 +36,17 @@ internal static class Cli
             if (fromStdin is not null) return (byte[])fromStdin.Clone();
             return Console.IsInputRedirected || Console.IsErrorRedirected ? null : Prompt($"passphrase for {path}: ");
         };
+    }
+
+    /// <summary>One line of a stream as bytes, without its newline (a passphrase never becomes a string, which cannot be cleared).</summary>
+    private static byte[] ReadLineBytes(Stream input)
+    {
+        var line = new List<byte>();
+        int b;
+        while ((b = input.ReadByte()) >= 0 && b != '\n') line.Add((byte)b);
+        var bytes = line.ToArray();
+        line.Clear();
+        return bytes;
     }
 
     private static byte[] ReadKeyFile(string keyFile)

@@ -272,7 +272,10 @@ internal static class MountCommand
         using var child = Process.Start(psi) ?? throw new UserError("cannot start the background process");
         if (passphrase is not null)
         {
-            child.StandardInput.WriteLine(System.Text.Encoding.UTF8.GetString(passphrase));
+            // As bytes, never as a string (which cannot be cleared).
+            child.StandardInput.BaseStream.Write(passphrase);
+            child.StandardInput.BaseStream.WriteByte((byte)'\n');
+            child.StandardInput.BaseStream.Flush();
             System.Security.Cryptography.CryptographicOperations.ZeroMemory(passphrase);
         }
         child.StandardInput.Close();
