@@ -16,14 +16,8 @@ public sealed class EncryptionTests : IDisposable
     /// <summary>An encrypted image with data written by QEMU at odd places, and QEMU's bytes of it.</summary>
     private (string Image, byte[] Expected) Encrypted(string name, string encryptOptions)
     {
-        string image = _b.PathOf(name);
-        _b.Img("create", "-q", "--object", $"secret,id=s0,data={Secret}", "-f", "qcow2",
-            "-o", $"{encryptOptions},encrypt.key-secret=s0,cluster_size=4096", image, "2M");
-        string opts = $"driver=qcow2,file.filename={image},encrypt.key-secret=s0";
-        Run.Checked("qemu-io", "--object", $"secret,id=s0,data={Secret}", "--image-opts", opts,
-            "-c", "write -P 0x5a 0 64k", "-c", "write -P 0x33 100001 3000", "-c", "write -P 0x77 1048064 1024");
-        string raw = _b.PathOf(name + ".raw");
-        Run.Checked("qemu-img", "convert", "--object", $"secret,id=s0,data={Secret}", "--image-opts", opts, "-O", "raw", raw);
+        var (image, raw) = _b.Encrypted(name, "2M", Secret, $"{encryptOptions},cluster_size=4096",
+            "write -P 0x5a 0 64k", "write -P 0x33 100001 3000", "write -P 0x77 1048064 1024");
         return (image, File.ReadAllBytes(raw));
     }
 
@@ -112,8 +106,7 @@ public sealed class EncryptionTests : IDisposable
         var (image, _) = Encrypted("check.qcow2", "encrypt.format=luks,encrypt.iter-time=10");
         var report = ImageChecker.Check(image);
         Assert.Equal((0, 0, 0), (report.Corruptions, report.Leaks, report.ExitCode));
-        // QEMU agrees (it needs the key to open the image at all).
-        Run.Checked("qemu-img", "check", "--object", $"secret,id=s0,data={Secret}", "--image-opts", $"driver=qcow2,file.filename={image},encrypt.key-secret=s0");
+        ImageBuilder.CheckEncrypted(image, Secret); // QEMU agrees
     }
 
     [QemuTheory]
@@ -145,10 +138,9 @@ public sealed class EncryptionTests : IDisposable
             q.ReadAt(back, 0);
             Assert.Equal(shadow, back);
         }
-        string opts = $"driver=qcow2,file.filename={image},encrypt.key-secret=s0";
-        Run.Checked("qemu-img", "check", "--object", $"secret,id=s0,data={Secret}", "--image-opts", opts);
+        ImageBuilder.CheckEncrypted(image, Secret);
         string raw = _b.PathOf("written.raw");
-        Run.Checked("qemu-img", "convert", "--object", $"secret,id=s0,data={Secret}", "--image-opts", opts, "-O", "raw", raw);
+        Run.Checked("qemu-img", "convert", "--object", $"secret,id=s0,data={Secret}", "--image-opts", $"driver=qcow2,file.filename={image},encrypt.key-secret=s0", "-O", "raw", raw);
         Assert.Equal(shadow, File.ReadAllBytes(raw));
     }
 

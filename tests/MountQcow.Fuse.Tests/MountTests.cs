@@ -214,12 +214,7 @@ public sealed partial class MountTests : IDisposable
     [MountFact]
     public void ALuksImageMountsWithItsKeyFile()
     {
-        string image = _b.PathOf("luks.qcow2");
-        _b.Img("create", "-q", "--object", "secret,id=s0,data=pw", "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", image, "8M");
-        string opts = $"driver=qcow2,file.filename={image},encrypt.key-secret=s0";
-        Run.Checked("qemu-io", "--object", "secret,id=s0,data=pw", "--image-opts", opts, "-c", "write -P 0x61 4096 1M");
-        string expected = _b.PathOf("luks.raw");
-        Run.Checked("qemu-img", "convert", "--object", "secret,id=s0,data=pw", "--image-opts", opts, "-O", "raw", expected);
+        var (image, expected) = _b.Encrypted("luks.qcow2", "8M", "pw", "encrypt.format=luks,encrypt.iter-time=10", "write -P 0x61 4096 1M");
         string key = _b.PathOf("key");
         File.WriteAllText(key, "pw");
         using var mount = MountedImage.Start(image, NewMountpoint("mnt"), "--key-file", key);

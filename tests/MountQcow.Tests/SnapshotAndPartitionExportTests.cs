@@ -148,12 +148,7 @@ public sealed class SnapshotAndPartitionExportTests : IDisposable
     [QemuFact]
     public void EncryptedImagesExportWithAKeyFile_AndAWrongOrMissingKeyIsOneLine()
     {
-        string image = _b.PathOf("secret.qcow2");
-        _b.Img("create", "-q", "--object", "secret,id=s0,data=hunter2", "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", image, "4M");
-        string opts = $"driver=qcow2,file.filename={image},encrypt.key-secret=s0";
-        Run.Checked("qemu-io", "--object", "secret,id=s0,data=hunter2", "--image-opts", opts, "-c", "write -P 0x42 1M 1M");
-        string expected = _b.PathOf("expected.raw");
-        Run.Checked("qemu-img", "convert", "--object", "secret,id=s0,data=hunter2", "--image-opts", opts, "-O", "raw", expected);
+        var (image, expected) = _b.Encrypted("secret.qcow2", "4M", "hunter2", "encrypt.format=luks,encrypt.iter-time=10", "write -P 0x42 1M 1M");
         string key = _b.PathOf("key");
         File.WriteAllText(key, "hunter2\n"); // a trailing newline is dropped
         string output = _b.PathOf("out.raw");
