@@ -29,7 +29,7 @@ build() {
 }
 
 run_tests() {
-  need_packages fuse3 libfuse3-dev qemu-utils e2fsprogs fdisk gcc pkg-config gcc-mingw-w64-x86-64 dosfstools ntfs-3g xfsprogs btrfs-progs
+  need_packages fuse3 libfuse3-dev qemu-utils e2fsprogs fdisk gcc pkg-config gcc-mingw-w64-x86-64 dosfstools ntfs-3g xfsprogs btrfs-progs nginx
   local results=$root/artifacts/test-results
   rm -rf "$results"
   local status=0

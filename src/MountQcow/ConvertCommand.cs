@@ -13,10 +13,10 @@ internal static class ConvertCommand
 {
     public static int Run(ConvertOptions o)
     {
-        if (Path.GetFullPath(o.Source) == Path.GetFullPath(o.Image)) throw new UserError("SOURCE and IMAGE are the same file");
+        if (ImageLocation.Full(o.Source) == Path.GetFullPath(o.Image)) throw new UserError("SOURCE and IMAGE are the same file");
         using IBlockDevice source = Qcow2Image.Probe(o.Source) == "qcow2"
-            ? Qcow2Image.Open(o.Source, new ImageOptions { Warn = Cli.Warn, Passphrase = Cli.Passphrase(o.KeyFile) })
-            : FileBlockDevice.Open(o.Source, writable: false);
+            ? Qcow2Image.Open(o.Source, new ImageOptions { Warn = Cli.Warn, Passphrase = Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking })
+            : ImageLocation.Open(o.Source, writable: false);
         if (source is Qcow2Image qcow2)
         {
             Cli.RequireKeys(qcow2);

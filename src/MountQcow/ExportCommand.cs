@@ -18,7 +18,7 @@ internal static class ExportCommand
         foreach (var (_, output) in targets)
             if (!o.Force && output != "-" && Native.FileType(output) == Native.UnixFileType.Regular)
                 throw new UserError($"{output} already exists (use --force to overwrite it)");
-        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn, ShareWrites = o.ForceShare, Passphrase = Cli.Passphrase(o.KeyFile) });
+        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn, ShareWrites = o.ForceShare, Passphrase = Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking });
         Cli.RequireKeys(image);
         Cli.WarnIfInUse(image);
         using var snapshot = o.Snapshot is null ? null : OpenSnapshot(o, image);
@@ -30,6 +30,9 @@ internal static class ExportCommand
             int result = Export(o, source, output);
             if (result != Program.Ok) return result;
         }
+        var remote = image.Chain().Select(l => l.Device is Qcow2Image q ? q.Remote : (l.Device as HttpBlockDevice)?.Counters).Where(c => c is not null).ToList();
+        if (remote.Count > 0)
+            Console.Error.WriteLine($"fetched {Units.Bytes(remote.Sum(c => c!.BytesFetched.Value))} in {remote.Sum(c => c!.Requests.Value)} range requests ({remote.Sum(c => c!.Retries.Value)} retried)");
         return Program.Ok;
     }
 

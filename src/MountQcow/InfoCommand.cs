@@ -57,7 +57,7 @@ internal static class InfoCommand
     {
         var warnings = new List<string>();
         // A broken chain is what a user runs info to understand: describe what resolves, then fail.
-        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = warnings.Add, AllowMissingBacking = true, Passphrase = o.KeyFile is null ? null : Cli.Passphrase(o.KeyFile) });
+        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = warnings.Add, AllowMissingBacking = true, Passphrase = o.KeyFile is null ? null : Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking });
         var info = Describe(image);
         if (o.Json)
         {
@@ -81,7 +81,7 @@ internal static class InfoCommand
         var h = image.Header;
         var chain = image.Chain().Skip(1).Select(l => new LayerInfo(l.Path, l.Format, l.Device is MissingFile ? 0 : l.Device.Length)).ToArray();
         return new ImageInfo(
-            image.Path, "qcow2", h.Version, h.VirtualSize, new FileInfo(image.Path).Length, h.ClusterSize,
+            image.Path, "qcow2", h.Version, h.VirtualSize, image.FileLength, h.ClusterSize,
             h.CompressionType == CompressionType.Zstd ? "zstd" : "deflate",
             h.RefcountBits, h.FeatureList().ToArray(), h.IsDirty, h.IsMarkedCorrupt, chain,
             image.DataFilePath, h.Autoclear.HasFlag(AutoclearFeatures.RawExternalData),

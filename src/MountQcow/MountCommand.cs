@@ -5,6 +5,7 @@ using MountQcow.FileTree;
 using MountQcow.Fuse;
 using MountQcow.Partitions;
 using MountQcow.Qcow2;
+using MountQcow.Storage;
 
 namespace MountQcow.Host;
 
@@ -26,9 +27,11 @@ internal static class MountCommand
 
     public static int Run(MountOptions o, string[] args)
     {
-        string image = Path.GetFullPath(o.Image);
-        if (!File.Exists(image))
+        string image = ImageLocation.Full(o.Image);
+        if (!ImageLocation.MayExist(image))
             throw new UserError(Directory.Exists(image) ? $"{o.Image} is a directory, not an image" : $"{o.Image}: no such file");
+        if (ImageLocation.IsRemote(image) && o.ReadWrite)
+            throw new UserError($"{ImageLocation.Display(image)}: remote images mount read-only (export the image to write to a copy)");
         var user = UserOptions(o);
         long l2Cache = Units.ParseSize(o.L2Cache);
         if (l2Cache < 1) throw new UsageError($"--l2-cache {o.L2Cache}: the cache needs room for at least one L2 table (e.g. 1M)");
@@ -88,14 +91,15 @@ internal static class MountCommand
         // end the process and leave a dead mount behind; it ends the mount once it exists.
         var unmounter = new Unmounter();
         using var signals = new SignalHandlers(unmounter.OnSignal);
-        using var image = Qcow2Image.Open(imagePath, new ImageOptions { Writable = o.ReadWrite, L2CacheBytes = l2Cache, ShareWrites = o.ForceShare, Warn = Cli.Warn, Passphrase = Cli.Passphrase(o.KeyFile) });
+        using var image = Qcow2Image.Open(imagePath, new ImageOptions { Writable = o.ReadWrite, L2CacheBytes = l2Cache, ShareWrites = o.ForceShare, Warn = Cli.Warn, Passphrase = Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking });
         Cli.RequireKeys(image);
         if (!o.ReadWrite) Cli.WarnIfInUse(image);
         using var snapshots = SnapshotViews.Of(image);
         VirtualFileTree? served = null;
         var clock = Stopwatch.StartNew();
         var started = DateTimeOffset.Now;
-        using var tree = VirtualFileTree.Create(image, o.ReadWrite, File.GetLastWriteTimeUtc(imagePath), mayChange: image.HeldByWriter || o.ForceShare,
+        var modified = ImageLocation.IsRemote(imagePath) ? image.RemoteModified ?? DateTimeOffset.UnixEpoch : File.GetLastWriteTimeUtc(imagePath);
+        using var tree = VirtualFileTree.Create(image, o.ReadWrite, modified, mayChange: image.HeldByWriter || o.ForceShare,
             snapshots: snapshots.Disks,
             statistics: () => MountStatistics.Of(image, snapshots.Images, served, clock, started).ToJson());
         served = tree;
@@ -194,7 +198,7 @@ internal static class MountCommand
     {
         var options = new List<string>
         {
-            $"fsname=mountqcow:{imagePath.Replace(",", "\\,")}",
+            $"fsname=mountqcow:{ImageLocation.Display(imagePath).Replace(",", "\\,")}",
             "subtype=mountqcow",
             "default_permissions",
             $"max_read={FuseMount.MaxRequest(o.ReadWrite)}",
@@ -219,7 +223,7 @@ internal static class MountCommand
             PartitionScheme.None => "no partition table",
             _ => $"{table.Scheme.ToString().ToUpperInvariant()}, {table.Partitions.Count} partition{(table.Partitions.Count == 1 ? "" : "s")}",
         };
-        Console.WriteLine($"mounted {o.Image} ({Units.Bytes(image.Length)} virtual, {layout}) {(tree.Writable ? "read-write" : "read-only")} at {mountpoint}");
+        Console.WriteLine($"mounted {ImageLocation.Display(o.Image)} ({Units.Bytes(image.Length)} virtual, {layout}) {(tree.Writable ? "read-write" : "read-only")} at {mountpoint}");
         if (OperatingSystem.IsWindows())
         {
             string largestFile = table.Partitions.OrderByDescending(p => p.Length).FirstOrDefault()?.FileName ?? VirtualFileTree.DiskFileName;

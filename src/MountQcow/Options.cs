@@ -19,11 +19,14 @@ internal sealed class InfoOptions : CommonOptions
     [Value(1, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image.")]
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, or an http(s) URL (read with range requests, read-only).")]
     public string Image { get; set; } = "";
 
     [Option("json", HelpText = "Print JSON instead of text.")]
     public bool Json { get; set; }
+
+    [Option("allow-local-backing", HelpText = "Let a remote (http, https) image name a local file as its backing file (refused otherwise: a downloaded image must not make this program read local files).")]
+    public bool AllowLocalBacking { get; set; }
 
     [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
     public string? KeyFile { get; set; }
@@ -35,7 +38,7 @@ internal sealed class CheckOptions : CommonOptions
     [Value(1, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image.")]
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, or an http(s) URL (read with range requests, read-only).")]
     public string Image { get; set; } = "";
 
     [Option("json", HelpText = "Print the result as JSON (qemu-img check's field names).")]
@@ -54,7 +57,7 @@ internal sealed class ExportOptions : CommonOptions
     [Value(2, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image.")]
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, or an http(s) URL (read with range requests, read-only).")]
     public string Image { get; set; } = "";
 
     [Value(1, MetaName = "OUTPUT", HelpText = "A new raw file, an existing block device at least as large as the disk, or - for standard output (also a FIFO or a character device): the disk in order. Not with --partition N:TARGET.")]
@@ -75,6 +78,9 @@ internal sealed class ExportOptions : CommonOptions
     [Option("no-progress", HelpText = "Do not draw a progress bar.")]
     public bool NoProgress { get; set; }
 
+    [Option("allow-local-backing", HelpText = "Let a remote (http, https) image name a local file as its backing file (refused otherwise: a downloaded image must not make this program read local files).")]
+    public bool AllowLocalBacking { get; set; }
+
     [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
     public string? KeyFile { get; set; }
 }
@@ -85,7 +91,7 @@ internal sealed class MountOptions : CommonOptions
     [Value(2, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image.")]
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, or an http(s) URL (read with range requests, read-only).")]
     public string Image { get; set; } = "";
 
     [Needed, Value(1, MetaName = "MOUNTPOINT", HelpText = "An existing empty directory; on Windows a free drive letter (M:) or an empty NTFS folder.")]
@@ -108,6 +114,9 @@ internal sealed class MountOptions : CommonOptions
 
     [Option('d', "debug", HelpText = "Print every FUSE request, or Dokan's debug output on Windows (implies --foreground).")]
     public bool Debug { get; set; }
+
+    [Option("allow-local-backing", HelpText = "Let a remote (http, https) image name a local file as its backing file (refused otherwise: a downloaded image must not make this program read local files).")]
+    public bool AllowLocalBacking { get; set; }
 
     [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
     public string? KeyFile { get; set; }
@@ -221,6 +230,9 @@ internal sealed class ConvertOptions : CommonOptions
 
     [Option("no-progress", HelpText = "Do not draw a progress bar.")]
     public bool NoProgress { get; set; }
+
+    [Option("allow-local-backing", HelpText = "Let a remote (http, https) image name a local file as its backing file (refused otherwise: a downloaded image must not make this program read local files).")]
+    public bool AllowLocalBacking { get; set; }
 
     [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
     public string? KeyFile { get; set; }

@@ -15,14 +15,18 @@ namespace MountQcow.Host;
 internal sealed record MountStatistics(
     string Image, DateTimeOffset Started, double UptimeSeconds, bool Writable,
     long MountReads, long MountBytesRead, long HostRangeBytes,
-    ImageStatistics[] Layers, ImageStatistics[] Snapshots)
+    ImageStatistics[] Layers, ImageStatistics[] Snapshots, RemoteStatistics[] Remote)
 {
     /// <summary>The counters of a mount now; the statistics file calls it at every read from its start.</summary>
     public static MountStatistics Of(Qcow2Image image, IEnumerable<Qcow2Image> snapshots, VirtualFileTree? tree, Stopwatch clock, DateTimeOffset started) =>
         new(image.Path, started, Math.Round(clock.Elapsed.TotalSeconds, 3), image.CanWrite,
             tree?.ReadCounts.Requests ?? 0, tree?.ReadCounts.Bytes ?? 0, tree?.ReadCounts.HostRangeBytes ?? 0,
             image.Chain().Select(l => Layer(l.Path, l.Device)).ToArray(),
-            snapshots.Select(s => s.Statistics with { HostReads = 0, HostBytesRead = 0, HostWrites = 0, HostBytesWritten = 0 }).ToArray());
+            snapshots.Select(s => s.Statistics with { HostReads = 0, HostBytesRead = 0, HostWrites = 0, HostBytesWritten = 0 }).ToArray(),
+            image.Chain().Select(l => (l.Path, Counters: l.Device is Qcow2Image q ? q.Remote : (l.Device as HttpBlockDevice)?.Counters))
+                .Where(l => l.Counters is not null)
+                .Select(l => new RemoteStatistics(l.Path, l.Counters!.Requests.Value, l.Counters.BytesFetched.Value, l.Counters.Retries.Value, l.Counters.CacheHits.Value))
+                .ToArray());
 
     /// <summary>A qcow2 layer's own counters; a raw backing file's requests, as data read.</summary>
     private static ImageStatistics Layer(string path, IBlockDevice device)
@@ -35,6 +39,9 @@ internal sealed record MountStatistics(
 
     public string ToJson() => JsonSerializer.Serialize(this, StatsJson.Default.MountStatistics);
 }
+
+/// <summary>A remote layer's HTTP work: range requests, bytes fetched, retries, reads served from its chunk cache.</summary>
+internal sealed record RemoteStatistics(string Url, long Requests, long BytesFetched, long Retries, long CacheHits);
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, WriteIndented = true)]
 [JsonSerializable(typeof(MountStatistics))]
@@ -115,6 +122,8 @@ internal static class StatsCommand
             var l = now.Layers[i];
             Line(i == 1 ? "backing files" : "", $"{l.Path}: {l.Reads} reads, {Units.Bytes(l.BytesRead)}; L2 {l.L2Hits} hits, {l.L2Misses} misses");
         }
+        foreach (var r in now.Remote)
+            Line(r == now.Remote[0] ? "remote" : "", $"{r.Url}: {r.Requests} requests, {Units.Bytes(r.BytesFetched)} fetched, {r.Retries} retries, {r.CacheHits} cache hits");
         foreach (var s in now.Snapshots)
             Line(s == now.Snapshots[0] ? "snapshots" : "", $"{s.Snapshot}: {s.Reads} reads, {Units.Bytes(s.BytesRead)}");
         return w.ToString().TrimEnd();

@@ -14,43 +14,37 @@ internal sealed class BackingChain(int maxDepth)
     /// <summary>Records that <paramref name="path"/> is being opened as the next layer.</summary>
     public void Enter(string path)
     {
-        string full = System.IO.Path.GetFullPath(path);
+        string full = ImageLocation.Full(path);
         if (!_seen.Add(full))
             throw new CorruptImageException(path, "the backing chain loops back to this file");
         if (_seen.Count > maxDepth)
             throw new UnsupportedFeatureException(path, $"the backing chain is deeper than {maxDepth} files");
     }
 
-    /// <summary>Resolves a backing file name stored in <paramref name="imagePath"/>: relative to the image's folder.</summary>
-    public string Resolve(string imagePath, string name)
-    {
-        if (name.StartsWith("json:", StringComparison.Ordinal) || name.Contains("://", StringComparison.Ordinal))
-            throw new UnsupportedFeatureException(imagePath, $"backing or data file '{name}' is not a plain file name");
-        if (System.IO.Path.IsPathRooted(name)) return name;
-        string folder = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(imagePath)) ?? ".";
-        return System.IO.Path.Combine(folder, name);
-    }
+    /// <summary>Resolves a backing file name stored in <paramref name="imagePath"/>: relative to the image's folder or URL.</summary>
+    public string Resolve(string imagePath, string name, bool allowLocal = true) => ImageLocation.Resolve(imagePath, name, allowLocal);
 
     /// <summary>
     /// Resolves an external data file name: relative to the image's folder like a backing file,
     /// or, where only that exists, to the working directory (as QEMU 7 opens it).
     /// </summary>
-    public string ResolveDataFile(string imagePath, string name)
+    public string ResolveDataFile(string imagePath, string name, bool allowLocal = true)
     {
-        string besideImage = Resolve(imagePath, name);
-        return !File.Exists(besideImage) && File.Exists(name) ? System.IO.Path.GetFullPath(name) : besideImage;
+        string besideImage = Resolve(imagePath, name, allowLocal);
+        return !ImageLocation.IsRemote(besideImage) && !File.Exists(besideImage) && File.Exists(name) && !ImageLocation.IsRemote(imagePath)
+            ? System.IO.Path.GetFullPath(name) : besideImage;
     }
 
     /// <summary>Opens the backing file read-only, as the format says (or by probing when it says nothing).</summary>
     public (IBlockDevice Device, string Format) OpenBacking(string overlay, string backingPath, string? format, ImageOptions options)
     {
-        if (!File.Exists(backingPath))
+        if (!ImageLocation.MayExist(backingPath))
         {
             var missing = new ImageIOException($"{overlay}: backing file {backingPath} is missing");
             if (options.AllowMissingBacking && !options.Writable) return (new MissingFile(missing), "missing");
             throw missing;
         }
-        format ??= Qcow2Image.Probe(backingPath);
+        format ??= Qcow2Image.Probe(backingPath, options.Remote);
         var readOnly = options with { Writable = false };
         switch (format)
         {
@@ -58,8 +52,8 @@ internal sealed class BackingChain(int maxDepth)
                 return (Qcow2Image.Open(backingPath, readOnly, this), "qcow2");
             case "raw":
                 Enter(backingPath);
-                var raw = FileBlockDevice.Open(backingPath, writable: false);
-                raw.TakeQemuLocks(write: false, options.ShareWrites);
+                var raw = ImageLocation.Open(backingPath, writable: false, options.Remote);
+                (raw as FileBlockDevice)?.TakeQemuLocks(write: false, options.ShareWrites);
                 return (raw, "raw");
             default:
                 throw new UnsupportedFeatureException(overlay, $"backing file {backingPath} has format '{format}' (only qcow2 and raw are read)");

@@ -102,6 +102,12 @@ public sealed class ImageChecker
     /// <param name="share">Check even while another process writes the image (the result may then be wrong).</param>
     public static CheckReport Check(string path, RepairMode mode = RepairMode.None, bool share = false)
     {
+        if (ImageLocation.IsRemote(path))
+        {
+            if (mode != RepairMode.None) throw new UnsupportedFeatureException(ImageLocation.Display(path), "remote images are checked, not repaired");
+            using var remote = ImageLocation.Open(path, writable: false);
+            return Check(remote, path, mode);
+        }
         using var file = FileBlockDevice.Open(path, writable: mode != RepairMode.None);
         // A half-written image looks damaged: like qemu-img, refuse while another process writes it.
         if (file.TakeQemuLocks(write: mode != RepairMode.None, share) is { } conflict && (mode != RepairMode.None || !share))

@@ -61,6 +61,12 @@ public sealed record ImageOptions
     /// </summary>
     public Func<string, byte[]?>? Passphrase { get; init; }
 
+    /// <summary>How remote (http, https) images are read: chunk cache, read-ahead, retries.</summary>
+    public RemoteOptions? Remote { get; init; }
+
+    /// <summary>Lets a remote image name a local file as its backing or data file (refused otherwise).</summary>
+    public bool AllowLocalBacking { get; init; }
+
     public const long DefaultL2CacheBytes = 16L << 20;
 }
 
@@ -129,6 +135,15 @@ public sealed partial class Qcow2Image : IBlockDevice
 
     /// <summary>The image file's path.</summary>
     public string Path { get; }
+
+    /// <summary>The length of the image file itself (local or remote).</summary>
+    public long FileLength => _file.Length;
+
+    /// <summary>When a remote image file last changed, as its server says; null for local files.</summary>
+    public DateTimeOffset? RemoteModified => (_file as HttpBlockDevice)?.Modified;
+
+    /// <summary>A remote image file's requests, bytes fetched, retries and cache hits; null for local files.</summary>
+    public RemoteCounters? Remote => (_file as HttpBlockDevice)?.Counters;
 
     /// <summary>The header as read at open.</summary>
     public Qcow2Header Header { get; private set; }
@@ -235,7 +250,8 @@ public sealed partial class Qcow2Image : IBlockDevice
         Open(path, options ?? new ImageOptions(), new BackingChain(options?.MaxChainDepth ?? 64));
 
     internal static Qcow2Image Open(string path, ImageOptions options, BackingChain chain) =>
-        Open(FileBlockDevice.Open(path, options.Writable), path, options, chain);
+        // A URL's query string may hold a signature: the device keeps it, messages and Path do not.
+        Open(ImageLocation.Open(path, options.Writable, options.Remote), ImageLocation.Display(path), options, chain);
 
     /// <summary>
     /// Opens an image stored on <paramref name="file"/> (which the image then owns); backing and
@@ -266,13 +282,13 @@ public sealed partial class Qcow2Image : IBlockDevice
             {
                 if (header.DataFile is null)
                     throw new UnsupportedFeatureException(path, "the image uses an external data file but does not name it");
-                dataPath = chain.ResolveDataFile(path, header.DataFile);
-                data = FileBlockDevice.Open(dataPath, options.Writable);
+                dataPath = chain.ResolveDataFile(path, header.DataFile, options.AllowLocalBacking);
+                data = ImageLocation.Open(dataPath, options.Writable, options.Remote);
             }
             string? backingPath = null, backingFormat = null;
             if (header.BackingFile is not null)
             {
-                backingPath = chain.Resolve(path, header.BackingFile);
+                backingPath = chain.Resolve(path, header.BackingFile, options.AllowLocalBacking);
                 (backing, backingFormat) = chain.OpenBacking(path, backingPath, header.BackingFormat, options);
             }
             var image = new Qcow2Image(path, file, data ?? file, backing, header, l1, snapshots, snapshotTableBytes, options)
@@ -304,7 +320,7 @@ public sealed partial class Qcow2Image : IBlockDevice
     {
         try
         {
-            using var file = FileBlockDevice.Open(path, writable: false);
+            using var file = ImageLocation.Open(path, writable: false);
             var header = Qcow2Header.Read(file, path);
             return header.CryptMethod switch { CryptMethod.Luks => "LUKS", CryptMethod.Aes => "AES", _ => null };
         }
@@ -352,9 +368,9 @@ public sealed partial class Qcow2Image : IBlockDevice
     /// The format of a file as QEMU would probe it: "qcow2", "qcow" (version 1, not read here), or
     /// "raw" for anything without the magic.
     /// </summary>
-    public static string Probe(string path)
+    public static string Probe(string path, RemoteOptions? remote = null)
     {
-        using var file = FileBlockDevice.Open(path, writable: false);
+        using var file = ImageLocation.Open(path, writable: false, remote);
         if (file.Length < 8) return "raw";
         Span<byte> start = stackalloc byte[8];
         file.ReadAt(start, 0);

@@ -1,0 +1,133 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using MountQcow.Qcow2;
+using MountQcow.Storage;
+using Xunit;
+
+namespace MountQcow.Tests;
+
+/// <summary>Images read over HTTP from nginx on loopback, byte for byte against qemu-img convert of the same files.</summary>
+public sealed class RemoteImageTests : IDisposable
+{
+    private readonly ImageBuilder _b = new();
+
+    public void Dispose() => _b.Dispose();
+
+    private static void AssertOneLineError(Run.Result r, string expected) => CommandLineTests.AssertOneLineError(r, expected);
+
+    private byte[] Raw(string image)
+    {
+        string raw = _b.PathOf($"{Guid.NewGuid():n}.raw");
+        _b.Img("convert", "-O", "raw", image, raw);
+        return File.ReadAllBytes(raw);
+    }
+
+    [NeedsFact("qemu", "nginx")]
+    public void PlainCompressedExtendedAndChainedImagesReadAsQemuReadsThemLocally()
+    {
+        string plain = _b.Create("plain.qcow2", "16M");
+        _b.Write(plain, 0, 3 << 20, Fill.Random, 1);
+        _b.Write(plain, (9 << 20) + 12345, 70_000, Fill.Text, 2);
+        string compressed = _b.Create("compressed.qcow2", "8M", "compression_type=zstd");
+        _b.Write(compressed, 0, 4 << 20, Fill.Text, 3, compressed: true);
+        string extended = _b.Create("extended.qcow2", "8M", "cluster_size=32768,extended_l2=on");
+        _b.Write(extended, 5000, 100_000, Fill.Random, 4);
+        string top = _b.Create("top.qcow2", "16M", backing: "plain.qcow2"); // a relative name: resolved against the URL
+        _b.Write(top, 1 << 20, 1 << 20, Fill.Text, 5);
+        using var nginx = new Nginx(_b.Folder);
+        foreach (string name in new[] { "plain.qcow2", "compressed.qcow2", "extended.qcow2", "top.qcow2" })
+        {
+            var options = new ImageOptions { Remote = new RemoteOptions { ChunkBytes = 256 << 10, CacheBytes = 1 << 20 } };
+            using var image = Qcow2Image.Open(nginx.Url(name) + "?X-Signature=secret", options);
+            Assert.DoesNotContain("secret", image.Path);
+            var bytes = new byte[image.Length];
+            image.ReadAt(bytes, 0);
+            Assert.Equal(Raw(_b.PathOf(name)), bytes);
+            Assert.True(image.Remote!.Requests.Value > 0);
+            Assert.True(image.Remote.BytesFetched.Value > 0);
+        }
+        // Through the program: export and info of a URL.
+        string output = _b.PathOf("exported.raw");
+        var r = MountqcowProgram.Run("export", nginx.Url("top.qcow2"), output, "--no-progress");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Equal(Raw(top), File.ReadAllBytes(output));
+        var info = MountqcowProgram.Run("info", nginx.Url("top.qcow2"));
+        Assert.Contains($"backing chain:  {nginx.Url("plain.qcow2")} (qcow2, 16 MiB)", info.Stdout);
+        Assert.Equal(0, MountqcowProgram.Run("check", nginx.Url("plain.qcow2")).ExitCode);
+    }
+
+    [NeedsFact("qemu", "nginx")]
+    public void SequentialReadsFetchAheadInFewRequests_AndOneChunkIsFetchedOnceForManyReaders()
+    {
+        string image = _b.Create("seq.qcow2", "64M");
+        _b.Write(image, 0, 64 << 20, Fill.Random, 6);
+        using var nginx = new Nginx(_b.Folder);
+        using var remote = HttpBlockDevice.Open(nginx.Url("seq.qcow2"), new RemoteOptions { CacheBytes = 16 << 20 });
+        var buffer = new byte[128 << 10];
+        for (long at = 0; at < remote.Length; at += buffer.Length) remote.ReadAt(buffer.AsSpan(0, (int)Math.Min(buffer.Length, remote.Length - at)), at);
+        // Every byte fetched once, in requests of 1 MiB (16 chunks of 64 KiB), fetched ahead.
+        Assert.Equal(remote.Length, remote.Counters.BytesFetched.Value);
+        long runs = (remote.Length + (1 << 20) - 1) >> 20;
+        Assert.InRange(remote.Counters.Requests.Value, runs, runs + 4);
+        // Eight readers of one cold chunk at once: one request.
+        using var again = HttpBlockDevice.Open(nginx.Url("seq.qcow2"));
+        Parallel.For(0, 8, _ => again.ReadAt(new byte[4096], 10L << 20));
+        Assert.Equal(2, again.Counters.Requests.Value);
+        Assert.Equal(64 << 10, again.Counters.BytesFetched.Value); // a random read fetches one chunk
+    }
+
+    [NeedsFact("qemu", "nginx")]
+    public void BadServersAndAnswersAreOneLine()
+    {
+        string image = _b.Create("a.qcow2", "4M");
+        string local = _b.Create("local-backing.qcow2", "4M", backing: _b.PathOf("a.qcow2")); // an absolute local name
+        File.WriteAllText(_b.PathOf("not.qcow2"), "not an image at all");
+        using var nginx = new Nginx(_b.Folder);
+        AssertOneLineError(MountqcowProgram.Run("info", nginx.Url("missing.qcow2") + "?token=SECRET"), $"{nginx.Url("missing.qcow2")}: HTTP 404 Not Found");
+        AssertOneLineError(MountqcowProgram.Run("info", nginx.Url("not.qcow2")), "not a qcow2 image");
+        AssertOneLineError(MountqcowProgram.Run("info", nginx.Url("local-backing.qcow2")), "pass --allow-local-backing");
+        Assert.Equal(0, MountqcowProgram.Run("info", nginx.Url("local-backing.qcow2"), "--allow-local-backing").ExitCode);
+        AssertOneLineError(MountqcowProgram.Run("info", $"http://127.0.0.1:{Nginx.FreePort()}/a.qcow2"), "Connection refused");
+        AssertOneLineError(MountqcowProgram.Run(nginx.Url("a.qcow2"), Directory.CreateDirectory(_b.PathOf("mnt")).FullName, "--rw"), "remote images mount read-only");
+        // A server that ignores Range and sends the whole object: refused, not read to the end.
+        using var whole = new WholeBodyServer(File.ReadAllBytes(image));
+        AssertOneLineError(MountqcowProgram.Run("info", whole.Url), "the server ignores range requests");
+        var all = new[] { MountqcowProgram.Run("info", nginx.Url("missing.qcow2") + "?token=SECRET") };
+        Assert.All(all, x => Assert.DoesNotContain("SECRET", x.Stderr + x.Stdout));
+    }
+
+    /// <summary>A server that answers every request with 200 and the whole object, as a server without range support does.</summary>
+    private sealed class WholeBodyServer : IDisposable
+    {
+        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+        private readonly Thread _thread;
+
+        public WholeBodyServer(byte[] body)
+        {
+            _listener.Start();
+            Url = $"http://127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}/whole.qcow2";
+            _thread = new Thread(() =>
+            {
+                try
+                {
+                    while (true)
+                    {
+                        using var client = _listener.AcceptTcpClient();
+                        using var stream = client.GetStream();
+                        var request = new byte[4096];
+                        stream.ReadExactly(request, 0, 1); // enough to know a request came
+                        try { stream.Write(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n")); stream.Write(body); }
+                        catch (IOException) { } // the client hung up early, as it should
+                    }
+                }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException) { }
+            }) { IsBackground = true };
+            _thread.Start();
+        }
+
+        public string Url { get; }
+
+        public void Dispose() => _listener.Stop();
+    }
+}
