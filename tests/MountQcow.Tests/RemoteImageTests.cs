@@ -130,4 +130,122 @@ public sealed class RemoteImageTests : IDisposable
 
         public void Dispose() => _listener.Stop();
     }
+
+    [NeedsFact("qemu", "nginx")]
+    public void AFaultyServerGivesTheRightBytesOrACleanError()
+    {
+        string image = _b.Create("faults.qcow2", "16M", "cluster_size=16384");
+        _b.Write(image, 0, 6 << 20, Fill.Random, 11);
+        _b.Write(image, 9 << 20, 2 << 20, Fill.Text, 12, compressed: true);
+        byte[] expected = Raw(image);
+        using var nginx = new Nginx(_b.Folder);
+        using var proxy = new FaultyProxy(nginx.Url(""), seed: 3);
+        var options = new ImageOptions { Remote = new RemoteOptions { Retries = 12, RetryDelay = TimeSpan.FromMilliseconds(5), AttemptTimeout = TimeSpan.FromSeconds(1), CacheBytes = 1 << 20 } };
+        using var q = Qcow2Image.Open(proxy.Url("faults.qcow2"), options);
+        var random = new Random(5);
+        int good = 0;
+        for (int i = 0; i < 60; i++)
+        {
+            int length = random.Next(1, 300_000);
+            long offset = random.NextInt64(0, q.Length - length);
+            var buffer = new byte[length];
+            q.ReadAt(buffer, offset); // 12 retries: a request fails for good once in 0.3^13 (about 2e-7)
+            Assert.Equal(expected.AsSpan((int)offset, length).ToArray(), buffer);
+            good++;
+        }
+        Assert.Equal(60, good);
+        Assert.True(q.Remote!.Retries.Value > 0, "the proxy never failed a request");
+        Assert.True(proxy.Faults > 0);
+        // A fault after the last retry is a clean one-line error, never wrong bytes.
+        using var always = new FaultyProxy(nginx.Url(""), seed: 4, failEvery: true);
+        var e = Assert.ThrowsAny<ImageException>(() => Qcow2Image.Open(always.Url("faults.qcow2"), new ImageOptions { Remote = new RemoteOptions { Retries = 1, RetryDelay = TimeSpan.FromMilliseconds(10), AttemptTimeout = TimeSpan.FromSeconds(1) } }));
+        Assert.DoesNotContain("\n", e.Message);
+    }
+
+    /// <summary>
+    /// An HTTP proxy in front of nginx that, at random, answers 503, stalls past the client's
+    /// attempt timeout, or cuts a response off halfway; otherwise it passes the request through.
+    /// </summary>
+    private sealed class FaultyProxy : IDisposable
+    {
+        private readonly HttpListener _listener = new();
+        private readonly HttpClient _upstream = new();
+        private readonly string _target;
+        private readonly Random _random;
+        private readonly bool _failEvery;
+        private int _faults;
+
+        public FaultyProxy(string target, int seed, bool failEvery = false)
+        {
+            _target = target;
+            _random = new Random(seed);
+            _failEvery = failEvery;
+            Port = Nginx.FreePort();
+            _listener.Prefixes.Add($"http://127.0.0.1:{Port}/");
+            _listener.Start();
+            new Thread(Serve) { IsBackground = true }.Start();
+        }
+
+        public int Port { get; }
+
+        public int Faults => Volatile.Read(ref _faults);
+
+        public string Url(string name) => $"http://127.0.0.1:{Port}/{name}";
+
+        private void Serve()
+        {
+            while (_listener.IsListening)
+            {
+                HttpListenerContext context;
+                try { context = _listener.GetContext(); }
+                catch (Exception e) when (e is HttpListenerException or ObjectDisposedException or InvalidOperationException) { return; }
+                ThreadPool.QueueUserWorkItem(_ => Answer(context));
+            }
+        }
+
+        private void Answer(HttpListenerContext context)
+        {
+            int roll;
+            lock (_random) roll = _failEvery ? 0 : _random.Next(10);
+            try
+            {
+                if (roll <= 2) Interlocked.Increment(ref _faults);
+                if (roll == 0)
+                {
+                    context.Response.StatusCode = 503;
+                    context.Response.Close();
+                    return;
+                }
+                if (roll == 1) Thread.Sleep(1500); // past the client's one-second attempt
+                using var request = new HttpRequestMessage(HttpMethod.Get, _target + context.Request.Url!.AbsolutePath.TrimStart('/'));
+                if (context.Request.Headers["Range"] is { } range) request.Headers.TryAddWithoutValidation("Range", range);
+                using var answer = _upstream.Send(request);
+                byte[] body = answer.Content.ReadAsByteArrayAsync().GetAwaiter().GetResult();
+                context.Response.StatusCode = (int)answer.StatusCode;
+                if (answer.Content.Headers.ContentRange is { } contentRange) context.Response.Headers["Content-Range"] = contentRange.ToString();
+                if (answer.Headers.ETag is { } etag) context.Response.Headers["ETag"] = etag.ToString();
+                if (answer.Content.Headers.LastModified is { } modified) context.Response.Headers["Last-Modified"] = modified.ToString("R");
+                context.Response.ContentLength64 = body.Length;
+                if (roll == 2 && body.Length > 1)
+                {
+                    context.Response.OutputStream.Write(body, 0, body.Length / 2);
+                    context.Response.Abort(); // cut off halfway
+                    return;
+                }
+                context.Response.OutputStream.Write(body);
+                context.Response.Close();
+            }
+            catch (Exception e) when (e is HttpListenerException or IOException or ObjectDisposedException)
+            {
+                // the client gave up (a stalled request timed out): nothing to answer
+            }
+        }
+
+        public void Dispose()
+        {
+            _listener.Stop();
+            _listener.Close();
+            _upstream.Dispose();
+        }
+    }
 }

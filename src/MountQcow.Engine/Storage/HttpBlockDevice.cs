@@ -69,8 +69,9 @@ public sealed class HttpBlockDevice : IBlockDevice
     private long _lastChunk = -2;
     private int _window;
 
-    private HttpBlockDevice(HttpClient http, Uri url, RemoteOptions options, ResiliencePipeline pipeline, long length, EntityTagHeaderValue? etag, DateTimeOffset? modified)
+    private HttpBlockDevice(HttpClient http, Uri url, RemoteOptions options, ResiliencePipeline pipeline, RemoteCounters counters, long length, EntityTagHeaderValue? etag, DateTimeOffset? modified)
     {
+        Counters = counters;
         _http = http;
         _url = url;
         _options = options;
@@ -88,7 +89,7 @@ public sealed class HttpBlockDevice : IBlockDevice
     /// <summary>When the object last changed, as the server says (null if it does not).</summary>
     public DateTimeOffset? Modified => _modified;
 
-    public RemoteCounters Counters { get; } = new();
+    public RemoteCounters Counters { get; }
 
     /// <summary>The URL as messages show it: without its query string or user information.</summary>
     public static string Display(Uri url) => url.GetLeftPart(UriPartial.Path).Replace(url.UserInfo + "@", "");
@@ -128,10 +129,7 @@ public sealed class HttpBlockDevice : IBlockDevice
                 await response.Content.ReadAsByteArrayAsync(token);
                 return (total, response.Headers.ETag, response.Content.Headers.LastModified);
             }).AsTask().GetAwaiter().GetResult();
-            var device = new HttpBlockDevice(http, url, options, pipeline, length, etag, modified);
-            device.Counters.Requests.Add(counters.Requests.Value);
-            device.Counters.Retries.Add(counters.Retries.Value);
-            return device;
+            return new HttpBlockDevice(http, url, options, pipeline, counters, length, etag, modified); // the pipeline counts into the device's counters
         }
         catch (Exception e) when (e is not ImageException)
         {
@@ -188,9 +186,12 @@ public sealed class HttpBlockDevice : IBlockDevice
 
     private sealed class RetryableHttpException(string message) : Exception(message);
 
-    private static ResiliencePipeline Pipeline(RemoteOptions options, RemoteCounters counters) =>
-        new ResiliencePipelineBuilder()
-            .AddRetry(new RetryStrategyOptions
+    private static ResiliencePipeline Pipeline(RemoteOptions options, RemoteCounters counters)
+    {
+        var builder = new ResiliencePipelineBuilder();
+        if (options.Retries > 0)
+        {
+            builder.AddRetry(new RetryStrategyOptions
             {
                 ShouldHandle = new PredicateBuilder()
                     .Handle<HttpRequestException>(e => e.InnerException is not System.Security.Authentication.AuthenticationException)
@@ -206,9 +207,10 @@ public sealed class HttpBlockDevice : IBlockDevice
                     counters.Retries.Increment();
                     return default;
                 },
-            })
-            .AddTimeout(options.AttemptTimeout)
-            .Build();
+            });
+        }
+        return builder.AddTimeout(options.AttemptTimeout).Build();
+    }
 
     /// <summary>Reads bytes; past the end of the object they read as zeros, as QEMU's file driver reads past a file's end.</summary>
     public void ReadAt(Span<byte> buffer, long offset)
