@@ -26,4 +26,8 @@ public static class MountqcowProgram
     public static string Dll => Path.Combine(AppContext.BaseDirectory, "mountqcow.dll");
 
     public static Run.Result Run(params string[] args) => Tests.Run.Capture("dotnet", [Dll, .. args], timeoutSeconds: 300);
+
+    /// <summary>The program with extra environment variables (AWS settings, say).</summary>
+    public static Run.Result RunWith(IDictionary<string, string> env, params string[] args) =>
+        Tests.Run.Capture("dotnet", [Dll, .. args], timeoutSeconds: 300, env: env);
 }

@@ -235,9 +235,10 @@ public sealed class RemoteImageTests : IDisposable
                 context.Response.OutputStream.Write(body);
                 context.Response.Close();
             }
-            catch (Exception e) when (e is HttpListenerException or IOException or ObjectDisposedException)
+            catch (Exception)
             {
-                // the client gave up (a stalled request timed out): nothing to answer
+                // The client gave up (a stalled request timed out), or the test ended and took nginx
+                // with it while a stalled request slept: nothing to answer, and a work item must not throw.
             }
         }
 
@@ -246,6 +247,61 @@ public sealed class RemoteImageTests : IDisposable
             _listener.Stop();
             _listener.Close();
             _upstream.Dispose();
+        }
+    }
+
+    [NeedsFact("qemu", "s3rver")]
+    public void S3LocationsReadThroughAnS3CompatibleStore()
+    {
+        string baseImage = _b.Create("base.qcow2", "8M");
+        _b.Write(baseImage, 0, 2 << 20, Fill.Random, 21);
+        string top = _b.Create("top.qcow2", "8M", backing: "base.qcow2");
+        _b.Write(top, 1 << 20, 64 << 10, Fill.Text, 22);
+        string data = Directory.CreateDirectory(_b.PathOf("s3-data")).FullName;
+        int port = Nginx.FreePort();
+        using var server = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo(Requirements.FindTool("s3rver")!,
+            ["--directory", data, "--port", port.ToString(), "--address", "127.0.0.1", "--configure-bucket", "images", "--silent"])
+            { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true })!;
+        try
+        {
+            var env = new Dictionary<string, string>
+            {
+                ["AWS_ENDPOINT_URL"] = $"http://127.0.0.1:{port}",
+                ["AWS_ACCESS_KEY_ID"] = "S3RVER",
+                ["AWS_SECRET_ACCESS_KEY"] = "S3RVER",
+                ["AWS_REGION"] = "us-east-1",
+            };
+            // Plain uploads: s3rver does not understand the SDK's chunked, trailing-checksum encoding.
+            var config = new Amazon.S3.AmazonS3Config { ServiceURL = env["AWS_ENDPOINT_URL"], ForcePathStyle = true, AuthenticationRegion = "us-east-1",
+                RequestChecksumCalculation = Amazon.Runtime.RequestChecksumCalculation.WHEN_REQUIRED };
+            using var client = new Amazon.S3.AmazonS3Client(new Amazon.Runtime.BasicAWSCredentials("S3RVER", "S3RVER"), config);
+            for (int i = 0; ; i++)
+            {
+                try
+                {
+                    client.PutObjectAsync(new Amazon.S3.Model.PutObjectRequest { BucketName = "images", Key = "vms/base.qcow2", FilePath = baseImage, UseChunkEncoding = false }).GetAwaiter().GetResult();
+                    break;
+                }
+                catch (Exception) when (i < 100)
+                {
+                    Thread.Sleep(100); // s3rver is still starting
+                }
+            }
+            client.PutObjectAsync(new Amazon.S3.Model.PutObjectRequest { BucketName = "images", Key = "vms/top.qcow2", FilePath = top, UseChunkEncoding = false }).GetAwaiter().GetResult();
+            string output = _b.PathOf("from-s3.raw");
+            var r = MountqcowProgram.RunWith(env, "export", "s3://images/vms/top.qcow2", output, "--no-progress");
+            Assert.True(r.ExitCode == 0, r.Stderr);
+            Assert.Equal(Raw(top), File.ReadAllBytes(output)); // the backing file found beside it in the bucket
+            var info = MountqcowProgram.RunWith(env, "info", "s3://images/vms/top.qcow2");
+            Assert.Contains("backing chain:  s3://images/vms/base.qcow2 (qcow2, 8 MiB)", info.Stdout);
+            var missing = MountqcowProgram.RunWith(env, "info", "s3://images/vms/none.qcow2");
+            AssertOneLineError(missing, "s3://images/vms/none.qcow2: HTTP 404");
+            Assert.DoesNotContain("X-Amz", missing.Stderr); // the signature never shows
+        }
+        finally
+        {
+            if (!server.HasExited) server.Kill();
+            server.WaitForExit(5000);
         }
     }
 }

@@ -69,9 +69,12 @@ public sealed class HttpBlockDevice : IBlockDevice
     private long _lastChunk = -2;
     private int _window;
 
-    private HttpBlockDevice(HttpClient http, Uri url, RemoteOptions options, ResiliencePipeline pipeline, RemoteCounters counters, long length, EntityTagHeaderValue? etag, DateTimeOffset? modified)
+    private readonly string _name;
+
+    private HttpBlockDevice(HttpClient http, Uri url, string name, RemoteOptions options, ResiliencePipeline pipeline, RemoteCounters counters, long length, EntityTagHeaderValue? etag, DateTimeOffset? modified)
     {
         Counters = counters;
+        _name = name;
         _http = http;
         _url = url;
         _options = options;
@@ -100,10 +103,14 @@ public sealed class HttpBlockDevice : IBlockDevice
 
     /// <summary>Opens a remote object: its size from a ranged GET of its first byte.</summary>
     /// <exception cref="ImageIOException">The server does not answer, refuses, or ignores ranges.</exception>
-    public static HttpBlockDevice Open(string location, RemoteOptions? options = null)
+    /// <param name="location">The object's URL.</param>
+    /// <param name="options">Cache, read-ahead and retries.</param>
+    /// <param name="name">How messages name the object (an s3:// location signed into this URL); by default the URL without its query string.</param>
+    public static HttpBlockDevice Open(string location, RemoteOptions? options = null, string? name = null)
     {
         options ??= new RemoteOptions();
         var url = new Uri(location);
+        name ??= Display(url);
         var http = new HttpClient(new SocketsHttpHandler
         {
             MaxConnectionsPerServer = options.Connections,
@@ -120,21 +127,21 @@ public sealed class HttpBlockDevice : IBlockDevice
             {
                 counters.Requests.Increment();
                 using var request = Range(url, 0, 0);
-                using var response = await Send(http, request, url, token);
+                using var response = await Send(http, request, name, token);
                 if (response.StatusCode == HttpStatusCode.OK)
-                    throw new ImageIOException($"{Display(url)}: the server ignores range requests (it answered 200 with the whole object); mountqcow reads only from servers that answer ranges");
+                    throw new ImageIOException($"{name}: the server ignores range requests (it answered 200 with the whole object); mountqcow reads only from servers that answer ranges");
                 var range = response.Content.Headers.ContentRange;
                 if (range?.Length is not long total)
-                    throw new ImageIOException($"{Display(url)}: the server's answer to a range request has no object size (Content-Range)");
+                    throw new ImageIOException($"{name}: the server's answer to a range request has no object size (Content-Range)");
                 await response.Content.ReadAsByteArrayAsync(token);
                 return (total, response.Headers.ETag, response.Content.Headers.LastModified);
             }).AsTask().GetAwaiter().GetResult();
-            return new HttpBlockDevice(http, url, options, pipeline, counters, length, etag, modified); // the pipeline counts into the device's counters
+            return new HttpBlockDevice(http, url, name, options, pipeline, counters, length, etag, modified); // the pipeline counts into the device's counters
         }
         catch (Exception e) when (e is not ImageException)
         {
             http.Dispose();
-            throw new ImageIOException($"{Display(url)}: {Reason(e)}", e);
+            throw new ImageIOException($"{name}: {Reason(e)}", e);
         }
         catch
         {
@@ -159,7 +166,7 @@ public sealed class HttpBlockDevice : IBlockDevice
     }
 
     /// <summary>Sends a request; 5xx (and 408, 429) answers become retryable failures, other errors one line.</summary>
-    private static async Task<HttpResponseMessage> Send(HttpClient http, HttpRequestMessage request, Uri url, CancellationToken token)
+    private static async Task<HttpResponseMessage> Send(HttpClient http, HttpRequestMessage request, string name, CancellationToken token)
     {
         HttpResponseMessage response;
         try
@@ -168,18 +175,18 @@ public sealed class HttpBlockDevice : IBlockDevice
         }
         catch (HttpRequestException e) when (e.InnerException is System.Security.Authentication.AuthenticationException)
         {
-            throw new ImageIOException($"{Display(url)}: TLS failed: {e.InnerException.Message}");
+            throw new ImageIOException($"{name}: TLS failed: {e.InnerException.Message}");
         }
         int code = (int)response.StatusCode;
         if (code >= 500 || code is 408 or 429)
         {
             response.Dispose();
-            throw new RetryableHttpException($"{Display(url)}: HTTP {code} {response.ReasonPhrase}");
+            throw new RetryableHttpException($"{name}: HTTP {code} {response.ReasonPhrase}");
         }
         if (code >= 400)
         {
             response.Dispose();
-            throw new ImageIOException($"{Display(url)}: HTTP {code} {response.ReasonPhrase}");
+            throw new ImageIOException($"{name}: HTTP {code} {response.ReasonPhrase}");
         }
         return response;
     }
@@ -230,7 +237,7 @@ public sealed class HttpBlockDevice : IBlockDevice
             int needed = (int)Math.Min(_options.ChunksPerRequest, (inChunk + (long)buffer.Length + chunkBytes - 1) / chunkBytes);
             byte[] bytes = Chunk(chunk, needed);
             int n = Math.Min(buffer.Length, bytes.Length - inChunk);
-            if (n <= 0) throw new ImageIOException($"{Display(_url)}: the object is shorter than it was at open");
+            if (n <= 0) throw new ImageIOException($"{_name}: the object is shorter than it was at open");
             bytes.AsSpan(inChunk, n).CopyTo(buffer);
             buffer = buffer[n..];
             offset += n;
@@ -284,7 +291,7 @@ public sealed class HttpBlockDevice : IBlockDevice
         }
         catch (Exception e)
         {
-            throw new ImageIOException($"{Display(_url)}: reading failed after {_options.Retries} retries: {Reason(e)}", e);
+            throw new ImageIOException($"{_name}: reading failed after {_options.Retries} retries: {Reason(e)}", e);
         }
     }
 
@@ -335,16 +342,16 @@ public sealed class HttpBlockDevice : IBlockDevice
         {
             Counters.Requests.Increment();
             using var request = Range(_url, first, last);
-            using var response = await Send(_http, request, _url, token);
+            using var response = await Send(_http, request, _name, token);
             if (response.StatusCode != HttpStatusCode.PartialContent)
-                throw new ImageIOException($"{Display(_url)}: the server answered a range request with HTTP {(int)response.StatusCode}, not 206");
+                throw new ImageIOException($"{_name}: the server answered a range request with HTTP {(int)response.StatusCode}, not 206");
             var etag = response.Headers.ETag;
             var modified = response.Content.Headers.LastModified;
             if ((_etag is not null && etag is not null && etag.Tag != _etag.Tag) || (_etag is null && _modified is not null && modified is not null && modified != _modified))
-                throw new ImageIOException($"{Display(_url)} changed since it was opened ({(_etag is not null ? $"ETag {_etag.Tag}, now {etag?.Tag}" : $"modified {_modified:u}, now {modified:u}")}); reads stop rather than mix two versions");
+                throw new ImageIOException($"{_name} changed since it was opened ({(_etag is not null ? $"ETag {_etag.Tag}, now {etag?.Tag}" : $"modified {_modified:u}, now {modified:u}")}); reads stop rather than mix two versions");
             var range = response.Content.Headers.ContentRange;
             if (range is null || range.From != first || range.To != last)
-                throw new ImageIOException($"{Display(_url)}: the server sent bytes {range?.From}-{range?.To} for a request of {first}-{last}");
+                throw new ImageIOException($"{_name}: the server sent bytes {range?.From}-{range?.To} for a request of {first}-{last}");
             await using var body = await response.Content.ReadAsStreamAsync(token);
             var chunks = new byte[count][];
             for (int i = 0; i < count; i++)
@@ -358,7 +365,7 @@ public sealed class HttpBlockDevice : IBlockDevice
         });
     }
 
-    public void WriteAt(ReadOnlySpan<byte> buffer, long offset) => throw new NotSupportedException($"{Display(_url)} is read-only");
+    public void WriteAt(ReadOnlySpan<byte> buffer, long offset) => throw new NotSupportedException($"{_name} is read-only");
 
     public void Flush() { }
 

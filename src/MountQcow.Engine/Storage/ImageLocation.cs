@@ -6,15 +6,17 @@ namespace MountQcow.Storage;
 /// </summary>
 public static class ImageLocation
 {
-    public static bool IsRemote(string location) => HttpBlockDevice.IsRemote(location);
+    public static bool IsRemote(string location) => HttpBlockDevice.IsRemote(location) || S3Location.IsS3(location);
 
     /// <summary>Opens a file or URL; remote objects only for reading.</summary>
     /// <exception cref="UnsupportedFeatureException">A remote object opened for writing.</exception>
     public static IBlockDevice Open(string location, bool writable, RemoteOptions? remote = null)
     {
         if (!IsRemote(location)) return FileBlockDevice.Open(location, writable);
-        if (writable) throw new UnsupportedFeatureException(HttpBlockDevice.Display(new Uri(location)), "remote images are read-only; mount them without --rw, or export them first");
-        return HttpBlockDevice.Open(location, remote);
+        if (writable) throw new UnsupportedFeatureException(Display(location), "remote images are read-only; mount them without --rw, or export them first");
+        return S3Location.IsS3(location)
+            ? HttpBlockDevice.Open(S3Location.PreSign(location), remote, name: Display(location))
+            : HttpBlockDevice.Open(location, remote);
     }
 
     /// <summary>Whether a location can be opened as far as can be told without fetching: a file that exists, or any URL.</summary>
@@ -25,6 +27,7 @@ public static class ImageLocation
 
     /// <summary>How a location appears in messages: a URL without its query string (which may hold a signature).</summary>
     public static string Display(string location) => IsRemote(location) ? HttpBlockDevice.Display(new Uri(location)) : location;
+
 
     /// <summary>
     /// A name an image at <paramref name="from"/> gives for another file (its backing or data
