@@ -89,7 +89,17 @@ public sealed class ImageBuilder : IDisposable
     {
         string image = PathOf(name);
         string secretObject = $"secret,id=s0,data={secret}";
-        Img("create", "-q", "--object", secretObject, "-f", "qcow2", "-o", $"{encryptOptions},encrypt.key-secret=s0", image, size);
+        // QEMU times PBKDF2 on a thread's CPU clock before it writes a LUKS header, and gives up
+        // ("Unable to get accurate CPU usage") when its first, short round measures 0 ms: a known
+        // QEMU bug (qemu-devel, "crypto: fix bogus error benchmarking pbkdf on fast machines",
+        // January 2025), seen once in CI here. The oracle's flake, not ours: try again.
+        for (int attempt = 1; ; attempt++)
+        {
+            var made = Run.Capture("qemu-img", ["create", "-q", "--object", secretObject, "-f", "qcow2", "-o", $"{encryptOptions},encrypt.key-secret=s0", image, size], workingDirectory: Folder);
+            if (made.ExitCode == 0) break;
+            if (attempt == 5 || !made.Stderr.Contains("Unable to get accurate CPU usage"))
+                throw new InvalidOperationException($"qemu-img create {image} exited {made.ExitCode}: {made.Stderr}");
+        }
         string opts = $"driver=qcow2,file.filename={image},encrypt.key-secret=s0";
         if (commands.Length > 0) Run.Checked("qemu-io", ["--object", secretObject, "--image-opts", opts, .. commands.SelectMany(c => new[] { "-c", c })]);
         string raw = PathOf(name + ".raw");
