@@ -30,9 +30,9 @@ internal static class ExportCommand
             int result = Export(o, source, output);
             if (result != Program.Ok) return result;
         }
-        var remote = image.Chain().Select(l => l.Device is Qcow2Image q ? q.Remote : (l.Device as HttpBlockDevice)?.Counters).Where(c => c is not null).ToList();
+        var remote = image.RemoteLayers().Select(l => l.Counters).ToList();
         if (remote.Count > 0)
-            Console.Error.WriteLine($"fetched {Units.Bytes(remote.Sum(c => c!.BytesFetched.Value))} in {remote.Sum(c => c!.Requests.Value)} range requests ({remote.Sum(c => c!.Retries.Value)} retried)");
+            Console.Error.WriteLine($"fetched {Units.Bytes(remote.Sum(c => c.BytesFetched.Value))} in {remote.Sum(c => c.Requests.Value)} range requests ({remote.Sum(c => c.Retries.Value)} retried)");
         return Program.Ok;
     }
 

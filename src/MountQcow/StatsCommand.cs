@@ -23,9 +23,8 @@ internal sealed record MountStatistics(
             tree?.ReadCounts.Requests ?? 0, tree?.ReadCounts.Bytes ?? 0, tree?.ReadCounts.HostRangeBytes ?? 0,
             image.Chain().Select(l => Layer(l.Path, l.Device)).ToArray(),
             snapshots.Select(s => s.Statistics with { HostReads = 0, HostBytesRead = 0, HostWrites = 0, HostBytesWritten = 0 }).ToArray(),
-            image.Chain().Select(l => (l.Path, Counters: l.Device is Qcow2Image q ? q.Remote : (l.Device as HttpBlockDevice)?.Counters))
-                .Where(l => l.Counters is not null)
-                .Select(l => new RemoteStatistics(l.Path, l.Counters!.Requests.Value, l.Counters.BytesFetched.Value, l.Counters.Retries.Value, l.Counters.CacheHits.Value))
+            image.RemoteLayers()
+                .Select(l => new RemoteStatistics(l.Path, l.Counters.Requests.Value, l.Counters.BytesFetched.Value, l.Counters.Retries.Value, l.Counters.CacheHits.Value))
                 .ToArray());
 
     /// <summary>A qcow2 layer's own counters; a raw backing file's requests, as data read.</summary>

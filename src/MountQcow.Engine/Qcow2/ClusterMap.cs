@@ -191,11 +191,7 @@ internal sealed class ClusterMap
         long fileLength = _file.Length;
         if (l2Offset > fileLength - clusterSize)
             throw Corrupt($"L2 table offset 0x{l2Offset:x} lies past the end of the file (L1 index {l1Index})");
-        var entries = new ulong[clusterSize / sizeof(ulong)];
-        var bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(entries.AsSpan());
-        _file.ReadAt(bytes, l2Offset);
-        BigEndian.ToHost(entries);
-        return new L2Cache.Table(l2Offset, entries);
+        return new L2Cache.Table(l2Offset, BigEndian.ReadTable(_file, l2Offset, (int)(clusterSize / sizeof(ulong))));
     }
 
     private CorruptImageException Corrupt(string what) => new(_path, what);

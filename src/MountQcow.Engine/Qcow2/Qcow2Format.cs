@@ -1,4 +1,6 @@
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using MountQcow.Storage;
 
 namespace MountQcow.Qcow2;
 
@@ -356,6 +358,15 @@ internal static class BigEndian
     public static void Put(Span<byte> b, int at, uint v) => BinaryPrimitives.WriteUInt32BigEndian(b[at..], v);
     public static void Put(Span<byte> b, int at, ulong v) => BinaryPrimitives.WriteUInt64BigEndian(b[at..], v);
     public static void Put(Span<byte> b, int at, ushort v) => BinaryPrimitives.WriteUInt16BigEndian(b[at..], v);
+
+    /// <summary>Reads a table of <paramref name="count"/> big-endian u64 entries (an L1 or L2 table) into host order.</summary>
+    public static ulong[] ReadTable(IBlockDevice file, long offset, int count)
+    {
+        var table = new ulong[count];
+        file.ReadAt(MemoryMarshal.AsBytes(table.AsSpan()), offset);
+        ToHost(table);
+        return table;
+    }
 
     /// <summary>Converts a table of big-endian u64 entries, in place, to host order.</summary>
     public static void ToHost(Span<ulong> table)

@@ -33,7 +33,9 @@ public sealed partial class Qcow2Image
             _writer!.Sync();
             SetCopiedFlags(); // every reached cluster is shared now: no COPIED flag
             _writer.Sync();
-            long l1Offset = WriteTable(ToBigEndian(_map.L1), MetadataKind.SnapshotL1, "the new snapshot's L1 table");
+            var disk = new ulong[_map.L1.Length];
+            BigEndian.ToDisk(_map.L1, disk);
+            long l1Offset = WriteTable(MemoryMarshal.AsBytes(disk.AsSpan()), MetadataKind.SnapshotL1, "the new snapshot's L1 table");
             string id = NextSnapshotId();
             var entry = SnapshotTable.Encode(id, name, l1Offset, _map.L1.Length, date, Length);
             SwitchSnapshotTable([.. Snapshots.Select(s => s.Raw), entry]);
@@ -47,7 +49,7 @@ public sealed partial class Qcow2Image
         int index = IndexOfSnapshot(snapshot);
         SnapshotChange(() =>
         {
-            var l1 = ReadL1Table(snapshot.L1TableOffset, snapshot.L1Size);
+            var l1 = BigEndian.ReadTable(_file, snapshot.L1TableOffset, snapshot.L1Size);
             var references = References(l1, active: false);
             SwitchSnapshotTable(Snapshots.Where((_, i) => i != index).Select(s => s.Raw).ToList());
             foreach (var (cluster, (count, kind)) in references)
@@ -72,7 +74,7 @@ public sealed partial class Qcow2Image
             throw new UnsupportedFeatureException(Path, $"snapshot {snapshot.Id} has a larger L1 table ({snapshot.L1Size} entries) than the disk now ({_map.L1.Length}); QEMU would grow the table first, which is not implemented");
         SnapshotChange(() =>
         {
-            var target = ReadL1Table(snapshot.L1TableOffset, snapshot.L1Size);
+            var target = BigEndian.ReadTable(_file, snapshot.L1TableOffset, snapshot.L1Size);
             var gained = References(target, active: false);
             CheckRaise(gained, "applying the snapshot");
             var lost = References(_map.L1, active: true);
@@ -140,7 +142,7 @@ public sealed partial class Qcow2Image
             long l2 = new L1Entry(l1[i]).L2Offset;
             if (l2 == 0) continue;
             Add(l2 >> bits, MetadataKind.L2Table);
-            ulong[] entries = active ? _map.GetTable(i)!.Entries : ReadL2Table(l2);
+            ulong[] entries = active ? _map.GetTable(i)!.Entries : BigEndian.ReadTable(_file, l2, _clusterSize / 8);
             for (int j = 0; j < entries.Length; j += stride)
             {
                 var entry = new L2Entry(entries[j]);
@@ -257,27 +259,4 @@ public sealed partial class Qcow2Image
     /// <summary>The next free id as QEMU picks it: one more than the largest numeric id.</summary>
     private string NextSnapshotId() =>
         (Snapshots.Select(s => long.TryParse(s.Id, out long n) ? n : 0).DefaultIfEmpty(0).Max() + 1).ToString();
-
-    private ulong[] ReadL1Table(long offset, int entries)
-    {
-        var l1 = new ulong[entries];
-        _file.ReadAt(MemoryMarshal.AsBytes(l1.AsSpan()), offset);
-        BigEndian.ToHost(l1);
-        return l1;
-    }
-
-    private ulong[] ReadL2Table(long offset)
-    {
-        var l2 = new ulong[_clusterSize / 8];
-        _file.ReadAt(MemoryMarshal.AsBytes(l2.AsSpan()), offset);
-        BigEndian.ToHost(l2);
-        return l2;
-    }
-
-    private static byte[] ToBigEndian(ulong[] table)
-    {
-        var bytes = new byte[table.Length * 8];
-        for (int i = 0; i < table.Length; i++) BigEndian.Put(bytes, i * 8, table[i]);
-        return bytes;
-    }
 }

@@ -93,9 +93,7 @@ public sealed partial class Qcow2Image
         {
             if (s.L1Size == 0) continue;
             map.Add(s.L1TableOffset, s.L1Size * 8L, MetadataKind.SnapshotL1, $"the L1 table of snapshot {s.Id}");
-            var l1 = new ulong[s.L1Size];
-            _file.ReadAt(MemoryMarshal.AsBytes(l1.AsSpan()), s.L1TableOffset);
-            BigEndian.ToHost(l1);
+            var l1 = BigEndian.ReadTable(_file, s.L1TableOffset, s.L1Size);
             RegisterL2Tables(map, l1, $"snapshot {s.Id}");
         }
     }

@@ -145,6 +145,12 @@ public sealed partial class Qcow2Image : IBlockDevice
     /// <summary>A remote image file's requests, bytes fetched, retries and cache hits; null for local files.</summary>
     public RemoteCounters? Remote => (_file as HttpBlockDevice)?.Counters;
 
+    /// <summary>Each remote file of the chain (this image, its backing files) with its counters, top first.</summary>
+    public IEnumerable<(string Path, RemoteCounters Counters)> RemoteLayers() =>
+        Chain().Select(l => (l.Path, Counters: l.Device is Qcow2Image q ? q.Remote : (l.Device as HttpBlockDevice)?.Counters))
+            .Where(l => l.Counters is not null)
+            .Select(l => (l.Path, l.Counters!));
+
     /// <summary>The header as read at open.</summary>
     public Qcow2Header Header { get; private set; }
 
@@ -218,9 +224,7 @@ public sealed partial class Qcow2Image : IBlockDevice
         if (snapshot.L1Size < needed)
             throw new CorruptImageException(Path, $"snapshot {snapshot.Id}: L1 table of {snapshot.L1Size} entries is too small for {snapshot.DiskSize} bytes (needs {needed})");
         Qcow2Header.CheckTable($"snapshot {snapshot.Id}: L1 table", snapshot.L1TableOffset, snapshot.L1Size * 8L, _clusterMask, _file.Length, Path);
-        var l1 = new ulong[snapshot.L1Size];
-        _file.ReadAt(MemoryMarshal.AsBytes(l1.AsSpan()), snapshot.L1TableOffset);
-        BigEndian.ToHost(l1);
+        var l1 = BigEndian.ReadTable(_file, snapshot.L1TableOffset, snapshot.L1Size);
         return new Qcow2Image(Path, _file, _data, _backing, Header, l1, [], 0, new ImageOptions { L2CacheBytes = l2CacheBytes }, snapshot.DiskSize)
         {
             ShownSnapshot = snapshot,
@@ -378,13 +382,7 @@ public sealed partial class Qcow2Image : IBlockDevice
         return BigEndian.U32(start, 4) == 1 ? "qcow" : "qcow2";
     }
 
-    private static ulong[] ReadL1(IBlockDevice file, Qcow2Header header)
-    {
-        var l1 = new ulong[header.L1Size];
-        file.ReadAt(MemoryMarshal.AsBytes(l1.AsSpan()), header.L1TableOffset);
-        BigEndian.ToHost(l1);
-        return l1;
-    }
+    private static ulong[] ReadL1(IBlockDevice file, Qcow2Header header) => BigEndian.ReadTable(file, header.L1TableOffset, header.L1Size);
 
     public void ReadAt(Span<byte> buffer, long offset)
     {
