@@ -15,7 +15,7 @@ internal static class ConvertCommand
     {
         if (ImageLocation.Full(o.Source) == Path.GetFullPath(o.Image)) throw new UserError("SOURCE and IMAGE are the same file");
         using IBlockDevice source = Qcow2Image.Probe(o.Source) == "qcow2"
-            ? Qcow2Image.Open(o.Source, new ImageOptions { Warn = Cli.Warn, Passphrase = Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking })
+            ? Qcow2Image.Open(o.Source, new ImageOptions { Warn = Cli.Warn, Passphrase = Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking, Remote = o.Remote() })
             : ImageLocation.Open(o.Source, writable: false);
         if (source is Qcow2Image qcow2)
         {

@@ -18,7 +18,7 @@ internal static class ExportCommand
         foreach (var (_, output) in targets)
             if (!o.Force && output != "-" && Native.FileType(output) == Native.UnixFileType.Regular)
                 throw new UserError($"{output} already exists (use --force to overwrite it)");
-        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn, ShareWrites = o.ForceShare, Passphrase = Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking });
+        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn, ShareWrites = o.ForceShare, Passphrase = Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking, Remote = o.Remote() });
         Cli.RequireKeys(image);
         Cli.WarnIfInUse(image);
         using var snapshot = o.Snapshot is null ? null : OpenSnapshot(o, image);

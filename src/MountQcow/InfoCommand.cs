@@ -57,7 +57,7 @@ internal static class InfoCommand
     {
         var warnings = new List<string>();
         // A broken chain is what a user runs info to understand: describe what resolves, then fail.
-        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = warnings.Add, AllowMissingBacking = true, Passphrase = o.KeyFile is null ? null : Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking });
+        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = warnings.Add, AllowMissingBacking = true, Passphrase = o.KeyFile is null ? null : Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking, Remote = o.Remote() });
         var info = Describe(image);
         if (o.Json)
         {

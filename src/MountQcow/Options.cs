@@ -1,4 +1,5 @@
 using CommandLine;
+using MountQcow.Storage;
 
 namespace MountQcow.Host;
 
@@ -13,8 +14,29 @@ internal abstract class CommonOptions
     public bool Verbose { get; set; }
 }
 
+/// <summary>Options of the verbs that read an image which may be remote or encrypted.</summary>
+internal abstract class ImageReadingOptions : CommonOptions
+{
+    [Option("allow-local-backing", HelpText = "Let a remote (http, https) image name a local file as its backing file (refused otherwise: a downloaded image must not make this program read local files).")]
+    public bool AllowLocalBacking { get; set; }
+
+    [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
+    public string? KeyFile { get; set; }
+
+    [Option("remote-cache", Default = "64M", HelpText = "Memory for chunks fetched from a remote image (at least 1M); reads in order keep up to half of it in flight.")]
+    public string RemoteCache { get; set; } = "64M";
+
+    /// <summary>How a remote image is read, from --remote-cache.</summary>
+    public RemoteOptions Remote()
+    {
+        long bytes = Units.ParseSize(RemoteCache);
+        if (bytes < 1 << 20) throw new UsageError($"--remote-cache {RemoteCache}: give at least 1M");
+        return new RemoteOptions { CacheBytes = bytes };
+    }
+}
+
 [Verb("info", HelpText = "Show an image's format, size, features, backing chain, snapshots and partitions.")]
-internal sealed class InfoOptions : CommonOptions
+internal sealed class InfoOptions : ImageReadingOptions
 {
     [Value(1, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
@@ -24,12 +46,6 @@ internal sealed class InfoOptions : CommonOptions
 
     [Option("json", HelpText = "Print JSON instead of text.")]
     public bool Json { get; set; }
-
-    [Option("allow-local-backing", HelpText = "Let a remote (http, https) image name a local file as its backing file (refused otherwise: a downloaded image must not make this program read local files).")]
-    public bool AllowLocalBacking { get; set; }
-
-    [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
-    public string? KeyFile { get; set; }
 }
 
 [Verb("check", HelpText = "Check an image's consistency as qemu-img check does; optionally repair it.")]
@@ -52,7 +68,7 @@ internal sealed class CheckOptions : CommonOptions
 }
 
 [Verb("export", HelpText = "Write the virtual disk as raw bytes: to a sparse file, a block device or a pipe.")]
-internal sealed class ExportOptions : CommonOptions
+internal sealed class ExportOptions : ImageReadingOptions
 {
     [Value(2, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
@@ -77,16 +93,10 @@ internal sealed class ExportOptions : CommonOptions
 
     [Option("no-progress", HelpText = "Do not draw a progress bar.")]
     public bool NoProgress { get; set; }
-
-    [Option("allow-local-backing", HelpText = "Let a remote (http, https) image name a local file as its backing file (refused otherwise: a downloaded image must not make this program read local files).")]
-    public bool AllowLocalBacking { get; set; }
-
-    [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
-    public string? KeyFile { get; set; }
 }
 
 [Verb("mount", isDefault: true, HelpText = "Mount IMAGE at MOUNTPOINT as disk.raw and one pN.raw per partition (the default verb).")]
-internal sealed class MountOptions : CommonOptions
+internal sealed class MountOptions : ImageReadingOptions
 {
     [Value(2, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
@@ -114,12 +124,6 @@ internal sealed class MountOptions : CommonOptions
 
     [Option('d', "debug", HelpText = "Print every FUSE request, or Dokan's debug output on Windows (implies --foreground).")]
     public bool Debug { get; set; }
-
-    [Option("allow-local-backing", HelpText = "Let a remote (http, https) image name a local file as its backing file (refused otherwise: a downloaded image must not make this program read local files).")]
-    public bool AllowLocalBacking { get; set; }
-
-    [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
-    public string? KeyFile { get; set; }
 }
 
 [Verb("unmount", HelpText = "Unmount, and wait until the image is flushed and closed (umount returns before that).")]
@@ -208,7 +212,7 @@ internal sealed class CreateVerbOptions : CommonOptions
 }
 
 [Verb("convert", HelpText = "Turn a raw disk, a block device or a qcow2 image into a new qcow2 image.")]
-internal sealed class ConvertOptions : CommonOptions
+internal sealed class ConvertOptions : ImageReadingOptions
 {
     [Value(2, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
@@ -230,10 +234,4 @@ internal sealed class ConvertOptions : CommonOptions
 
     [Option("no-progress", HelpText = "Do not draw a progress bar.")]
     public bool NoProgress { get; set; }
-
-    [Option("allow-local-backing", HelpText = "Let a remote (http, https) image name a local file as its backing file (refused otherwise: a downloaded image must not make this program read local files).")]
-    public bool AllowLocalBacking { get; set; }
-
-    [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
-    public string? KeyFile { get; set; }
 }

@@ -7,7 +7,7 @@ namespace MountQcow.Tests;
 /// <summary>
 /// Debian's nginx, started by a test on a loopback port with its own configuration, serving a
 /// folder (with range requests, as nginx always does); stopped on dispose. One process, no master
-/// (so no user switch: it reads what the test's user can).
+/// (so no user switch: it reads what the test's user can). /forbidden.qcow2 answers 403.
 /// </summary>
 public sealed class Nginx : IDisposable
 {
@@ -37,6 +37,7 @@ public sealed class Nginx : IDisposable
               server {
                 listen 127.0.0.1:{{Port}};
                 root {{root}};
+                location = /forbidden.qcow2 { return 403; }
               }
             }
             """);

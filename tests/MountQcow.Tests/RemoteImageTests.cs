@@ -85,7 +85,10 @@ public sealed class RemoteImageTests : IDisposable
         File.WriteAllText(_b.PathOf("not.qcow2"), "not an image at all");
         using var nginx = new Nginx(_b.Folder);
         AssertOneLineError(MountqcowProgram.Run("info", nginx.Url("missing.qcow2") + "?token=SECRET"), $"{nginx.Url("missing.qcow2")}: HTTP 404 Not Found");
+        AssertOneLineError(MountqcowProgram.Run("info", nginx.Url("forbidden.qcow2")), $"{nginx.Url("forbidden.qcow2")}: HTTP 403 Forbidden");
         AssertOneLineError(MountqcowProgram.Run("info", nginx.Url("not.qcow2")), "not a qcow2 image");
+        // TLS to a server that speaks plain HTTP: the handshake fails, in one line.
+        AssertOneLineError(MountqcowProgram.Run("export", $"https://127.0.0.1:{nginx.Port}/a.qcow2", _b.PathOf("tls.raw")), $"https://127.0.0.1:{nginx.Port}/a.qcow2: ");
         AssertOneLineError(MountqcowProgram.Run("info", nginx.Url("local-backing.qcow2")), "pass --allow-local-backing");
         Assert.Equal(0, MountqcowProgram.Run("info", nginx.Url("local-backing.qcow2"), "--allow-local-backing").ExitCode);
         AssertOneLineError(MountqcowProgram.Run("info", $"http://127.0.0.1:{Nginx.FreePort()}/a.qcow2"), "Connection refused");
@@ -160,94 +163,6 @@ public sealed class RemoteImageTests : IDisposable
         using var always = new FaultyProxy(nginx.Url(""), seed: 4, failEvery: true);
         var e = Assert.ThrowsAny<ImageException>(() => Qcow2Image.Open(always.Url("faults.qcow2"), new ImageOptions { Remote = new RemoteOptions { Retries = 1, RetryDelay = TimeSpan.FromMilliseconds(10), AttemptTimeout = TimeSpan.FromSeconds(1) } }));
         Assert.DoesNotContain("\n", e.Message);
-    }
-
-    /// <summary>
-    /// An HTTP proxy in front of nginx that, at random, answers 503, stalls past the client's
-    /// attempt timeout, or cuts a response off halfway; otherwise it passes the request through.
-    /// </summary>
-    private sealed class FaultyProxy : IDisposable
-    {
-        private readonly HttpListener _listener = new();
-        private readonly HttpClient _upstream = new();
-        private readonly string _target;
-        private readonly Random _random;
-        private readonly bool _failEvery;
-        private int _faults;
-
-        public FaultyProxy(string target, int seed, bool failEvery = false)
-        {
-            _target = target;
-            _random = new Random(seed);
-            _failEvery = failEvery;
-            Port = Nginx.FreePort();
-            _listener.Prefixes.Add($"http://127.0.0.1:{Port}/");
-            _listener.Start();
-            new Thread(Serve) { IsBackground = true }.Start();
-        }
-
-        public int Port { get; }
-
-        public int Faults => Volatile.Read(ref _faults);
-
-        public string Url(string name) => $"http://127.0.0.1:{Port}/{name}";
-
-        private void Serve()
-        {
-            while (_listener.IsListening)
-            {
-                HttpListenerContext context;
-                try { context = _listener.GetContext(); }
-                catch (Exception e) when (e is HttpListenerException or ObjectDisposedException or InvalidOperationException) { return; }
-                ThreadPool.QueueUserWorkItem(_ => Answer(context));
-            }
-        }
-
-        private void Answer(HttpListenerContext context)
-        {
-            int roll;
-            lock (_random) roll = _failEvery ? 0 : _random.Next(10);
-            try
-            {
-                if (roll <= 2) Interlocked.Increment(ref _faults);
-                if (roll == 0)
-                {
-                    context.Response.StatusCode = 503;
-                    context.Response.Close();
-                    return;
-                }
-                if (roll == 1) Thread.Sleep(1500); // past the client's one-second attempt
-                using var request = new HttpRequestMessage(HttpMethod.Get, _target + context.Request.Url!.AbsolutePath.TrimStart('/'));
-                if (context.Request.Headers["Range"] is { } range) request.Headers.TryAddWithoutValidation("Range", range);
-                using var answer = _upstream.Send(request);
-                byte[] body = answer.Content.ReadAsByteArrayAsync().GetAwaiter().GetResult();
-                context.Response.StatusCode = (int)answer.StatusCode;
-                if (answer.Content.Headers.ContentRange is { } contentRange) context.Response.Headers["Content-Range"] = contentRange.ToString();
-                if (answer.Headers.ETag is { } etag) context.Response.Headers["ETag"] = etag.ToString();
-                if (answer.Content.Headers.LastModified is { } modified) context.Response.Headers["Last-Modified"] = modified.ToString("R");
-                context.Response.ContentLength64 = body.Length;
-                if (roll == 2 && body.Length > 1)
-                {
-                    context.Response.OutputStream.Write(body, 0, body.Length / 2);
-                    context.Response.Abort(); // cut off halfway
-                    return;
-                }
-                context.Response.OutputStream.Write(body);
-                context.Response.Close();
-            }
-            catch (Exception)
-            {
-                // The client gave up (a stalled request timed out), or the test ended and took nginx
-                // with it while a stalled request slept: nothing to answer, and a work item must not throw.
-            }
-        }
-
-        public void Dispose()
-        {
-            _listener.Stop();
-            _listener.Close();
-            _upstream.Dispose();
-        }
     }
 
     [NeedsFact("qemu", "s3rver")]
