@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # build.sh          restore, build Release, publish the host to artifacts/mountqcow/mountqcow
-# build.sh demo     build, make a small demo image, mount it and read a partition's files
+# build.sh demo     build, make a small demo image, mount it with --files and read a partition's files
 # build.sh test     build (and publish mountqcow.exe for win-x64), then run every test; the last line is "N passed, N failed"
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -29,7 +29,7 @@ build() {
 }
 
 run_tests() {
-  need_packages fuse3 libfuse3-dev qemu-utils e2fsprogs fdisk gcc pkg-config gcc-mingw-w64-x86-64 dosfstools ntfs-3g xfsprogs btrfs-progs nginx
+  need_packages fuse3 libfuse3-dev qemu-utils e2fsprogs fdisk gcc pkg-config gcc-mingw-w64-x86-64 dosfstools ntfs-3g xfsprogs btrfs-progs nginx fuse2fs fusefat mtools procps
   # s3rver, an S3-compatible server on loopback, for the s3:// tests
   if ! command -v s3rver >/dev/null; then
     if [ "$(id -u)" -eq 0 ] && command -v npm >/dev/null; then npm install -g --no-audit --no-fund s3rver@3 >/dev/null
@@ -54,30 +54,22 @@ run_tests() {
 }
 
 demo() {
-  need_packages fuse3 e2fsprogs fdisk
+  need_packages fuse3 e2fsprogs fdisk fuse2fs
   build
   local dir=$root/artifacts/demo mq=$root/artifacts/mountqcow/mountqcow
   mkdir -p "$dir/mnt"
   [ -f "$dir/demo.qcow2" ] || demo/make-demo.sh "$dir/demo.qcow2" "$mq"
   if mountpoint -q "$dir/mnt"; then fusermount3 -u "$dir/mnt" 2>/dev/null || umount "$dir/mnt"; fi
   echo
-  echo "\$ mountqcow $dir/demo.qcow2 $dir/mnt"
-  "$mq" "$dir/demo.qcow2" "$dir/mnt"
+  # --files: each partition's file system mounted by its user-space driver (fuse2fs), no root needed
+  echo "\$ mountqcow --files $dir/demo.qcow2 $dir/mnt"
+  "$mq" --files "$dir/demo.qcow2" "$dir/mnt"
   echo "\$ ls -l $dir/mnt"
   ls -l "$dir/mnt"
-  if [ "$(id -u)" -eq 0 ]; then
-    mkdir -p "$dir/p2"
-    mountpoint -q "$dir/p2" && umount "$dir/p2"
-    echo "\$ mount -o loop,ro $dir/mnt/p2.raw $dir/p2"
-    mount -o loop,ro "$dir/mnt/p2.raw" "$dir/p2"
-    echo "\$ ls -R $dir/p2/home"
-    ls -R "$dir/p2/home"
-    echo "\$ cat $dir/p2/home/demo/README.txt"
-    cat "$dir/p2/home/demo/README.txt"
-    umount "$dir/p2"
-  else
-    echo "to read the files inside: sudo mount -o loop,ro $dir/mnt/p2.raw /mnt"
-  fi
+  echo "\$ ls -R $dir/mnt/p2/home"
+  ls -R "$dir/mnt/p2/home"
+  echo "\$ cat $dir/mnt/p2/home/demo/README.txt"
+  cat "$dir/mnt/p2/home/demo/README.txt"
   echo
   echo "the demo image stays mounted at $dir/mnt; unmount it with: $mq unmount $dir/mnt"
 }

@@ -19,7 +19,7 @@ TABLE
 mkdir -p "$work/boot" "$work/root/etc" "$work/root/home/demo/notes"
 echo "demo-vm" > "$work/root/etc/hostname"
 printf 'NAME="MountQcow demo"\nID=demo\n' > "$work/root/etc/os-release"
-printf 'Hello from inside a qcow2 image.\nYou read this through MountQcow and a loop mount.\n' > "$work/root/home/demo/README.txt"
+printf 'Hello from inside a qcow2 image.\nYou read this through MountQcow and the file system driver it started.\n' > "$work/root/home/demo/README.txt"
 for i in 1 2 3; do seq -f "note $i line %g" 1 2000 > "$work/root/home/demo/notes/note-$i.txt"; done
 echo "pretend kernel" > "$work/boot/vmlinuz-demo"
 printf 'menuentry "demo" { linux /vmlinuz-demo root=/dev/vda2 }\n' > "$work/boot/grub.cfg"

@@ -16,7 +16,7 @@ internal static unsafe class FuseFileSystem
     private const int O_ACCMODE = 3, O_RDONLY = 0;
     private const int SEEK_DATA = 3, SEEK_HOLE = 4;
     private const int W_OK = 2;
-    private const uint S_IFDIR = 0x4000, S_IFREG = 0x8000;
+    private const uint S_IFDIR = 0x4000, S_IFREG = 0x8000, S_IFLNK = 0xa000;
     private const int FALLOC_FL_KEEP_SIZE = 0x01, FALLOC_FL_PUNCH_HOLE = 0x02, FALLOC_FL_ZERO_RANGE = 0x10;
     // The largest request whose reply libfuse can still splice in up to MaxBuffers pieces: it
     // sizes its pipe as the reply plus a page per piece and two more, and a pipe cannot grow past
@@ -56,6 +56,7 @@ internal static unsafe class FuseFileSystem
         return new fuse_operations
         {
             getattr = (nint)(delegate* unmanaged<byte*, void*, fuse_file_info*, int>)&GetAttr,
+            readlink = (nint)(delegate* unmanaged<byte*, byte*, nuint, int>)&ReadLink,
             truncate = (nint)(delegate* unmanaged<byte*, long, fuse_file_info*, int>)&Truncate,
             open = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Open,
             read_buf = (nint)(delegate* unmanaged<byte*, fuse_bufvec**, nuint, long, fuse_file_info*, int>)&ReadBuf,
@@ -162,13 +163,34 @@ internal static unsafe class FuseFileSystem
             FileFacts facts;
             if (FileOf(path, fi) is { } file) facts = file.Facts;
             else if (FolderOf(path, fi) is { } folder) facts = folder.Facts;
+            else if (EntryAt(path).Link is { } link) facts = link.Facts;
             else return -ENOENT;
-            FillStat(stat, (facts.IsDirectory ? S_IFDIR : S_IFREG) | facts.Permissions, facts.Links, facts.Length, (facts.AllocatedBytes + 511) / 512);
+            uint kind = facts.IsLink ? S_IFLNK : facts.IsDirectory ? S_IFDIR : S_IFREG;
+            FillStat(stat, kind | facts.Permissions, facts.Links, facts.Length, (facts.AllocatedBytes + 511) / 512);
             return 0;
         }
         catch (Exception e)
         {
             return Fail(e, "getattr");
+        }
+    }
+
+    /// <summary>A link's target, NUL-terminated, cut to the buffer as readlink(2) cuts it.</summary>
+    [UnmanagedCallersOnly]
+    private static int ReadLink(byte* path, byte* buffer, nuint size)
+    {
+        try
+        {
+            if (EntryAt(path).Link is not { } link) return -EINVAL;
+            if (size == 0) return -EINVAL;
+            int n = (int)Math.Min((nuint)link.TargetUtf8.Length, size - 1);
+            link.TargetUtf8.AsSpan(0, n).CopyTo(new Span<byte>(buffer, n));
+            buffer[n] = 0;
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Fail(e, "readlink");
         }
     }
 
@@ -390,6 +412,7 @@ internal static unsafe class FuseFileSystem
             foreach (var sub in folder.Folders)
                 if (!sub.Hidden) Fill(fill, buffer, name, sub.NameUtf8);
             foreach (var file in folder.Files) Fill(fill, buffer, name, file.NameUtf8);
+            foreach (var link in folder.Links) Fill(fill, buffer, name, link.NameUtf8);
             return 0;
         }
         catch (Exception e)

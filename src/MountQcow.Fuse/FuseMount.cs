@@ -37,7 +37,10 @@ public sealed record FuseOptions
 /// </summary>
 public sealed unsafe class FuseMount : IMount
 {
+    // The callbacks are static: every mount of a process serves one tree.
+    private static readonly object s_lock = new();
     private static int s_instances;
+    private static VirtualFileTree? s_tree;
     private nint _fuse;
     private fuse_operations* _ops;
     private readonly FuseOptions _options;
@@ -71,15 +74,19 @@ public sealed unsafe class FuseMount : IMount
         return null;
     }
 
-    /// <summary>Mounts <paramref name="tree"/> at <paramref name="mountpoint"/> (an existing empty directory).</summary>
+    /// <summary>
+    /// Mounts <paramref name="tree"/> at <paramref name="mountpoint"/> (an existing empty directory).
+    /// A process may mount one tree at more than one place (each mount is its own session), never two trees.
+    /// </summary>
     /// <exception cref="FuseException">FUSE is unavailable, or libfuse refused the options or the mount.</exception>
     public static FuseMount Mount(VirtualFileTree tree, string mountpoint, FuseOptions options)
     {
         if (Unavailable() is { } reason) throw new FuseException(reason);
-        if (Interlocked.Increment(ref s_instances) != 1)
+        lock (s_lock)
         {
-            Interlocked.Decrement(ref s_instances);
-            throw new FuseException("one FUSE mount per process");
+            if (s_instances > 0 && s_tree != tree) throw new FuseException("the FUSE mounts of a process all serve one tree");
+            s_instances++;
+            s_tree = tree;
         }
         var ops = (fuse_operations*)NativeMemory.AllocZeroed((nuint)sizeof(fuse_operations));
         *ops = FuseFileSystem.Operations(tree, options.Log);
@@ -109,7 +116,7 @@ public sealed unsafe class FuseMount : IMount
         {
             if (fuse != 0) LibFuse3.fuse_destroy(fuse);
             NativeMemory.Free(ops);
-            Interlocked.Decrement(ref s_instances);
+            Release();
             throw;
         }
         finally
@@ -216,6 +223,14 @@ public sealed unsafe class FuseMount : IMount
         _fuse = 0;
         NativeMemory.Free(_ops);
         _ops = null;
-        Interlocked.Decrement(ref s_instances);
+        Release();
+    }
+
+    private static void Release()
+    {
+        lock (s_lock)
+        {
+            if (--s_instances == 0) s_tree = null;
+        }
     }
 }

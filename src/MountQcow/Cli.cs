@@ -94,6 +94,13 @@ internal static class Cli
                 throw new KeyNeededException(path, layer.Encryption!);
     }
 
+    /// <summary>A program's full path: on PATH, or in the system folders an ordinary user's PATH leaves out; null if not installed.</summary>
+    public static string? FindProgram(string name) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries)
+        .Concat(["/usr/sbin", "/sbin"])
+        .Select(dir => Path.Combine(dir, name))
+        .FirstOrDefault(File.Exists);
+
     public static void Warn(string message) => s_sink($"mountqcow: warning: {message}");
 
     public static void Info(string message) => s_sink($"mountqcow: {message}");

@@ -36,6 +36,7 @@ internal static class MountCommand
         long l2Cache = Units.ParseSize(o.L2Cache);
         if (l2Cache < 1) throw new UsageError($"--l2-cache {o.L2Cache}: the cache needs room for at least one L2 table (e.g. 1M)");
         o.Remote(); // checked here, before the background copy starts
+        var files = FilesModeOf(o);
         if (OperatingSystem.IsWindows()) return RunOnWindows(o, image, l2Cache);
         string mountpoint = Path.GetFullPath(o.Mountpoint).TrimEnd('/');
         if (mountpoint.Length == 0) mountpoint = "/";
@@ -49,7 +50,22 @@ internal static class MountCommand
         Environment.SetEnvironmentVariable(BackgroundVariable, null); // not for the programs it starts (fusermount3)
         if (!o.Foreground && !o.Debug && !detached) return StartInBackground(args, mountpoint, PassphraseForChild(o, image));
         if (detached) Native.NewSession();
-        return Serve(o, image, mountpoint, l2Cache, detached, user);
+        return Serve(o, image, mountpoint, l2Cache, detached, user, files);
+    }
+
+    /// <summary>--files: none, user-space drivers (a bare --files), or the kernel's (root only).</summary>
+    private static FilesMode? FilesModeOf(MountOptions o)
+    {
+        if (o.Files is null) return null;
+        if (OperatingSystem.IsWindows())
+            throw new UsageError("--files needs Linux's file system drivers; on Windows, open pN.raw with 7-Zip or attach it with OSFMount");
+        return o.Files switch
+        {
+            "user" => FilesMode.User,
+            "kernel" when Native.IsRoot => FilesMode.Kernel,
+            "kernel" => throw new UserError("--files=kernel mounts through loop devices, which needs root; without root, --files mounts with user-space drivers"),
+            _ => throw new UsageError($"--files={o.Files}: give --files (user-space drivers) or --files=kernel"),
+        };
     }
 
     /// <summary>On Windows: a drive letter or an empty folder, served by Dokan in the foreground.</summary>
@@ -66,7 +82,7 @@ internal static class MountCommand
             MountPoint.CheckFolder(o.Mountpoint, mountpoint, mayHoldFiles: false);
         }
         if (DokanMount.Unavailable() is { } reason) throw new UserError(reason);
-        return Serve(o, image, mountpoint, l2Cache, background: false, []);
+        return Serve(o, image, mountpoint, l2Cache, background: false, [], files: null);
     }
 
     /// <summary>"M:" or "M:\": what a Windows user types for a drive.</summary>
@@ -86,7 +102,7 @@ internal static class MountCommand
         return user;
     }
 
-    private static int Serve(MountOptions o, string imagePath, string mountpoint, long l2Cache, bool background, List<string> user)
+    private static int Serve(MountOptions o, string imagePath, string mountpoint, long l2Cache, bool background, List<string> user, FilesMode? files)
     {
         // Signals are taken over first: one that arrives while the mount is being made must not
         // end the process and leave a dead mount behind; it ends the mount once it exists.
@@ -107,10 +123,14 @@ internal static class MountCommand
         foreach (string w in tree.Partitions.Warnings) Cli.Warn($"partition table: {w}");
         foreach (string w in tree.Warnings) Cli.Warn(w);
         tree.StartAllocationScan(); // sizes on disk for `ls -s` and `du`, counted while the mount starts
+        // --files: the file systems inside are mounted (from a private mount of the tree) before
+        // the mount the user sees, which then shows a link to each.
+        using var inside = files is { } mode ? FileSystemMounts.Prepare(tree, mode, Cli.Warn) : null;
+        inside?.Start(folder => FuseMount.Mount(tree, folder, FuseOptionsFor(o, imagePath, user, out _)));
         using var mount = MountWithBackend(o, tree, imagePath, mountpoint, user, out bool rootCanOpen);
-        if (!rootCanOpen)
+        if (!rootCanOpen && inside is null)
             Cli.Warn("root cannot open these files (to loop-mount a partition) unless /etc/fuse.conf has the line 'user_allow_other'; add it and mount again");
-        PrintSummary(o, image, tree, mountpoint, rootCanOpen);
+        PrintSummary(o, image, tree, mountpoint, rootCanOpen, inside);
         unmounter.Attach(mount);
         if (background)
         {
@@ -133,14 +153,14 @@ internal static class MountCommand
         rootCanOpen = true;
         if (OperatingSystem.IsWindows())
             return DokanMount.Mount(tree, mountpoint, new DokanOptions { Debug = o.Debug, Log = Cli.Info });
+        return FuseMount.Mount(tree, mountpoint, FuseOptionsFor(o, imagePath, user, out rootCanOpen));
+    }
+
+    private static FuseOptions FuseOptionsFor(MountOptions o, string imagePath, List<string> user, out bool rootCanOpen)
+    {
         var (options, canOpen) = MountOptionsFor(o, imagePath, user);
         rootCanOpen = canOpen;
-        return FuseMount.Mount(tree, mountpoint, new FuseOptions
-        {
-            MountOptions = options,
-            Debug = o.Debug,
-            Log = Cli.Info,
-        });
+        return new FuseOptions { MountOptions = options, Debug = o.Debug, Log = Cli.Info };
     }
 
     /// <summary>
@@ -216,7 +236,7 @@ internal static class MountCommand
         return (options, rootCanOpen);
     }
 
-    private static void PrintSummary(MountOptions o, Qcow2Image image, VirtualFileTree tree, string mountpoint, bool rootCanOpen)
+    private static void PrintSummary(MountOptions o, Qcow2Image image, VirtualFileTree tree, string mountpoint, bool rootCanOpen, FileSystemMounts? inside)
     {
         var table = tree.Partitions;
         string layout = table.Scheme switch
@@ -230,6 +250,15 @@ internal static class MountCommand
             string largestFile = table.Partitions.OrderByDescending(p => p.Length).FirstOrDefault()?.FileName ?? VirtualFileTree.DiskFileName;
             Console.WriteLine($"  open a partition's files: 7-Zip opens {Path.Combine(mountpoint, largestFile)} (NTFS, FAT, ext4); OSFMount attaches it as a drive");
             Console.WriteLine($"  unmount:                  Ctrl-C here, or {Cli.Self} unmount {mountpoint}");
+            return;
+        }
+        if (inside is not null)
+        {
+            var mounted = inside.Mounted().ToList();
+            Console.WriteLine(mounted.Count == 0
+                ? "  files inside:            none mounted (see above)"
+                : $"  files inside:            {string.Join(", ", mounted.Select(m => $"{mountpoint}/{m}"))}");
+            Console.WriteLine($"  unmount:                 {(o.Foreground || o.Debug ? "Ctrl-C here, or " : "")}{Cli.Self} unmount {Cli.Quote(mountpoint)} (the file systems inside first)");
             return;
         }
         bool root = Native.IsRoot;

@@ -22,7 +22,7 @@ internal static class Program
             if (args.Length == 1) return Overview(Console.Out, Ok);
             return VerbOf(args[1]) is { } verb ? VerbHelp(parser, verb, Console.Out, Ok) : UsageFailure($"there is no verb '{args[1]}'", null);
         }
-        var result = parser.ParseArguments(JoinRepeated(args, "--partition", "-p"), s_verbs);
+        var result = parser.ParseArguments(BareFiles(JoinRepeated(args, "--partition", "-p")), s_verbs);
         return result.MapResult(
             options => options switch
             {
@@ -63,6 +63,16 @@ internal static class Program
         if (values.Count < 2) return args;
         rest.InsertRange(first, [longName, string.Join(',', values)]);
         return rest.ToArray();
+    }
+
+    /// <summary>
+    /// A bare --files (mount) means --files=user: its value is optional, which CommandLineParser
+    /// cannot say, and the next word is the image, never the value.
+    /// </summary>
+    internal static string[] BareFiles(string[] args)
+    {
+        int end = Array.IndexOf(args, "--");
+        return args.Select((a, i) => a == "--files" && (end < 0 || i < end) ? "--files=user" : a).ToArray();
     }
 
     private static Parser NewParser() => new(s =>

@@ -3,6 +3,7 @@ using Xunit;
 namespace MountQcow.Tests;
 
 /// <summary>Each way a mount can fail gives one line on stderr and exit status 1; nothing stays mounted.</summary>
+[Collection(FuseConf.Collection)] // one test changes /etc/fuse.conf
 public sealed class MountErrorTests : IDisposable
 {
     private readonly ImageBuilder _b = new();

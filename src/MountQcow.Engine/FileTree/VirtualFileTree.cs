@@ -34,11 +34,12 @@ public sealed class FileTreeException(FsStatus status, string message) : Excepti
 /// <summary>
 /// What a backend shows for the folder or a file: the tree's answer to stat, GetFileInformation
 /// and a directory listing. <see cref="Id"/> is 1 for the folder and 2 onwards for the files.
+/// A link's <see cref="Length"/> is its target's length in bytes.
 /// </summary>
-public readonly record struct FileFacts(long Id, bool IsDirectory, bool Writable, long Length, long AllocatedBytes, DateTimeOffset Modified)
+public readonly record struct FileFacts(long Id, bool IsDirectory, bool Writable, long Length, long AllocatedBytes, DateTimeOffset Modified, bool IsLink = false)
 {
-    /// <summary>Unix permission bits: read for all, write for the owner where writable, search on the folder.</summary>
-    public uint Permissions => (IsDirectory ? 0x16du : 0x124u) | (Writable ? 0x80u : 0u); // 0555 / 0444, plus 0200
+    /// <summary>Unix permission bits: read for all, write for the owner where writable, search on the folder; a link's are all set, as links' always are.</summary>
+    public uint Permissions => IsLink ? 0x1ffu : (IsDirectory ? 0x16du : 0x124u) | (Writable ? 0x80u : 0u); // 0777; 0555 / 0444, plus 0200
 
     /// <summary>Links: a folder has its own "." and the parent's entry.</summary>
     public uint Links => IsDirectory ? 2u : 1u;
@@ -284,6 +285,7 @@ public sealed class VirtualFolder
     private readonly VirtualFileTree _tree;
     internal readonly List<VirtualFolder> FolderList = [];
     internal readonly List<VirtualFile> FileList = [];
+    internal VirtualLink[] LinkArray = []; // replaced whole, never changed in place: links come while the tree is served
 
     internal VirtualFolder(VirtualFileTree tree, int index, string name, bool writable)
     {
@@ -310,14 +312,50 @@ public sealed class VirtualFolder
 
     public IReadOnlyList<VirtualFile> Files => FileList;
 
+    public IReadOnlyList<VirtualLink> Links => Volatile.Read(ref LinkArray);
+
     /// <summary>What a backend shows for this folder.</summary>
     public FileFacts Facts => new(2L * Index + 1, true, Writable, 0, 0, _tree.Modified);
 }
 
-/// <summary>What a path names: a folder, a file, or nothing (then whether its parent folder exists, for "path not found").</summary>
-public readonly record struct TreeEntry(VirtualFolder? Folder, VirtualFile? File, bool ParentExists)
+/// <summary>What a path names: a folder, a file, a link, or nothing (then whether its parent folder exists, for "path not found").</summary>
+public readonly record struct TreeEntry(VirtualFolder? Folder, VirtualFile? File, bool ParentExists, VirtualLink? Link = null)
 {
-    public bool Found => Folder is not null || File is not null;
+    public bool Found => Folder is not null || File is not null || Link is not null;
+}
+
+/// <summary>
+/// A symbolic link in a folder, to a path outside the mount: where a partition's file system is
+/// mounted by its driver (<c>pN</c> beside <c>pN.raw</c>). Backends without links leave it out.
+/// </summary>
+public sealed class VirtualLink
+{
+    private readonly VirtualFileTree _tree;
+
+    internal VirtualLink(VirtualFileTree tree, int index, string name, string target)
+    {
+        _tree = tree;
+        Index = index;
+        Name = name;
+        NameUtf8 = Encoding.UTF8.GetBytes(name);
+        Target = target;
+        TargetUtf8 = Encoding.UTF8.GetBytes(target);
+    }
+
+    public string Name { get; }
+
+    public byte[] NameUtf8 { get; }
+
+    /// <summary>Where it points: an absolute path.</summary>
+    public string Target { get; }
+
+    public byte[] TargetUtf8 { get; }
+
+    /// <summary>Where the link is in <see cref="VirtualFileTree.Links"/>.</summary>
+    public int Index { get; }
+
+    /// <summary>What a backend shows for this link (ids after every file's and folder's).</summary>
+    public FileFacts Facts => new((1L << 40) + Index, false, false, TargetUtf8.Length, 0, _tree.Modified, IsLink: true);
 }
 
 /// <summary>An internal snapshot's disk for the tree to show: its id, its name and its bytes (read-only).</summary>
@@ -334,6 +372,7 @@ public sealed class VirtualFileTree : IDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly List<VirtualFile> _files = [];
     private readonly List<VirtualFolder> _folders = [];
+    private VirtualLink[] _links = [];
     private readonly List<string> _warnings = [];
     private int _scanStarted;
 
@@ -370,6 +409,29 @@ public sealed class VirtualFileTree : IDisposable
     public IReadOnlyList<VirtualFolder> Folders => _folders;
 
     public VirtualFolder Root => _folders[0];
+
+    /// <summary>Every link, in the order added.</summary>
+    public IReadOnlyList<VirtualLink> Links => Volatile.Read(ref _links);
+
+    /// <summary>
+    /// Adds a link named <paramref name="name"/> in <paramref name="folder"/> to the absolute path
+    /// <paramref name="target"/>. Safe while the tree is served: a lookup sees the folder's links
+    /// from before or after, whole (a backend that caches names should be mounted after, though).
+    /// </summary>
+    /// <exception cref="ArgumentException">The name is taken, or the target is not an absolute path.</exception>
+    public VirtualLink AddLink(VirtualFolder folder, string name, string target)
+    {
+        if (!Path.IsPathRooted(target)) throw new ArgumentException($"a link's target must be an absolute path: {target}", nameof(target));
+        lock (_folders)
+        {
+            if (folder.FolderList.Any(f => f.Name == name) || folder.FileList.Any(f => f.Name == name) || folder.Links.Any(l => l.Name == name))
+                throw new ArgumentException($"{name} is taken in its folder", nameof(name));
+            var link = new VirtualLink(this, _links.Length, name, target);
+            Volatile.Write(ref _links, [.. _links, link]);
+            Volatile.Write(ref folder.LinkArray, [.. folder.LinkArray, link]);
+            return link;
+        }
+    }
 
     /// <summary>The current disk's partition table.</summary>
     public PartitionTable Partitions { get; }
@@ -486,8 +548,12 @@ public sealed class VirtualFileTree : IDisposable
             if (sub is null)
             {
                 if (last)
+                {
                     foreach (var f in folder.FileList)
                         if (name.SequenceEqual(f.NameUtf8)) return new TreeEntry(null, f, true);
+                    foreach (var l in folder.Links)
+                        if (name.SequenceEqual(l.NameUtf8)) return new TreeEntry(null, null, true, l);
+                }
                 return new TreeEntry(null, null, last);
             }
             folder = sub;
@@ -546,8 +612,8 @@ public sealed class VirtualFileTree : IDisposable
     {
         if (!entry.Found) throw new FileTreeException(FsStatus.NotFound, "no such file or folder");
         CheckAccess(write);
-        if (write && !(entry.File?.Writable ?? entry.Folder!.Writable))
-            throw new FileTreeException(FsStatus.ReadOnly, $"{entry.File?.Name ?? entry.Folder!.Name} is read-only");
+        if (write && !(entry.File?.Writable ?? entry.Folder?.Writable ?? false))
+            throw new FileTreeException(FsStatus.ReadOnly, $"{entry.File?.Name ?? entry.Folder?.Name ?? entry.Link!.Name} is read-only");
     }
 
     /// <summary>
@@ -565,7 +631,7 @@ public sealed class VirtualFileTree : IDisposable
         get
         {
             const int block = 4096;
-            return new VolumeFigures(block, (Files[0].Length + block - 1) / block, Files.Count + Folders.Count, 255);
+            return new VolumeFigures(block, (Files[0].Length + block - 1) / block, Files.Count + Folders.Count + Links.Count, 255);
         }
     }
 

@@ -1,0 +1,374 @@
+using System.Diagnostics;
+using MountQcow.FileTree;
+using MountQcow.Fuse;
+using MountQcow.Partitions;
+
+namespace MountQcow.Host;
+
+/// <summary>How <c>--files</c> mounts the file systems inside: by user-space drivers, or (root) by the kernel through loop devices.</summary>
+internal enum FilesMode { User, Kernel }
+
+/// <summary>
+/// A program that serves a file system read from a file, run in the foreground as a child of
+/// this process (one process per file system: a process serving both layers of stacked FUSE
+/// mounts can deadlock). <see cref="Arguments"/> takes source, target, writable, as root.
+/// </summary>
+internal sealed record FileSystemDriver(string Program, string Package, bool Writes, Func<string, string, bool, bool, string[]> Arguments)
+{
+    /// <summary>The user-space driver Debian ships for a file system type as blkid names it, or null.</summary>
+    public static FileSystemDriver? ForType(string type) => type switch
+    {
+        // fakeroot: an ordinary user reads the VM's files as root would (its permission checks).
+        "ext2" or "ext3" or "ext4" => new("fuse2fs", "fuse2fs", true, (s, t, w, root) => [s, t, "-f", "-o", (w ? "rw" : "ro") + (root ? "" : ",fakeroot")]),
+        "ntfs" => new("ntfs-3g", "ntfs-3g", true, (s, t, w, _) => ["-o", (w ? "rw" : "ro") + ",no_detach", s, t]),
+        // fusefat writes only with "rw+", which it calls experimental and dangerous: read-only here.
+        "vfat" => new("fusefat", "fusefat", false, (s, t, _, _) => ["-f", "-o", "ro", s, t]),
+        _ => null,
+    };
+
+    /// <summary>The kernel's name for a file system type, where <c>--files=kernel</c> mounts it.</summary>
+    public static string? KernelType(string type) => type switch
+    {
+        "ext2" or "ext3" or "ext4" or "xfs" or "btrfs" or "vfat" => type,
+        "ntfs" => "ntfs3",
+        _ => null,
+    };
+
+    /// <summary>Why nothing is mounted for a type that no driver serves.</summary>
+    public static string NothingFor(string type, FilesMode mode) => type switch
+    {
+        "swap" => "swap space, no file system to mount",
+        "LVM2_member" => "an LVM physical volume (its logical volumes need the kernel's device mapper: as root, losetup and vgchange -ay)",
+        "crypto_LUKS" => "a LUKS volume (as root: cryptsetup open, then mount the mapped device)",
+        "jbd" => "an ext journal device, no file system to mount",
+        "xfs" or "btrfs" when mode == FilesMode.User => $"{type} has no user-space driver (as root, --files=kernel mounts it with the kernel's driver)",
+        _ => $"{type}: no driver mounts it",
+    };
+}
+
+/// <summary>
+/// <c>--files</c>: each partition's file system (the whole disk's, without a partition table;
+/// each snapshot's too) mounted by its driver on a folder of a private directory, and shown in
+/// the mount as a link <c>pN</c> beside <c>pN.raw</c>. The drivers read the partition files
+/// through a second mount of the same tree inside that directory, never through the user's
+/// mount point: so fusermount3 -u or umount of the mount point works as for any mount (the
+/// kernel refuses to unmount a mount with mounts or open files inside it), and then the file
+/// systems are unmounted, their drivers end, and last the private mount.
+/// </summary>
+internal sealed class FileSystemMounts : IDisposable
+{
+    /// <summary>The private mount of the tree that drivers read from, inside <see cref="Root"/>.</summary>
+    public const string RawFolderName = ".raw";
+
+    private readonly List<Inner> _inner = [];
+    private readonly List<string> _folders = []; // made here, parents first
+    private readonly FilesMode _mode;
+    private readonly Action<string> _warn;
+    private volatile bool _stopping;
+    private IMount? _raw;
+    private Thread? _rawServer;
+
+    private readonly VirtualFileTree _tree;
+
+    private FileSystemMounts(VirtualFileTree tree, string root, FilesMode mode, Action<string> warn)
+    {
+        _tree = tree;
+        Root = root;
+        _mode = mode;
+        _warn = warn;
+    }
+
+    /// <summary>The private directory: the raw mount and one folder per file system.</summary>
+    public string Root { get; }
+
+    public string RawFolder => Path.Combine(Root, RawFolderName);
+
+    /// <summary>One file system to mount: where its partition file is, where it goes, and how.</summary>
+    private sealed class Inner(VirtualFolder folder, string name, string shown, string source, string target, FileSystemDriver? driver, string? kernelType, bool writable)
+    {
+        public VirtualFolder Folder { get; } = folder;
+        public string Name { get; } = name;
+        public string Shown { get; } = shown;
+        public string Source { get; } = source;
+        public string Target { get; } = target;
+        public FileSystemDriver? Driver { get; } = driver;
+        public string? KernelType { get; } = kernelType;
+        public bool Writable { get; } = writable;
+        public Process? Process { get; set; }
+        public bool Mounted { get; set; }
+        public readonly List<string> Output = [];
+    }
+
+    /// <summary>
+    /// Decides what to mount and makes the private directory and its folders. Says, one line
+    /// each, which partitions show only their file, and why.
+    /// </summary>
+    public static FileSystemMounts Prepare(VirtualFileTree tree, FilesMode mode, Action<string> warn)
+    {
+        var root = Directory.CreateTempSubdirectory("mountqcow-files-").FullName; // 0700, this user's
+        var mounts = new FileSystemMounts(tree, root, mode, warn);
+        try
+        {
+            mounts.MakeFolder(mounts.RawFolder);
+            foreach (var folder in tree.Folders.Where(f => f.Files.Any(x => x.Name == VirtualFileTree.DiskFileName)))
+            {
+                string prefix = FolderPath(tree, folder);
+                var partitions = folder.Files.Where(f => f.Partition is not null).ToList();
+                var files = partitions.Count > 0 ? partitions : folder.Files.Where(f => f.Name == VirtualFileTree.DiskFileName).ToList();
+                foreach (var file in files)
+                    mounts.Plan(folder, prefix, file);
+            }
+        }
+        catch
+        {
+            mounts.RemoveFolders();
+            throw;
+        }
+        return mounts;
+    }
+
+    private void Plan(VirtualFolder folder, string prefix, VirtualFile file)
+    {
+        string shown = prefix + file.Name;
+        string name = Path.GetFileNameWithoutExtension(file.Name); // p1.raw: p1; disk.raw: disk
+        var fs = FileSystemProbe.Detect(file.Device);
+        if (fs is null)
+        {
+            _warn($"{shown}: no file system recognised; only the file is shown");
+            return;
+        }
+        FileSystemDriver? driver = null;
+        string? kernelType = null;
+        if (_mode == FilesMode.Kernel)
+        {
+            kernelType = FileSystemDriver.KernelType(fs.Type);
+            if (kernelType is null)
+            {
+                _warn($"{shown}: {FileSystemDriver.NothingFor(fs.Type, _mode)}; only the file is shown");
+                return;
+            }
+        }
+        else
+        {
+            driver = FileSystemDriver.ForType(fs.Type);
+            if (driver is null)
+            {
+                _warn($"{shown}: {FileSystemDriver.NothingFor(fs.Type, _mode)}; only the file is shown");
+                return;
+            }
+            if (Cli.FindProgram(driver.Program) is not { } program)
+            {
+                _warn($"{shown}: {fs.Type}, but {driver.Program} is not installed (apt-get install {driver.Package}); only the file is shown");
+                return;
+            }
+            // A set-user-ID driver (Debian's ntfs-3g) opens the partition file as root, and FUSE
+            // lets root into an ordinary user's mount only with allow_root, which needs fuse.conf.
+            if (!OperatingSystem.IsWindows() && !Native.IsRoot && File.GetUnixFileMode(program).HasFlag(UnixFileMode.SetUser) && !MountPoint.UserAllowOther())
+            {
+                _warn($"{shown}: {fs.Type}, but {driver.Program} runs as root (set-user-ID), and root cannot read this user's mount unless /etc/fuse.conf has the line 'user_allow_other' (root can add it); only the file is shown");
+                return;
+            }
+        }
+        bool writable = file.Writable && (driver?.Writes ?? true);
+        if (file.Writable && !writable)
+            _warn($"{shown}: {fs.Type} is mounted read-only ({driver!.Program} writes only experimentally)");
+        string target = Path.Combine(Root, prefix + name);
+        MakeFolder(target);
+        _inner.Add(new Inner(folder, name, shown, Path.Combine(RawFolder, prefix + file.Name), target, driver, kernelType, writable));
+    }
+
+    /// <summary>A folder's path in the tree, with a trailing slash ("" for the root).</summary>
+    private static string FolderPath(VirtualFileTree tree, VirtualFolder folder)
+    {
+        if (folder == tree.Root) return "";
+        foreach (var parent in tree.Folders)
+            if (parent.Folders.Contains(folder)) return FolderPath(tree, parent) + folder.Name + "/";
+        return folder.Name + "/";
+    }
+
+    /// <summary>How many file systems are to be mounted.</summary>
+    public int Count => _inner.Count;
+
+    /// <summary>
+    /// Mounts the tree privately with <paramref name="mountRaw"/> (served on a thread of its own),
+    /// then every file system from it, all at once; returns when each is mounted or has failed
+    /// (one line each, the rest still mounted). Each mounted one gets its link in the tree; call
+    /// this before the tree is mounted where the user sees it, so that the kernel never caches
+    /// the names without them.
+    /// </summary>
+    public void Start(Func<string, IMount> mountRaw)
+    {
+        if (_inner.Count == 0) return;
+        var raw = mountRaw(RawFolder);
+        _raw = raw;
+        _rawServer = new Thread(() => raw.Run()) { IsBackground = true, Name = "private mount" };
+        _rawServer.Start();
+        Parallel.ForEach(_inner, new ParallelOptions { MaxDegreeOfParallelism = 4 }, Mount);
+        foreach (var inner in _inner.Where(i => i.Mounted))
+            _tree.AddLink(inner.Folder, inner.Name, inner.Target);
+    }
+
+    private void Mount(Inner inner)
+    {
+        var psi = inner.Driver is { } driver
+            ? new ProcessStartInfo(Cli.FindProgram(driver.Program)!, driver.Arguments(inner.Source, inner.Target, inner.Writable, Native.IsRoot))
+            : new ProcessStartInfo("mount", ["-t", inner.KernelType!, "-o", inner.Writable ? "loop" : "loop,ro", inner.Source, inner.Target]);
+        psi.RedirectStandardOutput = psi.RedirectStandardError = true;
+        psi.RedirectStandardInput = true; // nothing to read: never the terminal
+        psi.UseShellExecute = false;
+        Process process;
+        try
+        {
+            process = Process.Start(psi)!;
+        }
+        catch (Exception e) when (e is System.ComponentModel.Win32Exception or InvalidOperationException)
+        {
+            _warn($"{inner.Shown}: cannot start {psi.FileName}: {e.Message}");
+            return;
+        }
+        process.StandardInput.Close();
+        DataReceivedEventHandler keep = (_, e) =>
+        {
+            if (string.IsNullOrWhiteSpace(e.Data)) return;
+            lock (inner.Output)
+            {
+                if (inner.Output.Count < 50) inner.Output.Add(e.Data.Trim()); // the first lines say why
+            }
+        };
+        process.OutputDataReceived += keep;
+        process.ErrorDataReceived += keep;
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        inner.Process = process;
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            if (MountPoint.IsMounted(inner.Target))
+            {
+                inner.Mounted = true;
+                break;
+            }
+            // mount(8) ends once mounted (checked above); a driver that ends has failed.
+            if (process.WaitForExit(50))
+            {
+                if (MountPoint.IsMounted(inner.Target)) { inner.Mounted = true; break; }
+                process.WaitForExit(); // the output read to its end
+                _warn($"{inner.Shown}: {What(inner)} refused it: {Complaint(inner, process.ExitCode)}; only the file is shown");
+                return;
+            }
+        }
+        if (!inner.Mounted)
+        {
+            process.Kill();
+            _warn($"{inner.Shown}: {What(inner)} did not mount it within 30 s; only the file is shown");
+            return;
+        }
+        if (inner.Driver is not null)
+        {
+            process.EnableRaisingEvents = true;
+            process.Exited += (_, _) => DriverEnded(inner);
+            if (process.HasExited) DriverEnded(inner);
+        }
+    }
+
+    private static string What(Inner inner) => inner.Driver?.Program ?? $"mount -t {inner.KernelType}";
+
+    private static readonly System.Text.RegularExpressions.Regex s_complaint =
+        new(@"error|fail|denied|cannot|can't|unable|invalid|corrupt|bad |not |unknown|wrong", System.Text.RegularExpressions.RegexOptions.IgnoreCase);
+
+    /// <summary>Why a driver failed: drivers print banners, help and statistics too, so the first line that complains, else the last.</summary>
+    private static string Complaint(Inner inner, int exitCode)
+    {
+        lock (inner.Output)
+        {
+            string? line = inner.Output.FirstOrDefault(s_complaint.IsMatch) ?? (inner.Output.Count > 0 ? inner.Output[^1] : null);
+            return line?.TrimEnd('.') ?? $"exit status {exitCode}";
+        }
+    }
+
+    /// <summary>A driver that ends while mounted (it crashed, or was killed): said, and its folder left empty rather than hanging.</summary>
+    private void DriverEnded(Inner inner)
+    {
+        if (_stopping) return;
+        lock (inner)
+        {
+            if (!inner.Mounted) return;
+            inner.Mounted = false;
+        }
+        _warn($"{inner.Shown}: {What(inner)} ended ({Complaint(inner, inner.Process!.ExitCode)}); {Path.GetFileName(inner.Target)} is empty now");
+        FuseMount.Unmount(inner.Target, lazy: true);
+    }
+
+    /// <summary>What the mount prints for the user: where each file system is.</summary>
+    public IEnumerable<string> Mounted() => _inner.Where(i => i.Mounted).Select(i => $"{Path.ChangeExtension(i.Shown, null)} ({What(i)})");
+
+    /// <summary>
+    /// Unmounts every file system (one in use is detached and served until its last user lets
+    /// go) and waits for its driver to end; call before the private mount is unmounted.
+    /// </summary>
+    public void Stop()
+    {
+        _stopping = true;
+        Parallel.ForEach(_inner, inner =>
+        {
+            bool detached = false;
+            if (MountPoint.IsMounted(inner.Target) && FuseMount.Unmount(inner.Target, lazy: false) == FuseMount.UnmountResult.Busy)
+            {
+                Cli.Info($"{inner.Target} is in use: detached it; its driver serves until that ends");
+                FuseMount.Unmount(inner.Target, lazy: true);
+                detached = true;
+            }
+            if (inner.Process is not { } p) return;
+            // Unmounted, a driver ends at once; detached, when the last user lets go (never cut off).
+            if (inner.Driver is not null && !detached && !p.WaitForExit(TimeSpan.FromSeconds(10)))
+            {
+                _warn($"{inner.Shown}: {What(inner)} did not end after its unmount; stopped it");
+                p.Kill();
+            }
+            p.WaitForExit();
+            p.Dispose();
+        });
+    }
+
+    /// <summary>Makes a folder in the private directory, and its parents, remembering each.</summary>
+    private void MakeFolder(string path)
+    {
+        string? parent = Path.GetDirectoryName(path);
+        if (parent is not null && parent != Root && !Directory.Exists(parent)) MakeFolder(parent);
+        if (Directory.Exists(path)) return;
+        Directory.CreateDirectory(path);
+        _folders.Add(path);
+    }
+
+    /// <summary>
+    /// Removes the folders made here, then the private directory: only empty ones, never one still
+    /// mounted (nothing is looked into, so a dead driver's folder cannot hang this).
+    /// </summary>
+    public void RemoveFolders()
+    {
+        foreach (string dir in Enumerable.Reverse(_folders).Append(Root))
+        {
+            try
+            {
+                if (!MountPoint.IsMounted(dir)) Directory.Delete(dir, recursive: false);
+            }
+            catch (IOException)
+            {
+                // still in use or not empty: left for the user to see
+            }
+        }
+    }
+
+    /// <summary>Unmounts the file systems, then the private mount, and removes the private directory.</summary>
+    public void Dispose()
+    {
+        Stop();
+        if (_raw is { } raw)
+        {
+            if (!raw.TryUnmount()) raw.Detach(); // only the drivers read it, and they have ended
+            _rawServer!.Join();
+            raw.Dispose();
+        }
+        RemoveFolders();
+    }
+}

@@ -1,0 +1,262 @@
+using System.Diagnostics;
+using Xunit;
+
+namespace MountQcow.Tests;
+
+/// <summary>
+/// --files: each partition's file system mounted by its user-space driver (fuse2fs, fusefat,
+/// ntfs-3g), read by an ordinary user the test creates; unmounting leaves nothing behind.
+/// </summary>
+[Collection(FuseConf.Collection)]
+public sealed class FilesInsideTests : IDisposable
+{
+    private const string User = "mountqcow-test";
+    private readonly ImageBuilder _b = new();
+
+    public FilesInsideTests()
+    {
+        // The ordinary user must reach the images and own the mount points.
+        File.SetUnixFileMode(_b.Folder, (UnixFileMode)0x1ed); // 0755
+    }
+
+    public void Dispose() => _b.Dispose();
+
+    /// <summary>An ordinary (system) user for these tests, created once.</summary>
+    private static void EnsureUser()
+    {
+        if (Run.Capture("id", ["-u", User]).ExitCode != 0)
+            Run.Checked("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", User);
+    }
+
+    private static readonly Dictionary<string, string> s_userEnvironment = new() { ["HOME"] = "/tmp", ["DOTNET_CLI_HOME"] = "/tmp" };
+
+    /// <summary>Runs a program as the test's ordinary user.</summary>
+    private static Run.Result AsUser(params string[] command) =>
+        Run.Capture("setpriv", [$"--reuid={User}", $"--regid={User}", "--clear-groups", .. command], env: s_userEnvironment);
+
+    private static string AsUserChecked(params string[] command)
+    {
+        var r = AsUser(command);
+        Assert.True(r.ExitCode == 0, $"{string.Join(' ', command)}: {r.Stderr}");
+        return r.Stdout;
+    }
+
+    /// <summary>
+    /// What a folder holds, as the user reads it: every entry's path, kind and link target, then
+    /// every file's size and SHA-256 (ext4's lost+found left out).
+    /// </summary>
+    private static string Listing(string folder, Func<string[], string> run)
+    {
+        string script = """
+            cd "$1" || exit 1
+            find . -mindepth 1 -not -path './lost+found*' -printf '%P|%y|%l\n' | LC_ALL=C sort
+            find . -type f -not -path './lost+found*' -printf '%P|%s\n' | LC_ALL=C sort
+            find . -type f -not -path './lost+found*' -print0 | xargs -0 -r sha256sum | LC_ALL=C sort
+            """;
+        return run(["sh", "-c", script, "listing", folder]);
+    }
+
+    private static string RootListing(string folder) => Listing(folder, c => Run.Checked(c[0], c[1..]));
+
+    private string NewUserFolder(string name)
+    {
+        string folder = Directory.CreateDirectory(_b.PathOf(name)).FullName;
+        Run.Checked("chown", $"{User}:{User}", folder);
+        return folder;
+    }
+
+    private static string[] MountsUnder(string prefix) =>
+        File.ReadLines("/proc/self/mountinfo").Select(l => l.Split(' ')[4]).Where(m => m.StartsWith(prefix, StringComparison.Ordinal)).ToArray();
+
+    private static string[] DriversOf(string user) =>
+        Run.Capture("pgrep", ["-a", "-U", user, "fuse2fs|fusefat|ntfs-3g"]).Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+
+    [NeedsTheory("qemu", "fuse", "root", "setpriv", "useradd", "sfdisk", "mkfs.ext4", "mkfs.fat", "mcopy", "mkntfs", "ntfs-3g", "fuse2fs", "fusefat")]
+    [InlineData("gpt")]
+    [InlineData("dos")]
+    public void AnOrdinaryUserReadsEveryFileOfExt4FatAndNtfs_AndUnmountLeavesNothing(string label)
+    {
+        EnsureUser();
+        var disk = DiskBuilder.WithExt4FatNtfs(_b, $"{label}.raw", label);
+        string image = _b.Convert(disk.Raw, $"{label}.qcow2");
+        File.SetUnixFileMode(image, (UnixFileMode)0x1a4); // 0644
+        string mnt = NewUserFolder("mnt");
+        using var conf = FuseConf.WithUserAllowOther(true); // Debian's ntfs-3g is set-user-ID root: it reads the partition as root
+
+        var r = AsUser("dotnet", MountedImage.Dll, "--files", image, mnt);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        int server = MountedImage.FindServer(mnt) ?? throw new InvalidOperationException("no process serves the mount");
+        try
+        {
+            Assert.Contains($"{mnt}/p1 (fuse2fs), {mnt}/p2 (fusefat), {mnt}/p3 (ntfs-3g)", r.Stdout);
+            Assert.Equal("", r.Stderr); // every partition mounted: nothing to say
+            Assert.Equal(["disk.raw", "p1", "p1.raw", "p2", "p2.raw", "p3", "p3.raw"],
+                AsUserChecked("ls", mnt).Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            // Every file's bytes, sizes, links and every folder's listing, as put in.
+            Assert.Equal(RootListing(disk.Tree), Listing($"{mnt}/p1", AsUserChecked));
+            Assert.Equal(RootListing(disk.FatTree), Listing($"{mnt}/p2", AsUserChecked));
+            Assert.Equal(RootListing(disk.Tree), Listing($"{mnt}/p3", AsUserChecked));
+            string target = AsUserChecked("readlink", $"{mnt}/p1").Trim();
+            string privateRoot = Path.GetDirectoryName(target)!;
+            Assert.Equal(4, MountsUnder(privateRoot).Length); // the private mount of the partition files, and three file systems
+            Assert.Equal(3, DriversOf(User).Length);
+
+            // fusermount3 -u as the user: the kernel unmounts the top (nothing is mounted inside it),
+            // then the file systems, their drivers and the private mount go.
+            AsUserChecked("fusermount3", "-u", mnt);
+            MountedImage.AssertGone(server, mnt);
+            Assert.Empty(MountsUnder(privateRoot));
+            Assert.Empty(DriversOf(User));
+            Assert.False(Directory.Exists(privateRoot));
+        }
+        finally
+        {
+            if (MountedImage.IsMounted(mnt)) Run.Capture("fusermount3", ["-u", "-z", mnt]);
+        }
+    }
+
+    [NeedsFact("qemu", "fuse", "root", "setpriv", "useradd", "sfdisk", "mkfs.ext4", "mkfs.fat", "mcopy", "mkntfs", "ntfs-3g", "fuse2fs", "fusefat")]
+    public void WithoutUserAllowOther_NtfsIsLeftOutWithALineSayingWhy()
+    {
+        EnsureUser();
+        var disk = DiskBuilder.WithExt4FatNtfs(_b, "plain.raw", "gpt");
+        string image = _b.Convert(disk.Raw, "plain.qcow2");
+        File.SetUnixFileMode(image, (UnixFileMode)0x1a4);
+        string mnt = NewUserFolder("mnt");
+        using var conf = FuseConf.WithUserAllowOther(false);
+        var r = AsUser("dotnet", MountedImage.Dll, "--files", image, mnt);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        int server = MountedImage.FindServer(mnt)!.Value;
+        Assert.Equal("mountqcow: warning: p3.raw: ntfs, but ntfs-3g runs as root (set-user-ID), and root cannot read this user's mount unless /etc/fuse.conf has the line 'user_allow_other' (root can add it); only the file is shown",
+            r.Stderr.Trim());
+        Assert.Equal(["disk.raw", "p1", "p1.raw", "p2", "p2.raw", "p3.raw"], AsUserChecked("ls", mnt).Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Equal(RootListing(disk.Tree), Listing($"{mnt}/p1", AsUserChecked));
+        // Unmounted by the program's own verb, as the user.
+        AsUserChecked("dotnet", MountedImage.Dll, "unmount", mnt);
+        MountedImage.AssertGone(server, mnt);
+        Assert.Empty(DriversOf(User));
+    }
+
+    [NeedsFact("qemu", "fuse", "root", "sfdisk", "mkfs.ext4", "mkfs.fat", "mcopy", "mkntfs", "ntfs-3g", "fuse2fs", "fusefat", "debugfs", "fsck.ext4")]
+    public void AReadWriteChangeToAnExt4FileIsInTheImageAfterUnmount()
+    {
+        var disk = DiskBuilder.WithExt4FatNtfs(_b, "rw.raw", "gpt");
+        string image = _b.Convert(disk.Raw, "rw.qcow2");
+        string mnt = Directory.CreateDirectory(_b.PathOf("mnt")).FullName;
+        var r = MountedImage.Host("--rw", "--files", image, mnt);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("p2.raw: vfat is mounted read-only", r.Stderr);
+        byte[] changed = ImageBuilder.Content(Fill.Random, 200_000, 44);
+        File.WriteAllBytes(Path.Combine(mnt, "p1", "Documents", "read-me-first.txt"), changed);
+        Directory.CreateDirectory(Path.Combine(mnt, "p1", "new-folder"));
+        File.WriteAllText(Path.Combine(mnt, "p1", "new-folder", "hello.txt"), "written through --rw --files\n");
+        Assert.ThrowsAny<IOException>(() => File.WriteAllText(Path.Combine(mnt, "p2", "refused.txt"), "FAT is read-only"));
+        var done = MountedImage.Host("unmount", mnt);
+        Assert.True(done.ExitCode == 0, done.Stderr);
+
+        QemuAssert.CheckClean(image);
+        string raw = _b.PathOf("after.raw");
+        _b.Img("convert", "-O", "raw", image, raw);
+        string p1 = _b.PathOf("after-p1.ext4");
+        using (var whole = File.OpenHandle(raw))
+        using (var part = File.OpenHandle(p1, FileMode.Create, FileAccess.Write))
+        {
+            var buffer = new byte[disk.Sizes[0]];
+            RandomAccess.Read(whole, buffer, disk.Starts[0]);
+            RandomAccess.Write(part, buffer, 0);
+        }
+        var fsck = Run.Capture("fsck.ext4", ["-n", "-f", p1]);
+        Assert.True(fsck.ExitCode == 0, fsck.Stdout + fsck.Stderr);
+        string copy = _b.PathOf("readme.out");
+        Run.Checked("debugfs", "-R", $"dump /Documents/read-me-first.txt {copy}", p1);
+        Assert.Equal(changed, File.ReadAllBytes(copy));
+        Assert.Contains("written through --rw --files", Run.Checked("debugfs", "-R", "cat /new-folder/hello.txt", p1));
+    }
+
+    [NeedsFact("qemu", "fuse", "root", "sfdisk", "mkfs.ext4", "mkfs.fat", "mcopy", "mkntfs", "ntfs-3g", "fuse2fs", "fusefat")]
+    public void ADamagedFileSystemAMissingDriverAndADeadDriverEachCostOnlyTheirOwnFolder()
+    {
+        var disk = DiskBuilder.WithExt4FatNtfs(_b, "bad.raw", "gpt");
+        // ext4's superblock keeps its magic (so it is recognised) but says its blocks are 2^40 bytes.
+        using (var f = File.OpenHandle(disk.Raw, FileMode.Open, FileAccess.Write))
+            RandomAccess.Write(f, BitConverter.GetBytes(30), disk.Starts[0] + 1024 + 24); // s_log_block_size
+        string image = _b.Convert(disk.Raw, "bad.qcow2");
+        string mnt = Directory.CreateDirectory(_b.PathOf("mnt")).FullName;
+        var r = MountedImage.Host("--files", image, mnt);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var line = Assert.Single(r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith("mountqcow: warning: p1.raw: fuse2fs refused it: ", line);
+        Assert.EndsWith("; only the file is shown", line);
+        Assert.False(File.Exists(Path.Combine(mnt, "p1")) || Directory.Exists(Path.Combine(mnt, "p1")));
+        Assert.Equal(RootListing(disk.FatTree), RootListing(Path.Combine(mnt, "p2")));
+
+        // A driver that dies: its folder becomes empty (no hang), the rest goes on, unmount is clean.
+        int server = MountedImage.FindServer(mnt)!.Value;
+        var fusefat = Run.Checked("pgrep", "-P", server.ToString(), "fusefat").Trim();
+        Run.Checked("kill", "-KILL", fusefat);
+        Assert.True(Eventually(() => Directory.GetFileSystemEntries(Path.Combine(mnt, "p2")).Length == 0), "p2 did not become empty");
+        Assert.Equal(RootListing(disk.Tree), RootListing(Path.Combine(mnt, "p3")));
+        Run.Checked("kill", "-TERM", server.ToString()); // as Ctrl-C or systemd stop
+        MountedImage.AssertGone(server, mnt);
+        Assert.Empty(Run.Capture("pgrep", ["-f", $"mountqcow-files-"]).Stdout.Trim());
+
+        // Without the driver installed (not on PATH): one line naming the package.
+        string bin = Directory.CreateDirectory(_b.PathOf("bin")).FullName;
+        File.CreateSymbolicLink(Path.Combine(bin, "dotnet"), Requirements.FindTool("dotnet")!);
+        var missing = Run.Capture("dotnet", [MountedImage.Dll, "--files", image, mnt], env: new Dictionary<string, string> { ["PATH"] = bin });
+        Assert.True(missing.ExitCode == 0, missing.Stderr);
+        Assert.Contains("p2.raw: vfat, but fusefat is not installed (apt-get install fusefat); only the file is shown", missing.Stderr);
+        Assert.Contains("p3.raw: ntfs, but ntfs-3g is not installed (apt-get install ntfs-3g); only the file is shown", missing.Stderr);
+        int again = MountedImage.FindServer(mnt)!.Value;
+        Run.Checked("fusermount3", "-u", mnt);
+        MountedImage.AssertGone(again, mnt);
+    }
+
+    /// <summary>Whether a condition holds within 10 s; a folder whose driver just died may fail to read meanwhile.</summary>
+    private static bool Eventually(Func<bool> condition)
+    {
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            try
+            {
+                if (condition()) return true;
+            }
+            catch (IOException)
+            {
+                // "Transport endpoint is not connected" until the dead mount is detached
+            }
+            Thread.Sleep(50);
+        }
+        return false;
+    }
+}
+
+/// <summary>Tests that change /etc/fuse.conf run one at a time.</summary>
+[CollectionDefinition(FuseConf.Collection)]
+public sealed class FuseConfCollection;
+
+/// <summary>/etc/fuse.conf changed for a test, and put back.</summary>
+public sealed class FuseConf : IDisposable
+{
+    public const string Collection = "/etc/fuse.conf";
+    private const string Path = "/etc/fuse.conf";
+    private readonly string? _original;
+
+    private FuseConf(bool allow)
+    {
+        _original = File.Exists(Path) ? File.ReadAllText(Path) : null;
+        var lines = (_original ?? "").Split('\n').Where(l => l.Trim() != "user_allow_other" && l.Length > 0).ToList();
+        if (allow) lines.Add("user_allow_other");
+        File.WriteAllText(Path, string.Join('\n', lines) + "\n");
+    }
+
+    /// <summary>/etc/fuse.conf with or without user_allow_other until disposed, then as it was.</summary>
+    public static FuseConf WithUserAllowOther(bool allow) => new(allow);
+
+    public void Dispose()
+    {
+        if (_original is null) File.Delete(Path);
+        else File.WriteAllText(Path, _original);
+    }
+}
