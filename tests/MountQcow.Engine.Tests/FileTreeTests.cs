@@ -56,6 +56,39 @@ public sealed class FileTreeTests
     }
 
     [Fact]
+    public void LinksAreFoundByName_ReadOnly_AndAddedWhileServedWithoutDisturbingLookups()
+    {
+        using var tree = Tree(new byte[1 << 20], writable: true);
+        var stop = false;
+        var reader = new Thread(() =>
+        {
+            while (!Volatile.Read(ref stop)) _ = tree.Lookup("disk"u8); // as a backend does while links come
+        });
+        reader.Start();
+        var link = tree.AddLink(tree.Root, "disk", "/tmp/mountqcow-files-x/disk");
+        for (int i = 0; i < 200; i++) tree.AddLink(tree.Root, $"extra{i}", $"/elsewhere/{i}");
+        Volatile.Write(ref stop, true);
+        reader.Join();
+        var entry = tree.Lookup("/disk"u8);
+        Assert.Same(link, entry.Link);
+        Assert.True(entry.Found);
+        Assert.Null(entry.File);
+        Assert.Equal("/tmp/mountqcow-files-x/disk"u8.ToArray(), link.TargetUtf8);
+        var facts = link.Facts;
+        Assert.True(facts.IsLink);
+        Assert.Equal(0x1ffu, facts.Permissions);
+        Assert.Equal(link.TargetUtf8.Length, facts.Length);
+        Assert.NotEqual(tree.Files[0].Facts.Id, facts.Id);
+        Assert.False(tree.Lookup("disk/inside"u8).Found); // not a folder of the tree
+        Assert.Equal(FsStatus.ReadOnly, Assert.Throws<FileTreeException>(() => tree.CheckAccess(entry, write: true)).Status);
+        Assert.False(tree.Lookup("disk".AsSpan(), '\\', ignoreCase: true).Found); // Windows shows no links
+        Assert.Throws<ArgumentException>(() => tree.AddLink(tree.Root, "disk.raw", "/x")); // taken by a file
+        Assert.Throws<ArgumentException>(() => tree.AddLink(tree.Root, "disk", "/y")); // taken by a link
+        Assert.Throws<ArgumentException>(() => tree.AddLink(tree.Root, "rel", "relative/path"));
+        Assert.Equal(201, tree.Root.Links.Count);
+    }
+
+    [Fact]
     public void EveryFailureBecomesAStatus()
     {
         Assert.Equal(FsStatus.NoSpace, VirtualFileTree.StatusOf(new ImageFullException("full")));
