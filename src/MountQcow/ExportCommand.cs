@@ -25,14 +25,15 @@ internal static class ExportCommand
         IBlockDevice disk = snapshot ?? image;
         var table = targets[0].Partition is null ? null : PartitionReader.Read(disk);
         var sources = targets.Select(t => (t.Output, Source: t.Partition is { } n ? PartitionOf(o, disk, table!, n) : disk)).ToList();
+        var remote = image.RemoteLayers().Select(l => l.Counters).ToList();
+        Func<string>? fetched = remote.Count == 0 ? null : () => $"fetched {Units.Bytes(remote.Sum(c => c.BytesFetched.Value))}";
         foreach (var (output, source) in sources)
         {
-            int result = Export(o, source, output);
+            int result = Export(o, source, output, fetched);
             if (result != Program.Ok) return result;
         }
-        var remote = image.RemoteLayers().Select(l => l.Counters).ToList();
         if (remote.Count > 0)
-            Console.Error.WriteLine($"fetched {Units.Bytes(remote.Sum(c => c.BytesFetched.Value))} in {remote.Sum(c => c.Requests.Value)} range requests ({remote.Sum(c => c.Retries.Value)} retried)");
+            Console.Error.WriteLine($"{fetched!()} in {remote.Sum(c => c.Requests.Value)} range requests ({remote.Sum(c => c.Retries.Value)} retried)");
         return Program.Ok;
     }
 
@@ -83,11 +84,11 @@ internal static class ExportCommand
     }
 
     /// <summary>One source (the disk, a snapshot, a partition) to one output.</summary>
-    private static int Export(ExportOptions o, IBlockDevice source, string output)
+    private static int Export(ExportOptions o, IBlockDevice source, string output, Func<string>? fetched)
     {
         if (OpenStream(output) is { } stream)
         {
-            using (stream) return Stream(o, source, stream, output);
+            using (stream) return Stream(o, source, stream, output, fetched);
         }
         bool created = !File.Exists(output);
         var (target, zeroed) = OpenTarget(output, source.Length, o.Force);
@@ -99,7 +100,7 @@ internal static class ExportCommand
             {
                 // A block device is flushed before export returns; a file is left to the page cache, as cp leaves it.
                 var copy = new BlockCopy(source, target, new CopyOptions { TargetIsZeroed = zeroed, FlushTarget = target.IsBlockDevice });
-                ProgressView.Run("exporting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress);
+                ProgressView.Run("exporting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress, fetched);
                 Console.Error.WriteLine(
                     $"exported {Units.Bytes(source.Length)} ({Units.Bytes(copy.Data)} of data) to {output} in {clock.Elapsed.TotalSeconds:0.0} s");
             }
@@ -112,12 +113,12 @@ internal static class ExportCommand
         return Program.Ok;
     }
 
-    private static int Stream(ExportOptions o, IBlockDevice source, Stream output, string path)
+    private static int Stream(ExportOptions o, IBlockDevice source, Stream output, string path, Func<string>? fetched)
     {
         var clock = Stopwatch.StartNew();
         using var cancel = Cli.CancelOnCtrlC();
         var copy = new StreamCopy(source, output);
-        ProgressView.Run("exporting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress);
+        ProgressView.Run("exporting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress, fetched);
         string name = path == "-" ? "standard output" : path;
         Console.Error.WriteLine($"exported {Units.Bytes(source.Length)} ({Units.Bytes(copy.Data)} of data) to {name} in {clock.Elapsed.TotalSeconds:0.0} s");
         return Program.Ok;

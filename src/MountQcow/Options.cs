@@ -41,7 +41,7 @@ internal sealed class InfoOptions : ImageReadingOptions
     [Value(1, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, or an http(s) URL (read with range requests, read-only).")]
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).")]
     public string Image { get; set; } = "";
 
     [Option("json", HelpText = "Print JSON instead of text.")]
@@ -54,7 +54,7 @@ internal sealed class CheckOptions : CommonOptions
     [Value(1, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, or an http(s) URL (read with range requests, read-only).")]
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).")]
     public string Image { get; set; } = "";
 
     [Option("json", HelpText = "Print the result as JSON (qemu-img check's field names).")]
@@ -73,7 +73,7 @@ internal sealed class ExportOptions : ImageReadingOptions
     [Value(2, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, or an http(s) URL (read with range requests, read-only).")]
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).")]
     public string Image { get; set; } = "";
 
     [Value(1, MetaName = "OUTPUT", HelpText = "A new raw file, an existing block device at least as large as the disk, or - for standard output (also a FIFO or a character device): the disk in order. Not with --partition N:TARGET.")]
@@ -101,7 +101,7 @@ internal sealed class MountOptions : ImageReadingOptions
     [Value(2, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, or an http(s) URL (read with range requests, read-only).")]
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).")]
     public string Image { get; set; } = "";
 
     [Needed, Value(1, MetaName = "MOUNTPOINT", HelpText = "An existing empty directory; on Windows a free drive letter (M:) or an empty NTFS folder.")]
@@ -113,7 +113,7 @@ internal sealed class MountOptions : ImageReadingOptions
     [Option("rw", HelpText = "Mount read-write: writes to the files go into the image.")]
     public bool ReadWrite { get; set; }
 
-    [Option("files", MetaValue = "[=kernel]", HelpText = "Also mount each partition's file system (the whole disk's without a partition table; each snapshot's), shown as a link pN beside pN.raw. Without root, by user-space drivers: fuse2fs (ext2/3/4), ntfs-3g (NTFS), fusefat (FAT, read-only). --files=kernel (root): the kernel's drivers through loop devices, which also read xfs and btrfs. Linux only.")]
+    [Option("files", MetaValue = "[kernel]", HelpText = "Also mount each partition's file system (the whole disk's without a partition table; each snapshot's), shown as a link pN beside pN.raw. Without root, by user-space drivers: fuse2fs (ext2/3/4), ntfs-3g (NTFS), fusefat (FAT, read-only). --files=kernel (root): the kernel's drivers through loop devices, which also read xfs and btrfs. Linux only.")]
     public string? Files { get; set; }
 
     [Option('o', "options", HelpText = "FUSE mount options, comma-separated (e.g. allow_other; nonempty mounts over a directory that holds files). Linux only.")]

@@ -228,7 +228,7 @@ internal static class Program
 
     private static readonly Dictionary<Type, string> s_usage = new()
     {
-        [typeof(MountOptions)] = "mountqcow [mount] IMAGE MOUNTPOINT [-f] [--rw] [-o OPTIONS]",
+        [typeof(MountOptions)] = "mountqcow [mount] IMAGE MOUNTPOINT [-f] [--rw] [--files[=kernel]] [-o OPTIONS]",
         [typeof(UnmountOptions)] = "mountqcow unmount MOUNTPOINT",
         [typeof(InfoOptions)] = "mountqcow info IMAGE [--json]",
         [typeof(CheckOptions)] = "mountqcow check IMAGE [--json] [--repair leaks|all]",
@@ -246,8 +246,10 @@ internal static class Program
         [
             "  mountqcow vm.qcow2 /mnt/vm                    mount: /mnt/vm/disk.raw, p1.raw, ...",
             "  mountqcow --rw vm.qcow2 /mnt/vm               mount read-write: writes go into the image",
+            "  mountqcow --files vm.qcow2 /mnt/vm            also /mnt/vm/p1/, ...: the files inside, without root",
             "  mountqcow -f vm.qcow2 /mnt/vm                 stay in the foreground; Ctrl-C unmounts",
-            "  sudo mount -o loop,ro /mnt/vm/p1.raw /mnt/p1  then (as root) read a partition's files",
+            "  mountqcow https://host/vm.qcow2 /mnt/vm       a remote image (also s3://bucket/key), read-only",
+            "  sudo mount -o loop,ro /mnt/vm/p1.raw /mnt/p1  or, as root, loop-mount a partition yourself",
             "  mountqcow vm.qcow2 M:                         Windows (Dokany 2.x): M:\\disk.raw, M:\\p1.raw, ...",
         ],
         [typeof(UnmountOptions)] =
