@@ -138,16 +138,22 @@ public sealed class FilesInsideTests : IDisposable
     }
 
     [NeedsFact("qemu", "fuse", "root", "sfdisk", "mkfs.ext4", "mkfs.fat", "mcopy", "mkntfs", "ntfs-3g", "fuse2fs", "fusefat", "debugfs", "fsck.ext4")]
-    public void AReadWriteChangeToAnExt4FileIsInTheImageAfterUnmount()
+    public void AReadWriteChangeToAnExt4FileIsInTheImageAfterUnmount_AndSnapshotsKeepTheirOwn()
     {
         var disk = DiskBuilder.WithExt4FatNtfs(_b, "rw.raw", "gpt");
         string image = _b.Convert(disk.Raw, "rw.qcow2");
+        _b.Img("snapshot", "-c", "before", image);
         string mnt = Directory.CreateDirectory(_b.PathOf("mnt")).FullName;
         var r = MountedImage.Host("--rw", "--files", image, mnt);
         Assert.True(r.ExitCode == 0, r.Stderr);
         Assert.Contains("p2.raw: vfat is mounted read-only", r.Stderr);
+        Assert.Contains($"{mnt}/snapshots/before/p1 (fuse2fs)", r.Stdout);
         byte[] changed = ImageBuilder.Content(Fill.Random, 200_000, 44);
         File.WriteAllBytes(Path.Combine(mnt, "p1", "Documents", "read-me-first.txt"), changed);
+        // The snapshot's file systems are mounted too, read-only, with the bytes they had.
+        Assert.Equal(RootListing(disk.Tree), RootListing(Path.Combine(mnt, "snapshots", "before", "p1")));
+        Assert.Equal(RootListing(disk.Tree), RootListing(Path.Combine(mnt, "snapshots", "before", "p3")));
+        Assert.ThrowsAny<IOException>(() => File.WriteAllText(Path.Combine(mnt, "snapshots", "before", "p1", "refused.txt"), "a snapshot is read-only"));
         Directory.CreateDirectory(Path.Combine(mnt, "p1", "new-folder"));
         File.WriteAllText(Path.Combine(mnt, "p1", "new-folder", "hello.txt"), "written through --rw --files\n");
         Assert.ThrowsAny<IOException>(() => File.WriteAllText(Path.Combine(mnt, "p2", "refused.txt"), "FAT is read-only"));
