@@ -186,6 +186,20 @@ internal sealed class FileSystemMounts : IDisposable
         return folder.Name + "/";
     }
 
+    /// <summary>
+    /// The links of a <c>--files</c> mount (in its root and each snapshot's folder) to file
+    /// systems mounted now: as shown under the mount point, and where they are mounted.
+    /// </summary>
+    public static IEnumerable<(string Shown, string Target)> LinksIn(string mountpoint)
+    {
+        string snapshots = Path.Combine(mountpoint, VirtualFileTree.SnapshotsFolderName);
+        var folders = Directory.Exists(snapshots) ? Directory.GetDirectories(snapshots).Prepend(mountpoint) : [mountpoint];
+        foreach (string folder in folders)
+            foreach (var entry in new DirectoryInfo(folder).EnumerateFileSystemInfos())
+                if (entry.LinkTarget is { } target && Path.IsPathRooted(target) && MountPoint.IsMounted(target))
+                    yield return (entry.FullName, target);
+    }
+
     /// <summary>How many file systems are to be mounted.</summary>
     public int Count => _inner.Count;
 
@@ -211,7 +225,7 @@ internal sealed class FileSystemMounts : IDisposable
     private void Mount(Inner inner)
     {
         var psi = inner.Driver is { } driver
-            ? new ProcessStartInfo(Cli.FindProgram(driver.Program)!, driver.Arguments(inner.Source, inner.Target, inner.Writable, Native.IsRoot))
+            ? InOwnSession(Cli.FindProgram(driver.Program)!, driver.Arguments(inner.Source, inner.Target, inner.Writable, Native.IsRoot))
             : new ProcessStartInfo("mount", ["-t", inner.KernelType!, "-o", inner.Writable ? "loop" : "loop,ro", inner.Source, inner.Target]);
         psi.RedirectStandardOutput = psi.RedirectStandardError = true;
         psi.RedirectStandardInput = true; // nothing to read: never the terminal
@@ -270,6 +284,14 @@ internal sealed class FileSystemMounts : IDisposable
             if (process.HasExited) DriverEnded(inner);
         }
     }
+
+    /// <summary>
+    /// A driver in a session of its own (setsid(1) execs it in place, keeping the process id), so
+    /// that Ctrl-C on a foreground mount's terminal reaches only this process, which then
+    /// unmounts everything in order, and never kills a driver under a mounted file system.
+    /// </summary>
+    private static ProcessStartInfo InOwnSession(string program, string[] arguments) =>
+        Cli.FindProgram("setsid") is { } setsid ? new ProcessStartInfo(setsid, [program, .. arguments]) : new ProcessStartInfo(program, arguments);
 
     private static string What(Inner inner) => inner.Driver?.Program ?? $"mount -t {inner.KernelType}";
 

@@ -19,6 +19,12 @@ internal static class UnmountCommand
             throw new UserError($"{o.Mountpoint} is not a mountqcow mount (it is {entry.FsType}); unmount it with umount");
         string image = entry.Source["mountqcow:".Length..];
         int? server = Holders.Server(image);
+        // --files: a file system inside in use would keep the server waiting after the unmount; refuse first.
+        foreach (var (shown, target) in FileSystemMounts.LinksIn(mountpoint))
+        {
+            var inside = Holders.OfMount(target);
+            if (inside.Count > 0) throw new UserError($"{shown} is in use by {string.Join(", ", inside)}; unmount or close that first");
+        }
         switch (FuseMount.Unmount(mountpoint, lazy: false))
         {
             case FuseMount.UnmountResult.Busy:

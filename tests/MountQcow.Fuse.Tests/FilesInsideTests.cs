@@ -124,6 +124,7 @@ public sealed class FilesInsideTests : IDisposable
         File.SetUnixFileMode(image, (UnixFileMode)0x1a4);
         string mnt = NewUserFolder("mnt");
         using var conf = FuseConf.WithUserAllowOther(false);
+        using var end = new UnmountAtEnd(mnt);
         var r = AsUser("dotnet", MountedImage.Dll, "--files", image, mnt);
         Assert.True(r.ExitCode == 0, r.Stderr);
         int server = MountedImage.FindServer(mnt)!.Value;
@@ -144,6 +145,7 @@ public sealed class FilesInsideTests : IDisposable
         string image = _b.Convert(disk.Raw, "rw.qcow2");
         _b.Img("snapshot", "-c", "before", image);
         string mnt = Directory.CreateDirectory(_b.PathOf("mnt")).FullName;
+        using var end = new UnmountAtEnd(mnt);
         var r = MountedImage.Host("--rw", "--files", image, mnt);
         Assert.True(r.ExitCode == 0, r.Stderr);
         Assert.Contains("p2.raw: vfat is mounted read-only", r.Stderr);
@@ -157,6 +159,16 @@ public sealed class FilesInsideTests : IDisposable
         Directory.CreateDirectory(Path.Combine(mnt, "p1", "new-folder"));
         File.WriteAllText(Path.Combine(mnt, "p1", "new-folder", "hello.txt"), "written through --rw --files\n");
         Assert.ThrowsAny<IOException>(() => File.WriteAllText(Path.Combine(mnt, "p2", "refused.txt"), "FAT is read-only"));
+        // A file system inside in use: unmount refuses and names the user, as for the mount itself.
+        using (var user = Process.Start(new ProcessStartInfo("sleep", ["60"]) { WorkingDirectory = Path.Combine(mnt, "p1", "new-folder") })!)
+        {
+            var busy = MountedImage.Host("unmount", mnt);
+            Assert.Equal(1, busy.ExitCode);
+            Assert.Contains($"{mnt}/p1 is in use by sleep (pid {user.Id})", busy.Stderr);
+            Assert.True(MountedImage.IsMounted(mnt));
+            user.Kill();
+            user.WaitForExit();
+        }
         var done = MountedImage.Host("unmount", mnt);
         Assert.True(done.ExitCode == 0, done.Stderr);
 
@@ -188,6 +200,7 @@ public sealed class FilesInsideTests : IDisposable
             RandomAccess.Write(f, BitConverter.GetBytes(30), disk.Starts[0] + 1024 + 24); // s_log_block_size
         string image = _b.Convert(disk.Raw, "bad.qcow2");
         string mnt = Directory.CreateDirectory(_b.PathOf("mnt")).FullName;
+        using var end = new UnmountAtEnd(mnt);
         var r = MountedImage.Host("--files", image, mnt);
         Assert.True(r.ExitCode == 0, r.Stderr);
         var line = Assert.Single(r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
@@ -216,6 +229,57 @@ public sealed class FilesInsideTests : IDisposable
         int again = MountedImage.FindServer(mnt)!.Value;
         Run.Checked("fusermount3", "-u", mnt);
         MountedImage.AssertGone(again, mnt);
+    }
+
+    [NeedsFact("qemu", "fuse", "root", "setsid", "sfdisk", "mkfs.ext4", "mkfs.fat", "mcopy", "mkntfs", "ntfs-3g", "fuse2fs", "fusefat")]
+    public void CtrlCOnAForegroundMountUnmountsTheFileSystemsInOrder_NotKillingTheirDrivers()
+    {
+        var disk = DiskBuilder.WithExt4FatNtfs(_b, "fg.raw", "dos");
+        string image = _b.Convert(disk.Raw, "fg.qcow2");
+        string mnt = Directory.CreateDirectory(_b.PathOf("mnt")).FullName;
+        // A process group of its own, as a shell's foreground job: the terminal's Ctrl-C goes to the whole group.
+        using var job = Process.Start(new ProcessStartInfo("setsid", ["env", .. MountedImage.DefaultSignals, "dotnet", MountedImage.Dll, "-f", "--files", image, mnt])
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        })!;
+        var errors = job.StandardError.ReadToEndAsync();
+        try
+        {
+            string? line;
+            while ((line = job.StandardOutput.ReadLine()) is not null && !line.Contains("unmount:")) { }
+            Assert.NotNull(line);
+            Assert.Equal(RootListing(disk.Tree), RootListing(Path.Combine(mnt, "p3")));
+            // The drivers are outside the job's process group, so the terminal's signals miss them
+            // (if they got Ctrl-C, each would unmount itself, racing the mount's own order).
+            var drivers = Run.Checked("pgrep", "-P", job.Id.ToString()).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.Equal(3, drivers.Length);
+            Assert.All(drivers, d => Assert.NotEqual(ProcessGroup(job.Id.ToString()), ProcessGroup(d)));
+        }
+        finally
+        {
+            Run.Checked("kill", "-INT", "--", $"-{job.Id}");
+        }
+        Assert.True(job.WaitForExit(20_000), "the mount did not end on Ctrl-C");
+        Assert.Equal(0, job.ExitCode);
+        Assert.DoesNotContain("ended", errors.Result); // no driver died under its file system
+        Assert.False(MountedImage.IsMounted(mnt));
+        Assert.Empty(Run.Capture("pgrep", ["-f", "mountqcow-files-"]).Stdout.Trim());
+    }
+
+    /// <summary>Unmounts (lazily) at the end of a test whatever it left mounted when an assertion failed.</summary>
+    private sealed class UnmountAtEnd(string mountpoint) : IDisposable
+    {
+        public void Dispose()
+        {
+            if (MountedImage.IsMounted(mountpoint)) Run.Capture("fusermount3", ["-u", "-z", mountpoint]);
+        }
+    }
+
+    /// <summary>A process's group id (the field after its state in /proc/PID/stat).</summary>
+    private static string ProcessGroup(string pid)
+    {
+        string stat = File.ReadAllText($"/proc/{pid}/stat");
+        return stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[2];
     }
 
     /// <summary>Whether a condition holds within 10 s; a folder whose driver just died may fail to read meanwhile.</summary>
