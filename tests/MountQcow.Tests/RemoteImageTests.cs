@@ -77,6 +77,36 @@ public sealed class RemoteImageTests : IDisposable
         Assert.Equal(64 << 10, again.Counters.BytesFetched.Value); // a random read fetches one chunk
     }
 
+    /// <summary>
+    /// Eight readers, random and in order, through a cache of four chunks: chunks are evicted, and
+    /// their arrays reused, while other readers still copy from them; every byte must stay right.
+    /// </summary>
+    [NeedsFact("qemu", "nginx")]
+    public void ManyReadersThroughATinyCacheGetTheRightBytes()
+    {
+        string image = _b.Create("tiny.qcow2", "16M");
+        _b.Write(image, 0, 16 << 20, Fill.Random, 9);
+        byte[] expected = File.ReadAllBytes(image);
+        using var nginx = new Nginx(_b.Folder);
+        using var remote = HttpBlockDevice.Open(nginx.Url("tiny.qcow2"), new RemoteOptions { CacheBytes = 4 << 16, ChunksPerRequest = 4 });
+        Parallel.For(0, 8, reader =>
+        {
+            var random = new Random(reader);
+            var buffer = new byte[200_000];
+            long inOrder = random.NextInt64(0, remote.Length / 2);
+            for (int i = 0; i < 150; i++)
+            {
+                int length = random.Next(1, buffer.Length);
+                long offset = reader % 2 == 0 ? random.NextInt64(0, remote.Length - length) : inOrder;
+                if (offset + length > remote.Length) offset = inOrder = 0;
+                remote.ReadAt(buffer.AsSpan(0, length), offset);
+                Assert.True(expected.AsSpan((int)offset, length).SequenceEqual(buffer.AsSpan(0, length)), $"reader {reader}, read {i}: wrong bytes at {offset}");
+                inOrder = offset + length;
+            }
+        });
+        Assert.True(remote.Counters.BytesFetched.Value > 4 << 16); // the cache was far too small: chunks came and went
+    }
+
     [NeedsFact("qemu", "nginx")]
     public void BadServersAndAnswersAreOneLine()
     {

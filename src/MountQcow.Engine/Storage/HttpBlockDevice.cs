@@ -62,12 +62,31 @@ public sealed class HttpBlockDevice : IBlockDevice
     private readonly EntityTagHeaderValue? _etag;
     private readonly DateTimeOffset? _modified;
     private readonly object _lock = new();
-    private readonly Dictionary<long, LinkedListNode<(long Chunk, byte[] Bytes)>> _cache = new();
-    private readonly LinkedList<(long Chunk, byte[] Bytes)> _lru = new();
-    private readonly Dictionary<long, Task<byte[]>> _inFlight = new();
+    // Under _lock: every chunk being fetched or cached, the cached ones most recently used first,
+    // and chunk arrays no longer used (each 64 KiB array is allocated once, on the pinned heap,
+    // and reused: the collector never copies cached chunks as they age, nor zeroes new ones).
+    private readonly Dictionary<long, Entry> _entries = new();
+    private readonly LinkedList<Entry> _lru = new();
+    private readonly Stack<byte[]> _free = new();
     private readonly int _maxChunks;
-    private long _lastChunk = -2;
-    private int _window;
+    // Reads in order, told apart when several readers go through the object at once (a copy's
+    // workers, the kernel's readahead on several threads): each the chunk it reads next and how
+    // many requests ahead it has earned.
+    private readonly long[] _streamNext = [-1, -1, -1, -1, -1, -1, -1, -1];
+    private readonly int[] _streamWindow = new int[8];
+    private int _streamVictim;
+
+    /// <summary>A chunk being fetched (until <see cref="Ready"/>), then cached; readers pin it while they copy from it.</summary>
+    private sealed class Entry(long chunk)
+    {
+        public readonly long Chunk = chunk;
+        public readonly TaskCompletionSource Ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public byte[]? Bytes;
+        public int Length;
+        public int Users;
+        public bool Evicted;
+        public LinkedListNode<Entry>? Node;
+    }
 
     private readonly string _name;
 
@@ -235,134 +254,207 @@ public sealed class HttpBlockDevice : IBlockDevice
             long chunk = offset / chunkBytes;
             int inChunk = (int)(offset % chunkBytes);
             int needed = (int)Math.Min(_options.ChunksPerRequest, (inChunk + (long)buffer.Length + chunkBytes - 1) / chunkBytes);
-            byte[] bytes = Chunk(chunk, needed);
-            int n = Math.Min(buffer.Length, bytes.Length - inChunk);
-            if (n <= 0) throw new ImageIOException($"{_name}: the object is shorter than it was at open");
-            bytes.AsSpan(inChunk, n).CopyTo(buffer);
+            var entry = Pin(chunk, needed);
+            int n;
+            try
+            {
+                entry.Ready.Task.GetAwaiter().GetResult();
+                n = Math.Min(buffer.Length, entry.Length - inChunk);
+                if (n <= 0) throw new ImageIOException($"{_name}: the object is shorter than it was at open");
+                entry.Bytes.AsSpan(inChunk, n).CopyTo(buffer);
+            }
+            catch (Exception e) when (e is not ImageIOException)
+            {
+                throw new ImageIOException($"{_name}: reading failed after {_options.Retries} retries: {Reason(e)}", e);
+            }
+            finally
+            {
+                Unpin(entry);
+            }
             buffer = buffer[n..];
             offset += n;
         }
     }
 
     /// <summary>
-    /// A chunk's bytes: cached, being fetched (then waited for), or fetched now together with the
-    /// chunks the read still needs after it (<paramref name="needed"/>); once reads go in order,
-    /// the requests after it are started too, in parallel.
+    /// A chunk, pinned for the caller to copy from once it is ready: cached, being fetched, or
+    /// fetched now together with the chunks the read still needs after it (<paramref name="needed"/>);
+    /// once reads go in order, the requests after it are started too, in parallel.
     /// </summary>
-    private byte[] Chunk(long chunk, int needed)
+    private Entry Pin(long chunk, int needed)
     {
-        Task<byte[]> task;
         lock (_lock)
         {
-            // Ahead at most half the cache, so what was fetched ahead is still there when it is read.
-            int most = Math.Max(1, Math.Min(_options.ReadAhead, _maxChunks / (2 * _options.ChunksPerRequest)));
-            if (chunk == _lastChunk + 1) _window = Math.Min(most, _window + 1);
-            else if (chunk != _lastChunk) _window = 0; // the same chunk again changes nothing
-            bool inOrder = _window > 0;
-            _lastChunk = chunk;
-            if (_cache.TryGetValue(chunk, out var node))
+            int window = Stream(chunk);
+            if (_entries.TryGetValue(chunk, out var entry))
             {
-                _lru.Remove(node);
-                _lru.AddFirst(node);
-                Counters.CacheHits.Increment();
-                task = Task.FromResult(node.Value.Bytes);
+                if (entry.Node is { } node)
+                {
+                    _lru.Remove(node);
+                    _lru.AddFirst(node);
+                    Counters.CacheHits.Increment();
+                }
             }
             else
             {
-                task = StartRun(chunk, Math.Max(needed, inOrder ? _options.ChunksPerRequest : 1));
+                entry = StartRun(chunk, Math.Max(needed, window > 0 ? _options.ChunksPerRequest : 1));
             }
+            entry.Users++;
             // In order: keep the next requests in flight.
             long next = chunk + 1, last = (Length - 1) / _options.ChunkBytes;
-            for (int r = 0; r < _window && next <= last; r++)
+            for (int r = 0; r < window && next <= last; r++)
             {
-                while (next <= last && (_cache.ContainsKey(next) || _inFlight.ContainsKey(next))) next++;
-                if (next > last || next > chunk + (long)_window * _options.ChunksPerRequest) break;
+                while (next <= last && _entries.ContainsKey(next)) next++;
+                if (next > last || next > chunk + (long)window * _options.ChunksPerRequest) break;
                 StartRun(next, _options.ChunksPerRequest);
                 next += _options.ChunksPerRequest;
             }
-        }
-        try
-        {
-            return task.GetAwaiter().GetResult();
-        }
-        catch (ImageIOException)
-        {
-            throw;
-        }
-        catch (Exception e)
-        {
-            throw new ImageIOException($"{_name}: reading failed after {_options.Retries} retries: {Reason(e)}", e);
+            return entry;
         }
     }
 
     /// <summary>
-    /// Starts one request for up to <paramref name="count"/> chunks from <paramref name="first"/>
-    /// (stopping at one already cached or being fetched, or the end): each chunk's task is in
-    /// flight until the request ends, so a chunk several readers want is fetched once. The caller
-    /// holds the lock. Returns the first chunk's task.
+    /// How many requests ahead a read of <paramref name="chunk"/> earns: more for each chunk that
+    /// follows the one its reader read last, up to the read-ahead (and at most half the cache, so
+    /// what was fetched ahead is still there when it is read); 0 for a read out of order, which
+    /// then takes the place of the least recently started reader. The caller holds the lock.
     /// </summary>
-    private Task<byte[]> StartRun(long first, int count)
+    private int Stream(long chunk)
     {
-        if (_inFlight.TryGetValue(first, out var running)) return running;
-        long last = (Length - 1) / _options.ChunkBytes;
-        int n = 1;
-        while (n < count && first + n <= last && !_cache.ContainsKey(first + n) && !_inFlight.ContainsKey(first + n)) n++;
-        var run = Task.Run(() => Fetch(first, n));
-        for (int i = 0; i < n; i++)
+        int most = Math.Max(1, Math.Min(_options.ReadAhead, _maxChunks / (2 * _options.ChunksPerRequest)));
+        for (int i = 0; i < _streamNext.Length; i++)
         {
-            long chunk = first + i;
-            int index = i;
-            var task = run.ContinueWith(t => t.GetAwaiter().GetResult()[index], TaskContinuationOptions.ExecuteSynchronously);
-            _inFlight[chunk] = task;
-            task.ContinueWith(t =>
-            {
-                lock (_lock)
-                {
-                    _inFlight.Remove(chunk);
-                    if (!t.IsCompletedSuccessfully || _cache.ContainsKey(chunk)) return;
-                    _cache[chunk] = _lru.AddFirst((chunk, t.Result));
-                    while (_cache.Count > _maxChunks)
-                    {
-                        var oldest = _lru.Last!;
-                        _lru.RemoveLast();
-                        _cache.Remove(oldest.Value.Chunk);
-                    }
-                }
-            }, TaskScheduler.Default);
+            if (chunk == _streamNext[i] - 1) return _streamWindow[i]; // the same chunk again changes nothing
+            if (chunk != _streamNext[i]) continue;
+            _streamNext[i] = chunk + 1;
+            return _streamWindow[i] = Math.Min(most, _streamWindow[i] + 1);
         }
-        return _inFlight[first];
+        int victim = _streamVictim;
+        _streamVictim = (victim + 1) % _streamNext.Length;
+        _streamNext[victim] = chunk + 1;
+        return _streamWindow[victim] = 0;
     }
 
-    /// <summary>One range request for <paramref name="count"/> chunks, read straight into one array per chunk (none large).</summary>
-    private async Task<byte[][]> Fetch(long firstChunk, int count)
+    /// <summary>
+    /// Starts one request for up to <paramref name="count"/> chunks from <paramref name="first"/>
+    /// (stopping at one already cached or being fetched, or the end): each chunk is known as being
+    /// fetched until it arrives, so a chunk several readers want is fetched once. The caller holds
+    /// the lock. Returns the first chunk's entry.
+    /// </summary>
+    private Entry StartRun(long first, int count)
     {
-        long first = firstChunk * _options.ChunkBytes;
-        long last = Math.Min(Length, first + (long)count * _options.ChunkBytes) - 1;
-        return await _pipeline.ExecuteAsync(async token =>
+        long last = (Length - 1) / _options.ChunkBytes;
+        int n = 1;
+        while (n < count && first + n <= last && !_entries.ContainsKey(first + n)) n++;
+        var run = new Entry[n];
+        for (int i = 0; i < n; i++) _entries[first + i] = run[i] = new Entry(first + i);
+        _ = Task.Run(() => Fetch(run));
+        return run[0];
+    }
+
+    private void Unpin(Entry entry)
+    {
+        lock (_lock)
         {
-            Counters.Requests.Increment();
-            using var request = Range(_url, first, last);
-            using var response = await Send(_http, request, _name, token);
-            if (response.StatusCode != HttpStatusCode.PartialContent)
-                throw new ImageIOException($"{_name}: the server answered a range request with HTTP {(int)response.StatusCode}, not 206");
-            var etag = response.Headers.ETag;
-            var modified = response.Content.Headers.LastModified;
-            if ((_etag is not null && etag is not null && etag.Tag != _etag.Tag) || (_etag is null && _modified is not null && modified is not null && modified != _modified))
-                throw new ImageIOException($"{_name} changed since it was opened ({(_etag is not null ? $"ETag {_etag.Tag}, now {etag?.Tag}" : $"modified {_modified:u}, now {modified:u}")}); reads stop rather than mix two versions");
-            var range = response.Content.Headers.ContentRange;
-            if (range is null || range.From != first || range.To != last)
-                throw new ImageIOException($"{_name}: the server sent bytes {range?.From}-{range?.To} for a request of {first}-{last}");
-            await using var body = await response.Content.ReadAsStreamAsync(token);
-            var chunks = new byte[count][];
-            for (int i = 0; i < count; i++)
+            if (--entry.Users == 0 && entry.Evicted) Recycle(entry);
+        }
+    }
+
+    /// <summary>An evicted chunk nobody copies from any more gives its array back. The caller holds the lock.</summary>
+    private void Recycle(Entry entry)
+    {
+        if (entry.Bytes is { } bytes) _free.Push(bytes);
+        entry.Bytes = null;
+    }
+
+    private byte[] Rent()
+    {
+        lock (_lock)
+        {
+            if (_free.TryPop(out var bytes)) return bytes;
+        }
+        // Uninitialized (the body fills it) and pinned: never zeroed, never moved by the collector.
+        return GC.AllocateUninitializedArray<byte>(_options.ChunkBytes, pinned: true);
+    }
+
+    /// <summary>A chunk has arrived: cached (the least recently used ones evicted), then its readers go on.</summary>
+    private void Arrived(Entry entry, byte[] bytes, int length)
+    {
+        lock (_lock)
+        {
+            entry.Bytes = bytes;
+            entry.Length = length;
+            entry.Node = _lru.AddFirst(entry);
+            while (_lru.Count > _maxChunks)
             {
-                long start = first + (long)i * _options.ChunkBytes;
-                chunks[i] = new byte[(int)(Math.Min(last + 1, start + _options.ChunkBytes) - start)];
-                await body.ReadExactlyAsync(chunks[i], token); // a cut connection ends early: an IOException, retried
+                var oldest = _lru.Last!.Value;
+                _lru.RemoveLast();
+                oldest.Node = null;
+                _entries.Remove(oldest.Chunk);
+                oldest.Evicted = true;
+                if (oldest.Users == 0) Recycle(oldest);
             }
-            Counters.BytesFetched.Add(last - first + 1);
-            return chunks;
-        });
+        }
+        entry.Ready.TrySetResult();
+    }
+
+    /// <summary>
+    /// One range request for a run of chunks, each read straight into its own array and handed to
+    /// its readers as it arrives; a retry asks only for the chunks not yet arrived. After the last
+    /// retry, the chunks that did not arrive fail their readers and are forgotten (a later read tries again).
+    /// </summary>
+    private async Task Fetch(Entry[] run)
+    {
+        int done = 0;
+        try
+        {
+            await _pipeline.ExecuteAsync(async token =>
+            {
+                int chunkBytes = _options.ChunkBytes;
+                long first = run[done].Chunk * chunkBytes;
+                long last = Math.Min(Length, (run[^1].Chunk + 1) * chunkBytes) - 1;
+                Counters.Requests.Increment();
+                using var request = Range(_url, first, last);
+                using var response = await Send(_http, request, _name, token);
+                if (response.StatusCode != HttpStatusCode.PartialContent)
+                    throw new ImageIOException($"{_name}: the server answered a range request with HTTP {(int)response.StatusCode}, not 206");
+                var etag = response.Headers.ETag;
+                var modified = response.Content.Headers.LastModified;
+                if ((_etag is not null && etag is not null && etag.Tag != _etag.Tag) || (_etag is null && _modified is not null && modified is not null && modified != _modified))
+                    throw new ImageIOException($"{_name} changed since it was opened ({(_etag is not null ? $"ETag {_etag.Tag}, now {etag?.Tag}" : $"modified {_modified:u}, now {modified:u}")}); reads stop rather than mix two versions");
+                var range = response.Content.Headers.ContentRange;
+                if (range is null || range.From != first || range.To != last)
+                    throw new ImageIOException($"{_name}: the server sent bytes {range?.From}-{range?.To} for a request of {first}-{last}");
+                await using var body = await response.Content.ReadAsStreamAsync(token);
+                while (done < run.Length)
+                {
+                    var entry = run[done];
+                    int length = (int)(Math.Min(Length, (entry.Chunk + 1) * chunkBytes) - entry.Chunk * chunkBytes);
+                    byte[] bytes = Rent();
+                    try
+                    {
+                        await body.ReadExactlyAsync(bytes.AsMemory(0, length), token); // a cut connection ends early: an IOException, retried
+                    }
+                    catch
+                    {
+                        lock (_lock) _free.Push(bytes);
+                        throw;
+                    }
+                    Counters.BytesFetched.Add(length);
+                    Arrived(entry, bytes, length);
+                    done++;
+                }
+            });
+        }
+        catch (Exception e)
+        {
+            lock (_lock)
+            {
+                for (int i = done; i < run.Length; i++)
+                    if (_entries.TryGetValue(run[i].Chunk, out var entry) && entry == run[i]) _entries.Remove(run[i].Chunk);
+            }
+            for (int i = done; i < run.Length; i++) run[i].Ready.TrySetException(e);
+        }
     }
 
     public void WriteAt(ReadOnlySpan<byte> buffer, long offset) => throw new NotSupportedException($"{_name} is read-only");
