@@ -5,9 +5,9 @@ using MountQcow.Storage;
 namespace MountQcow.Fuse;
 
 /// <summary>
-/// Serves a <see cref="VirtualFileTree"/> through libfuse's high-level API: a flat folder of
-/// files. Callbacks are static unmanaged functions; each has one catch that maps the
-/// exception to an errno. One file system per process.
+/// Serves a <see cref="VirtualFileTree"/> through libfuse's high-level API: its folders, files
+/// and links. Callbacks are static unmanaged functions; each has one catch that maps the
+/// exception to an errno. One tree per process (which may be mounted at more than one place).
 /// </summary>
 internal static unsafe class FuseFileSystem
 {

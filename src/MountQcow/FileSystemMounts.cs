@@ -60,11 +60,13 @@ internal sealed class FileSystemMounts : IDisposable
     /// <summary>The private mount of the tree that drivers read from, inside <see cref="Root"/>.</summary>
     public const string RawFolderName = ".raw";
 
+    /// <summary>How the private directory's name starts (in the temporary folder).</summary>
+    private const string Prefix = "mountqcow-files-";
+
     private readonly List<Inner> _inner = [];
     private readonly List<string> _folders = []; // made here, parents first
     private readonly FilesMode _mode;
     private readonly Action<string> _warn;
-    private volatile bool _stopping;
     private IMount? _raw;
     private Thread? _rawServer;
 
@@ -96,6 +98,7 @@ internal sealed class FileSystemMounts : IDisposable
         public bool Writable { get; } = writable;
         public Process? Process { get; set; }
         public bool Mounted { get; set; }
+        public bool Stopping { get; set; } // under lock (this), with Mounted
         public readonly List<string> Output = [];
     }
 
@@ -105,18 +108,25 @@ internal sealed class FileSystemMounts : IDisposable
     /// </summary>
     public static FileSystemMounts Prepare(VirtualFileTree tree, FilesMode mode, Action<string> warn)
     {
-        var root = Directory.CreateTempSubdirectory("mountqcow-files-").FullName; // 0700, this user's
+        // 0700, this user's; as the kernel names it (mountinfo shows paths with links resolved).
+        var root = Native.RealPath(Directory.CreateTempSubdirectory(Prefix).FullName);
         var mounts = new FileSystemMounts(tree, root, mode, warn);
         try
         {
             mounts.MakeFolder(mounts.RawFolder);
-            foreach (var folder in tree.Folders.Where(f => f.Files.Any(x => x.Name == VirtualFileTree.DiskFileName)))
+            // Drivers read each disk's files by number (.mountqcow/disks/K/pN.raw) and mount on
+            // folders named by number: no name from the image (a snapshot's) reaches a command line
+            // or a driver's mount options.
+            tree.AddDiskAliases();
+            var disks = tree.DiskFolders;
+            for (int k = 0; k < disks.Count; k++)
             {
-                string prefix = FolderPath(tree, folder);
+                var folder = disks[k];
+                string prefix = k == 0 ? "" : $"{VirtualFileTree.SnapshotsFolderName}/{folder.Name}/";
                 var partitions = folder.Files.Where(f => f.Partition is not null).ToList();
                 var files = partitions.Count > 0 ? partitions : folder.Files.Where(f => f.Name == VirtualFileTree.DiskFileName).ToList();
                 foreach (var file in files)
-                    mounts.Plan(folder, prefix, file);
+                    mounts.Plan(folder, prefix, file, k);
             }
         }
         catch
@@ -127,7 +137,7 @@ internal sealed class FileSystemMounts : IDisposable
         return mounts;
     }
 
-    private void Plan(VirtualFolder folder, string prefix, VirtualFile file)
+    private void Plan(VirtualFolder folder, string prefix, VirtualFile file, int disk)
     {
         string shown = prefix + file.Name;
         string name = Path.GetFileNameWithoutExtension(file.Name); // p1.raw: p1; disk.raw: disk
@@ -145,6 +155,12 @@ internal sealed class FileSystemMounts : IDisposable
             if (kernelType is null)
             {
                 _warn($"{shown}: {FileSystemDriver.NothingFor(fs.Type, _mode)}; only the file is shown");
+                return;
+            }
+            if (kernelType == "btrfs" && disk > 0)
+            {
+                // The kernel knows a btrfs by its id, which a snapshot's copy shares with the current disk's.
+                _warn($"{shown}: btrfs, which the kernel cannot mount twice (a snapshot's copy has the current disk's id); export the snapshot's partition and mount that alone");
                 return;
             }
         }
@@ -172,32 +188,33 @@ internal sealed class FileSystemMounts : IDisposable
         bool writable = file.Writable && (driver?.Writes ?? true);
         if (file.Writable && !writable)
             _warn($"{shown}: {fs.Type} is mounted read-only ({driver!.Program} writes only experimentally)");
-        string target = Path.Combine(Root, prefix + name);
+        string target = Path.Combine(Root, disk == 0 ? name : $"s{disk}-{name}");
         MakeFolder(target);
-        _inner.Add(new Inner(folder, name, shown, Path.Combine(RawFolder, prefix + file.Name), target, driver, kernelType, writable));
+        _inner.Add(new Inner(folder, name, shown, Path.Combine(RawFolder, _tree.AliasOf(file)), target, driver, kernelType, writable));
     }
 
-    /// <summary>A folder's path in the tree, with a trailing slash ("" for the root).</summary>
-    private static string FolderPath(VirtualFileTree tree, VirtualFolder folder)
-    {
-        if (folder == tree.Root) return "";
-        foreach (var parent in tree.Folders)
-            if (parent.Folders.Contains(folder)) return FolderPath(tree, parent) + folder.Name + "/";
-        return folder.Name + "/";
-    }
+    /// <summary>Whether a mount point is a <c>--files</c> mount's private mount of its tree (not one a user made).</summary>
+    public static bool IsPrivate(string target) =>
+        Path.GetFileName(target) == RawFolderName && Path.GetFileName(Path.GetDirectoryName(target) ?? "").StartsWith(Prefix, StringComparison.Ordinal);
 
     /// <summary>
-    /// The links of a <c>--files</c> mount (in its root and each snapshot's folder) to file
-    /// systems mounted now: as shown under the mount point, and where they are mounted.
+    /// The file systems mounted inside the <c>--files</c> mounts of an image's tree (by
+    /// <paramref name="source"/>, the mount's source): how a user sees each, and where it is
+    /// mounted. Found in the mount table, never through the mount itself (which may be dead or hung).
     /// </summary>
-    public static IEnumerable<(string Shown, string Target)> LinksIn(string mountpoint)
+    public static IEnumerable<(string Shown, string Target)> InsideOf(string source, string mountpoint)
     {
-        string snapshots = Path.Combine(mountpoint, VirtualFileTree.SnapshotsFolderName);
-        var folders = Directory.Exists(snapshots) ? Directory.GetDirectories(snapshots).Prepend(mountpoint) : [mountpoint];
-        foreach (string folder in folders)
-            foreach (var entry in new DirectoryInfo(folder).EnumerateFileSystemInfos())
-                if (entry.LinkTarget is { } target && Path.IsPathRooted(target) && MountPoint.IsMounted(target))
-                    yield return (entry.FullName, target);
+        var table = MountPoint.Table().ToList();
+        foreach (var raw in table.Where(m => m.Source == source && IsPrivate(m.Target)))
+        {
+            string root = Path.GetDirectoryName(raw.Target)! + "/";
+            foreach (var inner in table.Where(m => m.Target.StartsWith(root, StringComparison.Ordinal) && m.Target != raw.Target))
+            {
+                string name = Path.GetFileName(inner.Target);
+                int dash = name.IndexOf('-');
+                yield return (name[0] == 's' && dash > 0 ? $"{mountpoint}'s snapshot file system {name[(dash + 1)..]} (at {inner.Target})" : $"{mountpoint}/{name}", inner.Target);
+            }
+        }
     }
 
     /// <summary>How many file systems are to be mounted.</summary>
@@ -226,7 +243,7 @@ internal sealed class FileSystemMounts : IDisposable
     {
         var psi = inner.Driver is { } driver
             ? InOwnSession(Cli.FindProgram(driver.Program)!, driver.Arguments(inner.Source, inner.Target, inner.Writable, Native.IsRoot))
-            : new ProcessStartInfo("mount", ["-t", inner.KernelType!, "-o", inner.Writable ? "loop" : "loop,ro", inner.Source, inner.Target]);
+            : InOwnSession("mount", ["-t", inner.KernelType!, "-o", KernelOptions(inner), inner.Source, inner.Target]);
         psi.RedirectStandardOutput = psi.RedirectStandardError = true;
         psi.RedirectStandardInput = true; // nothing to read: never the terminal
         psi.UseShellExecute = false;
@@ -285,12 +302,16 @@ internal sealed class FileSystemMounts : IDisposable
         }
     }
 
+    /// <summary>Loop, read-only unless writable; xfs may share its id with a snapshot's copy (nouuid).</summary>
+    private static string KernelOptions(Inner inner) =>
+        (inner.Writable ? "loop" : "loop,ro") + (inner.KernelType == "xfs" ? ",nouuid" : "");
+
     /// <summary>
     /// A driver in a session of its own (setsid(1) execs it in place, keeping the process id), so
     /// that Ctrl-C on a foreground mount's terminal reaches only this process, which then
     /// unmounts everything in order, and never kills a driver under a mounted file system.
     /// </summary>
-    private static ProcessStartInfo InOwnSession(string program, string[] arguments) =>
+    private static ProcessStartInfo InOwnSession(string program, IEnumerable<string> arguments) =>
         Cli.FindProgram("setsid") is { } setsid ? new ProcessStartInfo(setsid, [program, .. arguments]) : new ProcessStartInfo(program, arguments);
 
     private static string What(Inner inner) => inner.Driver?.Program ?? $"mount -t {inner.KernelType}";
@@ -311,13 +332,14 @@ internal sealed class FileSystemMounts : IDisposable
     /// <summary>A driver that ends while mounted (it crashed, or was killed): said, and its folder left empty rather than hanging.</summary>
     private void DriverEnded(Inner inner)
     {
-        if (_stopping) return;
+        string why;
         lock (inner)
         {
-            if (!inner.Mounted) return;
+            if (inner.Stopping || !inner.Mounted) return; // Stop unmounts it, and disposes the process only after this
             inner.Mounted = false;
+            why = Complaint(inner, inner.Process!.ExitCode);
         }
-        _warn($"{inner.Shown}: {What(inner)} ended ({Complaint(inner, inner.Process!.ExitCode)}); {Path.GetFileName(inner.Target)} is empty now");
+        _warn($"{inner.Shown}: {What(inner)} ended ({why}); {inner.Name} is empty now");
         FuseMount.Unmount(inner.Target, lazy: true);
     }
 
@@ -330,9 +352,9 @@ internal sealed class FileSystemMounts : IDisposable
     /// </summary>
     public void Stop()
     {
-        _stopping = true;
         Parallel.ForEach(_inner, inner =>
         {
+            lock (inner) inner.Stopping = true;
             bool detached = false;
             if (MountPoint.IsMounted(inner.Target) && FuseMount.Unmount(inner.Target, lazy: false) == FuseMount.UnmountResult.Busy)
             {

@@ -47,8 +47,9 @@ internal static class Holders
     }
 
     /// <summary>The mount points where mountqcow mounts <paramref name="image"/> (from /proc/self/mountinfo).</summary>
+    /// <summary>Where a user mounted <paramref name="image"/> (a --files mount's private mount of it left out).</summary>
     public static IEnumerable<string> MountsOf(string image) =>
-        MountPoint.Table().Where(m => m.Source == "mountqcow:" + image).Select(m => m.Target);
+        MountPoint.Table().Where(m => m.Source == "mountqcow:" + image && !FileSystemMounts.IsPrivate(m.Target)).Select(m => m.Target);
 
     /// <summary>The mountqcow process serving <paramref name="image"/> (it has the image and /dev/fuse open), or null.</summary>
     public static int? Server(string image)

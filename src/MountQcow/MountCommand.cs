@@ -142,6 +142,7 @@ internal static class MountCommand
             Cli.ToSystemLog();
         }
         int result = mount.Run();
+        unmounter.Ended(); // a signal from now on must not touch the mount point, which may be another mount's by then
         if (result != 0) Cli.Error($"serving {mountpoint} ended with an error ({result})");
         return result == 0 ? Program.Ok : Program.Failed;
         // Leaving this method flushes and closes the image; a failure there is reported and exits 1.
@@ -173,7 +174,14 @@ internal static class MountCommand
         private readonly object _lock = new();
         private IMount? _mount;
         private bool _signalled;
+        private bool _ended;
         private int _detached;
+
+        /// <summary>The mount's session has ended: what is left is closing (the file systems inside, the image).</summary>
+        public void Ended()
+        {
+            lock (_lock) _ended = true;
+        }
 
         /// <summary>The mount exists: a signal that came before it is acted on now.</summary>
         public void Attach(IMount mount)
@@ -193,6 +201,11 @@ internal static class MountCommand
             {
                 _signalled = true;
                 mount = _mount;
+                if (_ended)
+                {
+                    Cli.Info("unmounted; closing what is left (a file system inside still in use is served until its last user lets go)");
+                    return;
+                }
             }
             if (mount is null) return; // acted on when the mount exists
             if (Volatile.Read(ref _detached) == 1)
@@ -319,7 +332,8 @@ internal static class MountCommand
         }) { IsBackground = true };
         errors.Start();
         using var cancel = Cli.CancelOnCtrlC();
-        using var stopChild = cancel.Token.Register(() => child.Kill());
+        // Ctrl-C while it starts: asked to end (SIGTERM), so that it unmounts whatever it has mounted so far.
+        using var stopChild = cancel.Token.Register(() => Native.Terminate(child.Id));
         bool ready = false;
         while (child.StandardOutput.ReadLine() is { } line)
         {
@@ -331,6 +345,12 @@ internal static class MountCommand
             Console.WriteLine(line);
         }
         errors.Join(TimeSpan.FromSeconds(5)); // the child's warnings come before its markers
+        if (cancel.IsCancellationRequested)
+        {
+            child.WaitForExit(); // it unmounts what it mounted, then ends
+            Cli.Error("interrupted");
+            return Program.Interrupted;
+        }
         if (!ready)
         {
             child.WaitForExit();

@@ -19,6 +19,37 @@ internal static unsafe partial class Native
     [LibraryImport("libc")]
     private static partial uint geteuid();
 
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial nint realpath(string path, nint resolved);
+
+    [LibraryImport("libc")]
+    private static partial void free(nint pointer);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int kill(int pid, int signal);
+
+    /// <summary>A path with every link resolved, as the kernel names it (in /proc/self/mountinfo, say); the path itself where it cannot be resolved.</summary>
+    public static string RealPath(string path)
+    {
+        if (OperatingSystem.IsWindows()) return Path.GetFullPath(path);
+        nint resolved = realpath(path, 0);
+        if (resolved == 0) return Path.GetFullPath(path);
+        try
+        {
+            return Marshal.PtrToStringUTF8(resolved) ?? path;
+        }
+        finally
+        {
+            free(resolved);
+        }
+    }
+
+    /// <summary>Asks a process to end (SIGTERM), as a service manager does: it may clean up first.</summary>
+    public static void Terminate(int pid)
+    {
+        if (!OperatingSystem.IsWindows()) kill(pid, 15);
+    }
+
     /// <summary>Whether this process runs as root (never on Windows, which has no root to ask about).</summary>
     public static bool IsRoot => !OperatingSystem.IsWindows() && geteuid() == 0;
 

@@ -20,7 +20,7 @@ internal static class UnmountCommand
         string image = entry.Source["mountqcow:".Length..];
         int? server = Holders.Server(image);
         // --files: a file system inside in use would keep the server waiting after the unmount; refuse first.
-        foreach (var (shown, target) in FileSystemMounts.LinksIn(mountpoint))
+        foreach (var (shown, target) in FileSystemMounts.InsideOf(entry.Source, o.Mountpoint.TrimEnd('/')))
         {
             var inside = Holders.OfMount(target);
             if (inside.Count > 0) throw new UserError($"{shown} is in use by {string.Join(", ", inside)}; unmount or close that first");

@@ -60,15 +60,24 @@ public sealed class FileTreeTests
     {
         using var tree = Tree(new byte[1 << 20], writable: true);
         var stop = false;
+        Exception? failed = null;
         var reader = new Thread(() =>
         {
-            while (!Volatile.Read(ref stop)) _ = tree.Lookup("disk"u8); // as a backend does while links come
+            try
+            {
+                while (!Volatile.Read(ref stop)) _ = tree.Lookup("extra150"u8); // as a backend does while links come
+            }
+            catch (Exception e)
+            {
+                failed = e;
+            }
         });
         reader.Start();
         var link = tree.AddLink(tree.Root, "disk", "/tmp/mountqcow-files-x/disk");
         for (int i = 0; i < 200; i++) tree.AddLink(tree.Root, $"extra{i}", $"/elsewhere/{i}");
         Volatile.Write(ref stop, true);
         reader.Join();
+        Assert.Null(failed);
         var entry = tree.Lookup("/disk"u8);
         Assert.Same(link, entry.Link);
         Assert.True(entry.Found);
@@ -85,6 +94,8 @@ public sealed class FileTreeTests
         Assert.Throws<ArgumentException>(() => tree.AddLink(tree.Root, "disk.raw", "/x")); // taken by a file
         Assert.Throws<ArgumentException>(() => tree.AddLink(tree.Root, "disk", "/y")); // taken by a link
         Assert.Throws<ArgumentException>(() => tree.AddLink(tree.Root, "rel", "relative/path"));
+        Assert.Throws<ArgumentException>(() => tree.AddLink(tree.Root, new string('x', 256), "/long")); // longer than a name may be
+        Assert.Throws<ArgumentException>(() => tree.AddLink(tree.Root, "a/b", "/slash"));
         Assert.Equal(201, tree.Root.Links.Count);
     }
 

@@ -211,13 +211,15 @@ public sealed class FilesInsideTests : IDisposable
 
         // A driver that dies: its folder becomes empty (no hang), the rest goes on, unmount is clean.
         int server = MountedImage.FindServer(mnt)!.Value;
+        string privateRoot = Path.GetDirectoryName(Run.Checked("readlink", Path.Combine(mnt, "p3")).Trim())!;
         var fusefat = Run.Checked("pgrep", "-P", server.ToString(), "fusefat").Trim();
         Run.Checked("kill", "-KILL", fusefat);
         Assert.True(Eventually(() => Directory.GetFileSystemEntries(Path.Combine(mnt, "p2")).Length == 0), "p2 did not become empty");
         Assert.Equal(RootListing(disk.Tree), RootListing(Path.Combine(mnt, "p3")));
         Run.Checked("kill", "-TERM", server.ToString()); // as Ctrl-C or systemd stop
         MountedImage.AssertGone(server, mnt);
-        Assert.Empty(Run.Capture("pgrep", ["-f", $"mountqcow-files-"]).Stdout.Trim());
+        Assert.Empty(Run.Capture("pgrep", ["-f", privateRoot]).Stdout.Trim()); // no driver of this mount left
+        Assert.Empty(MountsUnder(privateRoot));
 
         // Without the driver installed (not on PATH): one line naming the package.
         string bin = Directory.CreateDirectory(_b.PathOf("bin")).FullName;
@@ -229,6 +231,52 @@ public sealed class FilesInsideTests : IDisposable
         int again = MountedImage.FindServer(mnt)!.Value;
         Run.Checked("fusermount3", "-u", mnt);
         MountedImage.AssertGone(again, mnt);
+    }
+
+    [NeedsFact("qemu", "fuse", "root", "mkfs.ext4", "fuse2fs")]
+    public void ADiskWithoutAPartitionTableShowsItsFileSystemAsDisk()
+    {
+        string tree = DiskBuilder.Tree(_b.PathOf("whole.tree"), withLink: true);
+        string raw = _b.PathOf("whole.raw");
+        using (var f = File.Create(raw)) f.SetLength(32 << 20);
+        Run.Checked("mkfs.ext4", "-q", "-F", "-d", tree, raw);
+        string image = _b.Convert(raw, "whole.qcow2");
+        string mnt = Directory.CreateDirectory(_b.PathOf("mnt")).FullName;
+        using var end = new UnmountAtEnd(mnt);
+        var r = MountedImage.Host("--files", image, mnt);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains($"{mnt}/disk (fuse2fs)", r.Stdout);
+        Assert.Equal(["disk", "disk.raw"], Directory.GetFileSystemEntries(mnt).Select(Path.GetFileName).Order());
+        Assert.Equal(RootListing(tree), RootListing(Path.Combine(mnt, "disk")));
+        Assert.Equal(0, MountedImage.Host("unmount", mnt).ExitCode);
+    }
+
+    [NeedsFact("qemu", "fuse", "root", "losetup", "sfdisk", "mkfs.ext4", "mkfs.fat", "mcopy", "mkntfs", "ntfs-3g")]
+    public void AsRootFilesKernelMountsThroughLoopDevices_SnapshotsToo_AndLeavesNoLoopDevice()
+    {
+        var disk = DiskBuilder.WithExt4FatNtfs(_b, "kernel.raw", "gpt");
+        string image = _b.Convert(disk.Raw, "kernel.qcow2");
+        _b.Img("snapshot", "-c", "first", image);
+        string mnt = Directory.CreateDirectory(_b.PathOf("mnt")).FullName;
+        using var end = new UnmountAtEnd(mnt);
+        var r = MountedImage.Host("--files=kernel", image, mnt);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains($"{mnt}/p1 (mount -t ext4), {mnt}/snapshots/first/p1 (mount -t ext4)", r.Stdout);
+        // FAT and NTFS depend on this kernel's drivers; each either mounts or says why in one line.
+        foreach (string p in new[] { "p2", "p3" })
+            Assert.True(Directory.Exists(Path.Combine(mnt, p)) || r.Stderr.Contains($"{p}.raw: mount -t "), r.Stderr);
+        Assert.Equal(RootListing(disk.Tree), RootListing(Path.Combine(mnt, "p1")));
+        Assert.Equal(RootListing(disk.Tree), RootListing(Path.Combine(mnt, "snapshots", "first", "p1")));
+        string privateRoot = Path.GetDirectoryName(Run.Checked("readlink", Path.Combine(mnt, "p1")).Trim())!;
+        Assert.Contains(privateRoot, Run.Checked("losetup", "-a"));
+        Assert.Equal(0, MountedImage.Host("unmount", mnt).ExitCode);
+        Assert.Empty(MountsUnder(privateRoot));
+        Assert.DoesNotContain(privateRoot, Run.Checked("losetup", "-a")); // the loop devices went with the mounts
+        Assert.False(Directory.Exists(privateRoot));
+        // Without root: refused, with what to do instead.
+        var user = Run.Capture("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "dotnet", MountedImage.Dll, "--files=kernel", image, mnt], env: s_userEnvironment);
+        Assert.Equal(1, user.ExitCode);
+        Assert.Contains("--files=kernel mounts through loop devices, which needs root", user.Stderr);
     }
 
     [NeedsFact("qemu", "fuse", "root", "setsid", "sfdisk", "mkfs.ext4", "mkfs.fat", "mcopy", "mkntfs", "ntfs-3g", "fuse2fs", "fusefat")]
@@ -243,11 +291,13 @@ public sealed class FilesInsideTests : IDisposable
             RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
         })!;
         var errors = job.StandardError.ReadToEndAsync();
+        string privateRoot = "/nonexistent";
         try
         {
             string? line;
             while ((line = job.StandardOutput.ReadLine()) is not null && !line.Contains("unmount:")) { }
             Assert.NotNull(line);
+            privateRoot = Path.GetDirectoryName(Run.Checked("readlink", Path.Combine(mnt, "p3")).Trim())!;
             Assert.Equal(RootListing(disk.Tree), RootListing(Path.Combine(mnt, "p3")));
             // The drivers are outside the job's process group, so the terminal's signals miss them
             // (if they got Ctrl-C, each would unmount itself, racing the mount's own order).
@@ -263,7 +313,9 @@ public sealed class FilesInsideTests : IDisposable
         Assert.Equal(0, job.ExitCode);
         Assert.DoesNotContain("ended", errors.Result); // no driver died under its file system
         Assert.False(MountedImage.IsMounted(mnt));
-        Assert.Empty(Run.Capture("pgrep", ["-f", "mountqcow-files-"]).Stdout.Trim());
+        Assert.Empty(Run.Capture("pgrep", ["-f", privateRoot]).Stdout.Trim());
+        Assert.Empty(MountsUnder(privateRoot));
+        Assert.False(Directory.Exists(privateRoot));
     }
 
     /// <summary>Unmounts (lazily) at the end of a test whatever it left mounted when an assertion failed.</summary>

@@ -118,7 +118,7 @@ public sealed class RemoteImageTests : IDisposable
         AssertOneLineError(MountqcowProgram.Run("info", nginx.Url("forbidden.qcow2")), $"{nginx.Url("forbidden.qcow2")}: HTTP 403 Forbidden");
         AssertOneLineError(MountqcowProgram.Run("info", nginx.Url("not.qcow2")), "not a qcow2 image");
         // TLS to a server that speaks plain HTTP: the handshake fails, in one line.
-        AssertOneLineError(MountqcowProgram.Run("export", $"https://127.0.0.1:{nginx.Port}/a.qcow2", _b.PathOf("tls.raw")), $"https://127.0.0.1:{nginx.Port}/a.qcow2: ");
+        AssertOneLineError(MountqcowProgram.Run("export", $"https://127.0.0.1:{nginx.Port}/a.qcow2", _b.PathOf("tls.raw")), $"https://127.0.0.1:{nginx.Port}/a.qcow2: TLS failed: ");
         AssertOneLineError(MountqcowProgram.Run("info", nginx.Url("local-backing.qcow2")), "pass --allow-local-backing");
         Assert.Equal(0, MountqcowProgram.Run("info", nginx.Url("local-backing.qcow2"), "--allow-local-backing").ExitCode);
         AssertOneLineError(MountqcowProgram.Run("info", $"http://127.0.0.1:{Nginx.FreePort()}/a.qcow2"), "Connection refused");

@@ -392,6 +392,11 @@ public sealed class VirtualFileTree : IDisposable
     /// <summary>The hidden folder of files about the mount itself, and its statistics file.</summary>
     public const string InfoFolderName = ".mountqcow", StatisticsFileName = "stats.json";
 
+    /// <summary>The hidden folder (in <see cref="InfoFolderName"/>) of each disk's files by number: see <see cref="AddDiskAliases"/>.</summary>
+    public const string DisksFolderName = "disks";
+
+    private readonly Dictionary<VirtualFile, string> _aliases = [];
+
     /// <summary>The statistics file's fixed size: its JSON, padded with spaces to the end, then a newline.</summary>
     public const int StatisticsFileSize = 64 * 1024;
 
@@ -422,6 +427,7 @@ public sealed class VirtualFileTree : IDisposable
     public VirtualLink AddLink(VirtualFolder folder, string name, string target)
     {
         if (!Path.IsPathRooted(target)) throw new ArgumentException($"a link's target must be an absolute path: {target}", nameof(target));
+        if (!Safe(name)) throw new ArgumentException($"not a safe file name for a link: {name}", nameof(name));
         lock (_folders)
         {
             if (folder.FolderList.Any(f => f.Name == name) || folder.FileList.Any(f => f.Name == name) || folder.Links.Any(l => l.Name == name))
@@ -485,6 +491,40 @@ public sealed class VirtualFileTree : IDisposable
         }
         return tree;
     }
+
+    /// <summary>
+    /// The folders that hold a disk: the root (the current disk), then each snapshot's, in order;
+    /// a disk's number in <see cref="AddDiskAliases"/> is its place here.
+    /// </summary>
+    public IReadOnlyList<VirtualFolder> DiskFolders =>
+        [Root, .. Root.FolderList.FirstOrDefault(f => f.Name == SnapshotsFolderName)?.FolderList ?? []];
+
+    /// <summary>
+    /// Adds <c>.mountqcow/disks/K/</c>, hidden, holding the same files as disk K's folder (see
+    /// <see cref="DiskFolders"/>): paths for programs that must not see a name from the image (a
+    /// snapshot's) in a path, such as a driver that puts its source path into mount options.
+    /// Only before the tree is served. Returns nothing; <see cref="AliasOf"/> gives each file's path.
+    /// </summary>
+    public void AddDiskAliases()
+    {
+        if (_aliases.Count > 0) return;
+        var disks = DiskFolders;
+        var info = Root.FolderList.FirstOrDefault(f => f.Name == InfoFolderName) ?? AddFolder(Root, InfoFolderName, false, hidden: true);
+        var all = AddFolder(info, DisksFolderName, false);
+        for (int k = 0; k < disks.Count; k++)
+        {
+            var alias = AddFolder(all, k.ToString(System.Globalization.CultureInfo.InvariantCulture), false);
+            foreach (var file in disks[k].FileList)
+            {
+                alias.FileList.Add(file);
+                _aliases[file] = $"{InfoFolderName}/{DisksFolderName}/{alias.Name}/{file.Name}";
+            }
+        }
+    }
+
+    /// <summary>A disk's or partition's file by its disk's number (after <see cref="AddDiskAliases"/>): ".mountqcow/disks/1/p2.raw".</summary>
+    public string AliasOf(VirtualFile file) =>
+        _aliases.TryGetValue(file, out var path) ? path : throw new InvalidOperationException($"{file.Name} has no alias (AddDiskAliases first)");
 
     private VirtualFolder AddFolder(VirtualFolder? parent, string name, bool folderWritable, bool hidden = false)
     {
