@@ -37,10 +37,39 @@ internal static unsafe class FuseFileSystem
 
     private static VirtualFileTree s_tree = null!;
     private static bool s_splice;
-    private static int s_requests;
 
-    /// <summary>Set once the first request after INIT arrived (INIT's settings are then in force).</summary>
-    public static readonly ManualResetEventSlim Serving = new();
+    // Mounts waiting for their first request after INIT (INIT's settings are then in force), by
+    // their libfuse handle; a process may serve one tree at more than one place.
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<nint, ManualResetEventSlim> s_awaited = new();
+    private static int s_awaitedCount;
+
+    /// <summary>Set once the first request after INIT has arrived at the mount with this libfuse handle.</summary>
+    public static ManualResetEventSlim ServingOf(nint fuse)
+    {
+        var serving = new ManualResetEventSlim();
+        if (s_awaited.TryAdd(fuse, serving)) Interlocked.Increment(ref s_awaitedCount);
+        return s_awaited[fuse];
+    }
+
+    /// <summary>Stops waiting for a mount's first request.</summary>
+    public static void StopAwaiting(nint fuse)
+    {
+        if (s_awaited.TryRemove(fuse, out _)) Interlocked.Decrement(ref s_awaitedCount);
+    }
+
+    // A request reached a mount: the one that awaited it is serving.
+    private static void NoteServing()
+    {
+        if (LibFuse3.fuse_get_context == null) return;
+        nint context = LibFuse3.fuse_get_context();
+        if (context == 0) return;
+        nint fuse = *(nint*)context; // struct fuse_context's first field: the struct fuse*
+        if (s_awaited.TryRemove(fuse, out var serving))
+        {
+            Interlocked.Decrement(ref s_awaitedCount);
+            serving.Set();
+        }
+    }
     private static Action<string>? s_log;
     private static uint s_uid, s_gid;
     private static long s_mtimeSeconds;
@@ -157,7 +186,7 @@ internal static unsafe class FuseFileSystem
     [UnmanagedCallersOnly]
     private static int GetAttr(byte* path, void* stat, fuse_file_info* fi)
     {
-        if (Volatile.Read(ref s_requests) == 0 && Interlocked.Exchange(ref s_requests, 1) == 0) Serving.Set();
+        if (Volatile.Read(ref s_awaitedCount) > 0) NoteServing();
         try
         {
             FileFacts facts;

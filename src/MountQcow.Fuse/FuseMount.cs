@@ -130,7 +130,10 @@ public sealed unsafe class FuseMount : IMount
     public int Run()
     {
         if (_options.ReadaheadKiB > 0 && LibFuse3.getuid() == 0)
-            new Thread(SetReadahead) { IsBackground = true, Name = "readahead" }.Start();
+        {
+            var serving = FuseFileSystem.ServingOf(_fuse);
+            new Thread(() => SetReadahead(serving)) { IsBackground = true, Name = "readahead" }.Start();
+        }
         int result;
         if (LibFuse3.fuse_loop_mt_32 != null)
         {
@@ -156,9 +159,13 @@ public sealed unsafe class FuseMount : IMount
     // INIT's reply caps the mount's readahead, so the window is widened only once a request
     // after INIT has arrived: through the mount's backing device info in sysfs, found by the
     // device number /proc/self/mountinfo gives the mount.
-    private void SetReadahead()
+    private void SetReadahead(ManualResetEventSlim serving)
     {
-        if (!FuseFileSystem.Serving.Wait(TimeSpan.FromSeconds(30))) return;
+        if (!serving.Wait(TimeSpan.FromSeconds(30)))
+        {
+            FuseFileSystem.StopAwaiting(_fuse);
+            return;
+        }
         try
         {
             foreach (string line in File.ReadLines("/proc/self/mountinfo"))

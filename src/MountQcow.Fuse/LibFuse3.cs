@@ -184,6 +184,9 @@ internal static unsafe partial class LibFuse3
     public static delegate* unmanaged<nint, void> fuse_destroy;
     public static delegate* unmanaged<nint, nint> fuse_get_session;
     public static delegate* unmanaged<nint, void> fuse_session_exit;
+
+    /// <summary>The calling request's struct fuse_context, whose first field is the struct fuse* serving it.</summary>
+    public static delegate* unmanaged<nint> fuse_get_context;
     // fuse_loop_mt@FUSE_3.2 takes a fuse_loop_config*; fuse_loop_mt@FUSE_3.0 an int clone_fd.
     public static delegate* unmanaged<nint, fuse_loop_config*, int> fuse_loop_mt_32;
     public static delegate* unmanaged<nint, int, int> fuse_loop_mt_30;
@@ -235,6 +238,7 @@ internal static unsafe partial class LibFuse3
             fuse_destroy = (delegate* unmanaged<nint, void>)Symbol("fuse_destroy");
             fuse_get_session = (delegate* unmanaged<nint, nint>)Symbol("fuse_get_session");
             fuse_session_exit = (delegate* unmanaged<nint, void>)Symbol("fuse_session_exit");
+            fuse_get_context = (delegate* unmanaged<nint>)Symbol("fuse_get_context");
             fuse_loop_mt_32 = (delegate* unmanaged<nint, fuse_loop_config*, int>)dlvsym(lib, "fuse_loop_mt", "FUSE_3.2");
             fuse_loop_mt_30 = (delegate* unmanaged<nint, int, int>)dlvsym(lib, "fuse_loop_mt", "FUSE_3.0");
             fuse_opt_free_args = (delegate* unmanaged<fuse_args*, void>)Symbol("fuse_opt_free_args");

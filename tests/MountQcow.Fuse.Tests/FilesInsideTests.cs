@@ -267,6 +267,9 @@ public sealed class FilesInsideTests : IDisposable
             Assert.True(Directory.Exists(Path.Combine(mnt, p)) || r.Stderr.Contains($"{p}.raw: mount -t "), r.Stderr);
         Assert.Equal(RootListing(disk.Tree), RootListing(Path.Combine(mnt, "p1")));
         Assert.Equal(RootListing(disk.Tree), RootListing(Path.Combine(mnt, "snapshots", "first", "p1")));
+        // The mount the user sees widened its own readahead, though the private mount was served first.
+        string device = File.ReadLines("/proc/self/mountinfo").Select(l => l.Split(' ')).First(f => f[4] == mnt)[2];
+        Assert.True(Eventually(() => File.ReadAllText($"/sys/class/bdi/{device}/read_ahead_kb").Trim() == "4096"), "readahead not widened");
         string privateRoot = Path.GetDirectoryName(Run.Checked("readlink", Path.Combine(mnt, "p1")).Trim())!;
         Assert.Contains(privateRoot, Run.Checked("losetup", "-a"));
         Assert.Equal(0, MountedImage.Host("unmount", mnt).ExitCode);
