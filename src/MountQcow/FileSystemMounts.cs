@@ -217,6 +217,35 @@ internal sealed class FileSystemMounts : IDisposable
         }
     }
 
+    /// <summary>
+    /// After a server died without cleaning up (SIGKILL, a crash): detaches the file systems left
+    /// mounted inside the private directories of an image's tree (by <paramref name="source"/>),
+    /// which ends their drivers, then the private mounts, and removes the directories. Only when
+    /// no process serves that image any more.
+    /// </summary>
+    public static void RemoveLeftovers(string source)
+    {
+        var raws = MountPoint.Table().Where(m => m.Source == source && IsPrivate(m.Target)).Select(m => m.Target).ToList();
+        foreach (var (_, target) in InsideOf(source, ""))
+            FuseMount.Unmount(target, lazy: true);
+        foreach (string raw in raws)
+        {
+            FuseMount.Unmount(raw, lazy: true);
+            string root = Path.GetDirectoryName(raw)!;
+            foreach (string dir in Directory.EnumerateDirectories(root).Append(root).ToList())
+            {
+                try
+                {
+                    if (!MountPoint.IsMounted(dir)) Directory.Delete(dir, recursive: false);
+                }
+                catch (IOException)
+                {
+                    // not empty: left as it is
+                }
+            }
+        }
+    }
+
     /// <summary>How many file systems are to be mounted.</summary>
     public int Count => _inner.Count;
 

@@ -33,6 +33,7 @@ internal static class UnmountCommand
             case FuseMount.UnmountResult.Failed:
                 throw new UserError($"cannot unmount {o.Mountpoint}{(Native.IsRoot ? "" : " (is it yours?)")}");
         }
+        if (server is null) FileSystemMounts.RemoveLeftovers(entry.Source); // its server died: what it mounted with --files goes too
         if (server is { } pid && !WaitForExit(pid, image, TimeSpan.FromSeconds(o.Timeout)))
             throw new UserError($"{o.Mountpoint} is unmounted, but mountqcow (pid {pid}) has not closed {image} after {o.Timeout} s");
         Console.WriteLine($"unmounted {o.Mountpoint}; {image} is closed");

@@ -249,6 +249,19 @@ public sealed class FilesInsideTests : IDisposable
         Assert.Equal(["disk", "disk.raw"], Directory.GetFileSystemEntries(mnt).Select(Path.GetFileName).Order());
         Assert.Equal(RootListing(tree), RootListing(Path.Combine(mnt, "disk")));
         Assert.Equal(0, MountedImage.Host("unmount", mnt).ExitCode);
+
+        // A server killed outright (SIGKILL, no chance to clean up): unmount clears what it left.
+        Assert.Equal(0, MountedImage.Host("--files", image, mnt).ExitCode);
+        string privateRoot = Path.GetDirectoryName(Run.Checked("readlink", Path.Combine(mnt, "disk")).Trim())!;
+        int server = MountedImage.FindServer(mnt)!.Value;
+        Run.Checked("kill", "-KILL", server.ToString());
+        Assert.True(Eventually(() => !MountedImage.ProcessAlive(server)), "the server did not die");
+        var r2 = MountedImage.Host("unmount", mnt);
+        Assert.True(r2.ExitCode == 0, r2.Stderr);
+        Assert.False(MountedImage.IsMounted(mnt));
+        Assert.Empty(MountsUnder(privateRoot));
+        Assert.True(Eventually(() => Run.Capture("pgrep", ["-f", privateRoot]).Stdout.Trim().Length == 0), "a driver is left");
+        Assert.False(Directory.Exists(privateRoot));
     }
 
     [NeedsFact("qemu", "fuse", "root", "losetup", "sfdisk", "mkfs.ext4", "mkfs.fat", "mcopy", "mkntfs", "ntfs-3g")]
