@@ -95,7 +95,7 @@ internal sealed class ExportOptions : ImageReadingOptions
     public bool NoProgress { get; set; }
 }
 
-[Verb("mount", isDefault: true, HelpText = "Mount IMAGE at MOUNTPOINT as disk.raw and one pN.raw per partition (the default verb).")]
+[Verb("mount", isDefault: true, HelpText = "Mount IMAGE at MOUNTPOINT as disk.raw and one pN.raw per partition; with --files, each partition's files too (the default verb).")]
 internal sealed class MountOptions : ImageReadingOptions
 {
     [Value(2, Hidden = true)]
