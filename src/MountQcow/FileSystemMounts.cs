@@ -392,10 +392,13 @@ internal sealed class FileSystemMounts : IDisposable
                 detached = true;
             }
             if (inner.Process is not { } p) return;
-            // Unmounted, a driver ends at once; detached, when the last user lets go (never cut off).
-            if (inner.Driver is not null && !detached && !p.WaitForExit(TimeSpan.FromSeconds(10)))
+            // Unmounted, a driver ends once it has written what it holds (fuse2fs has no journal:
+            // it is never stopped while it may still write, unless it hangs for minutes);
+            // detached, when the last user lets go (never cut off).
+            var patience = TimeSpan.FromSeconds(inner.Writable ? 600 : 10);
+            if (inner.Driver is not null && !detached && !p.WaitForExit(patience))
             {
-                _warn($"{inner.Shown}: {What(inner)} did not end after its unmount; stopped it");
+                _warn($"{inner.Shown}: {What(inner)} did not end {patience.TotalSeconds:0} s after its unmount; stopped it");
                 p.Kill();
             }
             p.WaitForExit();
