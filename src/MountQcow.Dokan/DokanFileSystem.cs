@@ -25,6 +25,7 @@ internal static unsafe class DokanFileSystem
     public const int STATUS_FILE_IS_A_DIRECTORY = unchecked((int)0xC00000BA);
     public const int STATUS_NOT_A_DIRECTORY = unchecked((int)0xC0000103);
     public const int STATUS_IO_DEVICE_ERROR = unchecked((int)0xC0000185);
+    public const int STATUS_SHARING_VIOLATION = unchecked((int)0xC0000043);
 
     // ZwCreateFile's arguments (wdm.h): dispositions, options and the access rights that write.
     public const uint FILE_SUPERSEDE = 0, FILE_OPEN = 1, FILE_CREATE = 2, FILE_OPEN_IF = 3, FILE_OVERWRITE = 4, FILE_OVERWRITE_IF = 5;
@@ -88,6 +89,7 @@ internal static unsafe class DokanFileSystem
         FsStatus.NoSpace or FsStatus.FileTooLarge => STATUS_DISK_FULL, // a fixed-size disk cannot grow
         FsStatus.NoData => STATUS_END_OF_FILE,
         FsStatus.NotSupported => STATUS_NOT_IMPLEMENTED,
+        FsStatus.Busy => STATUS_SHARING_VIOLATION,
         _ => STATUS_IO_DEVICE_ERROR,
     };
 

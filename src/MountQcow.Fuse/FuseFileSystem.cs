@@ -12,7 +12,7 @@ namespace MountQcow.Fuse;
 internal static unsafe class FuseFileSystem
 {
     private const int ENOENT = 2, EIO = 5, ENXIO = 6, EISDIR = 21, EINVAL = 22, EFBIG = 27, ENOSPC = 28,
-        EROFS = 30, EPERM = 1, EOPNOTSUPP = 95, ENOTDIR = 20, EEXIST = 17;
+        EROFS = 30, EPERM = 1, EOPNOTSUPP = 95, ENOTDIR = 20, EEXIST = 17, EBUSY = 16;
     private const int O_ACCMODE = 3, O_RDONLY = 0;
     private const int SEEK_DATA = 3, SEEK_HOLE = 4;
     private const int W_OK = 2;
@@ -55,6 +55,21 @@ internal static unsafe class FuseFileSystem
     public static void StopAwaiting(nint fuse)
     {
         if (s_awaited.TryRemove(fuse, out _)) Interlocked.Decrement(ref s_awaitedCount);
+    }
+
+    // The libfuse handle of the mount whose writers are the drivers of file systems mounted from the tree's files.
+    private static nint s_holder;
+
+    /// <summary>Marks the mount (libfuse handle) through which the drivers of file systems mounted from files read and write them; 0 for none.</summary>
+    public static void SetHolder(nint fuse) => Volatile.Write(ref s_holder, fuse);
+
+    // Whether the calling request came through the holders' mount.
+    private static bool FromHolder()
+    {
+        nint holder = Volatile.Read(ref s_holder);
+        if (holder == 0 || LibFuse3.fuse_get_context == null) return false;
+        nint context = LibFuse3.fuse_get_context();
+        return context != 0 && *(nint*)context == holder;
     }
 
     // A request reached a mount: the one that awaited it is serving.
@@ -118,6 +133,7 @@ internal static unsafe class FuseFileSystem
         FsStatus.NotSupported => EOPNOTSUPP,
         FsStatus.NotDirectory => ENOTDIR,
         FsStatus.Exists => EEXIST,
+        FsStatus.Busy => EBUSY,
         _ => EIO,
     };
 
@@ -260,7 +276,7 @@ internal static unsafe class FuseFileSystem
         {
             var entry = EntryAt(path);
             if (entry.File is not { } file) return entry.Folder is not null ? -EISDIR : -ENOENT;
-            file.Open(forWriting: (fi->flags & O_ACCMODE) != O_RDONLY);
+            file.Open(forWriting: (fi->flags & O_ACCMODE) != O_RDONLY, byHolder: FromHolder());
             fi->fh = (ulong)file.Index + 1;
             // Read-only: the kernel keeps pages cached (nothing changes them). Read-write: no page
             // cache (FOPEN_DIRECT_IO): a write goes straight from the writer's buffer to the image,

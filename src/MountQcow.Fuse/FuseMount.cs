@@ -28,6 +28,12 @@ public sealed record FuseOptions
 
     /// <summary>Receives errors met while serving (an I/O error on a read, say).</summary>
     public Action<string>? Log { get; init; }
+
+    /// <summary>
+    /// Through this mount, the drivers of file systems mounted from the tree's files read and
+    /// write them (a --files private mount): only its writers may open a held file for writing.
+    /// </summary>
+    public bool ForHolders { get; init; }
 }
 
 /// <summary>
@@ -104,6 +110,7 @@ public sealed unsafe class FuseMount : IMount
                 if (LibFuse3.fuse_opt_free_args != null) LibFuse3.fuse_opt_free_args(&args);
             }
             if (fuse == 0) throw new FuseException($"libfuse refused the mount options: {string.Join(',', options.MountOptions)}");
+            if (options.ForHolders) FuseFileSystem.SetHolder(fuse);
             byte[] path = Encoding.UTF8.GetBytes(mountpoint + "\0");
             fixed (byte* p = path)
             {
@@ -225,6 +232,7 @@ public sealed unsafe class FuseMount : IMount
     public void Dispose()
     {
         if (_fuse == 0) return;
+        if (_options.ForHolders) FuseFileSystem.SetHolder(0);
         LibFuse3.fuse_unmount(_fuse); // nothing to do once the kernel has ended the session
         LibFuse3.fuse_destroy(_fuse);
         _fuse = 0;

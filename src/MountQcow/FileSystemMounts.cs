@@ -86,8 +86,9 @@ internal sealed class FileSystemMounts : IDisposable
     public string RawFolder => Path.Combine(Root, RawFolderName);
 
     /// <summary>One file system to mount: where its partition file is, where it goes, and how.</summary>
-    private sealed class Inner(VirtualFolder folder, string name, string shown, string source, string target, FileSystemDriver? driver, string? kernelType, bool writable)
+    private sealed class Inner(VirtualFile file, VirtualFolder folder, string name, string shown, string source, string target, FileSystemDriver? driver, string? kernelType, bool writable)
     {
+        public VirtualFile File { get; } = file;
         public VirtualFolder Folder { get; } = folder;
         public string Name { get; } = name;
         public string Shown { get; } = shown;
@@ -190,7 +191,7 @@ internal sealed class FileSystemMounts : IDisposable
             _warn($"{shown}: {fs.Type} is mounted read-only ({driver!.Program} writes only experimentally)");
         string target = Path.Combine(Root, disk == 0 ? name : $"s{disk}-{name}");
         MakeFolder(target);
-        _inner.Add(new Inner(folder, name, shown, Path.Combine(RawFolder, _tree.AliasOf(file)), target, driver, kernelType, writable));
+        _inner.Add(new Inner(file, folder, name, shown, Path.Combine(RawFolder, _tree.AliasOf(file)), target, driver, kernelType, writable));
     }
 
     /// <summary>Whether a mount point is a <c>--files</c> mount's private mount of its tree (not one a user made).</summary>
@@ -265,7 +266,10 @@ internal sealed class FileSystemMounts : IDisposable
         _rawServer.Start();
         Parallel.ForEach(_inner, new ParallelOptions { MaxDegreeOfParallelism = 4 }, Mount);
         foreach (var inner in _inner.Where(i => i.Mounted))
+        {
+            inner.File.Hold(); // from now on only its driver writes its bytes
             _tree.AddLink(inner.Folder, inner.Name, inner.Target);
+        }
     }
 
     private void Mount(Inner inner)

@@ -126,7 +126,7 @@ internal static class MountCommand
         // --files: the file systems inside are mounted (from a private mount of the tree) before
         // the mount the user sees, which then shows a link to each.
         using var inside = files is { } mode ? FileSystemMounts.Prepare(tree, mode, Cli.Warn) : null;
-        inside?.Start(folder => FuseMount.Mount(tree, folder, FuseOptionsFor(o, imagePath, user, out _)));
+        inside?.Start(folder => FuseMount.Mount(tree, folder, FuseOptionsFor(o, imagePath, user, out _) with { ForHolders = true }));
         using var mount = MountWithBackend(o, tree, imagePath, mountpoint, user, out bool rootCanOpen);
         if (!rootCanOpen && inside is null)
             Cli.Warn("root cannot open these files (to loop-mount a partition) unless /etc/fuse.conf has the line 'user_allow_other'; add it and mount again");

@@ -100,6 +100,34 @@ public sealed class FileTreeTests
     }
 
     [Fact]
+    public void AFileAFileSystemIsMountedFromOpensForWritingOnlyToItsDriver()
+    {
+        var disk = new byte[4 << 20];
+        DiskBuilderMbr(disk);
+        using var tree = Tree(disk, writable: true);
+        var (whole, p1) = (tree.Files[0], tree.Files[1]);
+        Assert.Equal("p1.raw", p1.Name);
+        p1.Open(forWriting: true);
+        whole.Open(forWriting: true);
+        p1.Hold();
+        Assert.Equal(FsStatus.Busy, Assert.Throws<FileTreeException>(() => p1.Open(forWriting: true)).Status);
+        Assert.Equal(FsStatus.Busy, Assert.Throws<FileTreeException>(() => whole.Open(forWriting: true)).Status); // the disk holds it
+        p1.Open(forWriting: true, byHolder: true);
+        p1.Open(forWriting: false);
+        whole.Open(forWriting: false);
+    }
+
+    /// <summary>An MBR with one partition from 1 MiB to the end.</summary>
+    private static void DiskBuilderMbr(byte[] disk)
+    {
+        disk[446 + 4] = 0x83;
+        BitConverter.GetBytes(2048u).CopyTo(disk, 446 + 8);
+        BitConverter.GetBytes((uint)(disk.Length / 512 - 2048)).CopyTo(disk, 446 + 12);
+        disk[510] = 0x55;
+        disk[511] = 0xAA;
+    }
+
+    [Fact]
     public void EveryFailureBecomesAStatus()
     {
         Assert.Equal(FsStatus.NoSpace, VirtualFileTree.StatusOf(new ImageFullException("full")));

@@ -159,6 +159,15 @@ public sealed class FilesInsideTests : IDisposable
         Directory.CreateDirectory(Path.Combine(mnt, "p1", "new-folder"));
         File.WriteAllText(Path.Combine(mnt, "p1", "new-folder", "hello.txt"), "written through --rw --files\n");
         Assert.ThrowsAny<IOException>(() => File.WriteAllText(Path.Combine(mnt, "p2", "refused.txt"), "FAT is read-only"));
+        // While their file systems are mounted, the partitions' bytes (and the disk's) are written by the drivers alone.
+        foreach (string held in new[] { "p1.raw", "p3.raw", "disk.raw" })
+        {
+            var busy = Assert.ThrowsAny<IOException>(() => File.OpenHandle(Path.Combine(mnt, held), FileMode.Open, FileAccess.ReadWrite).Dispose());
+            Assert.Contains("busy", busy.Message);
+        }
+        using (File.OpenHandle(Path.Combine(mnt, "p1.raw"))) { } // reading them is fine
+        string privateRoot = Path.GetDirectoryName(Run.Checked("readlink", Path.Combine(mnt, "p1")).Trim())!;
+        using (File.OpenHandle(Path.Combine(privateRoot, ".raw", ".mountqcow", "disks", "0", "p1.raw"), FileMode.Open, FileAccess.ReadWrite)) { } // the drivers' way in
         // A file system inside in use: unmount refuses and names the user, as for the mount itself.
         using (var user = Process.Start(new ProcessStartInfo("sleep", ["60"]) { WorkingDirectory = Path.Combine(mnt, "p1", "new-folder") })!)
         {

@@ -23,6 +23,7 @@ public enum FsStatus
     NotSupported,
     NotDirectory,
     Exists,
+    Busy,
 }
 
 /// <summary>A refusal with a status (reading past the end of the data for SEEK_DATA, a size change, ...).</summary>
@@ -181,11 +182,35 @@ public sealed class VirtualFile
         return run with { Length = Math.Clamp(run.Length, 1, end - offset) };
     }
 
-    /// <summary>Checks an open: for writing only where the file is writable.</summary>
-    public void Open(bool forWriting)
+    /// <summary>
+    /// Checks an open: for writing only where the file is writable, and, while a file system is
+    /// mounted from this file or from a partition inside it (<see cref="Hold"/>), only by that
+    /// file system's own driver (<paramref name="byHolder"/>): writing its bytes underneath it
+    /// would corrupt it.
+    /// </summary>
+    public void Open(bool forWriting, bool byHolder = false)
     {
-        if (forWriting) RefuseIfReadOnly();
+        if (!forWriting) return;
+        RefuseIfReadOnly();
+        if (byHolder) return;
+        if (Held) throw new FileTreeException(FsStatus.Busy, $"{Name} is in use: a file system is mounted from it");
+        if (Partition is null && Folder?.FileList.FirstOrDefault(f => f.Held) is { } partition)
+            throw new FileTreeException(FsStatus.Busy, $"{Name} is in use: a file system is mounted from {partition.Name}");
     }
+
+    /// <summary>The folder that holds the file (its disk's).</summary>
+    internal VirtualFolder? Folder { get; set; }
+
+    private int _held;
+
+    /// <summary>Whether a file system is mounted from this file (see <see cref="Hold"/>).</summary>
+    public bool Held => Volatile.Read(ref _held) == 1;
+
+    /// <summary>
+    /// A file system is mounted from this file from now on: it, and the disk it is a partition
+    /// of, open for writing only by the file system's driver (<see cref="Open"/>). For the mount's life.
+    /// </summary>
+    public void Hold() => Volatile.Write(ref _held, 1);
 
     private void RefuseIfReadOnly()
     {
@@ -538,6 +563,7 @@ public sealed class VirtualFileTree : IDisposable
     {
         void Add(VirtualFile f)
         {
+            f.Folder = folder;
             _files.Add(f);
             folder.FileList.Add(f);
         }
