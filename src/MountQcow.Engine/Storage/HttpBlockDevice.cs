@@ -69,6 +69,7 @@ public sealed class HttpBlockDevice : IBlockDevice
     private readonly LinkedList<Entry> _lru = new();
     private readonly Stack<byte[]> _free = new();
     private readonly int _maxChunks;
+    private int _inFlight; // chunks being fetched: what is fetched ahead stays under half the cache, for all readers together
     // Reads in order, told apart when several readers go through the object at once (a copy's
     // workers, the kernel's readahead on several threads): each the chunk it reads next and how
     // many requests ahead it has earned.
@@ -306,6 +307,7 @@ public sealed class HttpBlockDevice : IBlockDevice
             {
                 while (next <= last && _entries.ContainsKey(next)) next++;
                 if (next > last || next > chunk + (long)window * _options.ChunksPerRequest) break;
+                if (_inFlight + _options.ChunksPerRequest > _maxChunks / 2) break;
                 StartRun(next, _options.ChunksPerRequest);
                 next += _options.ChunksPerRequest;
             }
@@ -348,6 +350,7 @@ public sealed class HttpBlockDevice : IBlockDevice
         while (n < count && first + n <= last && !_entries.ContainsKey(first + n)) n++;
         var run = new Entry[n];
         for (int i = 0; i < n; i++) _entries[first + i] = run[i] = new Entry(first + i);
+        _inFlight += n;
         _ = Task.Run(() => Fetch(run));
         return run[0];
     }
@@ -382,6 +385,7 @@ public sealed class HttpBlockDevice : IBlockDevice
     {
         lock (_lock)
         {
+            _inFlight--;
             entry.Bytes = bytes;
             entry.Length = length;
             entry.Node = _lru.AddFirst(entry);
@@ -450,6 +454,7 @@ public sealed class HttpBlockDevice : IBlockDevice
         {
             lock (_lock)
             {
+                _inFlight -= run.Length - done;
                 for (int i = done; i < run.Length; i++)
                     if (_entries.TryGetValue(run[i].Chunk, out var entry) && entry == run[i]) _entries.Remove(run[i].Chunk);
             }
