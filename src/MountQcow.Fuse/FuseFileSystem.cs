@@ -47,8 +47,9 @@ internal static unsafe class FuseFileSystem
     public static ManualResetEventSlim ServingOf(nint fuse)
     {
         var serving = new ManualResetEventSlim();
-        if (s_awaited.TryAdd(fuse, serving)) Interlocked.Increment(ref s_awaitedCount);
-        return s_awaited[fuse];
+        if (!s_awaited.TryAdd(fuse, serving)) return s_awaited[fuse];
+        Interlocked.Increment(ref s_awaitedCount); // counted only when added: the request path checks this, not the dictionary
+        return serving;
     }
 
     /// <summary>Stops waiting for a mount's first request.</summary>
@@ -67,19 +68,21 @@ internal static unsafe class FuseFileSystem
     private static bool FromHolder()
     {
         nint holder = Volatile.Read(ref s_holder);
-        if (holder == 0 || LibFuse3.fuse_get_context == null) return false;
+        return holder != 0 && CallingMount() == holder;
+    }
+
+    // The libfuse handle (struct fuse*) of the mount the calling request came through; 0 if unknown.
+    private static nint CallingMount()
+    {
+        if (LibFuse3.fuse_get_context == null) return 0;
         nint context = LibFuse3.fuse_get_context();
-        return context != 0 && *(nint*)context == holder;
+        return context == 0 ? 0 : *(nint*)context; // struct fuse_context's first field
     }
 
     // A request reached a mount: the one that awaited it is serving.
     private static void NoteServing()
     {
-        if (LibFuse3.fuse_get_context == null) return;
-        nint context = LibFuse3.fuse_get_context();
-        if (context == 0) return;
-        nint fuse = *(nint*)context; // struct fuse_context's first field: the struct fuse*
-        if (s_awaited.TryRemove(fuse, out var serving))
+        if (s_awaited.TryRemove(CallingMount(), out var serving))
         {
             Interlocked.Decrement(ref s_awaitedCount);
             serving.Set();
@@ -152,19 +155,19 @@ internal static unsafe class FuseFileSystem
     private static TreeEntry EntryAt(byte* path) =>
         path == null ? default : s_tree.Lookup(MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path));
 
-    // With nullpath_ok the path may be null when a handle is given.
-    private static VirtualFile? FileOf(byte* path, fuse_file_info* fi)
+    // What a request names: its handle's file or folder, else its path's entry, found once. With
+    // nullpath_ok the path may be null when a handle is given.
+    private static TreeEntry EntryOf(byte* path, fuse_file_info* fi)
     {
-        if (fi != null && fi->fh != 0 && fi->fh <= (ulong)s_tree.Files.Count) return s_tree.Files[(int)fi->fh - 1];
-        return EntryAt(path).File;
+        if (fi != null && fi->fh != 0 && fi->fh <= (ulong)s_tree.Files.Count) return new TreeEntry(null, s_tree.Files[(int)fi->fh - 1], true);
+        if (fi != null && (fi->fh & FolderHandle) != 0 && (fi->fh & ~FolderHandle) < (ulong)s_tree.Folders.Count)
+            return new TreeEntry(s_tree.Folders[(int)(fi->fh & ~FolderHandle)], null, true);
+        return EntryAt(path);
     }
 
-    private static VirtualFolder? FolderOf(byte* path, fuse_file_info* fi)
-    {
-        if (fi != null && (fi->fh & FolderHandle) != 0 && (fi->fh & ~FolderHandle) < (ulong)s_tree.Folders.Count)
-            return s_tree.Folders[(int)(fi->fh & ~FolderHandle)];
-        return EntryAt(path).Folder;
-    }
+    private static VirtualFile? FileOf(byte* path, fuse_file_info* fi) => EntryOf(path, fi).File;
+
+    private static VirtualFolder? FolderOf(byte* path, fuse_file_info* fi) => EntryOf(path, fi).Folder;
 
     [UnmanagedCallersOnly]
     private static void* Init(fuse_conn_info* conn, fuse_config* cfg)
@@ -205,11 +208,8 @@ internal static unsafe class FuseFileSystem
         if (Volatile.Read(ref s_awaitedCount) > 0) NoteServing();
         try
         {
-            FileFacts facts;
-            if (FileOf(path, fi) is { } file) facts = file.Facts;
-            else if (FolderOf(path, fi) is { } folder) facts = folder.Facts;
-            else if (EntryAt(path).Link is { } link) facts = link.Facts;
-            else return -ENOENT;
+            var entry = EntryOf(path, fi);
+            if ((entry.File?.Facts ?? entry.Folder?.Facts ?? entry.Link?.Facts) is not { } facts) return -ENOENT;
             uint kind = facts.IsLink ? S_IFLNK : facts.IsDirectory ? S_IFDIR : S_IFREG;
             FillStat(stat, kind | facts.Permissions, facts.Links, facts.Length, (facts.AllocatedBytes + 511) / 512);
             return 0;

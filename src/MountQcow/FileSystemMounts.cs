@@ -233,22 +233,9 @@ internal sealed class FileSystemMounts : IDisposable
         {
             FuseMount.Unmount(raw, lazy: true);
             string root = Path.GetDirectoryName(raw)!;
-            foreach (string dir in Directory.EnumerateDirectories(root).Append(root).ToList())
-            {
-                try
-                {
-                    if (!MountPoint.IsMounted(dir)) Directory.Delete(dir, recursive: false);
-                }
-                catch (IOException)
-                {
-                    // not empty: left as it is
-                }
-            }
+            RemoveEmpty(Directory.EnumerateDirectories(root).Append(root).ToList());
         }
     }
-
-    /// <summary>How many file systems are to be mounted.</summary>
-    public int Count => _inner.Count;
 
     /// <summary>
     /// Mounts the tree privately with <paramref name="mountRaw"/> (served on a thread of its own),
@@ -424,9 +411,12 @@ internal sealed class FileSystemMounts : IDisposable
     /// Removes the folders made here, then the private directory: only empty ones, never one still
     /// mounted (nothing is looked into, so a dead driver's folder cannot hang this).
     /// </summary>
-    public void RemoveFolders()
+    public void RemoveFolders() => RemoveEmpty(Enumerable.Reverse(_folders).Append(Root));
+
+    /// <summary>Removes each folder, in order, that is empty and not mounted; any other is left for the user to see.</summary>
+    private static void RemoveEmpty(IEnumerable<string> folders)
     {
-        foreach (string dir in Enumerable.Reverse(_folders).Append(Root))
+        foreach (string dir in folders)
         {
             try
             {
@@ -434,7 +424,7 @@ internal sealed class FileSystemMounts : IDisposable
             }
             catch (IOException)
             {
-                // still in use or not empty: left for the user to see
+                // still in use or not empty
             }
         }
     }

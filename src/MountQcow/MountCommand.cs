@@ -271,9 +271,18 @@ internal static class MountCommand
             Console.WriteLine(mounted.Count == 0
                 ? "  files inside:            none mounted (see above)"
                 : $"  files inside:            {string.Join(", ", mounted.Select(m => $"{mountpoint}/{m}"))}");
-            Console.WriteLine($"  unmount:                 {(o.Foreground || o.Debug ? "Ctrl-C here, or " : "")}{Cli.Self} unmount {Cli.Quote(mountpoint)} (the file systems inside first)");
-            return;
         }
+        else
+        {
+            PrintLoopHints(tree, mountpoint, rootCanOpen);
+        }
+        Console.WriteLine($"  unmount:                 {(o.Foreground || o.Debug ? "Ctrl-C here, or " : "")}{Cli.Self} unmount {Cli.Quote(mountpoint)}{(inside is null ? "" : " (the file systems inside first)")}");
+    }
+
+    /// <summary>How to read a partition's files by hand: a loop mount where root can, fuse2fs otherwise.</summary>
+    private static void PrintLoopHints(VirtualFileTree tree, string mountpoint, bool rootCanOpen)
+    {
+        var table = tree.Partitions;
         bool root = Native.IsRoot;
         string ro = tree.Writable ? "" : ",ro";
         var largest = table.Partitions.OrderByDescending(p => p.Length).FirstOrDefault();
@@ -287,7 +296,6 @@ internal static class MountCommand
         }
         if (!root)
             Console.WriteLine($"  without root (ext2/3/4): mkdir -p ~/{name} && fuse2fs -o {(tree.Writable ? "" : "ro,")}fakeroot {source} ~/{name}");
-        Console.WriteLine($"  unmount:                 {(o.Foreground || o.Debug ? "Ctrl-C here, or " : "")}{Cli.Self} unmount {Cli.Quote(mountpoint)}");
     }
 
     /// <summary>Starts this program again in the foreground, detached, and waits for it to say it is mounted.</summary>

@@ -17,6 +17,9 @@ internal abstract class CommonOptions
 /// <summary>Options of the verbs that read an image which may be remote or encrypted.</summary>
 internal abstract class ImageReadingOptions : CommonOptions
 {
+    /// <summary>What IMAGE may be, for every verb that reads one.</summary>
+    internal const string ImageHelp = "The qcow2 image: a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).";
+
     [Option("allow-local-backing", HelpText = "Let a remote (http, https) image name a local file as its backing file (refused otherwise: a downloaded image must not make this program read local files).")]
     public bool AllowLocalBacking { get; set; }
 
@@ -41,7 +44,7 @@ internal sealed class InfoOptions : ImageReadingOptions
     [Value(1, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).")]
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = ImageReadingOptions.ImageHelp)]
     public string Image { get; set; } = "";
 
     [Option("json", HelpText = "Print JSON instead of text.")]
@@ -54,7 +57,7 @@ internal sealed class CheckOptions : CommonOptions
     [Value(1, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).")]
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = ImageReadingOptions.ImageHelp)]
     public string Image { get; set; } = "";
 
     [Option("json", HelpText = "Print the result as JSON (qemu-img check's field names).")]
@@ -73,7 +76,7 @@ internal sealed class ExportOptions : ImageReadingOptions
     [Value(2, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).")]
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = ImageReadingOptions.ImageHelp)]
     public string Image { get; set; } = "";
 
     [Value(1, MetaName = "OUTPUT", HelpText = "A new raw file, an existing block device at least as large as the disk, or - for standard output (also a FIFO or a character device): the disk in order. Not with --partition N:TARGET.")]
@@ -101,7 +104,7 @@ internal sealed class MountOptions : ImageReadingOptions
     [Value(2, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "IMAGE", HelpText = "The qcow2 image: a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).")]
+    [Needed, Value(0, MetaName = "IMAGE", HelpText = ImageReadingOptions.ImageHelp)]
     public string Image { get; set; } = "";
 
     [Needed, Value(1, MetaName = "MOUNTPOINT", HelpText = "An existing empty directory; on Windows a free drive letter (M:) or an empty NTFS folder.")]

@@ -617,7 +617,7 @@ public sealed class VirtualFileTree : IDisposable
                 {
                     foreach (var f in folder.FileList)
                         if (name.SequenceEqual(f.NameUtf8)) return new TreeEntry(null, f, true);
-                    foreach (var l in folder.Links)
+                    foreach (var l in Volatile.Read(ref folder.LinkArray)) // an array: no enumerator to allocate
                         if (name.SequenceEqual(l.NameUtf8)) return new TreeEntry(null, null, true, l);
                 }
                 return new TreeEntry(null, null, last);

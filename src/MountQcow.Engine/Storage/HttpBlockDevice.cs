@@ -286,7 +286,7 @@ public sealed class HttpBlockDevice : IBlockDevice
     {
         lock (_lock)
         {
-            int window = Stream(chunk);
+            int window = AheadFor(chunk);
             if (_entries.TryGetValue(chunk, out var entry))
             {
                 if (entry.Node is { } node)
@@ -321,7 +321,7 @@ public sealed class HttpBlockDevice : IBlockDevice
     /// what was fetched ahead is still there when it is read); 0 for a read out of order, which
     /// then takes the place of the least recently started reader. The caller holds the lock.
     /// </summary>
-    private int Stream(long chunk)
+    private int AheadFor(long chunk)
     {
         int most = Math.Max(1, Math.Min(_options.ReadAhead, _maxChunks / (2 * _options.ChunksPerRequest)));
         for (int i = 0; i < _streamNext.Length; i++)
