@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using MountQcow.Qcow2;
+using MountQcow.Storage;
 
 namespace MountQcow.Host;
 
@@ -17,12 +18,27 @@ internal static class CheckCommand
             "all" => RepairMode.All,
             _ => throw new UsageError($"--repair takes 'leaks' or 'all', not '{o.Repair}'"),
         };
+        // The check reads only the image's own structures, but it refuses an image whose names the
+        // other verbs would refuse to follow, so that a refusal is the same on every verb.
+        if (Refused(o) is { } refused) throw new ReferenceRefusedException(refused);
         var report = ImageChecker.Check(o.Image, mode, o.ForceShare);
-        foreach (string m in report.Messages) Console.Error.WriteLine(m);
-        if (o.Json) Console.WriteLine(JsonSerializer.Serialize(CheckJson.From(o.Image, report), CheckJsonContext.Default.CheckJson));
+        foreach (string m in report.Messages) Console.Error.WriteLine(Cli.Printable(m));
+        if (o.Json) Console.WriteLine(JsonSerializer.Serialize(CheckJson.From(ImageLocation.Display(o.Image), report), CheckJsonContext.Default.CheckJson));
         else Print(report);
         if (report.CheckErrors > 0) Console.Error.WriteLine("mountqcow: the check could not be completed");
         return report.ExitCode;
+    }
+
+    private static ImageReference? Refused(CheckOptions o)
+    {
+        try
+        {
+            return Qcow2Image.ReferencesOf(o.Image, o.References()).FirstOrDefault(r => !r.Followed);
+        }
+        catch (ImageException)
+        {
+            return null; // a header that cannot be read is the check's to report
+        }
     }
 
     private static void Print(CheckReport r)

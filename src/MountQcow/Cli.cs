@@ -12,7 +12,27 @@ internal static class Cli
     /// <summary>From now on, messages go to the system log (journalctl -t mountqcow), where one listens.</summary>
     public static void ToSystemLog() => s_sink = SystemLog;
 
-    public static void Error(string message) => s_sink($"mountqcow: {message}");
+    public static void Error(string message) => s_sink($"mountqcow: {Printable(message)}");
+
+    /// <summary>
+    /// Text as a terminal may show it: control characters (C0, DEL, C1) and the marks that reorder
+    /// text (bidirectional overrides) escaped as \xNN or \u{NNNN}. Names from an image (snapshots,
+    /// labels, partitions, backing files) reach messages, and an escape sequence in one must not
+    /// reach the terminal.
+    /// </summary>
+    public static string Printable(string text)
+    {
+        static bool Unsafe(char c) => c < 0x20 || c is >= '\u007f' and <= '\u009f' || c is >= '\u202a' and <= '\u202e' or >= '\u2066' and <= '\u2069';
+        if (!text.Any(Unsafe)) return text;
+        var shown = new StringBuilder(text.Length + 8);
+        foreach (char c in text)
+        {
+            if (!Unsafe(c)) shown.Append(c);
+            else if (c <= 0xff) shown.Append($"\\x{(int)c:x2}");
+            else shown.Append($"\\u{{{(int)c:x4}}}");
+        }
+        return shown.ToString();
+    }
 
     // Set in a background mount's environment when its parent sends the passphrase on its standard input.
     public const string PassphraseOnStdin = "MOUNTQCOW_PASSPHRASE_ON_STDIN";
@@ -101,9 +121,9 @@ internal static class Cli
         .Select(dir => Path.Combine(dir, name))
         .FirstOrDefault(File.Exists);
 
-    public static void Warn(string message) => s_sink($"mountqcow: warning: {message}");
+    public static void Warn(string message) => s_sink($"mountqcow: warning: {Printable(message)}");
 
-    public static void Info(string message) => s_sink($"mountqcow: {message}");
+    public static void Info(string message) => s_sink($"mountqcow: {Printable(message)}");
 
     /// <summary>How to run this program again from a shell: its name where PATH finds it, else its path.</summary>
     public static string Self

@@ -1,4 +1,5 @@
 using System.Numerics;
+using MountQcow.Formats;
 using MountQcow.Qcow2;
 using MountQcow.Storage;
 
@@ -13,11 +14,9 @@ internal static class CreateCommand
         string? backingFormat = null;
         if (o.Backing is not null)
         {
-            // Like QEMU, the name is stored as given and read relative to the new image's folder.
-            string folder = Path.GetDirectoryName(Path.GetFullPath(o.Image))!;
-            string backingPath = Path.IsPathRooted(o.Backing) ? o.Backing : Path.Combine(folder, o.Backing);
+            string backingPath = BackingPath(o);
             if (!File.Exists(backingPath)) throw new UserError($"backing file {backingPath} does not exist");
-            (long backingSize, backingFormat) = Describe(backingPath, o.BackingFormat);
+            (long backingSize, backingFormat) = Describe(backingPath, o.BackingFormat, o.References());
             size ??= backingSize;
         }
         if (size is null) throw new UsageError("give the SIZE of the new image (or a --backing file to take it from)");
@@ -33,19 +32,26 @@ internal static class CreateCommand
             BackingFormat = backingFormat,
         });
         long made; // what was made: the size rounded up to whole sectors, as QEMU rounds it
-        using (var image = Qcow2Image.Open(o.Image)) made = image.Length;
+        // The backing file the user named here is followed; what it names in turn, as the options say.
+        var references = o.References();
+        if (o.Backing is not null) references = references with { Allowed = [.. references.Allowed, BackingPath(o)] };
+        using (var image = Qcow2Image.Open(o.Image, new ImageOptions { References = references })) made = image.Length;
         Console.WriteLine($"created {o.Image}: {Units.Bytes(made)} virtual, {o.ClusterSize} clusters" +
                           (o.Backing is null ? "" : $", over {o.Backing} ({backingFormat})"));
         return Program.Ok;
     }
 
-    private static (long Size, string Format) Describe(string path, string? given)
+    /// <summary>Like QEMU, the backing file's name is stored as given and read relative to the new image's folder.</summary>
+    private static string BackingPath(CreateVerbOptions o) =>
+        Path.GetFullPath(o.Backing!, Path.GetDirectoryName(Path.GetFullPath(o.Image))!);
+
+    private static (long Size, string Format) Describe(string path, string? given, ReferencePolicy references)
     {
-        string format = given ?? Qcow2Image.Probe(path);
+        string format = given ?? ImageFormat.Probe(path);
         switch (format)
         {
             case "qcow2":
-                using (var image = Qcow2Image.Open(path)) return (image.Length, format);
+                using (var image = Qcow2Image.Open(path, new ImageOptions { References = references })) return (image.Length, format);
             case "raw":
                 using (var raw = FileBlockDevice.Open(path, writable: false)) return (raw.Length, format);
             default:

@@ -18,7 +18,7 @@ internal static class ExportCommand
         foreach (var (_, output) in targets)
             if (!o.Force && output != "-" && Native.FileType(output) == Native.UnixFileType.Regular)
                 throw new UserError($"{output} already exists (use --force to overwrite it)");
-        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn, ShareWrites = o.ForceShare, Passphrase = Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking, Remote = o.Remote() });
+        using var image = Qcow2Image.Open(o.Image, o.ReadingOptions() with { ShareWrites = o.ForceShare });
         Cli.RequireKeys(image);
         Cli.WarnIfInUse(image);
         using var snapshot = o.Snapshot is null ? null : OpenSnapshot(o, image);
@@ -40,7 +40,7 @@ internal static class ExportCommand
     /// <summary>What goes where: the whole disk or one partition to OUTPUT, or each --partition N:TARGET.</summary>
     private static List<(int? Partition, string Output)> Targets(ExportOptions o)
     {
-        var given = o.Partitions.ToList();
+        var given = o.Partitions;
         bool named = given.Any(p => p.Contains(':'));
         if (given.Count == 0 || !named)
         {

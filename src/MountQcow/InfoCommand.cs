@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using MountQcow.Partitions;
 using MountQcow.Qcow2;
+using MountQcow.Storage;
 
 namespace MountQcow.Host;
 
@@ -19,6 +20,7 @@ internal sealed record ImageInfo(
     bool Dirty,
     bool Corrupt,
     LayerInfo[] BackingChain,
+    ReferenceInfo[] References,
     string? DataFile,
     bool DataFileRaw,
     string? Encryption,
@@ -32,6 +34,9 @@ internal sealed record PartitionInfo(int Number, string File, string Type, strin
     string? FileSystem, string? Label, string? Uuid);
 
 internal sealed record LayerInfo(string Path, string Format, long VirtualSize);
+
+/// <summary>A name an image of the chain gives for another file, where it leads, and whether it is followed (and if not, why).</summary>
+internal sealed record ReferenceInfo(string Image, string What, string Name, string Location, bool Followed, string? Refusal);
 
 /// <summary>One internal snapshot: qemu-img snapshot -l's columns, its disk's size, and the folder a mount shows it in.</summary>
 internal sealed record SnapshotInfo(string Id, string Name, DateTimeOffset Date, long VmStateSize, long DiskSize, long VmClockNanoseconds, string Folder)
@@ -56,8 +61,14 @@ internal static class InfoCommand
     public static int Run(InfoOptions o)
     {
         var warnings = new List<string>();
-        // A broken chain is what a user runs info to understand: describe what resolves, then fail.
-        using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = warnings.Add, AllowMissingBacking = true, Passphrase = o.KeyFile is null ? null : Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking, Remote = o.Remote() });
+        // A broken chain is what a user runs info to understand: describe what resolves (a refused
+        // reference is shown, never opened), then fail.
+        using var image = Qcow2Image.Open(o.Image, o.ReadingOptions() with
+        {
+            Warn = warnings.Add,
+            Inspect = true,
+            Passphrase = o.KeyFile is null ? null : Cli.Passphrase(o.KeyFile),
+        });
         var info = Describe(image);
         if (o.Json)
         {
@@ -65,12 +76,15 @@ internal static class InfoCommand
         }
         else
         {
-            foreach (string w in warnings) Console.Error.WriteLine($"mountqcow: warning: {w}");
+            foreach (string w in warnings) Cli.Warn(w);
             Print(info);
         }
-        if (image.Chain().Where(l => l.Device is MissingFile).Select(l => l.Path).FirstOrDefault() is { } missing)
+        var unreachable = image.Chain().Select(l => l.Device).Concat(image.Chain().Select(l => l.Device).OfType<Qcow2Image>().Select(q => q.DataDevice))
+            .OfType<UnreachableFile>().FirstOrDefault();
+        if (unreachable?.Error is ReferenceRefusedException refused) throw refused;
+        if (unreachable is not null)
         {
-            Cli.Error($"backing file {missing} is missing: the image cannot be read until it is back (or the overlay is rebased)");
+            Cli.Error($"{unreachable.Error.Message}: the image cannot be read until it is back (or the overlay is rebased)");
             return Program.Failed;
         }
         return Program.Ok;
@@ -79,12 +93,14 @@ internal static class InfoCommand
     public static ImageInfo Describe(Qcow2Image image)
     {
         var h = image.Header;
-        var chain = image.Chain().Skip(1).Select(l => new LayerInfo(l.Path, l.Format, l.Device is MissingFile ? 0 : l.Device.Length)).ToArray();
+        var chain = image.Chain().Skip(1).Select(l => new LayerInfo(l.Path, l.Format, l.Device is UnreachableFile ? 0 : l.Device.Length)).ToArray();
+        var references = image.Chain().Select(l => l.Device).OfType<Qcow2Image>().SelectMany(q => q.FileReferences)
+            .Select(r => new ReferenceInfo(r.Image, r.What, r.Name, ImageLocation.Display(r.Location), r.Followed, r.Refusal)).ToArray();
         return new ImageInfo(
             image.Path, "qcow2", h.Version, h.VirtualSize, image.FileLength, h.ClusterSize,
             h.CompressionType == CompressionType.Zstd ? "zstd" : "deflate",
-            h.RefcountBits, h.FeatureList().ToArray(), h.IsDirty, h.IsMarkedCorrupt, chain,
-            image.DataFilePath, h.Autoclear.HasFlag(AutoclearFeatures.RawExternalData),
+            h.RefcountBits, h.FeatureList().ToArray(), h.IsDirty, h.IsMarkedCorrupt, chain, references,
+            image.DataFilePath is null ? null : ImageLocation.Display(image.DataFilePath), h.Autoclear.HasFlag(AutoclearFeatures.RawExternalData),
             image.Encryption,
             DescribeSnapshots(image.Snapshots),
             h.BitmapCount,
@@ -105,9 +121,11 @@ internal static class InfoCommand
             if (image.Locked) return new("unknown", 0, [], ["the disk is encrypted: give --key-file to see its partitions"]);
             return DescribePartitions(PartitionReader.Read(image), image);
         }
-        catch (ImageIOException e) when (image.Chain().Any(l => l.Device is MissingFile))
+        catch (ImageIOException e) when (image.Chain().Any(l => l.Device is UnreachableFile) || image.DataDevice is UnreachableFile)
         {
-            return new("unknown", 0, [], [$"cannot read the partition table: {e.Message}"]);
+            return new("unknown", 0, [], [e.Message.Contains("not opening the", StringComparison.Ordinal)
+                ? "not read: the image names a file that is not followed (see the last line)"
+                : $"cannot read the partition table: {e.Message}"]);
         }
     }
 
@@ -126,12 +144,13 @@ internal static class InfoCommand
         int tag = Math.Max(16, snapshots.Max(s => s.Name.Length));
         Console.WriteLine($"  {"ID",-4} {"TAG".PadRight(tag)} {"DISK SIZE",10} {"VM SIZE",10} {"DATE",-19} {"VM CLOCK",-13} FOLDER");
         foreach (var s in snapshots)
-            Console.WriteLine($"  {s.Id,-4} {s.Name.PadRight(tag)} {Units.Bytes(s.DiskSize),10} {Units.Bytes(s.VmStateSize),10} {s.Date.ToLocalTime():yyyy-MM-dd HH:mm:ss} {s.VmClock,-13} {s.Folder}");
+            Console.WriteLine(Cli.Printable($"  {s.Id,-4} {s.Name.PadRight(tag)} {Units.Bytes(s.DiskSize),10} {Units.Bytes(s.VmStateSize),10} {s.Date.ToLocalTime():yyyy-MM-dd HH:mm:ss} {s.VmClock,-13} {s.Folder}"));
     }
 
     private static void Print(ImageInfo i)
     {
-        void Line(string key, string value) => Console.WriteLine($"{(key.Length == 0 ? "" : key + ":"),-16}{value}");
+        // Every line may hold text from the image (names, labels, paths): control characters escaped.
+        void Line(string key, string value) => Console.WriteLine(Cli.Printable($"{(key.Length == 0 ? "" : key + ":"),-16}{value}"));
         Line("image", i.Image);
         Line("format", $"qcow2, version {i.Version}");
         Line("virtual size", $"{Units.Bytes(i.VirtualSize)} ({i.VirtualSize} bytes)");
@@ -146,10 +165,19 @@ internal static class InfoCommand
         for (int n = 0; n < i.BackingChain.Length; n++)
         {
             var layer = i.BackingChain[n];
-            string what = layer.Format == "missing" ? "MISSING" : $"{layer.Format}, {Units.Bytes(layer.VirtualSize)}";
+            string what = layer.Format switch
+            {
+                "missing" => "MISSING",
+                "refused" => "REFUSED, not opened: " + i.References.FirstOrDefault(r => r.Location == layer.Path && !r.Followed)?.Refusal,
+                _ => $"{layer.Format}, {Units.Bytes(layer.VirtualSize)}",
+            };
             Line(n == 0 ? "backing chain" : "", $"{new string(' ', 2 * n)}{(n > 0 ? "└ " : "")}{layer.Path} ({what})");
         }
-        if (i.DataFile is not null) Line("data file", $"{i.DataFile}{(i.DataFileRaw ? " (a consistent raw image)" : "")}");
+        if (i.DataFile is not null)
+        {
+            var refused = i.References.FirstOrDefault(r => r.What == "data file" && r.Image == i.Image && !r.Followed);
+            Line("data file", $"{i.DataFile}{(refused is not null ? $" (REFUSED, not opened: {refused.Refusal})" : i.DataFileRaw ? " (a consistent raw image)" : "")}");
+        }
         Line("snapshots", i.Snapshots.Length == 0 ? "none" : i.Snapshots.Length.ToString());
         if (i.Snapshots.Length > 0) PrintSnapshots(i.Snapshots);
         if (i.Bitmaps > 0) Line("bitmaps", i.Bitmaps.ToString());
@@ -164,8 +192,8 @@ internal static class InfoCommand
         {
             Console.WriteLine($"  {"file",-8} {"start",14} {"size",10}  {"type",-24} {"fs",-11} {"label",-16} {"uuid",-36} name");
             foreach (var p in parts.Entries)
-                Console.WriteLine($"  {p.File,-8} {p.Start,14} {Units.Bytes(p.Size),10}  {p.Type + (p.Bootable ? " *" : ""),-24} {p.FileSystem ?? "-",-11} {p.Label ?? "-",-16} {p.Uuid ?? "-",-36} {p.Name}".TrimEnd());
+                Console.WriteLine(Cli.Printable($"  {p.File,-8} {p.Start,14} {Units.Bytes(p.Size),10}  {p.Type + (p.Bootable ? " *" : ""),-24} {p.FileSystem ?? "-",-11} {p.Label ?? "-",-16} {p.Uuid ?? "-",-36} {p.Name}".TrimEnd()));
         }
-        foreach (string w in parts.Warnings) Console.WriteLine($"  warning: {w}");
+        foreach (string w in parts.Warnings) Console.WriteLine(Cli.Printable($"  warning: {w}"));
     }
 }

@@ -108,7 +108,7 @@ internal static class MountCommand
         // end the process and leave a dead mount behind; it ends the mount once it exists.
         var unmounter = new Unmounter();
         using var signals = new SignalHandlers(unmounter.OnSignal);
-        using var image = Qcow2Image.Open(imagePath, new ImageOptions { Writable = o.ReadWrite, L2CacheBytes = l2Cache, ShareWrites = o.ForceShare, Warn = Cli.Warn, Passphrase = Cli.Passphrase(o.KeyFile), AllowLocalBacking = o.AllowLocalBacking, Remote = o.Remote() });
+        using var image = Qcow2Image.Open(imagePath, o.ReadingOptions() with { Writable = o.ReadWrite, L2CacheBytes = l2Cache, ShareWrites = o.ForceShare });
         Cli.RequireKeys(image);
         if (!o.ReadWrite) Cli.WarnIfInUse(image);
         using var snapshots = SnapshotViews.Of(image);

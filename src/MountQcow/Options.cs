@@ -14,14 +14,40 @@ internal abstract class CommonOptions
     public bool Verbose { get; set; }
 }
 
+/// <summary>Options of every verb that opens an image: what the names inside it may open.</summary>
+internal abstract class ReferenceOptions : CommonOptions
+{
+    /// <summary>Joins the values of an option given several times (see <see cref="Program.JoinRepeated"/>); no path or URL holds it.</summary>
+    public const char ListSeparator = '\u001f';
+
+    /// <summary>
+    /// Values of an option given several times, joined by <see cref="Program.JoinRepeated"/>: a
+    /// plain string option, since CommandLineParser takes every word after a list option as one
+    /// more value of it (export -p 2 OUTPUT would make OUTPUT a partition).
+    /// </summary>
+    public static IReadOnlyList<string> Split(string? joined) => joined is null ? [] : joined.Split(ListSeparator);
+
+    [Option("allow-reference", MetaValue = "PATH|DIR|URL", HelpText = "Let the image open this file, anything below this folder, or this URL (everything below one that ends in /), when it names it as its backing or data file. Repeatable. By default an image opens only regular files in its own folder or below, and a remote image only objects on its own server.")]
+    public string? AllowReferenceJoined { get; set; }
+
+    public IReadOnlyList<string> AllowReference => Split(AllowReferenceJoined);
+
+    [Option("trust-references", HelpText = "Follow every backing and data file name in the image, wherever it leads (for images you made yourself). FIFOs, sockets, character devices and /proc or /sys are still refused.")]
+    public bool TrustReferences { get; set; }
+
+    /// <summary>The reference policy these options ask for.</summary>
+    public ReferencePolicy References() => new()
+    {
+        TrustAll = TrustReferences,
+        Allowed = AllowReference.Select(a => ImageLocation.IsRemote(a) ? a : Path.GetFullPath(a)).ToList(),
+    };
+}
+
 /// <summary>Options of the verbs that read an image which may be remote or encrypted.</summary>
-internal abstract class ImageReadingOptions : CommonOptions
+internal abstract class ImageReadingOptions : ReferenceOptions
 {
     /// <summary>What IMAGE may be, for every verb that reads one.</summary>
     internal const string ImageHelp = "The qcow2 image: a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).";
-
-    [Option("allow-local-backing", HelpText = "Let a remote (http, https) image name a local file as its backing file (refused otherwise: a downloaded image must not make this program read local files).")]
-    public bool AllowLocalBacking { get; set; }
 
     [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
     public string? KeyFile { get; set; }
@@ -36,6 +62,18 @@ internal abstract class ImageReadingOptions : CommonOptions
         if (bytes < 1 << 20) throw new UsageError($"--remote-cache {RemoteCache}: give at least 1M");
         return new RemoteOptions { CacheBytes = bytes };
     }
+
+    /// <summary>
+    /// How to open the image for reading, from the options every such verb shares: warnings to
+    /// the terminal, the passphrase (--key-file, or asked), the reference policy, the remote cache.
+    /// </summary>
+    public MountQcow.Qcow2.ImageOptions ReadingOptions() => new()
+    {
+        Warn = Cli.Warn,
+        Passphrase = Cli.Passphrase(KeyFile),
+        References = References(),
+        Remote = Remote(),
+    };
 }
 
 [Verb("info", HelpText = "Show an image's format, size, features, backing chain, snapshots and partitions.")]
@@ -52,7 +90,7 @@ internal sealed class InfoOptions : ImageReadingOptions
 }
 
 [Verb("check", HelpText = "Check an image's consistency as qemu-img check does; optionally repair it.")]
-internal sealed class CheckOptions : CommonOptions
+internal sealed class CheckOptions : ReferenceOptions
 {
     [Value(1, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
@@ -82,8 +120,10 @@ internal sealed class ExportOptions : ImageReadingOptions
     [Value(1, MetaName = "OUTPUT", HelpText = "A new raw file, an existing block device at least as large as the disk, or - for standard output (also a FIFO or a character device): the disk in order. Not with --partition N:TARGET.")]
     public string Output { get; set; } = "";
 
-    [Option('p', "partition", Separator = ',', HelpText = "Export partition N (as numbered in the mount: pN.raw) instead of the whole disk; N:TARGET, given several times, writes each partition to its own TARGET in one run.")]
-    public IEnumerable<string> Partitions { get; set; } = [];
+    [Option('p', "partition", HelpText = "Export partition N (as numbered in the mount: pN.raw) instead of the whole disk; N:TARGET, given several times, writes each partition to its own TARGET in one run.")]
+    public string? PartitionsJoined { get; set; }
+
+    public IReadOnlyList<string> Partitions => Split(PartitionsJoined);
 
     [Option('s', "snapshot", HelpText = "Export an internal snapshot (by id or name, as qemu-img convert -l) instead of the current disk.")]
     public string? Snapshot { get; set; }
@@ -162,7 +202,7 @@ internal sealed class StatsOptions : CommonOptions
 }
 
 [Verb("snapshot", HelpText = "List, create, apply or delete an image's internal snapshots, as qemu-img snapshot does.")]
-internal sealed class SnapshotOptions : CommonOptions
+internal sealed class SnapshotOptions : ReferenceOptions
 {
     [Value(1, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
@@ -184,7 +224,7 @@ internal sealed class SnapshotOptions : CommonOptions
 }
 
 [Verb("create", HelpText = "Make a new, empty qcow2 image (version 3), or an overlay on a backing file.")]
-internal sealed class CreateVerbOptions : CommonOptions
+internal sealed class CreateVerbOptions : ReferenceOptions
 {
     [Value(2, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];

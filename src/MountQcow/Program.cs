@@ -1,5 +1,6 @@
 using CommandLine;
 using CommandLine.Text;
+using MountQcow.Storage;
 
 namespace MountQcow.Host;
 
@@ -22,7 +23,7 @@ internal static class Program
             if (args.Length == 1) return Overview(Console.Out, Ok);
             return VerbOf(args[1]) is { } verb ? VerbHelp(parser, verb, Console.Out, Ok) : UsageFailure($"there is no verb '{args[1]}'", null);
         }
-        var result = parser.ParseArguments(BareFiles(JoinRepeated(args, "--partition", "-p")), s_verbs);
+        var result = parser.ParseArguments(BareFiles(JoinRepeated(JoinRepeated(args, "--partition", "-p"), "--allow-reference", null)), s_verbs);
         return result.MapResult(
             options => options switch
             {
@@ -41,11 +42,14 @@ internal static class Program
     }
 
     /// <summary>
-    /// An option that may be given several times (export --partition 1:a --partition 2:b) becomes one
-    /// comma-separated value, the one form CommandLineParser reads for a list, while every other
-    /// option given twice stays an error.
+    /// An option that may be given several times (export --partition 1:a --partition 2:b,
+    /// --allow-reference A --allow-reference B) becomes one value joined by
+    /// <see cref="ReferenceOptions.ListSeparator"/>, in the form --name=VALUE: the one form in which
+    /// CommandLineParser reads a list without taking the words after it as more values (export
+    /// -p 2 OUTPUT would otherwise make OUTPUT a partition), while every other option given twice
+    /// stays an error.
     /// </summary>
-    internal static string[] JoinRepeated(string[] args, string longName, string shortName)
+    internal static string[] JoinRepeated(string[] args, string longName, string? shortName)
     {
         var values = new List<string>();
         var rest = new List<string>();
@@ -60,8 +64,8 @@ internal static class Program
             if (first < 0) first = rest.Count;
             values.Add(value);
         }
-        if (values.Count < 2) return args;
-        rest.InsertRange(first, [longName, string.Join(',', values)]);
+        if (values.Count == 0) return args;
+        rest.Insert(first, $"{longName}={string.Join(ReferenceOptions.ListSeparator, values)}");
         return rest.ToArray();
     }
 
@@ -105,6 +109,10 @@ internal static class Program
                 case OperationCanceledException:
                     Cli.Error("interrupted");
                     return Interrupted;
+                case ReferenceRefusedException refused:
+                    Cli.Error(refused.Message + HowToAllow(refused.Reference));
+                    if (options.Verbose) Console.Error.WriteLine(e);
+                    return Failed;
                 case ImageException or IOException or UnauthorizedAccessException or UserError or Fuse.FuseException or Dokan.DokanException or ArgumentException and not ArgumentOutOfRangeException:
                     // The engine knows another process holds the image; the host can say which.
                     Cli.Error(e is MountQcow.Qcow2.ImageInUseException inUse && Holders.Describe(inUse.Path) is { } who ? e.Message.Replace("another process", who) : e.Message);
@@ -117,6 +125,11 @@ internal static class Program
             }
         }
     }
+
+    /// <summary>What lets a refused reference be followed, for the end of its line (nothing where nothing can).</summary>
+    internal static string HowToAllow(MountQcow.Storage.ImageReference reference) =>
+        !reference.CanBeAllowed ? ""
+        : $" (to follow it: --allow-reference {Cli.Quote(MountQcow.Storage.ImageLocation.Display(reference.Location))}, or --trust-references for an image you made)";
 
     /// <summary>The one failure a user can act on, out of the wrappers parallel work puts around it.</summary>
     private static Exception Unwrap(Exception e)

@@ -11,13 +11,13 @@ internal static class SnapshotCommand
         if (given != 1) throw new UsageError("give one of --list, --create NAME, --apply NAME, --delete NAME");
         if (o.List)
         {
-            using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn, ShareWrites = true });
+            using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn, ShareWrites = true, References = o.References() });
             var snapshots = InfoCommand.DescribeSnapshots(image.Snapshots);
             if (snapshots.Length == 0) Console.WriteLine($"{o.Image} has no snapshots");
             else InfoCommand.PrintSnapshots(snapshots);
             return Program.Ok;
         }
-        using var writable = Qcow2Image.Open(o.Image, new ImageOptions { Writable = true, Warn = Cli.Warn });
+        using var writable = Qcow2Image.Open(o.Image, new ImageOptions { Writable = true, Warn = Cli.Warn, References = o.References() });
         if (o.Create is { } name)
         {
             var made = writable.CreateSnapshot(name, DateTimeOffset.Now);

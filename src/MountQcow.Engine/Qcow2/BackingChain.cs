@@ -1,15 +1,18 @@
+using MountQcow.Formats;
 using MountQcow.Storage;
 
 namespace MountQcow.Qcow2;
 
 /// <summary>
-/// The files met while opening one image's backing chain: resolves relative names the way
-/// QEMU does (against the folder of the image that names them), and refuses loops and
-/// absurd depth.
+/// The files met while opening one image's backing chain: every name an image gives goes
+/// through the reference gate (resolved as QEMU resolves it, judged by the policy), and loops
+/// and absurd depth are refused.
 /// </summary>
-internal sealed class BackingChain(int maxDepth)
+internal sealed class BackingChain(int maxDepth, ReferencePolicy policy)
 {
     private readonly HashSet<string> _seen = new(StringComparer.Ordinal);
+
+    public ReferenceGate Gate { get; } = new(policy);
 
     /// <summary>Records that <paramref name="path"/> is being opened as the next layer.</summary>
     public void Enter(string path)
@@ -21,52 +24,67 @@ internal sealed class BackingChain(int maxDepth)
             throw new UnsupportedFeatureException(path, $"the backing chain is deeper than {maxDepth} files");
     }
 
-    /// <summary>Resolves a backing file name stored in <paramref name="imagePath"/>: relative to the image's folder or URL.</summary>
-    public string Resolve(string imagePath, string name, bool allowLocal = true) => ImageLocation.Resolve(imagePath, name, allowLocal);
-
     /// <summary>
-    /// Resolves an external data file name: relative to the image's folder like a backing file,
-    /// or, where only that exists, to the working directory (as QEMU 7 opens it).
+    /// Opens a file an image names (its data file): through the gate; with
+    /// <see cref="ImageOptions.Inspect"/>, one that is refused or missing becomes a stand-in
+    /// whose reads fail with the reason (so the image can still be described).
     /// </summary>
-    public string ResolveDataFile(string imagePath, string name, bool allowLocal = true)
+    public IBlockDevice OpenNamed(ImageReference reference, ImageOptions options)
     {
-        string besideImage = Resolve(imagePath, name, allowLocal);
-        return !ImageLocation.IsRemote(besideImage) && !File.Exists(besideImage) && File.Exists(name) && !ImageLocation.IsRemote(imagePath)
-            ? System.IO.Path.GetFullPath(name) : besideImage;
+        try
+        {
+            if (reference.Followed && !ImageLocation.MayExist(reference.Location))
+                throw new ImageIOException($"{reference.Image}: {reference.What} {reference.Location} is missing");
+            return Gate.Open(reference, options.Writable, options.Remote);
+        }
+        catch (Exception e) when (e is ReferenceRefusedException or ImageIOException && options.Inspect && !options.Writable)
+        {
+            return new UnreachableFile((ImageException)e);
+        }
     }
 
     /// <summary>Opens the backing file read-only, as the format says (or by probing when it says nothing).</summary>
-    public (IBlockDevice Device, string Format) OpenBacking(string overlay, string backingPath, string? format, ImageOptions options)
+    public (IBlockDevice Device, string Format) OpenBacking(string overlay, ImageReference reference, string? format, ImageOptions options)
     {
-        if (!ImageLocation.MayExist(backingPath))
-        {
-            var missing = new ImageIOException($"{overlay}: backing file {backingPath} is missing");
-            if (options.AllowMissingBacking && !options.Writable) return (new MissingFile(missing), "missing");
-            throw missing;
-        }
-        format ??= Qcow2Image.Probe(backingPath, options.Remote);
         var readOnly = options with { Writable = false };
-        switch (format)
+        var device = OpenNamed(reference, readOnly);
+        if (device is UnreachableFile unreachable) return (device, unreachable.Kind);
+        try
         {
-            case "qcow2":
-                return (Qcow2Image.Open(backingPath, readOnly, this), "qcow2");
-            case "raw":
-                Enter(backingPath);
-                var raw = ImageLocation.Open(backingPath, writable: false, options.Remote);
-                (raw as FileBlockDevice)?.TakeQemuLocks(write: false, options.ShareWrites);
-                return (raw, "raw");
-            default:
-                throw new UnsupportedFeatureException(overlay, $"backing file {backingPath} has format '{format}' (only qcow2 and raw are read)");
+            format ??= ImageFormat.Probe(device);
+            switch (format)
+            {
+                case "qcow2":
+                    // A URL's query string may hold a signature: the device keeps it, messages and paths do not.
+                    return (Qcow2Image.Open(device, ImageLocation.Display(reference.Location), readOnly, this), "qcow2");
+                case "raw":
+                    Enter(ImageLocation.Display(reference.Location));
+                    (device as FileBlockDevice)?.TakeQemuLocks(write: false, options.ShareWrites);
+                    return (device, "raw");
+                default:
+                    throw new UnsupportedFeatureException(overlay, $"backing file {ImageLocation.Display(reference.Location)} is {ImageFormat.Describe(format)}; mountqcow reads {string.Join(" and ", ImageFormat.Readable)}");
+            }
+        }
+        catch
+        {
+            device.Dispose();
+            throw;
         }
     }
 }
 
 /// <summary>
-/// Stands for a backing file that does not exist, so an image can still be described: every
-/// read fails with the error that opening it would have given.
+/// Stands for a backing or data file that is missing or was refused, so an image can still be
+/// described: every read fails with the error that opening it gave.
 /// </summary>
-public sealed class MissingFile(ImageIOException error) : IBlockDevice
+public sealed class UnreachableFile(ImageException error) : IBlockDevice
 {
+    /// <summary>Why it cannot be read.</summary>
+    public ImageException Error => error;
+
+    /// <summary>"missing" or "refused", as a chain's layer shows it.</summary>
+    public string Kind => error is ReferenceRefusedException ? "refused" : "missing";
+
     /// <summary>Unknown; as large as any read, so every read below the overlay reaches this file and fails.</summary>
     public long Length => long.MaxValue / 2;
 
@@ -77,10 +95,6 @@ public sealed class MissingFile(ImageIOException error) : IBlockDevice
     public void WriteAt(ReadOnlySpan<byte> buffer, long offset) => throw new ImageIOException(error.Message);
 
     public void Flush() { }
-
-    public void Extend(long length) => throw new ImageIOException(error.Message);
-
-    public bool TryPunch(long offset, long length) => false;
 
     public void Dispose() { }
 }

@@ -48,11 +48,12 @@ public sealed record ImageOptions
     public Action<string>? Warn { get; init; }
 
     /// <summary>
-    /// For inspection (info): a backing file that does not exist becomes a layer of format
-    /// "missing" (see <see cref="MissingFile"/>) instead of failing the open; any read that
-    /// needs it fails. Never for writing.
+    /// For inspection (info): a backing or data file that is missing, or that the reference
+    /// policy refuses, becomes a stand-in (<see cref="UnreachableFile"/>; a backing layer of
+    /// format "missing" or "refused") instead of failing the open; any read that needs it fails.
+    /// A refused file is never opened. Never for writing.
     /// </summary>
-    public bool AllowMissingBacking { get; init; }
+    public bool Inspect { get; init; }
 
     /// <summary>
     /// The passphrase of an encrypted image (or backing file), asked for with the file's path
@@ -64,8 +65,8 @@ public sealed record ImageOptions
     /// <summary>How remote (http, https) images are read: chunk cache, read-ahead, retries.</summary>
     public RemoteOptions? Remote { get; init; }
 
-    /// <summary>Lets a remote image name a local file as its backing or data file (refused otherwise).</summary>
-    public bool AllowLocalBacking { get; init; }
+    /// <summary>What the names inside the image (backing and data files) may open: by default only what lies beside it (see <see cref="ReferencePolicy"/>).</summary>
+    public ReferencePolicy References { get; init; } = ReferencePolicy.Default;
 
     public const long DefaultL2CacheBytes = 16L << 20;
 }
@@ -154,6 +155,25 @@ public sealed partial class Qcow2Image : IBlockDevice
     /// <summary>The header as read at open.</summary>
     public Qcow2Header Header { get; private set; }
 
+    /// <summary>The device data clusters are read from: the image file itself, or its external data file.</summary>
+    public IBlockDevice DataDevice => _data;
+
+    /// <summary>
+    /// The names the image at <paramref name="path"/> gives for other files (data file, backing
+    /// file), resolved and judged by <paramref name="policy"/>, from its header alone: nothing they
+    /// name is opened.
+    /// </summary>
+    public static IReadOnlyList<ImageReference> ReferencesOf(string path, ReferencePolicy policy, RemoteOptions? remote = null)
+    {
+        using var file = ImageLocation.Open(path, writable: false, remote);
+        var header = Qcow2Header.Read(file, ImageLocation.Display(path));
+        var gate = new ReferenceGate(policy);
+        var found = new List<ImageReference>();
+        if (header.DataFile is not null) found.Add(gate.Resolve(ImageLocation.Display(path), "data file", header.DataFile));
+        if (header.BackingFile is not null) found.Add(gate.Resolve(ImageLocation.Display(path), "backing file", header.BackingFile));
+        return found;
+    }
+
     /// <summary>The device below this image (a qcow2 image or a raw file), if any.</summary>
     public IBlockDevice? Backing => _backing;
 
@@ -165,6 +185,9 @@ public sealed partial class Qcow2Image : IBlockDevice
 
     /// <summary>Resolved path of the backing file, if any.</summary>
     public string? BackingPath { get; private init; }
+
+    /// <summary>The names this image gives for other files (data file, backing file), where each leads, and whether it was followed.</summary>
+    public IReadOnlyList<ImageReference> FileReferences { get; private init; } = [];
 
     /// <summary>Format of the backing file as opened ("qcow2" or "raw").</summary>
     public string? BackingFormatUsed { get; private init; }
@@ -250,12 +273,14 @@ public sealed partial class Qcow2Image : IBlockDevice
     /// <exception cref="NotQcow2Exception">The file is not a qcow2 image.</exception>
     /// <exception cref="CorruptImageException">The image contradicts the format.</exception>
     /// <exception cref="UnsupportedFeatureException">The image needs something not implemented.</exception>
-    public static Qcow2Image Open(string path, ImageOptions? options = null) =>
-        Open(path, options ?? new ImageOptions(), new BackingChain(options?.MaxChainDepth ?? 64));
-
-    internal static Qcow2Image Open(string path, ImageOptions options, BackingChain chain) =>
+    /// <exception cref="ReferenceRefusedException">The image names a backing or data file that <see cref="ImageOptions.References"/> does not let it open.</exception>
+    public static Qcow2Image Open(string path, ImageOptions? options = null)
+    {
+        options ??= new ImageOptions();
+        var chain = new BackingChain(options.MaxChainDepth, options.References);
         // A URL's query string may hold a signature: the device keeps it, messages and Path do not.
-        Open(ImageLocation.Open(path, options.Writable, options.Remote), ImageLocation.Display(path), options, chain);
+        return Open(ImageLocation.Open(path, options.Writable, options.Remote, chain.Gate), ImageLocation.Display(path), options, chain);
+    }
 
     /// <summary>
     /// Opens an image stored on <paramref name="file"/> (which the image then owns); backing and
@@ -263,9 +288,10 @@ public sealed partial class Qcow2Image : IBlockDevice
     /// simulated disk.
     /// </summary>
     internal static Qcow2Image Open(IBlockDevice file, string path, ImageOptions options) =>
-        Open(file, path, options, new BackingChain(options.MaxChainDepth));
+        Open(file, path, options, new BackingChain(options.MaxChainDepth, options.References));
 
-    private static Qcow2Image Open(IBlockDevice file, string path, ImageOptions options, BackingChain chain)
+    /// <summary>Opens an image on an open device (which it then owns), as one layer of <paramref name="chain"/>; <paramref name="path"/> is where it is (a path or URL), for resolving the names it gives.</summary>
+    internal static Qcow2Image Open(IBlockDevice file, string path, ImageOptions options, BackingChain chain)
     {
         IBlockDevice? data = null, backing = null;
         try
@@ -281,19 +307,24 @@ public sealed partial class Qcow2Image : IBlockDevice
             var (cipher, encryption) = Unlock(file, header, path, options);
             var l1 = ReadL1(file, header);
             var snapshots = SnapshotTable.Read(file, header, path, out long snapshotTableBytes);
+            var references = new List<ImageReference>();
             string? dataPath = null;
             if (header.HasExternalDataFile)
             {
                 if (header.DataFile is null)
                     throw new UnsupportedFeatureException(path, "the image uses an external data file but does not name it");
-                dataPath = chain.ResolveDataFile(path, header.DataFile, options.AllowLocalBacking);
-                data = ImageLocation.Open(dataPath, options.Writable, options.Remote);
+                var reference = chain.Gate.Resolve(path, "data file", header.DataFile);
+                references.Add(reference);
+                dataPath = reference.Location;
+                data = chain.OpenNamed(reference, options);
             }
             string? backingPath = null, backingFormat = null;
             if (header.BackingFile is not null)
             {
-                backingPath = chain.Resolve(path, header.BackingFile, options.AllowLocalBacking);
-                (backing, backingFormat) = chain.OpenBacking(path, backingPath, header.BackingFormat, options);
+                var reference = chain.Gate.Resolve(path, "backing file", header.BackingFile);
+                references.Add(reference);
+                backingPath = reference.Location;
+                (backing, backingFormat) = chain.OpenBacking(path, reference, header.BackingFormat, options);
             }
             var image = new Qcow2Image(path, file, data ?? file, backing, header, l1, snapshots, snapshotTableBytes, options)
             {
@@ -301,6 +332,7 @@ public sealed partial class Qcow2Image : IBlockDevice
                 BackingPath = backingPath,
                 BackingFormatUsed = backingFormat,
                 Encryption = encryption,
+                FileReferences = references,
             };
             image._cipher = cipher;
             if (options.Writable) image.OpenForWriting();
@@ -366,20 +398,6 @@ public sealed partial class Qcow2Image : IBlockDevice
         {
             System.Security.Cryptography.CryptographicOperations.ZeroMemory(passphrase);
         }
-    }
-
-    /// <summary>
-    /// The format of a file as QEMU would probe it: "qcow2", "qcow" (version 1, not read here), or
-    /// "raw" for anything without the magic.
-    /// </summary>
-    public static string Probe(string path, RemoteOptions? remote = null)
-    {
-        using var file = ImageLocation.Open(path, writable: false, remote);
-        if (file.Length < 8) return "raw";
-        Span<byte> start = stackalloc byte[8];
-        file.ReadAt(start, 0);
-        if (BigEndian.U32(start, 0) != Qcow2Limits.Magic) return "raw";
-        return BigEndian.U32(start, 4) == 1 ? "qcow" : "qcow2";
     }
 
     private static ulong[] ReadL1(IBlockDevice file, Qcow2Header header) => BigEndian.ReadTable(file, header.L1TableOffset, header.L1Size);

@@ -35,16 +35,22 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
 
     public bool CanWrite { get; }
 
-    /// <summary>Opens an existing file or block device.</summary>
-    /// <exception cref="ImageIOException">The file is missing or cannot be opened.</exception>
-    public static FileBlockDevice Open(string path, bool writable)
+    /// <summary>
+    /// Opens an existing regular file or block device; anything else (a FIFO, a socket, a
+    /// character device, a directory) is refused without waiting for it. Its length is fixed at
+    /// open (the file's size, or the device's) and no read returns bytes past it.
+    /// </summary>
+    /// <exception cref="ImageIOException">The file is missing, cannot be opened, or cannot hold an image.</exception>
+    public static FileBlockDevice Open(string path, bool writable) => Open(path, writable, out _);
+
+    /// <summary>Opens as <see cref="Open(string, bool)"/>; also says which file system the file lies on (statfs's magic number; 0 where unknown).</summary>
+    internal static FileBlockDevice Open(string path, bool writable, out long fileSystem)
     {
-        SafeFileHandle handle;
         try
         {
-            handle = File.OpenHandle(path, FileMode.Open,
-                writable ? FileAccess.ReadWrite : FileAccess.Read,
-                HostFile.ShareFor(writable));
+            var (handle, kind, length, fs) = HostFile.Open(path, writable);
+            fileSystem = fs;
+            return new FileBlockDevice(handle, path, writable, length, kind == FileKind.BlockDevice);
         }
         catch (FileNotFoundException) { throw new ImageIOException($"{path}: no such file"); }
         catch (DirectoryNotFoundException) { throw new ImageIOException($"{path}: no such file or directory"); }
@@ -56,20 +62,21 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
         {
             throw new ImageIOException($"{path}: permission denied{(writable ? " (opening for writing)" : "")}");
         }
-        catch (IOException e) { throw new ImageIOException($"{path}: {e.Message}", e); }
-        try
+        catch (IOException e)
         {
-            long length = RandomAccess.GetLength(handle);
-            // Block devices report size 0 through fstat; seeking to their end gives the size.
-            long deviceLength = length == 0 ? HostFile.SeekEnd(handle) : 0;
-            return new FileBlockDevice(handle, path, writable, Math.Max(length, deviceLength), deviceLength > 0);
-        }
-        catch
-        {
-            handle.Dispose();
-            throw;
+            throw new ImageIOException(e.HResult switch
+            {
+                0 => e.Message, // the kind of file, already in words
+                ENOENT => $"{path}: no such file",
+                ENOTDIR => $"{path}: no such file or directory",
+                EACCES or EPERM => $"{path}: permission denied{(writable ? " (opening for writing)" : "")}",
+                EISDIR => $"{path} is a directory, not an image",
+                _ => $"{path}: {e.Message[(e.Message.StartsWith(path + ": ", StringComparison.Ordinal) ? path.Length + 2 : 0)..]}",
+            }, e);
         }
     }
+
+    private const int EPERM = 1, ENOENT = 2, EACCES = 13, ENOTDIR = 20, EISDIR = 21;
 
     /// <summary>
     /// Opens a block device for writing, exclusively: refused while it is mounted or claimed
@@ -117,17 +124,23 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
     /// <summary>What this file was asked to do: reads, writes and flushes, and their bytes.</summary>
     public IoCounters Io { get; } = new();
 
+    /// <summary>
+    /// Reads at an offset. Past the length (the file's size at open, or as this device wrote it)
+    /// the bytes read as zeros, as QEMU's file driver gives them: never what a file that reports
+    /// a size of 0 (/proc's) or grew since holds there.
+    /// </summary>
     public void ReadAt(Span<byte> buffer, long offset)
     {
         if (offset < 0) throw new ArgumentOutOfRangeException(nameof(offset));
         Io.Reads.Increment();
         Io.BytesRead.Add(buffer.Length);
+        int inside = (int)Math.Clamp(Length - offset, 0, buffer.Length);
         int done = 0;
         try
         {
-            while (done < buffer.Length)
+            while (done < inside)
             {
-                int n = RandomAccess.Read(_handle, buffer[done..], offset + done);
+                int n = RandomAccess.Read(_handle, buffer[done..inside], offset + done);
                 if (n == 0) break;
                 done += n;
             }

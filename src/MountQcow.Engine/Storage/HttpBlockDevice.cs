@@ -55,8 +55,7 @@ public sealed class RemoteCounters
 /// </summary>
 public sealed class HttpBlockDevice : IBlockDevice
 {
-    private readonly HttpClient _http;
-    private readonly Uri _url;
+    private readonly Client _client;
     private readonly RemoteOptions _options;
     private readonly ResiliencePipeline _pipeline;
     private readonly EntityTagHeaderValue? _etag;
@@ -91,12 +90,11 @@ public sealed class HttpBlockDevice : IBlockDevice
 
     private readonly string _name;
 
-    private HttpBlockDevice(HttpClient http, Uri url, string name, RemoteOptions options, ResiliencePipeline pipeline, RemoteCounters counters, long length, EntityTagHeaderValue? etag, DateTimeOffset? modified)
+    private HttpBlockDevice(Client client, string name, RemoteOptions options, ResiliencePipeline pipeline, RemoteCounters counters, long length, EntityTagHeaderValue? etag, DateTimeOffset? modified)
     {
         Counters = counters;
         _name = name;
-        _http = http;
-        _url = url;
+        _client = client;
         _options = options;
         _pipeline = pipeline;
         Length = length;
@@ -123,40 +121,47 @@ public sealed class HttpBlockDevice : IBlockDevice
 
     /// <summary>Opens a remote object: its size from a ranged GET of its first byte.</summary>
     /// <exception cref="ImageIOException">The server does not answer, refuses, or ignores ranges.</exception>
-    /// <param name="location">The object's URL.</param>
+    /// <param name="location">The object's URL; a user and password in it are sent as Basic authentication, over https only.</param>
     /// <param name="options">Cache, read-ahead and retries.</param>
     /// <param name="name">How messages name the object (an s3:// location signed into this URL); by default the URL without its query string.</param>
-    public static HttpBlockDevice Open(string location, RemoteOptions? options = null, string? name = null)
+    /// <param name="mayRedirect">Whether a redirect from one URL to another is followed; by default only to the same server (scheme, host and port).</param>
+    public static HttpBlockDevice Open(string location, RemoteOptions? options = null, string? name = null, Func<Uri, Uri, bool>? mayRedirect = null)
     {
         options ??= new RemoteOptions();
-        var url = new Uri(location);
-        name ??= Display(url);
+        var given = new Uri(location);
+        name ??= Display(given);
+        var (url, credentials) = WithoutUserInfo(given, name);
         var http = new HttpClient(new SocketsHttpHandler
         {
             MaxConnectionsPerServer = options.Connections,
             ConnectTimeout = TimeSpan.FromSeconds(10),
             AutomaticDecompression = DecompressionMethods.None,
             PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30),
+            AllowAutoRedirect = false, // followed by Send, each hop judged (mayRedirect)
         })
         { Timeout = Timeout.InfiniteTimeSpan };
         var counters = new RemoteCounters();
         var pipeline = Pipeline(options, counters);
+        var client = new Client(http, url, credentials, mayRedirect ?? ((from, to) => SameServer(from, to)), name);
         try
         {
             var (length, etag, modified) = pipeline.ExecuteAsync(async token =>
             {
                 counters.Requests.Increment();
-                using var request = Range(url, 0, 0);
-                using var response = await Send(http, request, name, token);
+                using var response = await client.Send(0, 0, token);
                 if (response.StatusCode == HttpStatusCode.OK)
                     throw new ImageIOException($"{name}: the server ignores range requests (it answered 200 with the whole object); mountqcow reads only from servers that answer ranges");
                 var range = response.Content.Headers.ContentRange;
                 if (range?.Length is not long total)
                     throw new ImageIOException($"{name}: the server's answer to a range request has no object size (Content-Range)");
-                await response.Content.ReadAsByteArrayAsync(token);
+                if (total < 0) throw new ImageIOException($"{name}: the server gives a negative object size");
+                // The body should be the one byte asked for: read at most that, whatever the server sends.
+                await using var body = await response.Content.ReadAsStreamAsync(token);
+                // (Left unread, the rest is drained up to the handler's bound of 1 MiB, or the connection dropped.)
+                await body.ReadAtLeastAsync(new byte[1], 1, throwOnEndOfStream: false, token);
                 return (total, response.Headers.ETag, response.Content.Headers.LastModified);
             }).AsTask().GetAwaiter().GetResult();
-            return new HttpBlockDevice(http, url, name, options, pipeline, counters, length, etag, modified); // the pipeline counts into the device's counters
+            return new HttpBlockDevice(client, name, options, pipeline, counters, length, etag, modified); // the pipeline counts into the device's counters
         }
         catch (Exception e) when (e is not ImageException)
         {
@@ -170,6 +175,57 @@ public sealed class HttpBlockDevice : IBlockDevice
         }
     }
 
+    /// <summary>
+    /// The URL without its user and password, and those as a Basic authentication header: sent
+    /// only over https (over http they would cross the network readable by anyone on the way).
+    /// </summary>
+    private static (Uri Url, AuthenticationHeaderValue? Credentials) WithoutUserInfo(Uri url, string name)
+    {
+        if (url.UserInfo.Length == 0) return (url, null);
+        if (!url.Scheme.Equals("https", StringComparison.OrdinalIgnoreCase))
+            throw new ImageIOException($"{name}: the URL holds a user and password, which over {url.Scheme} would be sent unencrypted; use https");
+        string info = Uri.UnescapeDataString(url.UserInfo);
+        var bare = new UriBuilder(url) { UserName = "", Password = "" }.Uri;
+        return (bare, new AuthenticationHeaderValue("Basic", Convert.ToBase64String(System.Text.Encoding.UTF8.GetBytes(info))));
+    }
+
+    private static bool SameServer(Uri a, Uri b) =>
+        string.Equals(a.Scheme, b.Scheme, StringComparison.OrdinalIgnoreCase) && string.Equals(a.Host, b.Host, StringComparison.OrdinalIgnoreCase) && a.Port == b.Port;
+
+    /// <summary>
+    /// The object's URL and how a range of it is asked for: the credentials (to its own server
+    /// only) and redirects, each hop judged before it is followed (at most 5).
+    /// </summary>
+    private sealed class Client(HttpClient http, Uri url, AuthenticationHeaderValue? credentials, Func<Uri, Uri, bool> mayRedirect, string name)
+    {
+        public HttpClient Http => http;
+
+        /// <summary>Sends a ranged GET; 5xx (and 408, 429) answers become retryable failures, other errors one line.</summary>
+        public async Task<HttpResponseMessage> Send(long first, long last, CancellationToken token)
+        {
+            var at = url;
+            for (int hop = 0; ; hop++)
+            {
+                using var request = new HttpRequestMessage(HttpMethod.Get, at);
+                request.Headers.Range = new RangeHeaderValue(first, last);
+                if (credentials is not null && SameServer(at, url)) request.Headers.Authorization = credentials;
+                var response = await HttpBlockDevice.Send(http, request, name, token);
+                int code = (int)response.StatusCode;
+                if (code is not (301 or 302 or 303 or 307 or 308)) return response;
+                var location = response.Headers.Location;
+                response.Dispose();
+                if (location is null) throw new ImageIOException($"{name}: HTTP {code} without a Location to go to");
+                var next = location.IsAbsoluteUri ? location : new Uri(at, location);
+                if (next.Scheme is not ("http" or "https"))
+                    throw new ImageIOException($"{name}: redirected to a {next.Scheme} URL, which is not followed");
+                if (!mayRedirect(at, next))
+                    throw new ImageIOException($"{name}: redirected to another server ({Display(new Uri(next.GetLeftPart(UriPartial.Authority)))}), which is not followed (allow it with --allow-reference)");
+                if (hop == 5) throw new ImageIOException($"{name}: more than 5 redirects");
+                at = next;
+            }
+        }
+    }
+
     /// <summary>Why a request failed, in words (the innermost socket or TLS error where there is one).</summary>
     private static string Reason(Exception e) => e switch
     {
@@ -177,13 +233,6 @@ public sealed class HttpBlockDevice : IBlockDevice
         HttpRequestException { InnerException: { } inner } => inner.Message,
         _ => e.Message,
     };
-
-    private static HttpRequestMessage Range(Uri url, long first, long last)
-    {
-        var request = new HttpRequestMessage(HttpMethod.Get, url);
-        request.Headers.Range = new RangeHeaderValue(first, last);
-        return request;
-    }
 
     /// <summary>Sends a request; 5xx (and 408, 429) answers become retryable failures, other errors one line.</summary>
     private static async Task<HttpResponseMessage> Send(HttpClient http, HttpRequestMessage request, string name, CancellationToken token)
@@ -418,8 +467,7 @@ public sealed class HttpBlockDevice : IBlockDevice
                 long first = run[done].Chunk * chunkBytes;
                 long last = Math.Min(Length, (run[^1].Chunk + 1) * chunkBytes) - 1;
                 Counters.Requests.Increment();
-                using var request = Range(_url, first, last);
-                using var response = await Send(_http, request, _name, token);
+                using var response = await _client.Send(first, last, token);
                 if (response.StatusCode != HttpStatusCode.PartialContent)
                     throw new ImageIOException($"{_name}: the server answered a range request with HTTP {(int)response.StatusCode}, not 206");
                 var etag = response.Headers.ETag;
@@ -466,5 +514,5 @@ public sealed class HttpBlockDevice : IBlockDevice
 
     public void Flush() { }
 
-    public void Dispose() => _http.Dispose();
+    public void Dispose() => _client.Http.Dispose();
 }

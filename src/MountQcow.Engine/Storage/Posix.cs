@@ -4,7 +4,7 @@ using Microsoft.Win32.SafeHandles;
 namespace MountQcow.Storage;
 
 /// <summary>The few libc calls the storage layer needs on Linux that .NET does not wrap; reached through <see cref="HostFile"/>.</summary>
-internal static partial class Posix
+internal static unsafe partial class Posix
 {
     private const int SEEK_END = 2;
     private const int SEEK_DATA = 3;
@@ -60,6 +60,93 @@ internal static partial class Posix
         }
         return new SafeFileHandle(fd, ownsHandle: true);
     }
+
+    private const int O_RDONLY = 0, O_NONBLOCK = 0x800, O_NOCTTY = 0x100;
+    private const int AT_EMPTY_PATH = 0x1000;
+    private const uint STATX_TYPE = 1, STATX_SIZE = 0x200;
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int statx(int dirfd, string path, int flags, uint mask, byte* buffer);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fstatfs(SafeFileHandle fd, byte* buffer);
+
+    /// <summary>
+    /// Opens a path without waiting: O_NONBLOCK, so a FIFO (which would wait for a writer) opens at
+    /// once and is then refused by its kind; no controlling terminal; closed on exec.
+    /// </summary>
+    /// <exception cref="IOException">The open failed; HResult is the errno.</exception>
+    public static SafeFileHandle OpenNonBlocking(string path, bool writable)
+    {
+        int fd = OpenFile(path, (writable ? O_RDWR : O_RDONLY) | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"{path}: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+        }
+        return new SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    /// <summary>
+    /// What an open file is: its kind (S_IFMT), its size as stat gives it (0 for devices), and the
+    /// magic number of the file system it lies on (statfs's f_type).
+    /// </summary>
+    /// <exception cref="IOException">The kernel could not say.</exception>
+    public static (FileKind Kind, long Size, long FileSystem) Describe(SafeFileHandle fd)
+    {
+        // struct statx has one layout on every architecture: stx_mode is the 16 bits at offset 28,
+        // stx_size the 64 at 40. struct statfs starts with f_type (a long) on 64-bit Linux.
+        byte* stat = stackalloc byte[256];
+        bool added = false;
+        try
+        {
+            fd.DangerousAddRef(ref added);
+            if (statx((int)fd.DangerousGetHandle(), "", AT_EMPTY_PATH, STATX_TYPE | STATX_SIZE, stat) != 0)
+                throw new IOException($"statx failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+        }
+        finally
+        {
+            if (added) fd.DangerousRelease();
+        }
+        byte* fs = stackalloc byte[256];
+        long magic = fstatfs(fd, fs) == 0 ? *(long*)fs : 0;
+        return ((FileKind)(*(ushort*)(stat + 28) & 0xF000), *(long*)(stat + 40), magic);
+    }
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial nint realpath(string path, nint resolved);
+
+    [LibraryImport("libc")]
+    private static partial void free(nint pointer);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int statfs(string path, byte* buffer);
+
+    /// <summary>The path with every link and <c>..</c> resolved, as the kernel names it; null where it does not exist.</summary>
+    public static string? RealPath(string path)
+    {
+        nint resolved = realpath(path, 0);
+        if (resolved == 0) return null;
+        try
+        {
+            return Marshal.PtrToStringUTF8(resolved);
+        }
+        finally
+        {
+            free(resolved);
+        }
+    }
+
+    /// <summary>What kind of file a path names (links followed) and the magic number of its file system; a null kind where it cannot be asked.</summary>
+    public static (FileKind? Kind, long FileSystem) KindOf(string path)
+    {
+        byte* stat = stackalloc byte[256];
+        byte* fs = stackalloc byte[256];
+        FileKind? kind = statx(AT_FDCWD, path, 0, STATX_TYPE, stat) == 0 ? (FileKind)(*(ushort*)(stat + 28) & 0xF000) : null;
+        return (kind, statfs(path, fs) == 0 ? *(long*)fs : 0);
+    }
+
+    private const int AT_FDCWD = -100;
 
     /// <summary>fdatasync, with every failure an exception.</summary>
     /// <exception cref="IOException">The data could not be made durable.</exception>
