@@ -7,7 +7,8 @@ namespace MountQcow.Tests;
 /// <summary>
 /// Debian's nginx, started by a test on a loopback port with its own configuration, serving a
 /// folder (with range requests, as nginx always does); stopped on dispose. One process, no master
-/// (so no user switch: it reads what the test's user can). /forbidden.qcow2 answers 403.
+/// (so no user switch: it reads what the test's user can). /forbidden.qcow2 answers 403;
+/// /moved/NAME redirects (302) to /NAME on the same server.
 /// </summary>
 public sealed class Nginx : IDisposable
 {
@@ -38,6 +39,7 @@ public sealed class Nginx : IDisposable
                 listen 127.0.0.1:{{Port}};
                 root {{root}};
                 location = /forbidden.qcow2 { return 403; }
+                location ~ ^/moved/(.*)$ { return 302 /$1; }
               }
             }
             """);

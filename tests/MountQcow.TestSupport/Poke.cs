@@ -58,6 +58,21 @@ public static class Poke
         }
     }
 
+    /// <summary>
+    /// Replaces a name in an image's header (a backing or data file name made with a placeholder
+    /// of the same length): how a test gives an image a hostile name without qemu-img ever opening
+    /// (or, for a data file, truncating) the file it names.
+    /// </summary>
+    public static void ReplaceName(string image, string placeholder, string name)
+    {
+        if (System.Text.Encoding.UTF8.GetByteCount(name) != placeholder.Length) throw new ArgumentException("the name and its placeholder differ in length");
+        var head = new byte[65536];
+        using (var f = File.OpenHandle(image)) RandomAccess.Read(f, head, 0);
+        int at = head.AsSpan().IndexOf(System.Text.Encoding.ASCII.GetBytes(placeholder));
+        if (at < 0) throw new InvalidOperationException($"{placeholder} is not in {image}'s header");
+        ImageBuilder.Poke(image, at, System.Text.Encoding.UTF8.GetBytes(name));
+    }
+
     /// <summary>A copy of an image that tests may damage.</summary>
     public static string Copy(ImageBuilder b, string image, string name)
     {

@@ -119,7 +119,7 @@ public sealed class RemoteImageTests : IDisposable
         AssertOneLineError(MountqcowProgram.Run("info", nginx.Url("not.qcow2")), "not a qcow2 image");
         // TLS to a server that speaks plain HTTP: the handshake fails, in one line.
         AssertOneLineError(MountqcowProgram.Run("export", $"https://127.0.0.1:{nginx.Port}/a.qcow2", _b.PathOf("tls.raw")), $"https://127.0.0.1:{nginx.Port}/a.qcow2: TLS failed: ");
-        AssertOneLineError(MountqcowProgram.Run("info", nginx.Url("local-backing.qcow2")), $"a remote image may not make this program read local files (to follow it: --allow-reference {_b.PathOf("a.qcow2")}");
+        AssertOneLineError(MountqcowProgram.Run("export", nginx.Url("local-backing.qcow2"), _b.PathOf("local.raw")), $"a remote image may not make this program read local files (to follow it: --allow-reference {_b.PathOf("a.qcow2")}");
         Assert.Equal(0, MountqcowProgram.Run("info", nginx.Url("local-backing.qcow2"), "--allow-reference", _b.PathOf("a.qcow2")).ExitCode);
         AssertOneLineError(MountqcowProgram.Run("info", $"http://127.0.0.1:{Nginx.FreePort()}/a.qcow2"), "Connection refused");
         AssertOneLineError(MountqcowProgram.Run(nginx.Url("a.qcow2"), Directory.CreateDirectory(_b.PathOf("mnt")).FullName, "--rw"), "remote images mount read-only");
