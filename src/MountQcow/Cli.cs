@@ -48,7 +48,7 @@ internal static class Cli
         if (keyFile is null && Environment.GetEnvironmentVariable(PassphraseOnStdin) == "1")
         {
             Environment.SetEnvironmentVariable(PassphraseOnStdin, null);
-            fromStdin = ReadLineBytes(Console.OpenStandardInput());
+            fromStdin = ReadStdinLine();
         }
         return path =>
         {
@@ -57,6 +57,9 @@ internal static class Cli
             return Console.IsInputRedirected || Console.IsErrorRedirected ? null : Prompt($"passphrase for {path}: ");
         };
     }
+
+    /// <summary>One line of standard input as bytes, without its newline: what a parent process hands its background copy.</summary>
+    public static byte[] ReadStdinLine() => ReadLineBytes(Console.OpenStandardInput());
 
     /// <summary>One line of a stream as bytes, without its newline (a passphrase never becomes a string, which cannot be cleared).</summary>
     private static byte[] ReadLineBytes(Stream input)

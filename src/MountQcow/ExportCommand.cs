@@ -24,7 +24,7 @@ internal static class ExportCommand
         using var snapshot = o.Snapshot is null ? null : OpenSnapshot(o, image);
         IBlockDevice disk = snapshot ?? image;
         var table = targets[0].Partition is null ? null : PartitionReader.Read(disk);
-        var sources = targets.Select(t => (t.Output, Source: t.Partition is { } n ? PartitionOf(o, disk, table!, n) : disk)).ToList();
+        var sources = targets.Select(t => (t.Output, Source: t.Partition is { } n ? PartitionOf(o, disk, table!, n, image.Path) : disk)).ToList();
         var remote = image.RemoteLayers().Select(l => l.Counters).ToList();
         Func<string>? fetched = remote.Count == 0 ? null : () => $"fetched {Units.Bytes(remote.Sum(c => c.BytesFetched.Value))}";
         foreach (var (output, source) in sources)
@@ -68,18 +68,18 @@ internal static class ExportCommand
     {
         var snapshot = image.FindSnapshot(o.Snapshot!)
             ?? throw new UserError(image.Snapshots.Count == 0
-                ? $"{o.Image} has no snapshots"
-                : $"{o.Image} has no snapshot '{o.Snapshot}' (it has: {string.Join(", ", image.Snapshots.Select(s => $"{s.Id} '{s.Name}'"))})");
+                ? $"{image.Path} has no snapshots"
+                : $"{image.Path} has no snapshot '{o.Snapshot}' (it has: {string.Join(", ", image.Snapshots.Select(s => $"{s.Id} '{s.Name}'"))})");
         return image.OpenSnapshot(snapshot);
     }
 
-    private static IBlockDevice PartitionOf(ExportOptions o, IBlockDevice disk, PartitionTable table, int number)
+    private static IBlockDevice PartitionOf(ExportOptions o, IBlockDevice disk, PartitionTable table, int number, string shown)
     {
         foreach (string w in table.Warnings) Cli.Warn($"partition table: {w}");
         var partition = table.Partitions.FirstOrDefault(p => p.Number == number)
             ?? throw new UserError(table.Partitions.Count == 0
-                ? $"{o.Image}{(o.Snapshot is null ? "" : $" (snapshot {o.Snapshot})")} has no partitions"
-                : $"{o.Image} has no partition {number} (it has {string.Join(", ", table.Partitions.Select(p => p.Number))})");
+                ? $"{shown}{(o.Snapshot is null ? "" : $" (snapshot {o.Snapshot})")} has no partitions"
+                : $"{shown} has no partition {number} (it has {string.Join(", ", table.Partitions.Select(p => p.Number))})");
         return new SliceBlockDevice(disk, partition.Start, partition.Length, writable: false);
     }
 

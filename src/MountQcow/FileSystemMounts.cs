@@ -324,7 +324,8 @@ internal sealed class FileSystemMounts : IDisposable
 
     /// <summary>Loop, read-only unless writable; xfs may share its id with a snapshot's copy (nouuid).</summary>
     private static string KernelOptions(Inner inner) =>
-        (inner.Writable ? "loop" : "loop,ro") + (inner.KernelType == "xfs" ? ",nouuid" : "");
+        // nosuid, nodev: a set-user-ID program or a device node inside the guest's file system gives no power here.
+        (inner.Writable ? "loop" : "loop,ro") + ",nosuid,nodev" + (inner.KernelType == "xfs" ? ",nouuid" : "");
 
     /// <summary>
     /// A driver in a session of its own (setsid(1) execs it in place, keeping the process id), so

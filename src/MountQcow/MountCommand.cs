@@ -25,8 +25,17 @@ internal static class MountCommand
     // Set in the background copy's environment (not on its command line, which ps shows).
     private const string BackgroundVariable = "MOUNTQCOW_SERVE_DETACHED";
 
+    // Set when the background copy gets IMAGE as the first line of its standard input: a URL's
+    // user, password or signed query string never reaches a command line, which every user sees in ps.
+    private const string ImageOnStdin = "MOUNTQCOW_IMAGE_ON_STDIN";
+
     public static int Run(MountOptions o, string[] args)
     {
+        if (Environment.GetEnvironmentVariable(ImageOnStdin) == "1")
+        {
+            Environment.SetEnvironmentVariable(ImageOnStdin, null);
+            o.Image = System.Text.Encoding.UTF8.GetString(Cli.ReadStdinLine());
+        }
         string image = ImageLocation.Full(o.Image);
         if (!ImageLocation.MayExist(image))
             throw new UserError(Directory.Exists(image) ? $"{o.Image} is a directory, not an image" : $"{o.Image}: no such file");
@@ -48,7 +57,7 @@ internal static class MountCommand
 
         bool detached = Environment.GetEnvironmentVariable(BackgroundVariable) == "1";
         Environment.SetEnvironmentVariable(BackgroundVariable, null); // not for the programs it starts (fusermount3)
-        if (!o.Foreground && !o.Debug && !detached) return StartInBackground(args, mountpoint, PassphraseForChild(o, image));
+        if (!o.Foreground && !o.Debug && !detached) return StartInBackground(args, o.Image, mountpoint, PassphraseForChild(o, image));
         if (detached) Native.NewSession();
         return Serve(o, image, mountpoint, l2Cache, detached, user, files);
     }
@@ -117,7 +126,7 @@ internal static class MountCommand
         var started = DateTimeOffset.Now;
         var modified = ImageLocation.IsRemote(imagePath) ? image.RemoteModified ?? DateTimeOffset.UnixEpoch : File.GetLastWriteTimeUtc(imagePath);
         using var tree = VirtualFileTree.Create(image, o.ReadWrite, modified, mayChange: image.HeldByWriter || o.ForceShare,
-            snapshots: snapshots.Disks,
+            snapshots: snapshots.Disks, othersMayRead: o.OthersMayRead,
             statistics: () => MountStatistics.Of(image, snapshots.Images, served, clock, started).ToJson());
         served = tree;
         foreach (string w in tree.Partitions.Warnings) Cli.Warn($"partition table: {w}");
@@ -309,7 +318,7 @@ internal static class MountCommand
         return Qcow2Image.EncryptionOf(image) is null ? null : Cli.Prompt($"passphrase for {image}: ");
     }
 
-    private static int StartInBackground(string[] args, string mountpoint, byte[]? passphrase)
+    private static int StartInBackground(string[] args, string image, string mountpoint, byte[]? passphrase)
     {
         var psi = new ProcessStartInfo(Environment.ProcessPath!)
         {
@@ -321,10 +330,19 @@ internal static class MountCommand
         // Run as "dotnet mountqcow.dll ...", the child needs the dll's path first.
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
             psi.ArgumentList.Add(typeof(MountCommand).Assembly.Location);
-        foreach (string a in args) psi.ArgumentList.Add(a);
+        // IMAGE as messages show it (no user, password or query string); the whole of it on standard input.
+        bool imageOnStdin = ImageLocation.Display(image) != image;
+        int shown = imageOnStdin ? Array.IndexOf(args, image) : -1;
+        for (int i = 0; i < args.Length; i++) psi.ArgumentList.Add(i == shown ? ImageLocation.Display(image) : args[i]);
         psi.Environment[BackgroundVariable] = "1";
+        if (imageOnStdin) psi.Environment[ImageOnStdin] = "1";
         if (passphrase is not null) psi.Environment[Cli.PassphraseOnStdin] = "1";
         using var child = Process.Start(psi) ?? throw new UserError("cannot start the background process");
+        if (imageOnStdin)
+        {
+            child.StandardInput.BaseStream.Write(System.Text.Encoding.UTF8.GetBytes(image + "\n"));
+            child.StandardInput.BaseStream.Flush();
+        }
         if (passphrase is not null)
         {
             // As bytes, never as a string (which cannot be cleared).

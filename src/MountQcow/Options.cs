@@ -162,6 +162,9 @@ internal sealed class MountOptions : ImageReadingOptions
     [Option('o', "options", HelpText = "FUSE mount options, comma-separated (e.g. allow_other; nonempty mounts over a directory that holds files). Linux only.")]
     public string? FuseOptions { get; set; }
 
+    [Option("others-may-read", HelpText = "Let every user of this machine read the files (mode 0444; 0644 with --rw, where only you write). By default only you, the user who mounts, may (0400, 0600), as QEMU's FUSE export; others reach the mount at all only with -o allow_other.")]
+    public bool OthersMayRead { get; set; }
+
     [Option('U', "force-share", HelpText = "Read-only mounts: let other processes write the image meanwhile (as qemu-img -U); what you read may then change under you.")]
     public bool ForceShare { get; set; }
 

@@ -13,7 +13,7 @@ internal static class SnapshotCommand
         {
             using var image = Qcow2Image.Open(o.Image, new ImageOptions { Warn = Cli.Warn, ShareWrites = true, References = o.References() });
             var snapshots = InfoCommand.DescribeSnapshots(image.Snapshots);
-            if (snapshots.Length == 0) Console.WriteLine($"{o.Image} has no snapshots");
+            if (snapshots.Length == 0) Console.WriteLine($"{image.Path} has no snapshots");
             else InfoCommand.PrintSnapshots(snapshots);
             return Program.Ok;
         }
@@ -21,7 +21,7 @@ internal static class SnapshotCommand
         if (o.Create is { } name)
         {
             var made = writable.CreateSnapshot(name, DateTimeOffset.Now);
-            Console.WriteLine($"created snapshot {made.Id} '{made.Name}' of {o.Image} ({Units.Bytes(made.DiskSize)})");
+            Console.WriteLine(Cli.Printable($"created snapshot {made.Id} '{made.Name}' of {o.Image} ({Units.Bytes(made.DiskSize)})"));
             return Program.Ok;
         }
         var snapshot = Find(o, writable, o.Apply ?? o.Delete!);
@@ -29,12 +29,12 @@ internal static class SnapshotCommand
         {
             long before = writable.Length;
             writable.ApplySnapshot(snapshot);
-            Console.WriteLine($"applied snapshot {snapshot.Id} '{snapshot.Name}' to {o.Image}{(before != writable.Length ? $"; the disk is {Units.Bytes(writable.Length)} again" : "")}");
+            Console.WriteLine(Cli.Printable($"applied snapshot {snapshot.Id} '{snapshot.Name}' to {o.Image}{(before != writable.Length ? $"; the disk is {Units.Bytes(writable.Length)} again" : "")}"));
         }
         else
         {
             writable.DeleteSnapshot(snapshot);
-            Console.WriteLine($"deleted snapshot {snapshot.Id} '{snapshot.Name}' of {o.Image}");
+            Console.WriteLine(Cli.Printable($"deleted snapshot {snapshot.Id} '{snapshot.Name}' of {o.Image}"));
         }
         return Program.Ok;
     }

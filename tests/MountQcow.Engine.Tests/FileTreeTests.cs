@@ -224,17 +224,23 @@ public sealed class FileTreeTests
         using var readOnly = VirtualFileTree.Create(new MemoryBlockDevice(new byte[1 << 20], false), false, modified);
         var root = readOnly.Root.Facts;
         Assert.True(root.IsDirectory);
-        Assert.Equal(0x16du, root.Permissions); // 0555
+        Assert.Equal(0x140u, root.Permissions); // 0500: the owner alone, as QEMU's FUSE export
         Assert.Equal(2u, root.Links);
         var file = readOnly.Files[0].Facts;
         Assert.False(file.IsDirectory);
-        Assert.Equal(0x124u, file.Permissions); // 0444
+        Assert.Equal(0x100u, file.Permissions); // 0400
         Assert.Equal(1 << 20, file.Length);
         Assert.Equal(modified, file.Modified);
         Assert.NotEqual(root.Id, file.Id);
         using var writable = VirtualFileTree.Create(new MemoryBlockDevice(new byte[1 << 20]), true, modified);
-        Assert.Equal(0x1edu, writable.Root.Facts.Permissions); // 0755
-        Assert.Equal(0x1a4u, writable.Files[0].Facts.Permissions); // 0644
+        Assert.Equal(0x1c0u, writable.Root.Facts.Permissions); // 0700
+        Assert.Equal(0x180u, writable.Files[0].Facts.Permissions); // 0600
+        using var shared = VirtualFileTree.Create(new MemoryBlockDevice(new byte[1 << 20]), true, modified, othersMayRead: true);
+        Assert.Equal(0x1edu, shared.Root.Facts.Permissions); // 0755
+        Assert.Equal(0x1a4u, shared.Files[0].Facts.Permissions); // 0644: others read, only the owner writes
+        using var sharedReadOnly = VirtualFileTree.Create(new MemoryBlockDevice(new byte[1 << 20], false), false, modified, othersMayRead: true);
+        Assert.Equal(0x16du, sharedReadOnly.Root.Facts.Permissions); // 0555
+        Assert.Equal(0x124u, sharedReadOnly.Files[0].Facts.Permissions); // 0444
         // Sizes on disk: the file's length until the scan has counted, then the bytes that hold data.
         for (int i = 0; i < 200 && writable.Files[0].AllocatedBytes < 0; i++) Thread.Sleep(10);
         Assert.Equal(1 << 20, writable.Files[0].Facts.AllocatedBytes); // a memory device is all data

@@ -294,6 +294,10 @@ public sealed class FilesInsideTests : IDisposable
         Assert.True(Eventually(() => File.ReadAllText($"/sys/class/bdi/{device}/read_ahead_kb").Trim() == "4096"), "readahead not widened");
         string privateRoot = Path.GetDirectoryName(Run.Checked("readlink", Path.Combine(mnt, "p1")).Trim())!;
         Assert.Contains(privateRoot, Run.Checked("losetup", "-a"));
+        // The kernel parses the guest's file system: no set-user-ID program or device node in it gives power here.
+        var options = File.ReadLines("/proc/self/mountinfo").Select(l => l.Split(' ')).First(f => f[4] == Path.Combine(privateRoot, "p1"))[5].Split(',');
+        Assert.Contains("nosuid", options);
+        Assert.Contains("nodev", options);
         Assert.Equal(0, MountedImage.Host("unmount", mnt).ExitCode);
         Assert.Empty(MountsUnder(privateRoot));
         Assert.DoesNotContain(privateRoot, Run.Checked("losetup", "-a")); // the loop devices went with the mounts

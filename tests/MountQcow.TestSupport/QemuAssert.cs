@@ -27,6 +27,18 @@ public static class MountqcowProgram
 
     public static Run.Result Run(params string[] args) => Tests.Run.Capture("dotnet", [Dll, .. args], timeoutSeconds: 300);
 
+    /// <summary>A run that failed as every refusal must: exit 1, nothing on standard output, one line naming the problem, no stack trace.</summary>
+    public static void AssertOneLineError(Run.Result r, string expected)
+    {
+        Assert.True(r.ExitCode == 1, $"exit {r.ExitCode}: {r.Stderr}{r.Stdout}");
+        Assert.Equal("", r.Stdout);
+        string line = Assert.Single(r.Stderr.TrimEnd('\n').Split('\n'));
+        Assert.StartsWith("mountqcow: ", line);
+        Assert.Contains(expected, line);
+        Assert.DoesNotContain("internal error", line);
+        Assert.DoesNotContain("   at ", r.Stderr);
+    }
+
     /// <summary>The program with extra environment variables (AWS settings, say).</summary>
     public static Run.Result RunWith(IDictionary<string, string> env, params string[] args) =>
         Tests.Run.Capture("dotnet", [Dll, .. args], timeoutSeconds: 300, env: env);

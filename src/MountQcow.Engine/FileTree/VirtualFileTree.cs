@@ -37,10 +37,15 @@ public sealed class FileTreeException(FsStatus status, string message) : Excepti
 /// and a directory listing. <see cref="Id"/> is 1 for the folder and 2 onwards for the files.
 /// A link's <see cref="Length"/> is its target's length in bytes.
 /// </summary>
-public readonly record struct FileFacts(long Id, bool IsDirectory, bool Writable, long Length, long AllocatedBytes, DateTimeOffset Modified, bool IsLink = false)
+public readonly record struct FileFacts(long Id, bool IsDirectory, bool Writable, long Length, long AllocatedBytes, DateTimeOffset Modified, bool IsLink = false, bool OthersMayRead = false)
 {
-    /// <summary>Unix permission bits: read for all, write for the owner where writable, search on the folder; a link's are all set, as links' always are.</summary>
-    public uint Permissions => IsLink ? 0x1ffu : (IsDirectory ? 0x16du : 0x124u) | (Writable ? 0x80u : 0u); // 0777; 0555 / 0444, plus 0200
+    /// <summary>
+    /// Unix permission bits, as QEMU's FUSE export gives them: the owner (the user who mounted)
+    /// reads, writes where writable, and searches folders (0400, 0600, 0500, 0700); others only
+    /// where the mount says they may read (plus 0044, or 0055 on folders). A link's are all set, as links' always are.
+    /// </summary>
+    public uint Permissions => IsLink ? 0x1ffu // 0777
+        : (IsDirectory ? 0x140u : 0x100u) | (Writable ? 0x80u : 0u) | (OthersMayRead ? (IsDirectory ? 0x2du : 0x24u) : 0u);
 
     /// <summary>Links: a folder has its own "." and the parent's entry.</summary>
     public uint Links => IsDirectory ? 2u : 1u;
@@ -133,7 +138,7 @@ public sealed class VirtualFile
                 _tree.StartAllocationScan();
                 allocated = Length;
             }
-            return new FileFacts(2L * Index + 2, false, Writable, Length, allocated, _tree.Modified);
+            return new FileFacts(2L * Index + 2, false, Writable, Length, allocated, _tree.Modified, OthersMayRead: _tree.OthersMayRead);
         }
     }
 
@@ -340,7 +345,7 @@ public sealed class VirtualFolder
     public IReadOnlyList<VirtualLink> Links => Volatile.Read(ref LinkArray);
 
     /// <summary>What a backend shows for this folder.</summary>
-    public FileFacts Facts => new(2L * Index + 1, true, Writable, 0, 0, _tree.Modified);
+    public FileFacts Facts => new(2L * Index + 1, true, Writable, 0, 0, _tree.Modified, OthersMayRead: _tree.OthersMayRead);
 }
 
 /// <summary>What a path names: a folder, a file, a link, or nothing (then whether its parent folder exists, for "path not found").</summary>
@@ -478,6 +483,9 @@ public sealed class VirtualFileTree : IDisposable
     /// </summary>
     public bool MayChange { get; }
 
+    /// <summary>Whether users other than the one who mounted may read the files (the owner only, by default).</summary>
+    public bool OthersMayRead { get; private init; }
+
     /// <summary>The time every file shows as modified (the image file's own).</summary>
     public DateTimeOffset Modified { get; }
 
@@ -485,12 +493,13 @@ public sealed class VirtualFileTree : IDisposable
     /// Builds the tree for a disk: reads its partition table and makes one file per partition;
     /// then a read-only folder for each snapshot, named as <see cref="SnapshotFolderNames"/> says.
     /// </summary>
-    /// <remarks>With <paramref name="statistics"/>, <c>.mountqcow/stats.json</c> (hidden from listings, never cached) reads as what it returns at each read from the start.</remarks>
+    /// <remarks>With <paramref name="statistics"/>, <c>.mountqcow/stats.json</c> (hidden from listings, never cached) reads as what it returns at each read from the start.
+    /// With <paramref name="othersMayRead"/>, users other than the owner may read the files (see <see cref="FileFacts.Permissions"/>).</remarks>
     public static VirtualFileTree Create(IBlockDevice disk, bool writable, DateTimeOffset modified, bool mayChange = false,
-        IReadOnlyList<SnapshotDisk>? snapshots = null, Func<string>? statistics = null)
+        IReadOnlyList<SnapshotDisk>? snapshots = null, Func<string>? statistics = null, bool othersMayRead = false)
     {
         var table = PartitionReader.Read(disk);
-        var tree = new VirtualFileTree(table, writable, modified, mayChange);
+        var tree = new VirtualFileTree(table, writable, modified, mayChange) { OthersMayRead = othersMayRead };
         var root = tree.AddFolder(null, "", writable);
         tree.AddDisk(root, disk, table, writable);
         if (snapshots is { Count: > 0 })
