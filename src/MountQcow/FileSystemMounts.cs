@@ -60,6 +60,12 @@ internal sealed class FileSystemMounts : IDisposable
     /// <summary>The private mount of the tree that drivers read from, inside <see cref="Root"/>.</summary>
     public const string RawFolderName = ".raw";
 
+    /// <summary>
+    /// Snapshots whose file systems are mounted, at most: an image may hold thousands of
+    /// snapshots, and each file system is a driver process (or a loop device).
+    /// </summary>
+    public const int MaxSnapshotDisks = 8;
+
     /// <summary>How the private directory's name starts (in the temporary folder).</summary>
     private const string Prefix = "mountqcow-files-";
 
@@ -120,7 +126,12 @@ internal sealed class FileSystemMounts : IDisposable
             // or a driver's mount options.
             tree.AddDiskAliases();
             var disks = tree.DiskFolders;
-            for (int k = 0; k < disks.Count; k++)
+            if (disks.Count - 1 > MaxSnapshotDisks)
+            {
+                warn($"the file systems of the first {MaxSnapshotDisks} of {disks.Count - 1} snapshots are mounted; the others show only their pN.raw " +
+                     $"(to read one's files: mkdir DIR && fuse2fs -o ro,fakeroot MOUNTPOINT/{VirtualFileTree.SnapshotsFolderName}/NAME/pN.raw DIR; or export it with -s NAME)");
+            }
+            for (int k = 0; k < Math.Min(disks.Count, MaxSnapshotDisks + 1); k++)
             {
                 var folder = disks[k];
                 string prefix = k == 0 ? "" : $"{VirtualFileTree.SnapshotsFolderName}/{folder.Name}/";

@@ -70,4 +70,31 @@ public sealed class UntrustedMountTests : IDisposable
         Assert.DoesNotContain("SECRETSIGNATURE", mount.Output);
         Assert.DoesNotContain("SECRETSIGNATURE", File.ReadAllText(mount.PathOf(".mountqcow/stats.json")));
     }
+
+    [NeedsFact("qemu", "fuse", "root", "mkfs.ext4", "fuse2fs")]
+    public void FilesMountsTheFileSystemsOfEightSnapshotsAtMost_AndSaysSo()
+    {
+        string tree = DiskBuilder.Tree(_b.PathOf("tree"), withLink: false);
+        string raw = _b.PathOf("fs.raw");
+        using (var f = File.Create(raw)) f.SetLength(8 << 20);
+        Run.Checked("mkfs.ext4", "-q", "-F", "-d", tree, raw);
+        string image = _b.Convert(raw, "many.qcow2");
+        for (int i = 1; i <= 10; i++) _b.Img("snapshot", "-c", $"s{i:D2}", image);
+        string mnt = NewMountpoint("mnt");
+        var r = MountedImage.Host("--files", image, mnt);
+        try
+        {
+            Assert.True(r.ExitCode == 0, r.Stderr);
+            Assert.Contains("the file systems of the first 8 of 10 snapshots are mounted; the others show only their pN.raw", r.Stderr);
+            string[] mounted = Directory.GetDirectories(Path.Combine(mnt, "snapshots")).Where(d => Directory.Exists(Path.Combine(d, "disk"))).Select(Path.GetFileName).Order().ToArray()!;
+            Assert.Equal(Enumerable.Range(1, 8).Select(i => $"s{i:D2}"), mounted);
+            Assert.True(File.Exists(Path.Combine(mnt, "snapshots", "s10", "disk.raw")));
+            string privateRoot = Path.GetDirectoryName(Run.Checked("readlink", Path.Combine(mnt, "disk")).Trim())!;
+            Assert.Equal(9, Run.Checked("pgrep", "-f", privateRoot).Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+        }
+        finally
+        {
+            MountedImage.Host("unmount", mnt);
+        }
+    }
 }

@@ -18,7 +18,8 @@ internal sealed class ClusterMap
 {
     private readonly IBlockDevice _file;
     private readonly string _path;
-    private readonly ulong[] _l1;
+    private readonly ulong[]? _l1; // the active table, whole (the write path changes it)
+    private readonly PagedL1Table? _pagedL1; // or a snapshot's, read on demand
     private readonly L2Cache _cache;
     private readonly int _clusterBits;
     private readonly long _clusterMask;
@@ -29,10 +30,16 @@ internal sealed class ClusterMap
     private readonly bool _externalData;
 
     public ClusterMap(IBlockDevice file, string path, Qcow2Header header, ulong[] l1, long cacheBytes)
+        : this(file, path, header, l1.Length, cacheBytes) => _l1 = l1;
+
+    /// <summary>A map through an L1 table read on demand (a snapshot's, which nothing changes).</summary>
+    public ClusterMap(IBlockDevice file, string path, Qcow2Header header, PagedL1Table l1, long cacheBytes)
+        : this(file, path, header, l1.Length, cacheBytes) => _pagedL1 = l1;
+
+    private ClusterMap(IBlockDevice file, string path, Qcow2Header header, int l1Length, long cacheBytes)
     {
         _file = file;
         _path = path;
-        _l1 = l1;
         _clusterBits = header.ClusterBits;
         _clusterMask = header.ClusterSize - 1;
         _l2Bits = header.L2Bits;
@@ -40,13 +47,13 @@ internal sealed class ClusterMap
         _extended = header.HasExtendedL2;
         _subclusterBits = _clusterBits - BitOperations.Log2(Qcow2Limits.Subclusters);
         _externalData = header.HasExternalDataFile;
-        _cache = new L2Cache(cacheBytes, header.ClusterSize, l1.Length);
+        _cache = new L2Cache(cacheBytes, header.ClusterSize, l1Length);
     }
 
     public L2Cache Cache => _cache;
 
-    /// <summary>The active L1 table, host byte order.</summary>
-    public ulong[] L1 => _l1;
+    /// <summary>The active L1 table, host byte order (a snapshot's, read on demand, is not at hand whole).</summary>
+    public ulong[] L1 => _l1 ?? throw new InvalidOperationException("a snapshot's L1 table is read on demand, never whole");
 
     public int ClusterBits => _clusterBits;
 
@@ -178,7 +185,7 @@ internal sealed class ClusterMap
     /// <summary>The L2 table for one L1 index, from the cache or the image; null when none is allocated.</summary>
     public L2Cache.Table? GetTable(long l1Index)
     {
-        long l2Offset = new L1Entry(_l1[l1Index]).L2Offset;
+        long l2Offset = new L1Entry(_l1 is not null ? _l1[l1Index] : _pagedL1![l1Index]).L2Offset;
         if (l2Offset == 0) return null;
         return _cache.TryGet(l1Index, l2Offset) ?? _cache.Add(l1Index, LoadTable(l1Index, l2Offset));
     }

@@ -112,10 +112,14 @@ public sealed partial class Qcow2Image : IBlockDevice
     private MountQcow.Crypto.SectorCipher? _cipher;
 
     private Qcow2Image(string path, IBlockDevice file, IBlockDevice data, IBlockDevice? backing,
-        Qcow2Header header, ulong[] l1, IReadOnlyList<Snapshot> snapshots, long snapshotTableBytes, ImageOptions options,
-        long? length = null)
+        Qcow2Header header, ulong[] l1, IReadOnlyList<Snapshot> snapshots, long snapshotTableBytes, ImageOptions options)
+        : this(path, file, data, backing, header, new ClusterMap(file, path, header, l1, options.L2CacheBytes), snapshots, snapshotTableBytes, options, header.VirtualSize) { }
+
+    private Qcow2Image(string path, IBlockDevice file, IBlockDevice data, IBlockDevice? backing,
+        Qcow2Header header, ClusterMap map, IReadOnlyList<Snapshot> snapshots, long snapshotTableBytes, ImageOptions options,
+        long length)
     {
-        _length = length ?? header.VirtualSize;
+        _length = length;
         _snapshotTableBytes = snapshotTableBytes;
         _reservations = options.Reservations;
         Path = path;
@@ -126,7 +130,7 @@ public sealed partial class Qcow2Image : IBlockDevice
         Snapshots = snapshots;
         _clusterSize = header.ClusterSize;
         _clusterMask = _clusterSize - 1;
-        _map = new ClusterMap(file, path, header, l1, options.L2CacheBytes);
+        _map = map;
         _compressed = new CompressedClusterCache(_clusterSize);
         _decompressInto = DecompressCluster;
         CanWrite = options.Writable;
@@ -247,8 +251,9 @@ public sealed partial class Qcow2Image : IBlockDevice
         if (snapshot.L1Size < needed)
             throw new CorruptImageException(Path, $"snapshot {snapshot.Id}: L1 table of {snapshot.L1Size} entries is too small for {snapshot.DiskSize} bytes (needs {needed})");
         Qcow2Header.CheckTable($"snapshot {snapshot.Id}: L1 table", snapshot.L1TableOffset, snapshot.L1Size * 8L, _clusterMask, _file.Length, Path);
-        var l1 = BigEndian.ReadTable(_file, snapshot.L1TableOffset, snapshot.L1Size);
-        return new Qcow2Image(Path, _file, _data, _backing, Header, l1, [], 0, new ImageOptions { L2CacheBytes = l2CacheBytes }, snapshot.DiskSize)
+        // Read on demand: many snapshots may each claim a large table, and none is read whole.
+        var map = new ClusterMap(_file, Path, Header, new PagedL1Table(_file, snapshot.L1TableOffset, snapshot.L1Size), l2CacheBytes);
+        return new Qcow2Image(Path, _file, _data, _backing, Header, map, [], 0, new ImageOptions { L2CacheBytes = l2CacheBytes }, snapshot.DiskSize)
         {
             ShownSnapshot = snapshot,
             DataFilePath = DataFilePath,
