@@ -21,6 +21,19 @@ public sealed class SnapshotWriteTests : IDisposable
 
     private static Qcow2Image Writable(string image) => Qcow2Image.Open(image, new ImageOptions { Writable = true });
 
+    /// <summary>
+    /// Whether a check's error is a COPIED flag out of step in the window the change may leave:
+    /// create raises refcounts before it clears the flags (a flag may still claim a cluster now
+    /// counted twice, as in QEMU, harmless while no snapshot names it); delete and apply set flags
+    /// only after the lowered refcounts are durable, so a flag may lag clear where the refcount is
+    /// one, but a set flag on a cluster whose refcount is not one is the state worse than leaks.
+    /// </summary>
+    private static bool FlagInWindow(string error, string change)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(error, @"^ERROR OFLAG_COPIED .* refcount=(\d+)$");
+        return m.Success && (change == "create" || m.Groups[1].Value == "1");
+    }
+
     private byte[] QemuSnapshot(string image, string name)
     {
         string raw = _b.PathOf($"{Guid.NewGuid():n}.raw");
@@ -124,10 +137,12 @@ public sealed class SnapshotWriteTests : IDisposable
 
 /// <summary>
 /// Power cut during snapshot create, delete and apply (a simulated disk keeps a random part of
-/// what was written since its last flush). Every crash state may hold leaked clusters, or (the
-/// window QEMU has too, between raised refcounts and cleared flags) COPIED flags out of step;
-/// never anything else: `check --repair all` then leaves a clean image whose current disk and
-/// snapshots hold exactly the bytes they held before or after the change.
+/// what was written since its last flush). Every crash state may hold leaked clusters, or COPIED
+/// flags out of step in the windows QEMU has too: after create raised refcounts, flags not yet
+/// cleared; after delete or apply lowered them, flags not yet set. Never a flag set on a cluster
+/// whose refcount on disk has not fallen to one, and nothing else: `check --repair all` then
+/// leaves a clean image whose current disk and snapshots hold exactly the bytes they held before
+/// or after the change.
 /// </summary>
 public sealed class SnapshotPowerLossTests : IDisposable
 {
@@ -138,14 +153,19 @@ public sealed class SnapshotPowerLossTests : IDisposable
     [QemuTheory]
     [InlineData("create")]
     [InlineData("delete")]
+    [InlineData("delete-l2-flags")]
     [InlineData("apply")]
     public void EveryCrashStateRepairsToTheBytesBeforeOrAfter(string change)
     {
+        // 4 KiB clusters: two L2 tables, for 0-2 MiB and 2-4 MiB.
         string path = _b.Create("power.qcow2", "4M", "cluster_size=4096");
         _b.Write(path, 0, 1 << 20, Fill.Random, 1);
         _b.Write(path, 2 << 20, 256 << 10, Fill.Text, 2, compressed: true);
         if (change != "create") _b.Img("snapshot", "-c", "old", path);
         if (change != "create") _b.Write(path, 512 << 10, 1 << 20, Fill.Text, 3);
+        // Both L2 tables copied since the snapshot: deleting it changes no L1 entry, only the COPIED
+        // flags of the L2 entries whose clusters (0-512 KiB) only the snapshot shared.
+        if (change == "delete-l2-flags") _b.Write(path, 3 << 20, 4096, Fill.Random, 4);
         byte[] current = File.ReadAllBytes(_b.Expected(path));
         byte[]? old = change == "create" ? null : QemuSnapshot(path, "old");
         var device = new CrashDevice(File.ReadAllBytes(path));
@@ -158,7 +178,7 @@ public sealed class SnapshotPowerLossTests : IDisposable
         using (var image = Qcow2Image.Open(device, path, new ImageOptions { Writable = true, Reservations = (1, 1) }))
         {
             if (change == "create") image.CreateSnapshot("new", DateTimeOffset.UnixEpoch);
-            else if (change == "delete") image.DeleteSnapshot(image.Snapshots[0]);
+            else if (change.StartsWith("delete", StringComparison.Ordinal)) image.DeleteSnapshot(image.Snapshots[0]);
             else image.ApplySnapshot(image.Snapshots[0]);
         }
         device.BeforeFlush = null;
@@ -168,9 +188,10 @@ public sealed class SnapshotPowerLossTests : IDisposable
         foreach (var crashed in crashes)
         {
             File.WriteAllBytes(file, crashed);
+            var qemu = Run.Capture("qemu-img", ["check", file]);
             var report = ImageChecker.Check(file);
-            Assert.True(report.Messages.Where(m => m.StartsWith("ERROR", StringComparison.Ordinal)).All(m => m.Contains("OFLAG_COPIED")),
-                string.Join("\n", report.Messages));
+            foreach (var (who, messages) in new[] { ("qemu-img check", qemu.Stdout + qemu.Stderr), ("mountqcow check", string.Join("\n", report.Messages)) })
+                Assert.True(messages.Split('\n').Where(m => m.StartsWith("ERROR", StringComparison.Ordinal)).All(m => FlagInWindow(m, change)), $"{who}:\n{messages}");
             ImageChecker.Check(file, RepairMode.All);
             QemuAssert.CheckClean(file);
             using var q = Qcow2Image.Open(file);
@@ -186,6 +207,19 @@ public sealed class SnapshotPowerLossTests : IDisposable
                 Assert.Equal(s.Name == "new" ? current : old, bytes);
             }
         }
+    }
+
+    /// <summary>
+    /// Whether a check's error is a COPIED flag out of step in the window the change may leave:
+    /// create raises refcounts before it clears the flags (a flag may still claim a cluster now
+    /// counted twice, as in QEMU, harmless while no snapshot names it); delete and apply set flags
+    /// only after the lowered refcounts are durable, so a flag may lag clear where the refcount is
+    /// one, but a set flag on a cluster whose refcount is not one is the state worse than leaks.
+    /// </summary>
+    private static bool FlagInWindow(string error, string change)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(error, @"^ERROR OFLAG_COPIED .* refcount=(\d+)$");
+        return m.Success && (change == "create" || m.Groups[1].Value == "1");
     }
 
     private byte[] QemuSnapshot(string image, string name)

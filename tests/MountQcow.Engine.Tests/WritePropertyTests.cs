@@ -75,15 +75,15 @@ public sealed class WritePropertyTests(WriteTemplates templates, ITestOutputHelp
             try
             {
                 var shadow = (byte[])template.Content.Clone();
-                using (var qcow = Qcow2Image.Open(image, new ImageOptions { Writable = true }))
+                using (var qcow = Qcow2Image.Open(image, new ImageOptions { Writable = true, Passphrase = template.Passphrase }))
                 {
                     foreach (var op in ops) op.Apply(qcow, shadow);
                 }
-                var check = Run.Capture("qemu-img", ["check", image]);
+                var check = Run.Capture("qemu-img", ["check", .. template.QemuArgs(image)]);
                 if (check.ExitCode != 0 || !check.Stdout.Contains("No errors were found"))
                     throw new Exception($"qemu-img check after [{string.Join(", ", ops)}]:\n{check.Stdout}{check.Stderr}");
                 string raw = image + ".raw";
-                Run.Checked("qemu-img", "convert", "-O", "raw", image, raw);
+                Run.Checked("qemu-img", ["convert", .. template.QemuArgs(image), "-O", "raw", raw]);
                 var bytes = File.ReadAllBytes(raw);
                 File.Delete(raw);
                 int same = bytes.AsSpan().CommonPrefixLength(shadow);
@@ -127,7 +127,17 @@ public sealed class WritePropertyTests(WriteTemplates templates, ITestOutputHelp
 /// <summary>The starting images of the write properties, each made once by qemu-img.</summary>
 public sealed class WriteTemplates : IDisposable
 {
-    public sealed record Template(string Path, long Size, int ClusterSize, byte[] Content);
+    /// <param name="Secret">The passphrase of an encrypted (LUKS) template; null for the others.</param>
+    public sealed record Template(string Path, long Size, int ClusterSize, byte[] Content, string? Secret)
+    {
+        /// <summary>The passphrase as our reader and writer ask for it (null: not encrypted).</summary>
+        public Func<string, byte[]?>? Passphrase => Secret is null ? null : _ => System.Text.Encoding.UTF8.GetBytes(Secret);
+
+        /// <summary>How qemu-img names a copy of this template at <paramref name="file"/>: the file, or the file with its key.</summary>
+        public string[] QemuArgs(string file) => Secret is null ? [file] : ImageBuilder.EncryptedImageArgs(file, Secret);
+    }
+
+    private const string Secret = "power cut";
 
     private static int s_sequences;
     private readonly Dictionary<string, Template> _made = new();
@@ -165,6 +175,10 @@ public sealed class WriteTemplates : IDisposable
         ("64K-with-snapshot", 65536, "cluster_size=65536", "snapshot"),
         ("64K-prealloc-metadata", 65536, "cluster_size=65536,preallocation=metadata", "empty"),
         ("4K-free-clusters-with-old-data", 4096, "cluster_size=4096", "garbage"),
+        // Encrypted: storage that reads as zeros decrypts to garbage, so no new cluster may be left as such storage.
+        // PBKDF2 for 1 ms, the least QEMU makes: the power-loss runs open every crash state with the key.
+        ("luks-64K", 65536, "encrypt.format=luks,encrypt.iter-time=1,cluster_size=65536", "luks"),
+        ("luks-4K-cbc-essiv", 4096, "encrypt.format=luks,encrypt.iter-time=1,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256,cluster_size=4096", "luks"),
     ];
 
     public static IEnumerable<string> Names => s_configs.Select(c => c.Name);
@@ -176,8 +190,18 @@ public sealed class WriteTemplates : IDisposable
             if (_made.TryGetValue(name, out var t)) return t;
             var c = s_configs.Single(x => x.Name == name);
             long size = Math.Max(6L << 20, 4L * c.ClusterSize) + 512;
-            string path = Make(c.Name, c.ClusterSize, c.Options, c.Base, size);
-            t = new Template(path, size, c.ClusterSize, File.ReadAllBytes(Builder.Expected(path)));
+            if (c.Base == "luks")
+            {
+                // Data QEMU wrote, so that writes also land in place, in whole and partial sectors.
+                var (image, raw) = Builder.Encrypted($"{c.Name}.qcow2", size.ToString(), Secret, c.Options,
+                    $"write -P 0x5a 0 {3 * c.ClusterSize + 100}", $"write -P 0x33 {size / 2} {5 * c.ClusterSize}");
+                t = new Template(image, size, c.ClusterSize, File.ReadAllBytes(raw), Secret);
+            }
+            else
+            {
+                string path = Make(c.Name, c.ClusterSize, c.Options, c.Base, size);
+                t = new Template(path, size, c.ClusterSize, File.ReadAllBytes(Builder.Expected(path)), null);
+            }
             return _made[name] = t;
         }
     }

@@ -100,16 +100,19 @@ public sealed class ImageBuilder : IDisposable
             if (attempt == 5 || !made.Stderr.Contains("Unable to get accurate CPU usage"))
                 throw new InvalidOperationException($"qemu-img create {image} exited {made.ExitCode}: {made.Stderr}");
         }
-        string opts = $"driver=qcow2,file.filename={image},encrypt.key-secret=s0";
-        if (commands.Length > 0) Run.Checked("qemu-io", ["--object", secretObject, "--image-opts", opts, .. commands.SelectMany(c => new[] { "-c", c })]);
+        if (commands.Length > 0) Run.Checked("qemu-io", [.. EncryptedImageArgs(image, secret), .. commands.SelectMany(c => new[] { "-c", c })]);
         string raw = PathOf(name + ".raw");
-        Run.Checked("qemu-img", "convert", "--object", secretObject, "--image-opts", opts, "-O", "raw", raw);
+        Run.Checked("qemu-img", ["convert", .. EncryptedImageArgs(image, secret), "-O", "raw", raw]);
         return (image, raw);
     }
 
+    /// <summary>How qemu-img and qemu-io name an encrypted qcow2 image with its key (in place of the file name).</summary>
+    public static string[] EncryptedImageArgs(string image, string secret) =>
+        ["--object", $"secret,id=s0,data={secret}", "--image-opts", $"driver=qcow2,file.filename={image},encrypt.key-secret=s0"];
+
     /// <summary>qemu-img check of an encrypted image (QEMU needs the key to open it at all); throws unless clean.</summary>
     public static void CheckEncrypted(string image, string secret) =>
-        Run.Checked("qemu-img", "check", "--object", $"secret,id=s0,data={secret}", "--image-opts", $"driver=qcow2,file.filename={image},encrypt.key-secret=s0");
+        Run.Checked("qemu-img", ["check", .. EncryptedImageArgs(image, secret)]);
 
     /// <summary>Writes content through qemu-io (compressed with <paramref name="compressed"/>: whole clusters only).</summary>
     public void Write(string image, long offset, int length, Fill fill, int seed, bool compressed = false, string format = "qcow2")

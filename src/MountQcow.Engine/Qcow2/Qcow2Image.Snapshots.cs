@@ -9,11 +9,14 @@ namespace MountQcow.Qcow2;
 // COPIED flags of the active tables go; then a copy of the active L1 table and a new snapshot
 // table are written into fresh clusters and made durable; only then does one 12-byte header
 // write (count and offset, one sector) name them; the old table is freed after. Delete: the new
-// table first, then the references the snapshot held are dropped (after a flush), then the
-// COPIED flags are set where a refcount fell to one. Apply: the snapshot's clusters gain a
-// reference, the active L1 table takes the snapshot's entries, then the old active clusters lose
-// theirs. A crash leaves leaked clusters, or (between the refcounts and the flags, as in QEMU)
-// COPIED flags that `check --repair all` sets right; never a reference without its refcount.
+// table first, then the references the snapshot held are dropped (after a flush), then, after
+// another flush, the COPIED flags are set where a refcount fell to one. Apply: the snapshot's
+// clusters gain a reference, the active L1 table takes the snapshot's entries, then the old
+// active clusters lose theirs, then the flags as for delete. A crash leaves leaked clusters, or
+// (between the refcounts and the flags, as in QEMU) COPIED flags that `check --repair all` sets
+// right: still set where create raised a refcount, still clear where delete or apply lowered one
+// to one, never set where a dropped refcount is not yet durable; never a reference without its
+// refcount.
 public sealed partial class Qcow2Image
 {
     /// <summary>Creates an internal snapshot of the current disk, as qemu-img snapshot -c does.</summary>
@@ -169,7 +172,11 @@ public sealed partial class Qcow2Image
                 throw new UnsupportedFeatureException(Path, $"{what} would raise the refcount of cluster 0x{cluster << Header.ClusterBits:x} past {max}, the most {Header.RefcountBits}-bit refcounts hold (QEMU refuses too)");
     }
 
-    /// <summary>Sets the COPIED flag of every active L1 and L2 entry to whether its cluster's refcount is exactly one.</summary>
+    /// <summary>
+    /// Sets the COPIED flag of every active L1 and L2 entry to whether its cluster's refcount is
+    /// exactly one. The changed entries are written with the next barrier, and a flag set only
+    /// after the refcounts written before it are durable (changed L1 entries always wait so).
+    /// </summary>
     private void SetCopiedFlags()
     {
         int bits = Header.ClusterBits, stride = Header.HasExtendedL2 ? 2 : 1;
@@ -190,7 +197,10 @@ public sealed partial class Qcow2Image
                 var entry = new L2Entry(table.Entries[j]);
                 if (entry.IsCompressed || entry.HostOffset == 0) continue;
                 bool single = _refcounts.Get(entry.HostOffset >> bits) == 1;
-                if (entry.Copied != single) SetL2(table, j, entry.WithCopied(single).Raw, waitsForFlush: false);
+                // A flag set claims the refcount of one that a drop just wrote: it waits for the
+                // flush that makes that durable (QEMU flushes between the drop and the flags), or a
+                // crash could leave it claiming a cluster still counted twice. A flag cleared claims less.
+                if (entry.Copied != single) SetL2(table, j, entry.WithCopied(single).Raw, waitsForFlush: single);
             }
         }
     }

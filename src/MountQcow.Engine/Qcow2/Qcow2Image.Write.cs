@@ -407,12 +407,14 @@ public sealed partial class Qcow2Image
         // over it. Where it reads as zeros now (zero flag, or nothing below) and the new cluster's
         // storage reads as zeros too, only the new bytes need writing; and if that storage reads
         // as zeros even after a crash, the entry need not wait for them (lost, they read as zeros).
+        // Not on an encrypted image: storage of zeros decrypts to garbage, so the cluster is
+        // written whole and its entry waits for it, as for copied data.
         var fresh = _refcounts!.AllocateNew();
         bool zerosNow = !entry.IsCompressed && (entry.ZeroFlagSet || (entry.HostOffset == 0 && !BackingUnder(cluster)));
-        // (Not for an encrypted image: storage of zeros is no encrypted zeros.)
-        if (zerosNow && fresh.ReadsZero && _cipher is null) WriteData(data, fresh.Offset + inCluster);
+        bool zeroStorageSuffices = zerosNow && _cipher is null;
+        if (zeroStorageSuffices && fresh.ReadsZero) WriteData(data, fresh.Offset + inCluster);
         else WriteMerged(cluster, inCluster, data, fresh.Offset, zerosBelow: entry.ZeroFlagSet);
-        SetL2(table, l2Index, L2Entry.Standard(fresh.Offset, copied: true).Raw, waitsForFlush: !(zerosNow && fresh.Durable));
+        SetL2(table, l2Index, L2Entry.Standard(fresh.Offset, copied: true).Raw, waitsForFlush: !(zeroStorageSuffices && fresh.Durable));
         Release(entry, cluster);
     }
 
