@@ -76,10 +76,17 @@ public sealed class EncryptionTests : IDisposable
         ImageBuilder.Poke(image, luks + 208 + 40, [0x00, 0xFF, 0xFF, 0xFF]);
         var e = Assert.Throws<CorruptImageException>(() => Qcow2Image.Open(image, new ImageOptions { Passphrase = _ => Key(Secret) }));
         Assert.Contains("LUKS key slot 0's key material", e.Message);
-        // An iteration count no one could wait for.
+        // Iteration counts no one could wait for (QEMU writes about 2 s worth): refused before any key derivation.
         ImageBuilder.Poke(image, luks + 208 + 40, [0x00, 0x00, 0x00, 0x08]);
         ImageBuilder.Poke(image, luks + 164, [0xFF, 0xFF, 0xFF, 0xFF]);
-        Assert.Contains("PBKDF2 iterations", Assert.Throws<CorruptImageException>(() => Qcow2Image.Open(image)).Message);
+        Assert.Contains("asks for 2147483647 PBKDF2 iterations", Assert.Throws<UnsupportedFeatureException>(() => Qcow2Image.Open(image)).Message);
+        ImageBuilder.PokeU32(image, luks + 164, 1000);
+        ImageBuilder.PokeU32(image, luks + 208 + 4, 100_000_000); // key slot 0: about 40 s here
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var slow = Assert.Throws<UnsupportedFeatureException>(() => Qcow2Image.Open(image, new ImageOptions { Passphrase = _ => Key(Secret) }));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5), $"took {clock.Elapsed}");
+        Assert.Contains("LUKS key slot 0 asks for 100000000 PBKDF2 iterations", slow.Message);
+        Assert.Contains("so that a crafted header cannot stall the program", slow.Message);
         // The header extension pointing outside the file.
         string other = Encrypted("outside.qcow2", "encrypt.format=luks,encrypt.iter-time=10").Image;
         long ext = FindExtension(other, 0x0537be77);

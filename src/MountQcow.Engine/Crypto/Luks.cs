@@ -83,11 +83,41 @@ public sealed class LuksHeader
 
     private static long Align(long bytes) => (bytes + SectorCipher.SectorSize - 1) / SectorCipher.SectorSize * SectorCipher.SectorSize;
 
+    /// <summary>
+    /// Refuses key derivation that would stall the program: QEMU calibrates a key slot to about
+    /// 2 s of PBKDF2 on the machine that makes it (luks-iter-time), so a slot that would take more
+    /// than <see cref="MaxSlotSeconds"/> here, or slots that together would take more than
+    /// <see cref="MaxTotalSeconds"/> (a wrong passphrase tries them all), came from a crafted header.
+    /// </summary>
     private void CheckIterations(int iterations, string what)
     {
-        // QEMU calibrates to about 2 s; a billion PBKDF2 rounds would take hours, so such a header is refused.
-        if (iterations is < 1 or > 100_000_000) throw Corrupt($"LUKS {what} asks for {iterations} PBKDF2 iterations");
+        if (iterations < 1) throw Corrupt($"LUKS {what} asks for {iterations} PBKDF2 iterations");
+        if (iterations <= SurelyQuick) return;
+        double seconds = iterations / IterationsPerSecond(_hash);
+        _seconds += seconds;
+        if (seconds > MaxSlotSeconds || _seconds > MaxTotalSeconds)
+            throw new UnsupportedFeatureException(_path,
+                $"LUKS {what} asks for {iterations} PBKDF2 iterations, about {_seconds:0} s of key derivation on this machine in all; " +
+                $"QEMU writes about 2 s worth (refused above {MaxSlotSeconds} s a slot, {MaxTotalSeconds} s in all, so that a crafted header cannot stall the program)");
     }
+
+    public const int MaxSlotSeconds = 20, MaxTotalSeconds = 60;
+
+    // Below this many iterations no check is needed: under a second on any machine this runs on.
+    private const int SurelyQuick = 1_000_000;
+
+    private double _seconds;
+
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<HashAlgorithmName, double> s_rates = new();
+
+    /// <summary>PBKDF2 iterations this machine computes per second with a hash, measured once (about 20 ms), as QEMU calibrates.</summary>
+    private static double IterationsPerSecond(HashAlgorithmName hash) => s_rates.GetOrAdd(hash, h =>
+    {
+        const int probe = 50_000;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        Rfc2898DeriveBytes.Pbkdf2("calibration"u8, new byte[32], probe, h, 32);
+        return probe / Math.Max(clock.Elapsed.TotalSeconds, 1e-6);
+    });
 
     private CorruptImageException Corrupt(string detail) => new(_path, detail);
 
