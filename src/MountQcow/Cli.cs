@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using System.Text;
+using MountQcow.Storage;
 
 namespace MountQcow.Host;
 
@@ -81,7 +82,7 @@ internal static class Cli
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new UserError($"--key-file {keyFile}: {e.Message}");
+            throw new UserError($"--key-file {HostErrors.Describe(e, keyFile)}");
         }
         int n = bytes.Length > 0 && bytes[^1] == '\n' ? bytes.Length - 1 : bytes.Length;
         var key = bytes[..n];
@@ -89,10 +90,19 @@ internal static class Cli
         return key;
     }
 
-    /// <summary>Reads a passphrase from the terminal without echoing it.</summary>
+    /// <summary>
+    /// Reads a passphrase from the terminal without echoing it. On Linux through the terminal
+    /// itself (/dev/tty, echo off, restored on every path, a signal included); elsewhere with
+    /// .NET's key reading.
+    /// </summary>
     public static byte[] Prompt(string question)
     {
         Console.Error.Write(question);
+        if (!OperatingSystem.IsWindows() && Native.ReadWithoutEcho() is { } line)
+        {
+            Console.Error.WriteLine();
+            return line;
+        }
         var typed = new List<char>();
         while (true)
         {

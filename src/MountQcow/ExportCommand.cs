@@ -18,7 +18,7 @@ internal static class ExportCommand
         foreach (var (_, output) in targets)
             if (!o.Force && output != "-" && Native.FileType(output) == Native.UnixFileType.Regular)
                 throw new UserError($"{output} already exists (use --force to overwrite it)");
-        using var image = Qcow2Image.Open(o.Image, o.ReadingOptions() with { ShareWrites = o.ForceShare });
+        using var image = Qcow2Image.Open(o.Image, o.ReadingOptions());
         Cli.RequireKeys(image);
         Cli.WarnIfInUse(image);
         using var snapshot = o.Snapshot is null ? null : OpenSnapshot(o, image);
@@ -113,13 +113,22 @@ internal static class ExportCommand
         return Program.Ok;
     }
 
+    private const int EPIPE = 32;
+
     private static int Stream(ExportOptions o, IBlockDevice source, Stream output, string path, Func<string>? fetched)
     {
         var clock = Stopwatch.StartNew();
         using var cancel = Cli.CancelOnCtrlC();
         var copy = new StreamCopy(source, output);
-        ProgressView.Run("exporting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress, fetched);
         string name = path == "-" ? "standard output" : path;
+        try
+        {
+            ProgressView.Run("exporting", copy.Total, () => copy.Done, () => copy.Run(cancel.Token), !o.NoProgress, fetched);
+        }
+        catch (IOException e) when (e.HResult == EPIPE || (e.HResult & 0xFFFF) is 109 or 232) // EPIPE; Windows: the pipe has been ended, is being closed
+        {
+            throw new UserError($"{name} was closed after {Units.Bytes(copy.Done)} of {Units.Bytes(copy.Total)} (its reader quit): the export is incomplete");
+        }
         Console.Error.WriteLine($"exported {Units.Bytes(source.Length)} ({Units.Bytes(copy.Data)} of data) to {name} in {clock.Elapsed.TotalSeconds:0.0} s");
         return Program.Ok;
     }
@@ -133,7 +142,9 @@ internal static class ExportCommand
         if (path == "-")
         {
             if (!Console.IsOutputRedirected) throw new UserError("refusing to write a disk to the terminal; redirect standard output (e.g. '- | zstd > disk.raw.zst')");
-            return Console.OpenStandardOutput();
+            // Not Console.OpenStandardOutput(): .NET's console stream ignores a broken pipe, and an
+            // export whose reader quit half-way must never look finished.
+            return new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(1, ownsHandle: false), FileAccess.Write, 0);
         }
         return Native.FileType(path) is Native.UnixFileType.Fifo or Native.UnixFileType.CharacterDevice or Native.UnixFileType.Socket
             ? new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.ReadWrite, 0)

@@ -14,7 +14,7 @@ internal static class Holders
         var names = new List<string>();
         foreach (int pid in Processes())
         {
-            if (!OpenFiles(pid).Any(f => f == full)) continue;
+            if (pid == Environment.ProcessId || !OpenFiles(pid).Any(f => f == full)) continue; // never this process itself
             string name = Command(pid);
             string? at = name == "mountqcow" ? MountsOf(full).FirstOrDefault() : null;
             names.Add(at is null ? $"{name} (pid {pid})" : $"mountqcow (pid {pid}, mounted at {at})");
@@ -46,20 +46,33 @@ internal static class Holders
         return users;
     }
 
-    /// <summary>The mount points where mountqcow mounts <paramref name="image"/> (from /proc/self/mountinfo).</summary>
     /// <summary>Where a user mounted <paramref name="image"/> (a --files mount's private mount of it left out).</summary>
     public static IEnumerable<string> MountsOf(string image) =>
         MountPoint.Table().Where(m => m.Source == "mountqcow:" + image && !FileSystemMounts.IsPrivate(m.Target)).Select(m => m.Target);
 
-    /// <summary>The mountqcow process serving <paramref name="image"/> (it has the image and /dev/fuse open), or null.</summary>
-    public static int? Server(string image)
-    {
-        foreach (int pid in Processes())
+    /// <summary>The processes serving <paramref name="image"/>: they have it and /dev/fuse open.</summary>
+    public static List<int> Servers(string image) =>
+        Processes().Where(pid => OpenFiles(pid).ToList() is var files && files.Contains(image) && files.Contains("/dev/fuse")).ToList();
+
+    /// <summary>
+    /// Which of <paramref name="servers"/> serves the mount at <paramref name="mountpoint"/> (as the
+    /// mount table names it): the one told to mount there (its command line names the mount point,
+    /// relative to its working folder where it was given so); null when none is. The same image
+    /// may be mounted at several places, each by a process of its own.
+    /// </summary>
+    public static int? ServerAt(IEnumerable<int> servers, string mountpoint) =>
+        servers.Cast<int?>().FirstOrDefault(pid =>
         {
-            var files = OpenFiles(pid).ToList();
-            if (files.Contains(image) && files.Contains("/dev/fuse")) return pid;
-        }
-        return null;
+            string cwd = Link($"/proc/{pid}/cwd") ?? "/";
+            return ReadOrEmpty($"/proc/{pid}/cmdline").Split('\0', StringSplitOptions.RemoveEmptyEntries).Any(a => Resolved(a, cwd) == mountpoint);
+        });
+
+    // A path as the kernel names it (the mount table's form), without asking the mount point itself (it may be a dead mount).
+    private static string Resolved(string argument, string cwd)
+    {
+        string full = Path.GetFullPath(argument, cwd).TrimEnd('/');
+        string? parent = Path.GetDirectoryName(full);
+        return parent is null ? full : Path.Combine(Native.RealPath(parent), Path.GetFileName(full));
     }
 
     private static IEnumerable<int> Processes()

@@ -117,7 +117,7 @@ internal static class MountCommand
         // end the process and leave a dead mount behind; it ends the mount once it exists.
         var unmounter = new Unmounter();
         using var signals = new SignalHandlers(unmounter.OnSignal);
-        using var image = Qcow2Image.Open(imagePath, o.ReadingOptions() with { Writable = o.ReadWrite, L2CacheBytes = l2Cache, ShareWrites = o.ForceShare });
+        using var image = Qcow2Image.Open(imagePath, o.ReadingOptions() with { Writable = o.ReadWrite, L2CacheBytes = l2Cache });
         Cli.RequireKeys(image);
         if (!o.ReadWrite) Cli.WarnIfInUse(image);
         using var snapshots = SnapshotViews.Of(image);
@@ -478,8 +478,8 @@ internal static class MountPoint
 
     public static void Check(string shown, string full, bool mayHoldFiles)
     {
-        if (IsMounted(full))
-            throw new UserError($"{shown} is already a mount point (unmount it first: fusermount3 -u {Cli.Quote(shown)})");
+        if (At(full) is { } mounted)
+            throw new UserError($"{shown} is already a mount point (unmount it first: {(mounted.FsType == "fuse.mountqcow" ? $"{Cli.Self} unmount" : mounted.FsType.StartsWith("fuse", StringComparison.Ordinal) ? "fusermount3 -u" : "umount")} {Cli.Quote(shown)})");
         CheckFolder(shown, full, mayHoldFiles);
     }
 

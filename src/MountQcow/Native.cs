@@ -71,6 +71,69 @@ internal static unsafe partial class Native
         return (UnixFileType)(*(ushort*)(buffer + 28) & 0xF000);
     }
 
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int tcgetattr(int fd, byte* termios);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int tcsetattr(int fd, int when, byte* termios);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint read(int fd, byte* buffer, nint count);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int close(int fd);
+
+    private const int O_RDONLY = 0, O_NOCTTY = 0x100, O_CLOEXEC = 0x80000, TCSAFLUSH = 2;
+    // struct termios: c_iflag, c_oflag, c_cflag, c_lflag (u32 each, so c_lflag at 12), then c_line and c_cc: 60 bytes on Linux.
+    private const int TermiosBytes = 64, LocalFlags = 12;
+    private const uint ECHO = 0x8;
+
+    /// <summary>
+    /// One line typed on the terminal with echo off, as bytes (never a string, which cannot be
+    /// cleared); the terminal's settings come back whatever happens: the line read, a failure,
+    /// or Ctrl-C (restored before the signal ends the process). Null where there is no terminal.
+    /// </summary>
+    public static byte[]? ReadWithoutEcho()
+    {
+        int tty = open("/dev/tty", O_RDONLY | O_NOCTTY | O_CLOEXEC);
+        if (tty < 0) return null;
+        byte* saved = stackalloc byte[TermiosBytes];
+        byte* quiet = stackalloc byte[TermiosBytes];
+        try
+        {
+            if (tcgetattr(tty, saved) != 0) return null;
+            new Span<byte>(saved, TermiosBytes).CopyTo(new Span<byte>(quiet, TermiosBytes));
+            *(uint*)(quiet + LocalFlags) &= ~ECHO;
+            var restore = new byte[TermiosBytes];
+            new Span<byte>(saved, TermiosBytes).CopyTo(restore);
+            void Restore()
+            {
+                fixed (byte* r = restore) tcsetattr(tty, TCSAFLUSH, r);
+            }
+            using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, _ => Restore());
+            using var terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, _ => Restore());
+            using var hangUp = PosixSignalRegistration.Create(PosixSignal.SIGHUP, _ => Restore());
+            if (tcsetattr(tty, TCSAFLUSH, quiet) != 0) return null;
+            try
+            {
+                var line = new List<byte>();
+                byte b;
+                while (read(tty, &b, 1) == 1 && b != (byte)'\n') line.Add(b);
+                var bytes = line.ToArray();
+                System.Runtime.InteropServices.CollectionsMarshal.AsSpan(line).Clear();
+                return bytes;
+            }
+            finally
+            {
+                Restore();
+            }
+        }
+        finally
+        {
+            close(tty);
+        }
+    }
+
     [LibraryImport("libc")]
     private static partial void _exit(int status);
 

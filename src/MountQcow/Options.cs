@@ -52,6 +52,9 @@ internal abstract class ImageReadingOptions : ReferenceOptions
     [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
     public string? KeyFile { get; set; }
 
+    [Option('U', "force-share", HelpText = "Read even while another process (a running VM) writes the image, and let writers start meanwhile, as qemu-img -U: what you read may then change under you. Without it, an image another process writes is refused. A --rw mount ignores it (it never shares writing).")]
+    public bool ForceShare { get; set; }
+
     [Option("remote-cache", Default = "64M", HelpText = "Memory for chunks fetched from a remote image (at least 1M); reads in order keep up to half of it in flight.")]
     public string RemoteCache { get; set; } = "64M";
 
@@ -73,6 +76,7 @@ internal abstract class ImageReadingOptions : ReferenceOptions
         Passphrase = Cli.Passphrase(KeyFile),
         References = References(),
         Remote = Remote(),
+        ShareWrites = ForceShare,
     };
 }
 
@@ -131,9 +135,6 @@ internal sealed class ExportOptions : ImageReadingOptions
     [Option('f', "force", HelpText = "Overwrite OUTPUT if it is an existing regular file, or a block device that a process has open. A mounted device is never overwritten.")]
     public bool Force { get; set; }
 
-    [Option('U', "force-share", HelpText = "Let other processes write the image while it is exported (as qemu-img -U).")]
-    public bool ForceShare { get; set; }
-
     [Option("no-progress", HelpText = "Do not draw a progress bar.")]
     public bool NoProgress { get; set; }
 }
@@ -164,9 +165,6 @@ internal sealed class MountOptions : ImageReadingOptions
 
     [Option("others-may-read", HelpText = "Let every user of this machine read the files (mode 0444; 0644 with --rw, where only you write). By default only you, the user who mounts, may (0400, 0600), as QEMU's FUSE export; others reach the mount at all only with -o allow_other.")]
     public bool OthersMayRead { get; set; }
-
-    [Option('U', "force-share", HelpText = "Read-only mounts: let other processes write the image meanwhile (as qemu-img -U); what you read may then change under you.")]
-    public bool ForceShare { get; set; }
 
     [Option("l2-cache", Default = "16M", HelpText = "Memory for each image's L2 table cache.")]
     public string L2Cache { get; set; } = "16M";

@@ -23,6 +23,7 @@ internal static class Program
             if (args.Length == 1) return Overview(Console.Out, Ok);
             return VerbOf(args[1]) is { } verb ? VerbHelp(parser, verb, Console.Out, Ok) : UsageFailure($"there is no verb '{args[1]}'", null);
         }
+        if (MistypedVerb(args[0]) is { } meant) return UsageFailure($"there is no verb '{args[0]}' (did you mean '{meant}'?)", null);
         var result = parser.ParseArguments(BareFiles(JoinRepeated(JoinRepeated(args, "--partition", "-p"), "--allow-reference", null)), s_verbs);
         return result.MapResult(
             options => options switch
@@ -86,6 +87,37 @@ internal static class Program
         s.AutoVersion = true;
     });
 
+    /// <summary>
+    /// The verb a first word that is neither a verb nor a file was meant to be ("inf": info), or
+    /// null: a word that could be an image's name (a path, a file that exists) is the mount's IMAGE.
+    /// </summary>
+    internal static string? MistypedVerb(string word)
+    {
+        if (word.Length < 2 || word.StartsWith('-') || word.IndexOfAny(['/', '.', ':', '\\']) >= 0 || File.Exists(word) || Directory.Exists(word)) return null;
+        var names = s_verbs.Select(VerbName).ToList();
+        if (names.Contains(word)) return null;
+        return names.FirstOrDefault(n => n.StartsWith(word, StringComparison.OrdinalIgnoreCase))
+            ?? names.Select(n => (n, d: Distance(word.ToLowerInvariant(), n))).Where(x => x.d <= 2).OrderBy(x => x.d).Select(x => x.n).FirstOrDefault();
+    }
+
+    /// <summary>Edits (insert, delete, change a letter) that turn one word into the other.</summary>
+    private static int Distance(string a, string b)
+    {
+        var row = Enumerable.Range(0, b.Length + 1).ToArray();
+        for (int i = 1; i <= a.Length; i++)
+        {
+            int diagonal = row[0];
+            row[0] = i;
+            for (int j = 1; j <= b.Length; j++)
+            {
+                int above = row[j];
+                row[j] = Math.Min(Math.Min(row[j] + 1, row[j - 1] + 1), diagonal + (a[i - 1] == b[j - 1] ? 0 : 1));
+                diagonal = above;
+            }
+        }
+        return row[b.Length];
+    }
+
     private static Type? VerbOf(string name) => s_verbs.FirstOrDefault(t => VerbAttributeOf(t).Name == name);
 
     private static VerbAttribute VerbAttributeOf(Type verb) => verb.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Single();
@@ -113,9 +145,13 @@ internal static class Program
                     Cli.Error(refused.Message + HowToAllow(refused.Reference));
                     if (options.Verbose) Console.Error.WriteLine(e);
                     return Failed;
-                case ImageException or IOException or UnauthorizedAccessException or UserError or Fuse.FuseException or Dokan.DokanException or ArgumentException and not ArgumentOutOfRangeException:
+                case IOException or UnauthorizedAccessException:
+                    Cli.Error(HostErrors.Describe(e)); // the system's words, not .NET's
+                    if (options.Verbose) Console.Error.WriteLine(e);
+                    return Failed;
+                case ImageException or UserError or Fuse.FuseException or Dokan.DokanException or ArgumentException and not ArgumentOutOfRangeException:
                     // The engine knows another process holds the image; the host can say which.
-                    Cli.Error(e is MountQcow.Qcow2.ImageInUseException inUse && Holders.Describe(inUse.Path) is { } who ? e.Message.Replace("another process", who) : e.Message);
+                    Cli.Error(e is MountQcow.Qcow2.ImageInUseException inUse && Holders.Describe(inUse.Path) is { } who ? NameHolder(e.Message, who) : e.Message);
                     if (options.Verbose) Console.Error.WriteLine(e);
                     return Failed;
                 default:
@@ -124,6 +160,13 @@ internal static class Program
                     return Failed;
             }
         }
+    }
+
+    /// <summary>The engine knows another process holds the image; the host can say which (once, where the message says "another process").</summary>
+    private static string NameHolder(string message, string who)
+    {
+        int at = message.IndexOf("another process", StringComparison.Ordinal);
+        return at < 0 ? message : message[..at] + who + message[(at + "another process".Length)..];
     }
 
     /// <summary>What lets a refused reference be followed, for the end of its line (nothing where nothing can).</summary>

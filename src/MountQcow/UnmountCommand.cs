@@ -14,11 +14,12 @@ internal static class UnmountCommand
     {
         if (OperatingSystem.IsWindows()) return RunOnWindows(o);
         string mountpoint = Path.GetFullPath(o.Mountpoint).TrimEnd('/');
-        var entry = MountPoint.At(mountpoint) ?? throw new UserError($"{o.Mountpoint} is not mounted");
+        var entry = MountPoint.At(mountpoint) ?? throw new UserError(NotMounted(o.Mountpoint, mountpoint));
         if (entry.FsType != "fuse.mountqcow" || !entry.Source.StartsWith("mountqcow:", StringComparison.Ordinal))
             throw new UserError($"{o.Mountpoint} is not a mountqcow mount (it is {entry.FsType}); unmount it with umount");
         string image = entry.Source["mountqcow:".Length..];
-        int? server = Holders.Server(image);
+        var servers = Holders.Servers(image);
+        int? server = Holders.ServerAt(servers, entry.Target);
         // --files: a file system inside in use would keep the server waiting after the unmount; refuse first.
         foreach (var (shown, target) in FileSystemMounts.InsideOf(entry.Source, o.Mountpoint.TrimEnd('/')))
         {
@@ -33,11 +34,21 @@ internal static class UnmountCommand
             case FuseMount.UnmountResult.Failed:
                 throw new UserError($"cannot unmount {o.Mountpoint}{(Native.IsRoot ? "" : " (is it yours?)")}");
         }
-        if (server is null) FileSystemMounts.RemoveLeftovers(entry.Source); // its server died: what it mounted with --files goes too
+        if (servers.Count == 0) FileSystemMounts.RemoveLeftovers(entry.Source); // its server died: what it mounted with --files goes too
         if (server is { } pid && !WaitForExit(pid, image, TimeSpan.FromSeconds(o.Timeout)))
             throw new UserError($"{o.Mountpoint} is unmounted, but mountqcow (pid {pid}) has not closed {image} after {o.Timeout} s");
         Console.WriteLine($"unmounted {o.Mountpoint}; {image} is closed");
         return Program.Ok;
+    }
+
+    /// <summary>Why a path is not a mount to unmount: not mounted, or an image (then where it is mounted, if it is).</summary>
+    private static string NotMounted(string shown, string full)
+    {
+        if (!File.Exists(full)) return $"{shown} is not mounted";
+        var at = Holders.MountsOf(full).ToList();
+        return at.Count == 0
+            ? $"{shown} is an image, not a mount point, and it is not mounted"
+            : $"{shown} is an image, not a mount point; it is mounted at {string.Join(", ", at)} ({Cli.Self} unmount {Cli.Quote(at[0])})";
     }
 
     /// <summary>

@@ -176,7 +176,9 @@ public sealed class WriteTests : IDisposable
             Assert.Contains("wrote", qemu.StandardOutput.ReadLine() + qemu.StandardOutput.ReadLine());
             var e = Assert.Throws<ImageInUseException>(() => Writable(image));
             Assert.Contains("in use by another process", e.Message);
-            using (var reader = Qcow2Image.Open(image)) Assert.True(reader.HeldByWriter); // reading stays possible, and knows
+            // Reading is refused as qemu-img refuses it, and possible sharing (-U), knowing it.
+            Assert.Contains("reading it now could see it half-written (-U reads anyway", Assert.Throws<ImageInUseException>(() => Qcow2Image.Open(image)).Message);
+            using (var reader = Qcow2Image.Open(image, new ImageOptions { ShareWrites = true })) Assert.True(reader.HeldByWriter);
         }
         finally
         {

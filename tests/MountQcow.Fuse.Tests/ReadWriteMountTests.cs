@@ -138,8 +138,13 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
             Assert.Equal(1, refused.ExitCode);
             Assert.Contains($"in use by qemu-io (pid {qemu.Id})", refused.Stderr); // the holder, by name
             Assert.False(MountedImage.IsMounted(mnt));
-            // Read-only it mounts, with a warning that the bytes may change under the reader.
-            using (var readOnly = MountedImage.Start(image, mnt))
+            // Read-only it is refused too, as every reader is, naming the holder and -U; with -U it
+            // mounts, with a warning that the bytes may change under the reader.
+            var reader = MountedImage.Host(image, mnt);
+            Assert.Equal(1, reader.ExitCode);
+            Assert.Contains($"in use by qemu-io (pid {qemu.Id}), which holds the \"write\" permission; reading it now could see it half-written (-U reads anyway", reader.Stderr);
+            Assert.False(MountedImage.IsMounted(mnt));
+            using (var readOnly = MountedImage.Start(image, mnt, "-U"))
             {
                 Assert.Contains("warning", readOnly.Output);
                 Assert.Contains("may change under you", readOnly.Output);

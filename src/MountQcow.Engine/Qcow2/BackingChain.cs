@@ -59,7 +59,8 @@ internal sealed class BackingChain(int maxDepth, ReferencePolicy policy)
                     return (Qcow2Image.Open(device, ImageLocation.Display(reference.Location), readOnly, this), "qcow2");
                 case "raw":
                     Enter(ImageLocation.Display(reference.Location));
-                    (device as FileBlockDevice)?.TakeQemuLocks(write: false, options.ShareWrites);
+                    if ((device as FileBlockDevice)?.TakeQemuLocks(write: false, options.ShareWrites) is { } conflict && !options.ShareWrites)
+                        throw new ImageInUseException(reference.Location, $"{ImageLocation.Display(reference.Location)}: in use by another process, which {conflict}; reading it now could see it half-written (-U reads anyway)");
                     return (device, "raw");
                 default:
                     throw new UnsupportedFeatureException(overlay, $"backing file {ImageLocation.Display(reference.Location)} is {ImageFormat.Describe(format)}; mountqcow reads {string.Join(" and ", ImageFormat.Readable)}");

@@ -111,7 +111,7 @@ public sealed class ImageChecker
         using var file = FileBlockDevice.Open(path, writable: mode != RepairMode.None);
         // A half-written image looks damaged: like qemu-img, refuse while another process writes it.
         if (file.TakeQemuLocks(write: mode != RepairMode.None, share) is { } conflict && (mode != RepairMode.None || !share))
-            throw new ImageInUseException(path, $"{path}: in use by another process ({conflict}); {(mode == RepairMode.None ? "checking it now would see it half-written (-U checks anyway)" : "it cannot be repaired now")}");
+            throw new ImageInUseException(path, $"{path}: in use by another process, which {conflict}; {(mode == RepairMode.None ? "checking it now could see it half-written (-U checks anyway)" : "it cannot be repaired now")}");
         return Check(file, path, mode);
     }
 

@@ -43,7 +43,7 @@ public sealed partial class Qcow2Image
             throw new UnsupportedFeatureException(Path, "the image is dirty (its refcounts may be stale after a crash); repair it with 'mountqcow check --repair all' before writing");
         if (h.RefcountTableClusters == 0) throw RefuseWriting("the image has no refcount table");
         if (_file is FileBlockDevice f && f.TakeQemuLocks(write: true, share: false) is { } conflict)
-            throw new ImageInUseException(Path, $"{Path}: in use by another process ({conflict})");
+            throw new ImageInUseException(Path, $"{Path}: in use by another process, which {conflict}");
         // A refcount lower than the references it has would let a write overwrite live data or
         // metadata; QEMU finds some of this only when it is about to happen. Finding all of it
         // first costs one pass over the metadata, and leaves a damaged image untouched.

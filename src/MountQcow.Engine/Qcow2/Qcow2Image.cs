@@ -198,8 +198,8 @@ public sealed partial class Qcow2Image : IBlockDevice
 
     /// <summary>
     /// Whether another process (a running VM, qemu-io, a read-write mount) held the image for
-    /// writing when it was opened read-only, by QEMU's lock protocol: the reader then reads
-    /// sharing, and what it reads may change under it.
+    /// writing when it was opened read-only with <see cref="ImageOptions.ShareWrites"/> (without
+    /// it, such an open is refused): what the reader reads may change under it.
     /// </summary>
     public bool HeldByWriter { get; private set; }
 
@@ -341,7 +341,13 @@ public sealed partial class Qcow2Image : IBlockDevice
             };
             image._cipher = cipher;
             if (options.Writable) image.OpenForWriting();
-            else if (file is FileBlockDevice f) image.HeldByWriter = f.TakeQemuLocks(write: false, options.ShareWrites) is not null;
+            else if (file is FileBlockDevice f && f.TakeQemuLocks(write: false, options.ShareWrites) is { } conflict)
+            {
+                // One rule for every reader, as qemu-img's: an image another process writes is read only with -U.
+                if (!options.ShareWrites)
+                    throw new ImageInUseException(path, $"{path}: in use by another process, which {conflict}; reading it now could see it half-written (-U reads anyway: what you read may then change under you)");
+                image.HeldByWriter = true;
+            }
             return image;
         }
         catch

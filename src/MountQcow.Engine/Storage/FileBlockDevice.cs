@@ -117,7 +117,7 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new ImageIOException($"{path}: {e.Message}", e);
+            throw new ImageIOException(HostErrors.Describe(e, path), e);
         }
     }
 

@@ -21,7 +21,7 @@ public static class QemuLock
 
     /// <summary>
     /// Takes the locks a writer holds: it reads, writes and grows the file, and shares neither
-    /// writing nor resizing. Returns null, or which permission another process holds.
+    /// writing nor resizing. Returns null, or what another process holds ("holds the "write" permission").
     /// </summary>
     public static string? AcquireForWriting(SafeFileHandle file)
     {
@@ -29,9 +29,9 @@ public static class QemuLock
         int[] wanted = [ConsistentRead, Write, Resize];
         int[] unshared = [Write, Resize];
         foreach (int p in wanted)
-            if (Posix.ByteLockedByOthers(file, SharedBase + p)) return $"another process does not share the \"{s_names[p]}\" permission";
+            if (Posix.ByteLockedByOthers(file, SharedBase + p)) return $"does not share the \"{s_names[p]}\" permission";
         foreach (int p in unshared)
-            if (Posix.ByteLockedByOthers(file, PermBase + p)) return $"another process holds the \"{s_names[p]}\" permission";
+            if (Posix.ByteLockedByOthers(file, PermBase + p)) return $"holds the \"{s_names[p]}\" permission";
         foreach (int p in wanted) Posix.LockByteShared(file, PermBase + p);
         foreach (int p in unshared) Posix.LockByteShared(file, SharedBase + p);
         return null;
@@ -49,7 +49,7 @@ public static class QemuLock
         int[] unshared = [Write, Resize];
         string? conflict = null;
         foreach (int p in unshared)
-            if (conflict is null && Posix.ByteLockedByOthers(file, PermBase + p)) conflict = $"another process holds the \"{s_names[p]}\" permission";
+            if (conflict is null && Posix.ByteLockedByOthers(file, PermBase + p)) conflict = $"holds the \"{s_names[p]}\" permission";
         Posix.LockByteShared(file, PermBase + ConsistentRead);
         if (!share && conflict is null)
             foreach (int p in unshared) Posix.LockByteShared(file, SharedBase + p);
