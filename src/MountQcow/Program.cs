@@ -97,8 +97,11 @@ internal static class Program
         var names = s_verbs.Select(VerbName).ToList();
         if (names.Contains(word)) return null;
         return names.FirstOrDefault(n => n.StartsWith(word, StringComparison.OrdinalIgnoreCase))
-            ?? names.Select(n => (n, d: Distance(word.ToLowerInvariant(), n))).Where(x => x.d <= 2).OrderBy(x => x.d).Select(x => x.n).FirstOrDefault();
+            ?? names.Select(n => (n, d: Distance(word.ToLowerInvariant(), n))).Where(x => x.d <= 2)
+                .OrderBy(x => x.d).ThenByDescending(x => CommonStart(word, x.n)).Select(x => x.n).FirstOrDefault();
     }
+
+    private static int CommonStart(string a, string b) => a.AsSpan().CommonPrefixLength(b.AsSpan());
 
     /// <summary>Edits (insert, delete, change a letter) that turn one word into the other.</summary>
     private static int Distance(string a, string b)
