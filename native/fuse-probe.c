@@ -11,7 +11,7 @@
 
 #define SIZE(t) printf("sizeof %s %zu\n", #t, sizeof(t))
 #define OFF(t, f) printf("offsetof %s.%s %zu\n", #t, #f, offsetof(t, f))
-#define OP(f) printf("offsetof fuse_operations.%s %zu\n", #f, offsetof(struct fuse_operations, f))
+#define OP(f) OFF(struct fuse_operations, f)
 
 /* The bit a one-bit field occupies in fuse_file_info's first flag word. */
 static int bit_of(void (*set)(struct fuse_file_info *))
@@ -56,9 +56,22 @@ int main(void)
     OFF(struct fuse_config, auto_cache);
     OFF(struct fuse_config, nullpath_ok);
 
+    /* Every slot, in the order of fuse.h: the test checks each one the C# struct declares. */
     SIZE(struct fuse_operations);
-    OP(getattr); OP(open); OP(read); OP(write); OP(statfs); OP(flush); OP(release); OP(fsync);
-    OP(opendir); OP(readdir); OP(releasedir); OP(init); OP(destroy); OP(access); OP(fallocate); OP(lseek);
+    OP(getattr); OP(readlink); OP(mknod); OP(mkdir); OP(unlink); OP(rmdir); OP(symlink); OP(rename);
+    OP(link); OP(chmod); OP(chown); OP(truncate); OP(open); OP(read); OP(write); OP(statfs);
+    OP(flush); OP(release); OP(fsync); OP(setxattr); OP(getxattr); OP(listxattr); OP(removexattr);
+    OP(opendir); OP(readdir); OP(releasedir); OP(fsyncdir); OP(init); OP(destroy); OP(access);
+    OP(create); OP(lock); OP(utimens); OP(bmap); OP(ioctl); OP(poll); OP(write_buf); OP(read_buf);
+    OP(flock); OP(fallocate); OP(copy_file_range); OP(lseek);
+
+    SIZE(struct fuse_context);
+    OFF(struct fuse_context, fuse);
+    OFF(struct fuse_context, uid);
+    OFF(struct fuse_context, gid);
+    OFF(struct fuse_context, pid);
+    OFF(struct fuse_context, private_data);
+    OFF(struct fuse_context, umask);
 
     SIZE(struct fuse_args);
     SIZE(struct fuse_loop_config); /* the FUSE_3.2 layout: { int clone_fd; unsigned max_idle_threads; } */

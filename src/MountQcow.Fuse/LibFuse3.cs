@@ -91,6 +91,18 @@ internal struct fuse_operations
         poll, write_buf, read_buf, flock, fallocate, copy_file_range, lseek;
 }
 
+/// <summary>struct fuse_context: who made the request being served, and through which mount (<c>fuse_get_context</c>).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct fuse_context
+{
+    public nint fuse;
+    public uint uid;
+    public uint gid;
+    public int pid;
+    public nint private_data;
+    public uint umask;
+}
+
 /// <summary>struct fuse_buf: memory, or a range of a file descriptor.</summary>
 [StructLayout(LayoutKind.Sequential)]
 internal unsafe struct fuse_buf

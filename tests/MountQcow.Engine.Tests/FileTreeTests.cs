@@ -241,9 +241,48 @@ public sealed class FileTreeTests
         using var sharedReadOnly = VirtualFileTree.Create(new MemoryBlockDevice(new byte[1 << 20], false), false, modified, othersMayRead: true);
         Assert.Equal(0x16du, sharedReadOnly.Root.Facts.Permissions); // 0555
         Assert.Equal(0x124u, sharedReadOnly.Files[0].Facts.Permissions); // 0444
-        // Sizes on disk: the file's length until the scan has counted, then the bytes that hold data.
-        for (int i = 0; i < 200 && writable.Files[0].AllocatedBytes < 0; i++) Thread.Sleep(10);
-        Assert.Equal(1 << 20, writable.Files[0].Facts.AllocatedBytes); // a memory device is all data
+    }
+
+    /// <summary>A disk whose bytes are data only in the given ranges and holes elsewhere, as an image's allocation map says.</summary>
+    private sealed class HoleyDevice(byte[] bytes, params (long Offset, long Length)[] data) : IBlockDevice
+    {
+        public long Length => bytes.Length;
+        public bool CanWrite => false;
+        public void ReadAt(Span<byte> buffer, long offset) => bytes.AsSpan((int)offset, buffer.Length).CopyTo(buffer);
+        public void WriteAt(ReadOnlySpan<byte> buffer, long offset) => throw new NotSupportedException();
+        public void Flush() { }
+        public void Dispose() { }
+
+        public Extent GetExtent(long offset, long maxLength)
+        {
+            foreach (var (start, length) in data) // in order
+            {
+                if (offset < start) return new Extent(ExtentKind.Zero, Math.Min(maxLength, start - offset));
+                if (offset < start + length) return new Extent(ExtentKind.Data, Math.Min(maxLength, start + length - offset));
+            }
+            return new Extent(ExtentKind.Zero, maxLength);
+        }
+    }
+
+    [Fact]
+    public async Task SizesOnDiskAreTheLengthUntilTheScanEndsThenTheBytesThatHoldData()
+    {
+        var bytes = new byte[4 << 20];
+        DiskBuilderMbr(bytes); // p1 from 1 MiB to the end
+        const long mib = 1 << 20;
+        using var tree = VirtualFileTree.Create(new HoleyDevice(bytes,
+            (0, 4096), // the partition table
+            (mib - 8192, 12288), // across the partition's start: 4 KiB of it inside
+            (2 * mib, 65536),
+            (4 * mib - 512, 512)), false, DateTimeOffset.UnixEpoch);
+        var (disk, p1) = (tree.Files[0], tree.Files[1]);
+        Assert.Equal("p1.raw", p1.Name);
+        Assert.Equal(-1, disk.AllocatedBytes);
+        Assert.False(tree.AllocationScanEnded.IsCompleted); // nothing asked for facts yet
+        Assert.Equal(4 * mib, disk.Facts.AllocatedBytes); // the first look starts the scan and shows the length meanwhile
+        await tree.AllocationScanEnded.WaitAsync(TimeSpan.FromSeconds(30)); // a TimeoutException fails the test
+        Assert.Equal(4096 + 12288 + 65536 + 512, disk.Facts.AllocatedBytes);
+        Assert.Equal(4096 + 65536 + 512, p1.Facts.AllocatedBytes);
     }
 
     [Fact]

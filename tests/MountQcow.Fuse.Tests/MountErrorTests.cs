@@ -153,8 +153,7 @@ public sealed class MountErrorTests : IDisposable
             Assert.Contains("user_allow_other", r.Stderr);
             Assert.DoesNotContain("sudo mount", r.Stdout); // root could not open the files
             Assert.Contains($"fuse2fs -o ro,fakeroot {mnt}/p2.raw", r.Stdout);
-            Run.Checked("fusermount3", "-u", mnt);
-            WaitUnmounted(mnt);
+            Unmount(mnt);
 
             // With it: allow_root, and root reads and loop-mounts the files.
             File.WriteAllText(conf, original.TrimEnd('\n') + "\nuser_allow_other\n");
@@ -183,10 +182,11 @@ public sealed class MountErrorTests : IDisposable
         Run.Capture("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "dotnet", MountedImage.Dll, image, mnt, .. options],
             env: new Dictionary<string, string> { ["HOME"] = "/tmp", ["DOTNET_CLI_HOME"] = "/tmp" });
 
-    private static void WaitUnmounted(string mnt)
+    /// <summary>Unmounts as the user would and waits until the server has gone with the mount; fails when it does not.</summary>
+    private static void Unmount(string mnt)
     {
-        for (int i = 0; i < 100 && MountedImage.IsMounted(mnt); i++) Thread.Sleep(50);
-        int? pid = MountedImage.FindServer(mnt);
-        for (int i = 0; i < 100 && pid is int p && MountedImage.ProcessAlive(p); i++) Thread.Sleep(50);
+        int server = MountedImage.FindServer(mnt) ?? throw new Xunit.Sdk.XunitException($"no process serves {mnt}");
+        Run.Checked("fusermount3", "-u", mnt);
+        MountedImage.AssertGone(server, mnt);
     }
 }

@@ -187,7 +187,9 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
                         for (; written < 64; written++) RandomAccess.Write(file, data, (long)written << 20);
                     });
                     Assert.Contains("No space left on device", full.Message);
-                    Assert.InRange(written, 3, 5); // 6 MiB of device, less the metadata
+                    // 96 clusters of 64 KiB: qemu-img's header, refcount table and block and L1 table, one L2
+                    // table, then five MiB of data; the sixth finds 11 clusters left and fails.
+                    Assert.Equal(5, written);
                     Run.Checked("fallocate", "--punch-hole", "--offset", "0", "--length", (2 << 20).ToString(), mount.PathOf("disk.raw"));
                     Assert.Equal(0, FSync(file));
                     RandomAccess.Write(file, data, (long)written << 20); // room again
@@ -234,8 +236,8 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
     }
 
     /// <summary>
-    /// Writes through the mount, fsync now and then, and SIGKILL of the mount process at a random
-    /// moment, many times. Each image must pass qemu-img check with leaks at most, every byte
+    /// Writes through the mount, fsync now and then, and SIGKILL of the mount process after a
+    /// random number of the writer's operations, while it goes on, many times. Each image must pass qemu-img check with leaks at most, every byte
     /// acknowledged by fsync before the kill must be there, and every slot never written must
     /// still hold what it held before.
     /// </summary>
@@ -246,8 +248,8 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
         var shapes = new[] { "cluster_size=65536", "cluster_size=4096,refcount_bits=1", "cluster_size=65536,extended_l2=on", "backing" };
         string baseImage = _b.Create("crash-base.qcow2", "48M");
         _b.Write(baseImage, 0, 48 << 20, Fill.Text, 9);
-        int withLeaks = 0, killedWhileWriting = 0;
-        long durableRegions = 0, untouchedSlots = 0;
+        int withLeaks = 0;
+        long durableRegions = 0, untouchedSlots = 0, operationsBeforeKills = 0;
         for (int iteration = 0; iteration < iterations; iteration++)
         {
             string shape = shapes[iteration % shapes.Length];
@@ -259,14 +261,27 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
             var touched = new HashSet<int>();
             string mnt = Dir($"crash-mnt-{iteration}");
             var mount = MountedImage.Start(image, mnt, "--rw");
-            var random = new Random(iteration);
-            var writer = new Thread(() => WriteUntilKilled(Path.Combine(mnt, "disk.raw"), new Random(iteration * 7919), durable, touched));
+            int killAfter = new Random(iteration).Next(10, 600);
+            using var reached = new ManualResetEventSlim();
+            using var stopped = new ManualResetEventSlim();
+            var writer = new Thread(() =>
+            {
+                try
+                {
+                    WriteUntilKilled(Path.Combine(mnt, "disk.raw"), new Random(iteration * 7919), durable, touched, killAfter, reached);
+                }
+                finally
+                {
+                    stopped.Set();
+                }
+            });
             writer.Start();
-            Thread.Sleep(random.Next(100, 900));
-            bool wasWriting = writer.IsAlive; // the writer runs until the mount dies under it
+            // The kill lands while the writer goes on past its killAfter-th operation: it stops only when the mount dies.
+            Poll.Until(() => reached.IsSet || stopped.IsSet, $"iteration {iteration}: the writer to reach operation {killAfter}", seconds: 120);
+            Assert.False(stopped.IsSet, $"iteration {iteration} ({shape}): the writer stopped before the kill, before operation {killAfter} or after it");
             Run.Checked("kill", "-KILL", mount.ServerPid.ToString());
             writer.Join();
-            if (wasWriting) killedWhileWriting++;
+            operationsBeforeKills += killAfter;
             Run.Capture("fusermount3", ["-u", "-z", mnt]);
             MountedImage.AssertGone(mount.ServerPid, mnt);
 
@@ -290,8 +305,7 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
             }
             File.Delete(image);
         }
-        output.WriteLine($"{iterations} kills ({killedWhileWriting} mid-write), {withLeaks} images with leaks only, {durableRegions} fsynced regions and {untouchedSlots} untouched slots verified");
-        Assert.True(killedWhileWriting >= iterations / 2, $"only {killedWhileWriting} of {iterations} kills hit a running writer");
+        output.WriteLine($"{iterations} kills mid-write (after {operationsBeforeKills} operations in all), {withLeaks} images with leaks only, {durableRegions} fsynced regions and {untouchedSlots} untouched slots verified");
         Assert.True(durableRegions > iterations, "too few fsynced regions to mean anything");
     }
 
@@ -300,17 +314,20 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
     /// <summary>
     /// Writes and punches holes in 64 KiB slots, round after round until the kill, fsyncing after
     /// every few. A slot's data counts as durable once an fsync after its last write returned; a
-    /// slot written again since is not checked until the next fsync.
+    /// slot written again since is not checked until the next fsync. <paramref name="reached"/> is set
+    /// when operation <paramref name="killAfter"/> is done, and the writer goes on.
     /// </summary>
     /// <remarks>
     /// fsync is called through libc: .NET's RandomAccess.FlushToDisk reports success when fsync
     /// fails with ENOTCONN (as it does once the FUSE server is dead), which would count writes
     /// the kill lost as acknowledged.
     /// </remarks>
-    private static void WriteUntilKilled(string path, Random random, Dictionary<int, (long, byte[])> durable, HashSet<int> touched)
+    private static void WriteUntilKilled(string path, Random random, Dictionary<int, (long, byte[])> durable, HashSet<int> touched,
+        int killAfter, ManualResetEventSlim reached)
     {
         const int slot = Slot;
         var pending = new Dictionary<int, (long, byte[])>();
+        int operations = 0;
         try
         {
             using var file = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
@@ -341,6 +358,7 @@ public sealed partial class ReadWriteMountTests(ITestOutputHelper output) : IDis
                     lock (durable) foreach (var (k, v) in pending) durable[k] = v;
                     pending.Clear();
                 }
+                if (++operations == killAfter) reached.Set();
             }
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

@@ -86,26 +86,43 @@ public sealed class UnmountTests : IDisposable
             ["before.bin"] = ImageBuilder.Content(Fill.Random, 3 << 20, 21),
             ["after.bin"] = ImageBuilder.Content(Fill.Random, 2 << 20, 22),
         };
-        var inside = LoopMount.Of(Path.Combine(mnt, "p2.raw"), p2, readOnly: false);
-        File.WriteAllBytes(inside.PathOf("before.bin"), files["before.bin"]); // in ext4's cache, not synced
-        Run.Checked("kill", "-INT", server.Id.ToString());
-        var clock = Stopwatch.StartNew();
-        while (MountedImage.IsMounted(mnt) && clock.Elapsed < TimeSpan.FromSeconds(10)) Thread.Sleep(50);
-        Assert.False(MountedImage.IsMounted(mnt)); // detached from the tree...
-        Thread.Sleep(500);
-        Assert.False(server.HasExited, $"the server ended while the loop mount used it:\n{stderr}"); // ...and still serving
-        lock (stderr) Assert.Matches(@"is in use \(by /dev/loop\d+ \(on p2\.raw\)\): detached it; it is served until that ends", stderr.ToString());
-        File.WriteAllBytes(inside.PathOf("after.bin"), files["after.bin"]);
-        Assert.Equal(files["before.bin"], File.ReadAllBytes(inside.PathOf("before.bin")));
-        inside.Dispose(); // umount: ext4 writes everything back through the detached mount
-        Assert.True(server.WaitForExit(30_000), "the server did not end once the loop mount was gone");
-        server.WaitForExit(); // the rest of its stderr
-        lock (stderr) Assert.True(server.ExitCode == 0, $"exit {server.ExitCode}:\n{stderr}");
+        try
+        {
+            var inside = LoopMount.Of(Path.Combine(mnt, "p2.raw"), p2, readOnly: false);
+            File.WriteAllBytes(inside.PathOf("before.bin"), files["before.bin"]); // in ext4's cache, not synced
+            Run.Checked("kill", "-INT", server.Id.ToString());
+            var detached = new System.Text.RegularExpressions.Regex(@"is in use \(by /dev/loop\d+ \(on p2\.raw\)\): detached it; it is served until that ends");
+            Poll.Until(() => server.HasExited || detached.IsMatch(Text(stderr)), "the server to say what uses the mount");
+            Assert.False(server.HasExited, $"the server ended while the loop mount used it:\n{Text(stderr)}");
+            Assert.False(MountedImage.IsMounted(mnt)); // detached from the tree (before it said so)...
+            // ...and still serving: what ext4 writes back through the loop device now reaches the server.
+            File.WriteAllBytes(inside.PathOf("after.bin"), files["after.bin"]);
+            var sync = Run.Capture("sync", ["-f", inside.PathOf("after.bin")]);
+            Assert.True(sync.ExitCode == 0, $"writing back through the detached mount failed: {sync.Stderr}\n{Text(stderr)}");
+            Assert.False(server.HasExited, $"the server ended while the loop mount used it:\n{Text(stderr)}");
+            Assert.Equal(files["before.bin"], File.ReadAllBytes(inside.PathOf("before.bin")));
+            inside.Dispose(); // umount: ext4 writes everything back through the detached mount
+            Assert.True(server.WaitForExit(30_000), "the server did not end once the loop mount was gone");
+            server.WaitForExit(); // the rest of its stderr
+            Assert.True(server.ExitCode == 0, $"exit {server.ExitCode}:\n{Text(stderr)}");
+        }
+        finally
+        {
+            // A failure above leaves neither the loop mount nor the server behind.
+            if (MountedImage.IsMounted(p2)) Run.Capture("umount", ["-l", p2]);
+            if (!server.HasExited) server.Kill();
+            if (MountedImage.IsMounted(mnt)) Run.Capture("fusermount3", ["-u", "-z", mnt]);
+        }
         QemuAssert.CheckClean(image);
         using var again = MountedImage.Start(image, Dir("again"));
         var fsck = Run.Capture("fsck.ext4", ["-n", "-f", again.PathOf("p2.raw")]);
         Assert.True(fsck.ExitCode == 0, fsck.Stdout + fsck.Stderr);
         using var check = LoopMount.Of(again.PathOf("p2.raw"), Dir("p2again"));
         foreach (var (name, data) in files) Assert.Equal(data, File.ReadAllBytes(check.PathOf(name)));
+    }
+
+    private static string Text(System.Text.StringBuilder collected)
+    {
+        lock (collected) return collected.ToString();
     }
 }

@@ -8,8 +8,22 @@ namespace MountQcow.Tests;
 /// </summary>
 public sealed class DamagedImages : IDisposable
 {
-    /// <summary>One kind of damage: the good image it starts from, and what is poked.</summary>
-    public sealed record Damage(string Name, string Base, Action<string> Apply)
+    /// <summary>qemu-img check's verdict on an image: its exit code.</summary>
+    public enum QemuCheck
+    {
+        Clean = 0,
+        CannotCheck = 1,
+        Corrupt = 2,
+        Leaks = 3,
+    }
+
+    /// <summary>
+    /// One kind of damage: the good image it starts from, what qemu-img check says of it (and so
+    /// ours), what is poked, and whether qemu-img convert can still read the guest's bytes. The
+    /// verdicts are QEMU's, measured once: a test that depends on one asserts it, so a QEMU that
+    /// judges differently fails there instead of leaving the row unchecked.
+    /// </summary>
+    public sealed record Damage(string Name, string Base, QemuCheck Verdict, Action<string> Apply, bool Readable = true)
     {
         public override string ToString() => Name;
     }
@@ -93,84 +107,88 @@ public sealed class DamagedImages : IDisposable
     public static readonly Damage[] All =
     [
         // Pointers into metadata (060 cases 1-3).
-        new("l2-table-is-the-l1", "plain", i => Set(i, L1(i, 0), Copied | (ulong)Poke.L1Offset(i))),
-        new("data-in-refcount-block", "plain", i => Set(i, L2(i, 0), Copied | (ulong)Poke.RefcountBlockOffset(i))),
-        new("data-in-l1", "plain", i => Set(i, L2(i, 1), Copied | (ulong)Poke.L1Offset(i))),
-        new("data-in-refcount-table", "plain", i => Set(i, L2(i, 2), Copied | (ulong)Poke.RefcountTableOffset(i))),
-        new("data-in-own-l2", "plain", i => Set(i, L2(i, 3), Copied | (ulong)Poke.L2Offset(i, 0))),
-        new("data-in-snapshot-l2", "snapshot", i => Set(i, L2(i, 1), Copied | SnapshotL2(i))),
-        new("two-entries-one-cluster", "plain", i => Set(i, L2(i, 1), Read(i, L2(i, 0)))),
+        new("l2-table-is-the-l1", "plain", QemuCheck.Corrupt, i => Set(i, L1(i, 0), Copied | (ulong)Poke.L1Offset(i))),
+        new("data-in-refcount-block", "plain", QemuCheck.Corrupt, i => Set(i, L2(i, 0), Copied | (ulong)Poke.RefcountBlockOffset(i))),
+        new("data-in-l1", "plain", QemuCheck.Corrupt, i => Set(i, L2(i, 1), Copied | (ulong)Poke.L1Offset(i))),
+        new("data-in-refcount-table", "plain", QemuCheck.Corrupt, i => Set(i, L2(i, 2), Copied | (ulong)Poke.RefcountTableOffset(i))),
+        new("data-in-own-l2", "plain", QemuCheck.Corrupt, i => Set(i, L2(i, 3), Copied | (ulong)Poke.L2Offset(i, 0))),
+        new("data-in-snapshot-l2", "snapshot", QemuCheck.Corrupt, i => Set(i, L2(i, 1), Copied | SnapshotL2(i))),
+        new("two-entries-one-cluster", "plain", QemuCheck.Corrupt, i => Set(i, L2(i, 1), Read(i, L2(i, 0)))),
         // Refcounts too low (060 cases 4, 5, 13-17).
-        new("header-refcount-0", "plain", i => Poke.Refcount16(i, 0, 0)),
-        new("l1-refcount-0", "plain", i => Poke.Refcount16(i, ClusterOf(i, Poke.L1Offset(i)), 0)),
-        new("l2-refcount-0", "plain", i => Poke.Refcount16(i, ClusterOf(i, Poke.L2Offset(i, 0)), 0)),
-        new("refcount-block-refcount-0", "plain", i => Poke.Refcount16(i, ClusterOf(i, Poke.RefcountBlockOffset(i)), 0)),
-        new("data-refcount-0", "plain", i => Poke.Refcount16(i, DataCluster(i, 0), 0)),
-        new("refcount-table-entry-0-zero", "plain", i => Set(i, Rt(i, 0), 0)),
-        new("refcount-block-zeroed", "plain", i => Set(i, Poke.RefcountBlockOffset(i), 0)),
-        new("refcount-table-clusters-0", "plain", i => Set32(i, 56, 0)),
-        new("refcount-table-offset-0", "plain", i => Set(i, 48, 0)),
-        new("shared-cluster-refcount-1", "snapshot", i => Poke.Refcount16(i, DataCluster(i, 1), 1)),
+        new("header-refcount-0", "plain", QemuCheck.Corrupt, i => Poke.Refcount16(i, 0, 0)),
+        new("l1-refcount-0", "plain", QemuCheck.Corrupt, i => Poke.Refcount16(i, ClusterOf(i, Poke.L1Offset(i)), 0)),
+        new("l2-refcount-0", "plain", QemuCheck.Corrupt, i => Poke.Refcount16(i, ClusterOf(i, Poke.L2Offset(i, 0)), 0)),
+        new("refcount-block-refcount-0", "plain", QemuCheck.Corrupt, i => Poke.Refcount16(i, ClusterOf(i, Poke.RefcountBlockOffset(i)), 0)),
+        new("data-refcount-0", "plain", QemuCheck.Corrupt, i => Poke.Refcount16(i, DataCluster(i, 0), 0)),
+        new("refcount-table-entry-0-zero", "plain", QemuCheck.Corrupt, i => Set(i, Rt(i, 0), 0)),
+        new("refcount-block-zeroed", "plain", QemuCheck.Corrupt, i => Set(i, Poke.RefcountBlockOffset(i), 0)),
+        new("refcount-table-clusters-0", "plain", QemuCheck.Corrupt, i => Set32(i, 56, 0), Readable: false),
+        new("refcount-table-offset-0", "plain", QemuCheck.Corrupt, i => Set(i, 48, 0)),
+        new("shared-cluster-refcount-1", "snapshot", QemuCheck.Corrupt, i => Poke.Refcount16(i, DataCluster(i, 1), 1)),
         // Refcounts too high: leaks, and COPIED flags that no longer match.
-        new("leaked-free-cluster", "plain", i => Poke.Refcount16(i, DataCluster(i, 0) + 4, 1)),
-        new("leaked-four-clusters", "plain", i => { for (int c = 0; c < 4; c++) Poke.Refcount16(i, DataCluster(i, 0) + 4 + c, 1); }),
-        new("data-refcount-2", "plain", i => Poke.Refcount16(i, DataCluster(i, 0), 2)),
-        new("copied-flag-missing", "plain", i => Set(i, L2(i, 0), Read(i, L2(i, 0)) & ~Copied)),
-        new("copied-flag-on-shared-data", "snapshot", i => Set(i, L2(i, 1), Read(i, L2(i, 1)) | Copied)),
-        new("l1-copied-flag-missing", "plain", i => Set(i, L1(i, 0), Read(i, L1(i, 0)) & ~Copied)),
+        new("leaked-free-cluster", "plain", QemuCheck.Leaks, i => Poke.Refcount16(i, DataCluster(i, 0) + 4, 1)),
+        new("leaked-four-clusters", "plain", QemuCheck.Leaks, i => { for (int c = 0; c < 4; c++) Poke.Refcount16(i, DataCluster(i, 0) + 4 + c, 1); }),
+        new("data-refcount-2", "plain", QemuCheck.Corrupt, i => Poke.Refcount16(i, DataCluster(i, 0), 2)),
+        new("copied-flag-missing", "plain", QemuCheck.Corrupt, i => Set(i, L2(i, 0), Read(i, L2(i, 0)) & ~Copied)),
+        new("copied-flag-on-shared-data", "snapshot", QemuCheck.Corrupt, i => Set(i, L2(i, 1), Read(i, L2(i, 1)) | Copied)),
+        new("l1-copied-flag-missing", "plain", QemuCheck.Corrupt, i => Set(i, L1(i, 0), Read(i, L1(i, 0)) & ~Copied)),
         // Unaligned or out-of-range offsets (060 cases 6-12, 20-22).
-        new("l1-entry-unaligned", "plain", i => Set(i, L1(i, 0), Read(i, L1(i, 0)) + 0x2a00)),
-        new("l2-entry-unaligned", "plain", i => Set(i, L2(i, 0), Read(i, L2(i, 0)) + 0x2a00)),
-        new("prealloc-zero-unaligned", "plain", i => Set(i, L2(i, 0), (Read(i, L2(i, 0)) + 0x2a00) | 1)),
-        new("refcount-block-unaligned", "plain", i => Set(i, Rt(i, 0), (ulong)Poke.RefcountBlockOffset(i) + 0x2a00)),
-        new("refcount-block-far-away", "plain", i => Set(i, Rt(i, 1), 0x00ff_ffff_0000_0000)),
-        new("dirty-with-bad-refcount-table", "plain", i => { Set(i, Rt(i, 0), 0xffff_2a00); Set(i, 72, 1); }),
-        new("l2-table-past-the-end", "plain", i => Set(i, L1(i, 1), Copied | 0x10_0000_0000)),
-        new("data-past-the-end", "plain", i => Set(i, L2(i, 5), Copied | 0x10_0000_0000)),
-        new("l1-reserved-bits", "plain", i => Set(i, L1(i, 0), Read(i, L1(i, 0)) | 0x100)),
-        new("l2-reserved-bits", "plain", i => Set(i, L2(i, 0), Read(i, L2(i, 0)) | 0x2)),
-        new("refcount-table-reserved-bits", "plain", i => Set(i, Rt(i, 0), Read(i, Rt(i, 0)) | 0x10)),
+        new("l1-entry-unaligned", "plain", QemuCheck.Corrupt, i => Set(i, L1(i, 0), Read(i, L1(i, 0)) + 0x2a00), Readable: false),
+        new("l2-entry-unaligned", "plain", QemuCheck.Corrupt, i => Set(i, L2(i, 0), Read(i, L2(i, 0)) + 0x2a00), Readable: false),
+        new("prealloc-zero-unaligned", "plain", QemuCheck.Corrupt, i => Set(i, L2(i, 0), (Read(i, L2(i, 0)) + 0x2a00) | 1), Readable: false),
+        new("refcount-block-unaligned", "plain", QemuCheck.CannotCheck, i => Set(i, Rt(i, 0), (ulong)Poke.RefcountBlockOffset(i) + 0x2a00)),
+        new("refcount-block-far-away", "plain", QemuCheck.Corrupt, i => Set(i, Rt(i, 1), 0x00ff_ffff_0000_0000)),
+        new("dirty-with-bad-refcount-table", "plain", QemuCheck.CannotCheck, i => { Set(i, Rt(i, 0), 0xffff_2a00); Set(i, 72, 1); }),
+        new("l2-table-past-the-end", "plain", QemuCheck.Clean, i => Set(i, L1(i, 1), Copied | 0x10_0000_0000)),
+        new("data-past-the-end", "plain", QemuCheck.Corrupt, i => Set(i, L2(i, 5), Copied | 0x10_0000_0000)),
+        new("l1-reserved-bits", "plain", QemuCheck.Corrupt, i => Set(i, L1(i, 0), Read(i, L1(i, 0)) | 0x100)),
+        new("l2-reserved-bits", "plain", QemuCheck.Corrupt, i => Set(i, L2(i, 0), Read(i, L2(i, 0)) | 0x2)),
+        new("refcount-table-reserved-bits", "plain", QemuCheck.Corrupt, i => Set(i, Rt(i, 0), Read(i, Rt(i, 0)) | 0x10)),
         // Structures on top of each other.
-        new("refcount-block-on-l1", "plain", i => Set(i, Rt(i, 0), (ulong)Poke.L1Offset(i))),
-        new("refcount-table-on-l2", "plain", i => Set(i, 48, (ulong)Poke.L2Offset(i, 0))),
-        new("l1-on-refcount-block", "plain", i => Set(i, 40, (ulong)Poke.RefcountBlockOffset(i))),
-        new("l1-on-header", "plain", i => Set(i, 40, 0)),
+        new("refcount-block-on-l1", "plain", QemuCheck.Corrupt, i => Set(i, Rt(i, 0), (ulong)Poke.L1Offset(i))),
+        new("refcount-table-on-l2", "plain", QemuCheck.CannotCheck, i => Set(i, 48, (ulong)Poke.L2Offset(i, 0))),
+        new("l1-on-refcount-block", "plain", QemuCheck.Corrupt, i => Set(i, 40, (ulong)Poke.RefcountBlockOffset(i))),
+        new("l1-on-header", "plain", QemuCheck.Corrupt, i => Set(i, 40, 0)),
         // Snapshots (080 cases 12, 13).
-        new("snapshot-l1-unaligned", "snapshot", i => Set(i, Poke.SnapshotEntry(i, 0), Read(i, Poke.SnapshotEntry(i, 0)) + 0x200)),
-        new("snapshot-l1-too-large", "snapshot", i => Set32(i, Poke.SnapshotEntry(i, 0) + 8, 0x1000_0000)),
-        new("snapshot-l1-past-the-end", "snapshot", i => Set(i, Poke.SnapshotEntry(i, 0), 0x100_0000_0000)),
-        new("snapshot-table-past-the-end", "snapshot", i => Set(i, 64, 0x100_0000_0000)),
+        new("snapshot-l1-unaligned", "snapshot", QemuCheck.Corrupt, i => Set(i, Poke.SnapshotEntry(i, 0), Read(i, Poke.SnapshotEntry(i, 0)) + 0x200)),
+        new("snapshot-l1-too-large", "snapshot", QemuCheck.Corrupt, i => Set32(i, Poke.SnapshotEntry(i, 0) + 8, 0x1000_0000)),
+        new("snapshot-l1-past-the-end", "snapshot", QemuCheck.Corrupt, i => Set(i, Poke.SnapshotEntry(i, 0), 0x100_0000_0000)),
+        new("snapshot-table-past-the-end", "snapshot", QemuCheck.Corrupt, i => Set(i, 64, 0x100_0000_0000)),
         // Compressed clusters.
-        new("compressed-with-copied-flag", "zlib", i => Set(i, L2(i, 0), Read(i, L2(i, 0)) | Copied)),
-        new("compressed-past-the-end", "zlib", i => Set(i, L2(i, 1), Compressed | 0x10_0000_0000)),
-        new("compressed-in-header", "zlib", i => Set(i, L2(i, 2), Compressed | 0x100)),
-        new("compressed-refcount-0", "zlib", i => Poke.Refcount16(i, ClusterOf(i, (long)(Read(i, L2(i, 0)) & 0x3fff_ffff_ffff_ffff)), 0)),
+        new("compressed-with-copied-flag", "zlib", QemuCheck.Corrupt, i => Set(i, L2(i, 0), Read(i, L2(i, 0)) | Copied)),
+        new("compressed-past-the-end", "zlib", QemuCheck.Corrupt, i => Set(i, L2(i, 1), Compressed | 0x10_0000_0000), Readable: false),
+        new("compressed-in-header", "zlib", QemuCheck.Corrupt, i => Set(i, L2(i, 2), Compressed | 0x100), Readable: false),
+        new("compressed-refcount-0", "zlib", QemuCheck.Corrupt, i => Poke.Refcount16(i, ClusterOf(i, CompressedOffset(i, 0)), 0)),
         // Extended L2 entries.
-        new("subclusters-allocated-and-zero", "extl2", i => Set(i, Poke.L2EntryOffset(i, 0, 0, extended: true) + 8, 0x0000_0001_0000_0001)),
-        new("subclusters-allocated-without-cluster", "extl2", i => Set(i, Poke.L2EntryOffset(i, 0, 40, extended: true) + 8, 0x0000_0000_0000_00ff)),
-        new("extl2-data-in-l1", "extl2", i => Set(i, Poke.L2EntryOffset(i, 0, 1, extended: true), Copied | (ulong)Poke.L1Offset(i))),
+        new("subclusters-allocated-and-zero", "extl2", QemuCheck.Corrupt, i => Set(i, Poke.L2EntryOffset(i, 0, 0, extended: true) + 8, 0x0000_0001_0000_0001), Readable: false),
+        new("subclusters-allocated-without-cluster", "extl2", QemuCheck.Corrupt, i => Set(i, Poke.L2EntryOffset(i, 0, 40, extended: true) + 8, 0x0000_0000_0000_00ff), Readable: false),
+        new("extl2-data-in-l1", "extl2", QemuCheck.Corrupt, i => Set(i, Poke.L2EntryOffset(i, 0, 1, extended: true), Copied | (ulong)Poke.L1Offset(i))),
         // Other refcount widths and versions.
-        new("rc1-refcounts-zeroed", "rc1", i => ImageBuilder.Poke(i, Poke.RefcountBlockOffset(i), [0x07])),
-        new("v2-refcount-table-entry-0-zero", "v2", i => Set(i, Rt(i, 0), 0)),
-        new("v2-data-in-l1", "v2", i => Set(i, L2(i, 0), Copied | (ulong)Poke.L1Offset(i))),
+        new("rc1-refcounts-zeroed", "rc1", QemuCheck.Corrupt, i => ImageBuilder.Poke(i, Poke.RefcountBlockOffset(i), [0x07])),
+        new("v2-refcount-table-entry-0-zero", "v2", QemuCheck.Corrupt, i => Set(i, Rt(i, 0), 0)),
+        new("v2-data-in-l1", "v2", QemuCheck.Corrupt, i => Set(i, L2(i, 0), Copied | (ulong)Poke.L1Offset(i))),
         // Bitmaps.
-        new("bitmap-directory-refcount-0", "bitmap", i => Poke.Refcount16(i, ClusterOf(i, BitmapDirectory(i)), 0)),
-        new("bitmap-directory-past-the-end", "bitmap", i => Set(i, Poke.Extension(i, 0x23852875) + 8 + 16, 0x100_0000_0000)),
+        new("bitmap-directory-refcount-0", "bitmap", QemuCheck.Corrupt, i => Poke.Refcount16(i, ClusterOf(i, BitmapDirectory(i)), 0)),
+        new("bitmap-directory-past-the-end", "bitmap", QemuCheck.CannotCheck, i => Set(i, Poke.Extension(i, 0x23852875) + 8 + 16, 0x100_0000_0000), Readable: false),
         // Header fields (080 cases 1-10): refused when opened, by both.
-        new("header-length-huge", "plain", i => Set32(i, 100, 0xffff_ffff)),
-        new("refcount-table-huge", "plain", i => Set32(i, 56, 0x0002_0001)),
-        new("refcount-table-misaligned", "plain", i => Set(i, 48, 0x1234_5678_90ab_cdef)),
-        new("l1-size-huge", "plain", i => Set32(i, 36, 0x7fff_ffff)),
-        new("l1-offset-misaligned", "plain", i => Set(i, 40, 0x1234_5678_90ab_cdef)),
-        new("l1-too-small", "plain", i => Set32(i, 36, 0)),
-        new("snapshot-count-huge", "snapshot", i => Set32(i, 60, 0xffff_ffff)),
-        new("backing-name-too-long", "plain", i => { Set(i, 8, 0x1000); Set32(i, 16, 0xffff_ffff); }),
-        new("unknown-incompatible-feature", "plain", i => Set(i, 72, 1UL << 40)),
-        new("corrupt-bit-set", "plain", i => Set(i, 72, 2)),
+        new("header-length-huge", "plain", QemuCheck.CannotCheck, i => Set32(i, 100, 0xffff_ffff), Readable: false),
+        new("refcount-table-huge", "plain", QemuCheck.CannotCheck, i => Set32(i, 56, 0x0002_0001), Readable: false),
+        new("refcount-table-misaligned", "plain", QemuCheck.CannotCheck, i => Set(i, 48, 0x1234_5678_90ab_cdef), Readable: false),
+        new("l1-size-huge", "plain", QemuCheck.CannotCheck, i => Set32(i, 36, 0x7fff_ffff), Readable: false),
+        new("l1-offset-misaligned", "plain", QemuCheck.CannotCheck, i => Set(i, 40, 0x1234_5678_90ab_cdef), Readable: false),
+        new("l1-too-small", "plain", QemuCheck.CannotCheck, i => Set32(i, 36, 0), Readable: false),
+        new("snapshot-count-huge", "snapshot", QemuCheck.CannotCheck, i => Set32(i, 60, 0xffff_ffff), Readable: false),
+        new("backing-name-too-long", "plain", QemuCheck.CannotCheck, i => { Set(i, 8, 0x1000); Set32(i, 16, 0xffff_ffff); }, Readable: false),
+        new("unknown-incompatible-feature", "plain", QemuCheck.CannotCheck, i => Set(i, 72, 1UL << 40), Readable: false),
+        new("corrupt-bit-set", "plain", QemuCheck.Clean, i => Set(i, 72, 2)),
     ];
 
     /// <summary>The L2 table the first snapshot's L1 entry 0 names (not the active one: the active table was copied).</summary>
     private static ulong SnapshotL2(string image) => Read(image, (long)Read(image, Poke.SnapshotEntry(image, 0))) & Poke.OffsetMask;
+
+    /// <summary>The host offset of L2 entry <paramref name="l2Index"/>'s compressed cluster: the low 62 - (cluster_bits - 8) bits (qcow2.txt, "Compressed Clusters Descriptor"); the sector count lies above.</summary>
+    private static long CompressedOffset(string image, int l2Index) =>
+        (long)(Read(image, L2(image, l2Index)) & ((1UL << (62 - (Poke.ClusterBits(image) - 8))) - 1));
 
     private static long BitmapDirectory(string image) => (long)ImageBuilder.ReadU64(image, Poke.Extension(image, 0x23852875) + 8 + 16);
 

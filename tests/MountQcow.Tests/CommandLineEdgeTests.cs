@@ -226,11 +226,15 @@ public sealed class CommandLineEdgeTests : IDisposable
         };
         using var p = Process.Start(psi)!;
         var stderr = p.StandardError.ReadToEndAsync();
-        for (int i = 0; i < 200 && !File.Exists(output); i++) Thread.Sleep(50);
-        Assert.True(File.Exists(output), "convert did not start");
-        Thread.Sleep(300);
+        // convert takes Ctrl-C before it makes the output, then copies into it.
+        Poll.Until(() => File.Exists(output) || p.HasExited, "convert to make its output");
+        // Stopped, convert cannot finish before the signal: SIGINT waits until SIGCONT, with almost
+        // all of the copy still to do.
+        Run.Checked("kill", "-STOP", p.Id.ToString());
+        Poll.Until(() => Poll.State(p.Id) is 'T' or '\0', "convert to stop");
         Assert.False(p.HasExited, "convert finished before it could be interrupted");
         Run.Checked("kill", "-INT", p.Id.ToString());
+        Run.Checked("kill", "-CONT", p.Id.ToString());
         Assert.True(p.WaitForExit(60_000));
         Assert.Equal(130, p.ExitCode);
         string line = Assert.Single(stderr.Result.TrimEnd('\n').Split('\n'));

@@ -85,7 +85,8 @@ public sealed class SafetyTests(DamagedImages damaged) : IClassFixture<DamagedIm
 
             using (var holder = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("sh", ["-c", $"exec sleep 60 3<{loop}"]) { UseShellExecute = false })!)
             {
-                Thread.Sleep(300);
+                // The shell opens the device, then becomes sleep: the refusal names sleep.
+                Poll.Until(() => Poll.Command(holder.Id) == "sleep" && Poll.HasOpen(holder.Id, loop), $"sleep to hold {loop} open");
                 var open = MountqcowProgram.Run("export", image, loop);
                 Assert.Equal(1, open.ExitCode);
                 Assert.Contains($"{loop} is open in sleep (pid {holder.Id})", open.Stderr);

@@ -405,6 +405,7 @@ public sealed class VirtualFileTree : IDisposable
     private VirtualLink[] _links = [];
     private readonly List<string> _warnings = [];
     private int _scanStarted;
+    private readonly TaskCompletionSource _scanEnded = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     private VirtualFileTree(PartitionTable table, bool writable, DateTimeOffset modified, bool mayChange)
     {
@@ -727,8 +728,19 @@ public sealed class VirtualFileTree : IDisposable
             {
                 // A damaged image shows its errors on read; sizes on disk just stay estimates.
             }
+            finally
+            {
+                _scanEnded.SetResult();
+            }
         }) { IsBackground = true, Name = "allocation scan", Priority = ThreadPriority.BelowNormal }.Start();
     }
+
+    /// <summary>
+    /// Completes when the allocation scan has ended: every file's <see cref="VirtualFile.AllocatedBytes"/>
+    /// counted, or left at -1 where the scan failed or the tree was disposed. Never completes before
+    /// <see cref="StartAllocationScan"/>.
+    /// </summary>
+    public Task AllocationScanEnded => _scanEnded.Task;
 
     /// <summary>Classifies an exception from a file operation, for the backend's single catch.</summary>
     public static FsStatus StatusOf(Exception e) => e switch
