@@ -48,8 +48,6 @@ internal static class Qcow2Limits
     public const long MaxSnapshotTableBytes = 64L << 20;
     public const int Subclusters = 32;              // per cluster, with extended L2 entries
     public const int SectorSize = 512;              // unit of compressed cluster lengths
-    public const int FeatureNameEntryLength = 48;
-    public const int FeatureNameLength = 46;
 }
 
 /// <summary>incompatible_features (header bytes 72-79). An unknown bit means the image cannot be opened.</summary>
@@ -122,6 +120,32 @@ public enum CryptMethod : uint
     None = 0,
     Aes = 1,
     Luks = 2,
+}
+
+/// <summary>Byte offsets in a header extension's framing ("Header extensions" in qcow2.txt).</summary>
+internal static class ExtensionField
+{
+    public const int Type = 0;   // u32
+    public const int Length = 4; // u32 bytes of data, padded to 8 on disk
+    public const int Data = 8;
+}
+
+/// <summary>Byte offsets in an entry of the feature name table extension.</summary>
+internal static class FeatureNameField
+{
+    public const int Kind = 0;           // u8, a FeatureKind
+    public const int Bit = 1;            // u8
+    public const int Name = 2;           // 46 bytes, zero-padded, not terminated at full length
+    public const int NameLength = 46;
+    public const int EntryLength = 48;
+}
+
+/// <summary>Byte offsets in the full disk encryption header extension's data.</summary>
+internal static class EncryptionExtensionField
+{
+    public const int Offset = 0;       // u64, where the LUKS header lies
+    public const int Length = 8;       // u64 bytes of it
+    public const int DataLength = 16;
 }
 
 /// <summary>Header extension types ("Header extensions" in qcow2.txt).</summary>

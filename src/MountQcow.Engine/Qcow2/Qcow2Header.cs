@@ -107,7 +107,7 @@ public sealed record Qcow2Header
             {
                 Span<byte> magic = stackalloc byte[4];
                 file.ReadAt(magic, 0);
-                if (BigEndian.U32(magic, 0) == Qcow2Limits.Magic)
+                if (BigEndian.U32(magic, HeaderField.Magic) == Qcow2Limits.Magic)
                     throw new CorruptImageException(path, $"file of {fileLength} bytes is too short for a qcow2 header");
             }
             throw new NotQcow2Exception(path, fileLength == 0 ? "the file is empty" : $"only {fileLength} bytes long");
@@ -177,13 +177,13 @@ public sealed record Qcow2Header
         bool encryptionHeader = false;
         long encryptionOffset = 0, encryptionLength = 0;
         int at = headerLength;
-        while (at + 8 <= extensionEnd)
+        while (at + ExtensionField.Data <= extensionEnd)
         {
-            uint type = BigEndian.U32(first, at);
-            uint len = BigEndian.U32(first, at + 4);
+            uint type = BigEndian.U32(first, at + ExtensionField.Type);
+            uint len = BigEndian.U32(first, at + ExtensionField.Length);
             if (type == ExtensionType.End) break;
-            if (len > extensionEnd - at - 8) Corrupt($"header extension 0x{type:x8} at offset {at} is {len} bytes, past the end of the extension area");
-            ReadOnlySpan<byte> data = first.Slice(at + 8, (int)len);
+            if (len > extensionEnd - at - ExtensionField.Data) Corrupt($"header extension 0x{type:x8} at offset {at} is {len} bytes, past the end of the extension area");
+            ReadOnlySpan<byte> data = first.Slice(at + ExtensionField.Data, (int)len);
             switch (type)
             {
                 case ExtensionType.BackingFormat:
@@ -193,12 +193,12 @@ public sealed record Qcow2Header
                     dataFile = Encoding.UTF8.GetString(data);
                     break;
                 case ExtensionType.FeatureNameTable:
-                    for (int e = 0; e + Qcow2Limits.FeatureNameEntryLength <= data.Length; e += Qcow2Limits.FeatureNameEntryLength)
+                    for (int e = 0; e + FeatureNameField.EntryLength <= data.Length; e += FeatureNameField.EntryLength)
                     {
-                        var entry = data.Slice(e, Qcow2Limits.FeatureNameEntryLength);
-                        var name = entry.Slice(2, Qcow2Limits.FeatureNameLength);
+                        var entry = data.Slice(e, FeatureNameField.EntryLength);
+                        var name = entry.Slice(FeatureNameField.Name, FeatureNameField.NameLength);
                         int nul = name.IndexOf((byte)0);
-                        names.Add(new((FeatureKind)entry[0], entry[1], Encoding.UTF8.GetString(nul < 0 ? name : name[..nul])));
+                        names.Add(new((FeatureKind)entry[FeatureNameField.Kind], entry[FeatureNameField.Bit], Encoding.UTF8.GetString(nul < 0 ? name : name[..nul])));
                     }
                     break;
                 case ExtensionType.Bitmaps:
@@ -208,16 +208,16 @@ public sealed record Qcow2Header
                     bitmapDirectoryOffset = (long)Math.Min(BigEndian.U64(data, BitmapsExtensionField.DirectoryOffset), long.MaxValue);
                     break;
                 case ExtensionType.FullDiskEncryption:
-                    if (len < 16) Corrupt($"full disk encryption extension is {len} bytes, expected 16");
+                    if (len < EncryptionExtensionField.DataLength) Corrupt($"full disk encryption extension is {len} bytes, expected {EncryptionExtensionField.DataLength}");
                     encryptionHeader = true;
-                    encryptionOffset = (long)Math.Min(BigEndian.U64(data, 0), long.MaxValue);
-                    encryptionLength = (long)Math.Min(BigEndian.U64(data, 8), long.MaxValue);
+                    encryptionOffset = (long)Math.Min(BigEndian.U64(data, EncryptionExtensionField.Offset), long.MaxValue);
+                    encryptionLength = (long)Math.Min(BigEndian.U64(data, EncryptionExtensionField.Length), long.MaxValue);
                     break;
                 default:
                     unknown.Add(type);
                     break;
             }
-            at += 8 + (int)((len + 7) & ~7u);
+            at += ExtensionField.Data + (int)((len + 7) & ~7u);
         }
 
         var header = new Qcow2Header
