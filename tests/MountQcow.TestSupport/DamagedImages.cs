@@ -75,6 +75,13 @@ public sealed class DamagedImages : IDisposable
                 b.Img("bitmap", "--add", path, "b0");
                 b.Write(path, 0, 1 << 20, Fill.Random, 9);
                 return path;
+            case "bitmaps": // as libvirt leaves them: b0 enabled with its table allocated, b1 disabled
+                path = b.Create("base-bitmaps.qcow2", "64M");
+                b.Img("bitmap", "--add", path, "b0");
+                b.Img("bitmap", "--add", "-g", "128k", path, "b1");
+                b.Img("bitmap", "--disable", path, "b1");
+                b.Write(path, 0, 1 << 20, Fill.Random, 10);
+                return path;
             default:
                 throw new ArgumentException(name);
         }
@@ -155,7 +162,30 @@ public sealed class DamagedImages : IDisposable
         new("v2-data-in-l1", "v2", i => Set(i, L2(i, 0), Copied | (ulong)Poke.L1Offset(i))),
         // Bitmaps.
         new("bitmap-directory-refcount-0", "bitmap", i => Poke.Refcount16(i, ClusterOf(i, BitmapDirectory(i)), 0)),
-        new("bitmap-directory-past-the-end", "bitmap", i => Set(i, Poke.Extension(i, 0x23852875) + 8 + 16, 0x100_0000_0000)),
+        new("bitmap-directory-past-the-end", "bitmap", i => Set(i, Poke.BitmapsExtensionData(i) + 16, 0x100_0000_0000)),
+        // Bitmap directory entries and tables (QEMU loads the bitmaps when it opens an image; what it
+        // cannot load, it does not open, except the table of a bitmap in use, which only its check reads).
+        new("bitmap-in-use-by-hand", "bitmaps", i => AddFlags(i, 0, 1)),
+        new("bitmap-type-2", "bitmaps", i => ImageBuilder.Poke(i, Poke.BitmapEntry(i, 0) + 16, [2])),
+        new("bitmap-unknown-flag", "bitmaps", i => AddFlags(i, 1, 4)),
+        new("bitmap-granularity-8", "bitmaps", i => ImageBuilder.Poke(i, Poke.BitmapEntry(i, 1) + 17, [8])),
+        new("bitmap-table-size-0", "bitmaps", i => Set32(i, Poke.BitmapEntry(i, 0) + 8, 0)),
+        new("bitmap-table-longer-than-needed", "bitmaps", i => Set32(i, Poke.BitmapEntry(i, 1) + 8, 2)),
+        new("bitmap-in-use-table-longer-than-needed", "bitmaps", i => { Set32(i, Poke.BitmapEntry(i, 1) + 8, 2); AddFlags(i, 1, 1); }),
+        new("bitmap-table-entry-reserved-bits", "bitmaps", i => Set(i, BitmapTable(i, 0), Read(i, BitmapTable(i, 0)) | 2)),
+        new("bitmap-in-use-table-entry-reserved-bits", "bitmaps", i => { Set(i, BitmapTable(i, 0), Read(i, BitmapTable(i, 0)) | 2); AddFlags(i, 0, 1); }),
+        new("bitmap-in-use-table-entry-unaligned", "bitmaps", i => { Set(i, BitmapTable(i, 0), Read(i, BitmapTable(i, 0)) + 0x200); AddFlags(i, 0, 1); }),
+        new("bitmap-extra-data", "bitmaps", i => Set32(i, Poke.BitmapEntry(i, 1) + 20, 8)),
+        new("bitmap-count-too-high", "bitmaps", i => Set32(i, Poke.BitmapsExtensionData(i), 3)),
+        new("bitmap-count-too-low", "bitmaps", i => Set32(i, Poke.BitmapsExtensionData(i), 1)),
+        new("bitmap-directory-short", "bitmaps", i => Set(i, Poke.BitmapsExtensionData(i) + 8, Read(i, Poke.BitmapsExtensionData(i) + 8) - 8)),
+        new("bitmap-named-twice", "bitmaps", i => ImageBuilder.Poke(i, Poke.BitmapEntry(i, 1) + 24, "b0"u8)),
+        new("bitmap-named-twice-the-second-in-use", "bitmaps", i => { ImageBuilder.Poke(i, Poke.BitmapEntry(i, 1) + 24, "b0"u8); AddFlags(i, 1, 1); }),
+        new("bitmaps-autoclear-bit-clear", "bitmaps", i => Set(i, 88, 0)),
+        new("bitmaps-extension-reserved-field", "bitmaps", i => Set32(i, Poke.BitmapsExtensionData(i) + 4, 1)),
+        new("bitmaps-extension-length-16", "bitmaps", i => Set32(i, Poke.Extension(i, Poke.BitmapsExtension) + 4, 16)),
+        new("bitmap-table-refcount-0", "bitmaps", i => Poke.Refcount16(i, ClusterOf(i, BitmapTable(i, 0)), 0)),
+        new("bitmap-data-refcount-0", "bitmaps", i => Poke.Refcount16(i, ClusterOf(i, (long)(Read(i, BitmapTable(i, 0)) & Poke.OffsetMask)), 0)),
         // Header fields (080 cases 1-10): refused when opened, by both.
         new("header-length-huge", "plain", i => Set32(i, 100, 0xffff_ffff)),
         new("refcount-table-huge", "plain", i => Set32(i, 56, 0x0002_0001)),
@@ -172,7 +202,17 @@ public sealed class DamagedImages : IDisposable
     /// <summary>The L2 table the first snapshot's L1 entry 0 names (not the active one: the active table was copied).</summary>
     private static ulong SnapshotL2(string image) => Read(image, (long)Read(image, Poke.SnapshotEntry(image, 0))) & Poke.OffsetMask;
 
-    private static long BitmapDirectory(string image) => (long)ImageBuilder.ReadU64(image, Poke.Extension(image, 0x23852875) + 8 + 16);
+    private static long BitmapDirectory(string image) => Poke.BitmapDirectory(image);
+
+    /// <summary>Where bitmap <paramref name="index"/>'s table lies.</summary>
+    private static long BitmapTable(string image, int index) => (long)Read(image, Poke.BitmapEntry(image, index));
+
+    /// <summary>Sets flags of bitmap <paramref name="index"/>'s directory entry (1: in use, 2: auto, 4: extra data compatible).</summary>
+    private static void AddFlags(string image, int index, uint flags)
+    {
+        long at = Poke.BitmapEntry(image, index) + 12;
+        Set32(image, at, ImageBuilder.ReadU32(image, at) | flags);
+    }
 
     public void Dispose() => Builder.Dispose();
 }

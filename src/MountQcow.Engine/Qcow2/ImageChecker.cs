@@ -132,6 +132,17 @@ public sealed class ImageChecker
     {
         try
         {
+            IReadOnlyList<Bitmap> bitmaps;
+            try
+            {
+                bitmaps = BitmapDirectory.Read(_file, _h, _path);
+            }
+            catch (CorruptImageException e)
+            {
+                // QEMU loads the bitmaps when it opens an image, and does not open one whose bitmaps it cannot load.
+                Fail($"ERROR the bitmaps cannot be loaded: {e.Detail}");
+                return _report;
+            }
             IReadOnlyList<Snapshot> snapshots = [];
             long snapshotBytes = 0;
             if (_h.SnapshotCount > 0 && ((_h.SnapshotsOffset & (_clusterSize - 1)) != 0 || _h.SnapshotsOffset < 0))
@@ -158,7 +169,8 @@ public sealed class ImageChecker
                 }
             }
             _report.TotalClusters = ((_h.VirtualSize & ~511L) + _clusterSize - 1) >> _bits;
-            Count(snapshots, snapshotBytes);
+            // As QEMU's check, one that cannot count every reference compares nothing.
+            if (!Count(snapshots, snapshotBytes, bitmaps)) return _report;
             var (corruptions, leaks) = (_report.Corruptions, _report.Leaks);
             Compare(RepairMode.None);
             if (_rebuild && _mode == RepairMode.All)
@@ -168,7 +180,7 @@ public sealed class ImageChecker
                 RebuildRefcounts();
                 _report.Corruptions = _report.Leaks = 0;
                 _rebuild = false;
-                Count(snapshots, snapshotBytes);
+                if (!Count(snapshots, snapshotBytes, bitmaps)) return _report;
                 Compare(RepairMode.Leaks); // the old structures are leaked now
                 if (_rebuild) Fail($"ERROR rebuilt refcount structure is still broken");
                 _report.CorruptionsFixed += Math.Max(0, before - _report.Corruptions);
@@ -198,7 +210,8 @@ public sealed class ImageChecker
 
     // ---- counting references (QEMU's calculate_refcounts) ----
 
-    private void Count(IReadOnlyList<Snapshot> snapshots, long snapshotBytes)
+    /// <summary>Counts every reference; false when a bitmap's table cannot be read, where QEMU's check stops.</summary>
+    private bool Count(IReadOnlyList<Snapshot> snapshots, long snapshotBytes, IReadOnlyList<Bitmap> bitmaps)
     {
         _fileClusters = (_file.Length + _clusterSize - 1) >> _bits;
         _counts = new uint[_fileClusters];
@@ -227,8 +240,9 @@ public sealed class ImageChecker
         }
         Claim(claims, _tableOffset, (long)_table.Length * 8, MetadataKind.RefcountTable);
         Reference(_tableOffset, (long)_table.Length * 8);
-        CountBitmaps(claims);
+        if (!CountBitmaps(bitmaps, claims)) return false;
         CountRefcountBlocks(claims);
+        return true;
     }
 
     private void CountL1(long offset, int size, bool active, MetadataMap claims)
@@ -321,48 +335,35 @@ public sealed class ImageChecker
         return true;
     }
 
-    private void CountBitmaps(MetadataMap claims)
+    // QEMU's qcow2_check_bitmaps_refcounts: the directory, each bitmap's table and the clusters it names.
+    private bool CountBitmaps(IReadOnlyList<Bitmap> bitmaps, MetadataMap claims)
     {
-        if (_h.BitmapCount == 0 || !_h.Autoclear.HasFlag(AutoclearFeatures.Bitmaps)) return;
-        long dirOffset = _h.BitmapDirectoryOffset, dirSize = _h.BitmapDirectorySize;
-        Claim(claims, dirOffset, dirSize, MetadataKind.BitmapDirectory);
-        Reference(dirOffset, dirSize);
-        if (dirSize is <= 0 or > 64L << 20 || dirOffset < 0 || dirOffset > _file.Length - dirSize)
+        if (bitmaps.Count == 0) return true;
+        Claim(claims, _h.BitmapDirectoryOffset, _h.BitmapDirectorySize, MetadataKind.BitmapDirectory);
+        Reference(_h.BitmapDirectoryOffset, _h.BitmapDirectorySize);
+        foreach (var b in bitmaps)
         {
-            Fail($"ERROR could not read the bitmap directory ({dirSize} bytes at 0x{dirOffset:x})");
-            return;
-        }
-        var dir = new byte[dirSize];
-        _file.ReadAt(dir, dirOffset);
-        int at = 0;
-        for (int n = 0; n < _h.BitmapCount; n++)
-        {
-            // Directory entry: table offset u64, table size u32, flags u32, type u8, granularity u8,
-            // name size u16, extra data size u32, extra data, name, padding to 8 bytes.
-            if (at + 24 > dir.Length)
+            Reference(b.TableOffset, b.TableSize * 8L);
+            // Opening the image checked the tables of the bitmaps not in use; QEMU's check fails on
+            // any other table it cannot read whole and valid.
+            if (!b.TableReadable)
             {
-                Corrupt($"ERROR the bitmap directory is broken");
-                Fail($"ERROR the bitmap directory is shorter than its bitmaps need");
-                return;
+                Fail($"ERROR bitmap '{b.Name}': its table at 0x{b.TableOffset:x} cannot be read");
+                return false;
             }
-            long tableOffset = (long)BigEndian.U64(dir, at);
-            int tableSize = (int)Math.Min(BigEndian.U32(dir, at + 8), int.MaxValue);
-            int nameSize = BigEndian.U16(dir, at + 14);
-            long extra = BigEndian.U32(dir, at + 16);
-            at += (int)((24 + extra + nameSize + 7) & ~7L);
-            if (tableSize > MaxL1Entries) { Corrupt($"ERROR bitmap {n} table of {tableSize} entries is too large"); continue; }
-            Reference(tableOffset, tableSize * 8L);
-            foreach (ulong e in ReadInside(tableOffset, tableSize))
+            var table = BitmapDirectory.ReadTable(_file, b);
+            for (int i = 0; i < table.Length; i++)
             {
-                var entry = new BitmapTableEntry(e);
-                if (entry.IsInvalid || (entry.Offset & (_clusterSize - 1)) != 0)
+                var entry = new BitmapTableEntry(table[i]);
+                if (entry.IsInvalid(_clusterSize - 1))
                 {
-                    Corrupt($"ERROR bitmap {n} table entry {e:x} is invalid");
-                    continue;
+                    Fail($"ERROR bitmap '{b.Name}': its table entry {i} (0x{entry.Raw:x}) is invalid");
+                    return false;
                 }
                 if (entry.Offset != 0) Reference(entry.Offset, _clusterSize);
             }
         }
+        return true;
     }
 
     private void CountRefcountBlocks(MetadataMap claims)

@@ -6,6 +6,9 @@ namespace MountQcow.Qcow2;
 /// <summary>A name the image gives one feature bit (the feature name table extension).</summary>
 public readonly record struct FeatureName(FeatureKind Kind, int Bit, string Name);
 
+/// <summary>The bitmaps header extension's fields as stored (zeros where its data is too short to hold them).</summary>
+internal readonly record struct BitmapsExtension(int DataLength, uint Count, uint Reserved, ulong DirectorySize, ulong DirectoryOffset);
+
 /// <summary>
 /// The parsed and checked header of a qcow2 image, with its header extensions. Every number
 /// is validated against the format and the file's size before anything else uses it.
@@ -45,14 +48,23 @@ public sealed record Qcow2Header
     /// <summary>Feature names from the image's own table.</summary>
     public IReadOnlyList<FeatureName> FeatureNames { get; private init; } = [];
 
+    /// <summary>
+    /// The bitmaps extension as stored; null when absent. Reading ignores bitmaps, so nothing here
+    /// is checked when an image is opened: the consistency check judges it as QEMU does.
+    /// </summary>
+    internal BitmapsExtension? Bitmaps { get; private init; }
+
     /// <summary>Number of persistent bitmaps (bitmaps extension), 0 when none.</summary>
-    public int BitmapCount { get; private init; }
+    public int BitmapCount => (int)Math.Min(Bitmaps?.Count ?? 0, int.MaxValue);
 
     /// <summary>Where the bitmap directory lies (bitmaps extension); 0 when none.</summary>
-    public long BitmapDirectoryOffset { get; private init; }
+    public long BitmapDirectoryOffset => (long)Math.Min(Bitmaps?.DirectoryOffset ?? 0, long.MaxValue);
 
     /// <summary>Bytes of the bitmap directory; 0 when none.</summary>
-    public long BitmapDirectorySize { get; private init; }
+    public long BitmapDirectorySize => (long)Math.Min(Bitmaps?.DirectorySize ?? 0, long.MaxValue);
+
+    /// <summary>Whether the bitmaps are to be trusted: the extension is there and the autoclear bit says it is consistent.</summary>
+    internal bool HasConsistentBitmaps => Bitmaps is not null && Autoclear.HasFlag(AutoclearFeatures.Bitmaps);
 
     /// <summary>The header after a snapshot table switch: a new count and table offset.</summary>
     internal Qcow2Header WithSnapshotTable(int count, long offset) => this with { SnapshotCount = count, SnapshotsOffset = offset };
@@ -172,8 +184,7 @@ public sealed record Qcow2Header
         var names = new List<FeatureName>();
         var unknown = new List<uint>();
         string? backingFormat = null, dataFile = null;
-        int bitmaps = 0;
-        long bitmapDirectoryOffset = 0, bitmapDirectorySize = 0;
+        BitmapsExtension? bitmaps = null;
         bool encryptionHeader = false;
         long encryptionOffset = 0, encryptionLength = 0;
         int at = headerLength;
@@ -202,10 +213,11 @@ public sealed record Qcow2Header
                     }
                     break;
                 case ExtensionType.Bitmaps:
-                    if (len < 24) Corrupt($"bitmaps extension is {len} bytes, expected at least 24");
-                    bitmaps = (int)Math.Min(BigEndian.U32(data, BitmapsExtensionField.Count), int.MaxValue);
-                    bitmapDirectorySize = (long)Math.Min(BigEndian.U64(data, BitmapsExtensionField.DirectorySize), long.MaxValue);
-                    bitmapDirectoryOffset = (long)Math.Min(BigEndian.U64(data, BitmapsExtensionField.DirectoryOffset), long.MaxValue);
+                    // Kept as stored, even when too short to hold its fields: the check reports it.
+                    bitmaps = len < BitmapsExtensionField.DataLength
+                        ? new BitmapsExtension((int)len, 0, 0, 0, 0)
+                        : new BitmapsExtension((int)len, BigEndian.U32(data, BitmapsExtensionField.Count), BigEndian.U32(data, BitmapsExtensionField.Reserved),
+                            BigEndian.U64(data, BitmapsExtensionField.DirectorySize), BigEndian.U64(data, BitmapsExtensionField.DirectoryOffset));
                     break;
                 case ExtensionType.FullDiskEncryption:
                     if (len < EncryptionExtensionField.DataLength) Corrupt($"full disk encryption extension is {len} bytes, expected {EncryptionExtensionField.DataLength}");
@@ -241,9 +253,7 @@ public sealed record Qcow2Header
             BackingFormat = backingFormat,
             DataFile = dataFile,
             FeatureNames = names,
-            BitmapCount = bitmaps,
-            BitmapDirectoryOffset = bitmapDirectoryOffset,
-            BitmapDirectorySize = bitmapDirectorySize,
+            Bitmaps = bitmaps,
             HasEncryptionHeader = encryptionHeader,
             EncryptionHeaderOffset = encryptionOffset,
             EncryptionHeaderLength = encryptionLength,
