@@ -145,28 +145,32 @@ public sealed class ImageChecker
             }
             IReadOnlyList<Snapshot> snapshots = [];
             long snapshotBytes = 0;
-            if (_h.SnapshotCount > 0 && ((_h.SnapshotsOffset & (_clusterSize - 1)) != 0 || _h.SnapshotsOffset < 0))
+            if (_h.SnapshotCount > 0 && ((_h.SnapshotsOffset & (_clusterSize - 1)) != 0 || _h.SnapshotsOffset < 0 ||
+                                         _h.SnapshotsOffset > long.MaxValue - _h.SnapshotCount * (long)SnapshotField.FixedLength))
             {
                 Fail($"ERROR snapshot table offset invalid");
                 return _report;
             }
-            if (_h.SnapshotCount > 0 && _h.SnapshotsOffset >= _file.Length)
+            if (_h.SnapshotCount > 0 && _h.SnapshotsOffset >= _file.Length && _mode == RepairMode.All)
             {
-                // QEMU reads such a table as zeros: snapshots without names or data.
-                Corrupt($"ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{_h.SnapshotsOffset:x} size 0x{_h.SnapshotCount * 40L:x}");
-                if (_mode == RepairMode.All) DropSnapshots();
+                // QEMU reads such a table as zeros, snapshots without names or data; it holds nothing worth keeping.
+                DropSnapshots();
             }
             else
             {
                 try
                 {
-                    snapshots = SnapshotTable.Read(_file, _h, _path, out snapshotBytes, checkL1: false);
+                    snapshots = SnapshotTable.Read(_file, _h, _path, out snapshotBytes, forCheck: true);
                 }
                 catch (CorruptImageException e)
                 {
                     Fail($"ERROR failed to read the snapshot table: {e.Detail}");
                     return _report;
                 }
+                // Version 3 asks every entry for the extra data that holds the VM state's and the disk's sizes.
+                for (int i = 0; i < snapshots.Count && _h.Version >= 3; i++)
+                    if (snapshots[i].ExtraData.Length < SnapshotField.ExtraDiskSize + 8)
+                        Corrupt($"ERROR snapshot table entry {i} is incomplete");
             }
             _report.TotalClusters = ((_h.VirtualSize & ~511L) + _clusterSize - 1) >> _bits;
             // As QEMU's check, one that cannot count every reference compares nothing.
@@ -405,7 +409,7 @@ public sealed class ImageChecker
     private void Reference(long offset, long size)
     {
         if (size <= 0) return;
-        if (offset < 0 || offset > long.MaxValue - size || offset + size - _file.Length >= _clusterSize)
+        if (offset < 0 || offset > long.MaxValue - size || offset + size - QemuFileLength >= _clusterSize)
         {
             Corrupt($"ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{offset:x} size 0x{size:x}");
             return;
@@ -428,6 +432,9 @@ public sealed class ImageChecker
         if (offset >= 0 && offset < _file.Length && claims.TryAdd(offset, Math.Min(length, _file.Length - offset), kind) is not null)
             for (long c = offset >> _bits; length > 0 && c <= (offset + length - 1) >> _bits; c++) _contested.Add(c);
     }
+
+    // QEMU measures a file in whole 512-byte sectors, its length rounded up.
+    private long QemuFileLength => (_file.Length + Qcow2Limits.SectorSize - 1) & ~(long)(Qcow2Limits.SectorSize - 1);
 
     // ---- comparing with the stored refcounts ----
 
@@ -501,13 +508,14 @@ public sealed class ImageChecker
         {
             if (area == _area) return _blockOffset != 0;
             _area = area;
-            _blockOffset = area < owner._table.Length ? new RefcountTableEntry(owner._table[area]).BlockOffset : 0;
-            if ((_blockOffset & (owner._clusterSize - 1)) != 0 || _blockOffset < 0)
+            long offset = area < owner._table.Length ? new RefcountTableEntry(owner._table[area]).BlockOffset : 0;
+            if ((offset & (owner._clusterSize - 1)) != 0 || offset < 0)
             {
                 _blockOffset = 0;
                 _area = -1;
-                throw new CorruptImageException(owner._path, $"refcount block offset 0x{owner._table[area]:x} {(_blockOffset < 0 ? "invalid" : "unaligned")} (refcount table index {area})");
+                throw new CorruptImageException(owner._path, $"refcount block offset 0x{owner._table[area]:x} {(offset < 0 ? "invalid" : "unaligned")} (refcount table index {area})");
             }
+            _blockOffset = offset;
             // A block past the end of the file reads as zeros, and is never written.
             if (_blockOffset >= owner._file.Length) _blockOffset = 0;
             if (_blockOffset != 0) owner._file.ReadAt(_block, _blockOffset);
@@ -679,7 +687,6 @@ public sealed class ImageChecker
         Write(field, HeaderField.NbSnapshots);
         _file.Flush();
         Say($"Repairing the snapshot table: it lies past the end of the file; its {_h.SnapshotCount} entries are dropped");
-        _report.Corruptions--;
         _report.CorruptionsFixed++;
     }
 
@@ -705,9 +712,13 @@ public sealed class ImageChecker
         return ReadEntries(offset, (int)(bytes / 8));
     }
 
-    /// <summary>The entries of a table that lie inside the file; those past its end would read as zeros, and are left out.</summary>
+    /// <summary>
+    /// The entries of a table that reach into the file; those wholly past its end would read as
+    /// zeros, and are left out. An entry the file ends inside keeps its bytes there and reads zeros
+    /// after them, as QEMU reads it.
+    /// </summary>
     private ulong[] ReadInside(long offset, int count) =>
-        offset < 0 ? [] : ReadEntries(offset, (int)Math.Clamp((_file.Length - offset) / 8, 0, count));
+        offset < 0 ? [] : ReadEntries(offset, (int)Math.Clamp((_file.Length - offset + 7) / 8, 0, count));
 
     private ulong[] ReadEntries(long offset, int count, ulong[]? into = null)
     {
