@@ -107,6 +107,36 @@ public sealed class FeatureTests(ImageFixture fixture) : IClassFixture<ImageFixt
         using (var rc = Qcow2Image.Open(fixture.Image("refcount-bits-1"))) Assert.Equal(1, rc.Header.RefcountBits);
     }
 
+    /// <summary>
+    /// The external data file bit on an image that names no data file. The format lets the name
+    /// be given from outside; QEMU, not given it, cannot open the image, and neither can we. The
+    /// check refuses it rather than count each data cluster, which may well lie in this file, as
+    /// leaked for a repair to free: nothing changes.
+    /// </summary>
+    [QemuFact]
+    public void ExternalDataFileBitWithoutANameIsNotChecked()
+    {
+        string image = Plain("data-file-bit.qcow2");
+        ImageBuilder.PokeU64(image, 72, ImageBuilder.ReadU64(image, 72) | 4);
+        byte[] before = File.ReadAllBytes(image);
+        QemuAssert.CheckMatches(image);
+        var e = Assert.Throws<UnsupportedFeatureException>(() => ImageChecker.Check(image, RepairMode.Leaks));
+        Assert.Contains("does not name it", e.Message);
+        Assert.Equal(before, File.ReadAllBytes(image));
+    }
+
+    /// <summary>QEMU opens an image's data file before it checks the image: without it, no check.</summary>
+    [QemuFact]
+    public void CheckNeedsTheDataFile()
+    {
+        string image = B.Create("gone-data.qcow2", "8M", $"data_file={B.PathOf("gone.data")}");
+        B.Write(image, 0, 100_000, Fill.Random, 12);
+        Assert.Equal(0, QemuAssert.CheckMatches(image)!.ExitCode);
+        File.Delete(B.PathOf("gone.data"));
+        QemuAssert.CheckMatches(image);
+        Assert.Contains("gone.data", Assert.Throws<ImageIOException>(() => ImageChecker.Check(image)).Message);
+    }
+
     [QemuFact]
     public void ChainListsEveryLayerWithItsFormat()
     {

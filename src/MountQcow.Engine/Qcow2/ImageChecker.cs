@@ -118,7 +118,9 @@ public sealed class ImageChecker
     /// <summary>Checks an image stored on <paramref name="file"/>.</summary>
     internal static CheckReport Check(IBlockDevice file, string path, RepairMode mode)
     {
-        var first = new ImageChecker(file, path, Qcow2Header.Read(file, path, forCheck: true), mode).Run();
+        var header = Qcow2Header.Read(file, path, forCheck: true);
+        RequireDataFile(header, path);
+        var first = new ImageChecker(file, path, header, mode).Run();
         if (first.LeaksFixed + first.CorruptionsFixed == 0) return first;
         // As qemu-img does: what was repaired is reported, and a second look says what is left.
         var second = new ImageChecker(file, path, Qcow2Header.Read(file, path, forCheck: true), RepairMode.None).Run();
@@ -126,6 +128,18 @@ public sealed class ImageChecker
         second.CorruptionsFixed = first.CorruptionsFixed;
         second._messages.InsertRange(0, first.Messages);
         return second;
+    }
+
+    /// <summary>
+    /// Opens the external data file, as QEMU does before it checks. The bit alone says that L2
+    /// entries point into another file; without the file named and present, nothing confirms it,
+    /// and set on an image whose clusters lie in this file, it would make every one of them look
+    /// leaked, for a repair to free.
+    /// </summary>
+    private static void RequireDataFile(Qcow2Header header, string path)
+    {
+        if (!header.HasExternalDataFile) return;
+        using var data = ImageLocation.Open(Qcow2Image.DataFileLocation(header, path, new BackingChain(1), allowLocal: false), writable: false);
     }
 
     private CheckReport Run()

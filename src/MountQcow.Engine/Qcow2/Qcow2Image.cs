@@ -284,9 +284,7 @@ public sealed partial class Qcow2Image : IBlockDevice
             string? dataPath = null;
             if (header.HasExternalDataFile)
             {
-                if (header.DataFile is null)
-                    throw new UnsupportedFeatureException(path, "the image uses an external data file but does not name it");
-                dataPath = chain.ResolveDataFile(path, header.DataFile, options.AllowLocalBacking);
+                dataPath = DataFileLocation(header, path, chain, options.AllowLocalBacking);
                 data = ImageLocation.Open(dataPath, options.Writable, options.Remote);
             }
             string? backingPath = null, backingFormat = null;
@@ -315,6 +313,17 @@ public sealed partial class Qcow2Image : IBlockDevice
             throw;
         }
     }
+
+    /// <summary>
+    /// Where the external data file of an image lies. The format lets an image leave it unnamed
+    /// (QEMU's user then names it); this program has no way to, so such an image is refused, as
+    /// QEMU refuses it when it is not told.
+    /// </summary>
+    /// <exception cref="UnsupportedFeatureException">The image names no data file.</exception>
+    internal static string DataFileLocation(Qcow2Header header, string path, BackingChain chain, bool allowLocal) =>
+        header.DataFile is null
+            ? throw new UnsupportedFeatureException(path, "the image uses an external data file but does not name it")
+            : chain.ResolveDataFile(path, header.DataFile, allowLocal);
 
     /// <summary>How the image is encrypted ("LUKS: aes xts-plain64, sha256" or "AES-CBC (legacy)"); null when it is not.</summary>
     public string? Encryption { get; private init; }
