@@ -166,7 +166,9 @@ public sealed record Qcow2Header
             refcountOrder = (int)order;
             uint length = BigEndian.U32(first, HeaderField.HeaderLength);
             if (length < HeaderField.V3MinHeaderLength) Corrupt($"header_length {length} is below 104");
-            if (length % 8 != 0) Corrupt($"header_length {length} is not a multiple of 8");
+            // qcow2.txt asks writers for a multiple of 8, but a header of another length is still
+            // unambiguous (the extensions start right after it), and QEMU opens, checks and writes
+            // such images: refusing them would lock a user out of an image every QEMU tool reads.
             if (length > clusterSize) Corrupt($"header_length {length} exceeds the cluster size {clusterSize}");
             headerLength = (int)length;
             if (headerLength > HeaderField.CompressionType)
