@@ -60,6 +60,7 @@ internal static class BitmapDirectory
         // and a zero entry is refused at once (its table is empty), so a directory the file does
         // not hold costs nothing.
         var bitmaps = new List<Bitmap>();
+        var keys = new List<string>(); // each name's bytes, as QEMU compares names
         Span<byte> entry = stackalloc byte[BitmapDirectoryField.FixedLength];
         long at = 0;
         while (at < dirSize)
@@ -76,9 +77,9 @@ internal static class BitmapDirectory
             if (extra != 0) Refuse($"bitmap {bitmaps.Count} has {extra} bytes of extra data (QEMU supports none)");
             var rawName = new byte[nameSize];
             file.ReadAt(rawName, dirOffset + at + BitmapDirectoryField.FixedLength);
-            int nul = Array.IndexOf(rawName, (byte)0);
+            int nameLength = Array.IndexOf(rawName, (byte)0) is var nul and >= 0 ? nul : nameSize;
             var b = new Bitmap(
-                Encoding.UTF8.GetString(rawName, 0, nul < 0 ? nameSize : nul),
+                Encoding.UTF8.GetString(rawName, 0, nameLength),
                 dirOffset + at,
                 (long)Math.Min(BigEndian.U64(entry, BitmapDirectoryField.TableOffset), long.MaxValue),
                 (int)Math.Min(BigEndian.U32(entry, BitmapDirectoryField.TableSize), int.MaxValue),
@@ -86,6 +87,7 @@ internal static class BitmapDirectory
                 entry[BitmapDirectoryField.GranularityBits]);
             if (Violation(b, entry[BitmapDirectoryField.Type], nameSize, h) is { } why) Refuse($"bitmap '{b.Name}' {why}");
             bitmaps.Add(b);
+            keys.Add(Encoding.Latin1.GetString(rawName, 0, nameLength));
             at += length;
         }
         if (bitmaps.Count != ext.Count) Refuse($"the bitmap directory holds {bitmaps.Count} bitmaps, the extension counts {ext.Count}");
@@ -93,10 +95,11 @@ internal static class BitmapDirectory
         // QEMU then creates each bitmap (a second one of a name fails, unless the later one is in
         // use: that one is skipped) and loads the table of each one not in use.
         var names = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var b in bitmaps)
+        for (int n = 0; n < bitmaps.Count; n++)
         {
-            if (b.InUse && names.Contains(b.Name)) continue;
-            if (!names.Add(b.Name)) Refuse($"two bitmaps are named '{b.Name}'");
+            var b = bitmaps[n];
+            if (b.InUse && names.Contains(keys[n])) continue;
+            if (!names.Add(keys[n])) Refuse($"two bitmaps are named '{b.Name}'");
             if (b.InUse) continue;
             if (!b.TableReadable) Refuse($"bitmap '{b.Name}': its table at 0x{b.TableOffset:x} cannot be read");
             var table = ReadTable(file, b);
