@@ -21,7 +21,7 @@ internal static class CheckCommand
         // The check reads only the image's own structures, but it refuses an image whose names the
         // other verbs would refuse to follow, so that a refusal is the same on every verb.
         if (Refused(o) is { } refused) throw new ReferenceRefusedException(refused);
-        var report = ImageChecker.Check(o.Image, mode, o.ForceShare);
+        var report = ImageChecker.Check(o.Image, mode, o.ForceShare, o.References());
         foreach (string m in report.Messages) Console.Error.WriteLine(Cli.Printable(m));
         if (o.Json) Console.WriteLine(JsonSerializer.Serialize(CheckJson.From(ImageLocation.Display(o.Image), report), CheckJsonContext.Default.CheckJson));
         else Print(report);

@@ -107,6 +107,70 @@ public sealed class FeatureTests(ImageFixture fixture) : IClassFixture<ImageFixt
         using (var rc = Qcow2Image.Open(fixture.Image("refcount-bits-1"))) Assert.Equal(1, rc.Header.RefcountBits);
     }
 
+    /// <summary>
+    /// A version 3 header whose length is not a multiple of 8: qcow2.txt asks writers for one, but
+    /// QEMU reads, checks and writes such images, finding the extensions right after the header.
+    /// So do we.
+    /// </summary>
+    [QemuTheory]
+    [InlineData(108u)]
+    [InlineData(116u)]
+    public void HeaderLengthNotAMultipleOf8IsReadAsQemuReadsIt(uint length)
+    {
+        string image = Plain($"header-length-{length}.qcow2");
+        const int written = 112; // what qemu-img writes
+        var extensions = new byte[4096 - written - 8];
+        using (var f = File.OpenHandle(image)) RandomAccess.Read(f, extensions, written);
+        ImageBuilder.Poke(image, written, new byte[4096 - written]);
+        ImageBuilder.Poke(image, length, extensions);
+        ImageBuilder.PokeU32(image, 100, length);
+        string expected = B.Expected(image); // QEMU reads it
+        Assert.Equal(0, QemuAssert.CheckMatches(image)!.ExitCode);
+        using (var opened = Qcow2Image.Open(image))
+        {
+            Assert.Equal((int)length, opened.Header.HeaderLength);
+            Assert.Contains(opened.Header.FeatureNames, f => f.Name == "lazy refcounts"); // the extensions were found
+            DeviceAssert.SameAsRawWhole(opened, expected);
+        }
+        using (var opened = Qcow2Image.Open(image, new ImageOptions { Writable = true }))
+        {
+            opened.WriteAt(ImageBuilder.Content(Fill.Random, 200_000, 11), 3 << 20);
+            opened.Flush();
+        }
+        QemuAssert.CheckClean(image);
+        Assert.Equal(length, ImageBuilder.ReadU32(image, 100));
+    }
+
+    /// <summary>
+    /// The external data file bit on an image that names no data file. The format lets the name
+    /// be given from outside; QEMU, not given it, cannot open the image, and neither can we. The
+    /// check refuses it rather than count each data cluster, which may well lie in this file, as
+    /// leaked for a repair to free: nothing changes.
+    /// </summary>
+    [QemuFact]
+    public void ExternalDataFileBitWithoutANameIsNotChecked()
+    {
+        string image = Plain("data-file-bit.qcow2");
+        ImageBuilder.PokeU64(image, 72, ImageBuilder.ReadU64(image, 72) | 4);
+        byte[] before = File.ReadAllBytes(image);
+        QemuAssert.CheckMatches(image);
+        var e = Assert.Throws<UnsupportedFeatureException>(() => ImageChecker.Check(image, RepairMode.Leaks));
+        Assert.Contains("does not name it", e.Message);
+        Assert.Equal(before, File.ReadAllBytes(image));
+    }
+
+    /// <summary>QEMU opens an image's data file before it checks the image: without it, no check.</summary>
+    [QemuFact]
+    public void CheckNeedsTheDataFile()
+    {
+        string image = B.Create("gone-data.qcow2", "8M", $"data_file={B.PathOf("gone.data")}");
+        B.Write(image, 0, 100_000, Fill.Random, 12);
+        Assert.Equal(0, QemuAssert.CheckMatches(image)!.ExitCode);
+        File.Delete(B.PathOf("gone.data"));
+        QemuAssert.CheckMatches(image);
+        Assert.Contains("gone.data", Assert.Throws<ImageIOException>(() => ImageChecker.Check(image)).Message);
+    }
+
     [QemuFact]
     public void ChainListsEveryLayerWithItsFormat()
     {

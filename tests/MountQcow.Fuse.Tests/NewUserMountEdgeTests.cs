@@ -34,7 +34,7 @@ public sealed class NewUserMountEdgeTests : IDisposable
             script.StandardInput.Flush();
             string Seen() { lock (seen) return seen.ToString(); }
             Poll.Until(() => Seen() is var text && text.Contains("exit ") && text[text.LastIndexOf("exit ", StringComparison.Ordinal)..].Contains("icanon"),
-                TimeSpan.FromSeconds(60), "the command's exit status and the terminal's settings");
+                "the command's exit status and the terminal's settings", seconds: 60);
             script.StandardInput.Close();
             script.WaitForExit(10_000);
             string stdout = Seen();

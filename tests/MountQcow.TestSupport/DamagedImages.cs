@@ -89,6 +89,13 @@ public sealed class DamagedImages : IDisposable
                 b.Img("bitmap", "--add", path, "b0");
                 b.Write(path, 0, 1 << 20, Fill.Random, 9);
                 return path;
+            case "bitmaps": // as libvirt leaves them: b0 enabled with its table allocated, b1 disabled
+                path = b.Create("base-bitmaps.qcow2", "64M");
+                b.Img("bitmap", "--add", path, "b0");
+                b.Img("bitmap", "--add", "-g", "128k", path, "b1");
+                b.Img("bitmap", "--disable", path, "b1");
+                b.Write(path, 0, 1 << 20, Fill.Random, 10);
+                return path;
             default:
                 throw new ArgumentException(name);
         }
@@ -169,7 +176,30 @@ public sealed class DamagedImages : IDisposable
         new("v2-data-in-l1", "v2", QemuCheck.Corrupt, i => Set(i, L2(i, 0), Copied | (ulong)Poke.L1Offset(i))),
         // Bitmaps.
         new("bitmap-directory-refcount-0", "bitmap", QemuCheck.Corrupt, i => Poke.Refcount16(i, ClusterOf(i, BitmapDirectory(i)), 0)),
-        new("bitmap-directory-past-the-end", "bitmap", QemuCheck.CannotCheck, i => Set(i, Poke.Extension(i, 0x23852875) + 8 + 16, 0x100_0000_0000), Readable: false),
+        new("bitmap-directory-past-the-end", "bitmap", QemuCheck.CannotCheck, i => Set(i, Poke.BitmapsExtensionData(i) + 16, 0x100_0000_0000), Readable: false),
+        // Bitmap directory entries and tables (QEMU loads the bitmaps when it opens an image; what it
+        // cannot load, it does not open, except the table of a bitmap in use, which only its check reads).
+        new("bitmap-in-use-by-hand", "bitmaps", QemuCheck.Clean, i => AddFlags(i, 0, 1)),
+        new("bitmap-type-2", "bitmaps", QemuCheck.CannotCheck, i => ImageBuilder.Poke(i, Poke.BitmapEntry(i, 0) + 16, [2]), Readable: false),
+        new("bitmap-unknown-flag", "bitmaps", QemuCheck.CannotCheck, i => AddFlags(i, 1, 4), Readable: false),
+        new("bitmap-granularity-8", "bitmaps", QemuCheck.CannotCheck, i => ImageBuilder.Poke(i, Poke.BitmapEntry(i, 1) + 17, [8]), Readable: false),
+        new("bitmap-table-size-0", "bitmaps", QemuCheck.CannotCheck, i => Set32(i, Poke.BitmapEntry(i, 0) + 8, 0), Readable: false),
+        new("bitmap-table-longer-than-needed", "bitmaps", QemuCheck.CannotCheck, i => Set32(i, Poke.BitmapEntry(i, 1) + 8, 2), Readable: false),
+        new("bitmap-in-use-table-longer-than-needed", "bitmaps", QemuCheck.Clean, i => { Set32(i, Poke.BitmapEntry(i, 1) + 8, 2); AddFlags(i, 1, 1); }),
+        new("bitmap-table-entry-reserved-bits", "bitmaps", QemuCheck.CannotCheck, i => Set(i, BitmapTable(i, 0), Read(i, BitmapTable(i, 0)) | 2), Readable: false),
+        new("bitmap-in-use-table-entry-reserved-bits", "bitmaps", QemuCheck.CannotCheck, i => { Set(i, BitmapTable(i, 0), Read(i, BitmapTable(i, 0)) | 2); AddFlags(i, 0, 1); }),
+        new("bitmap-in-use-table-entry-unaligned", "bitmaps", QemuCheck.CannotCheck, i => { Set(i, BitmapTable(i, 0), Read(i, BitmapTable(i, 0)) + 0x200); AddFlags(i, 0, 1); }),
+        new("bitmap-extra-data", "bitmaps", QemuCheck.CannotCheck, i => Set32(i, Poke.BitmapEntry(i, 1) + 20, 8), Readable: false),
+        new("bitmap-count-too-high", "bitmaps", QemuCheck.CannotCheck, i => Set32(i, Poke.BitmapsExtensionData(i), 3), Readable: false),
+        new("bitmap-count-too-low", "bitmaps", QemuCheck.CannotCheck, i => Set32(i, Poke.BitmapsExtensionData(i), 1), Readable: false),
+        new("bitmap-directory-short", "bitmaps", QemuCheck.CannotCheck, i => Set(i, Poke.BitmapsExtensionData(i) + 8, Read(i, Poke.BitmapsExtensionData(i) + 8) - 8), Readable: false),
+        new("bitmap-named-twice", "bitmaps", QemuCheck.CannotCheck, i => ImageBuilder.Poke(i, Poke.BitmapEntry(i, 1) + 24, "b0"u8), Readable: false),
+        new("bitmap-named-twice-the-second-in-use", "bitmaps", QemuCheck.Clean, i => { ImageBuilder.Poke(i, Poke.BitmapEntry(i, 1) + 24, "b0"u8); AddFlags(i, 1, 1); }),
+        new("bitmaps-autoclear-bit-clear", "bitmaps", QemuCheck.Leaks, i => Set(i, 88, 0)),
+        new("bitmaps-extension-reserved-field", "bitmaps", QemuCheck.CannotCheck, i => Set32(i, Poke.BitmapsExtensionData(i) + 4, 1), Readable: false),
+        new("bitmaps-extension-length-16", "bitmaps", QemuCheck.CannotCheck, i => Set32(i, Poke.Extension(i, Poke.BitmapsExtension) + 4, 16), Readable: false),
+        new("bitmap-table-refcount-0", "bitmaps", QemuCheck.Corrupt, i => Poke.Refcount16(i, ClusterOf(i, BitmapTable(i, 0)), 0)),
+        new("bitmap-data-refcount-0", "bitmaps", QemuCheck.Corrupt, i => Poke.Refcount16(i, ClusterOf(i, (long)(Read(i, BitmapTable(i, 0)) & Poke.OffsetMask)), 0)),
         // Header fields (080 cases 1-10): refused when opened, by both.
         new("header-length-huge", "plain", QemuCheck.CannotCheck, i => Set32(i, 100, 0xffff_ffff), Readable: false),
         new("refcount-table-huge", "plain", QemuCheck.CannotCheck, i => Set32(i, 56, 0x0002_0001), Readable: false),
@@ -190,7 +220,17 @@ public sealed class DamagedImages : IDisposable
     private static long CompressedOffset(string image, int l2Index) =>
         (long)(Read(image, L2(image, l2Index)) & ((1UL << (62 - (Poke.ClusterBits(image) - 8))) - 1));
 
-    private static long BitmapDirectory(string image) => (long)ImageBuilder.ReadU64(image, Poke.Extension(image, 0x23852875) + 8 + 16);
+    private static long BitmapDirectory(string image) => Poke.BitmapDirectory(image);
+
+    /// <summary>Where bitmap <paramref name="index"/>'s table lies.</summary>
+    private static long BitmapTable(string image, int index) => (long)Read(image, Poke.BitmapEntry(image, index));
+
+    /// <summary>Sets flags of bitmap <paramref name="index"/>'s directory entry (1: in use, 2: auto, 4: extra data compatible).</summary>
+    private static void AddFlags(string image, int index, uint flags)
+    {
+        long at = Poke.BitmapEntry(image, index) + 12;
+        Set32(image, at, ImageBuilder.ReadU32(image, at) | flags);
+    }
 
     public void Dispose() => Builder.Dispose();
 }

@@ -73,6 +73,27 @@ public static class Poke
         ImageBuilder.Poke(image, at, System.Text.Encoding.UTF8.GetBytes(name));
     }
 
+    public const uint BitmapsExtension = 0x23852875;
+
+    /// <summary>Where the bitmaps extension's data lies (its type and length come before it).</summary>
+    public static long BitmapsExtensionData(string image) => Extension(image, BitmapsExtension) + 8;
+
+    /// <summary>Where the bitmap directory lies.</summary>
+    public static long BitmapDirectory(string image) => (long)ImageBuilder.ReadU64(image, BitmapsExtensionData(image) + 16);
+
+    /// <summary>Where bitmap <paramref name="index"/>'s directory entry starts (entries are walked: 24 bytes, extra data, name, padding to 8).</summary>
+    public static long BitmapEntry(string image, int index)
+    {
+        long at = BitmapDirectory(image);
+        for (int i = 0; i < index; i++)
+        {
+            int name = (int)(ImageBuilder.ReadU32(image, at + 16) & 0xffff);
+            uint extra = ImageBuilder.ReadU32(image, at + 20);
+            at += (24 + extra + name + 7) & ~7L;
+        }
+        return at;
+    }
+
     /// <summary>A copy of an image that tests may damage.</summary>
     public static string Copy(ImageBuilder b, string image, string name)
     {

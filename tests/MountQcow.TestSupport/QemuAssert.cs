@@ -1,3 +1,5 @@
+using System.Text.RegularExpressions;
+using MountQcow.Qcow2;
 using Xunit;
 
 namespace MountQcow.Tests;
@@ -10,6 +12,43 @@ public static class QemuAssert
     {
         var r = Run.Capture("qemu-img", ["check", image]);
         Assert.True(r.ExitCode == 0 && r.Stdout.Contains("No errors were found"), $"qemu-img check {image}:\n{r.Stdout}{r.Stderr}");
+    }
+
+    /// <summary>
+    /// Our check says what qemu-img check says of the image: the same exit code and, where QEMU
+    /// could check it, the same lines about it (in order), the same counts of errors and leaks,
+    /// the same allocation figures and end offset. Returns our report (null where we refused to open it).
+    /// </summary>
+    public static CheckReport? CheckMatches(string image)
+    {
+        // In the image's folder, where QEMU finds a relative data file name.
+        var q = Run.Capture("qemu-img", ["check", image], workingDirectory: Path.GetDirectoryName(image));
+        CheckReport? ours = null;
+        string ourText;
+        try
+        {
+            ours = ImageChecker.Check(image);
+            ourText = string.Join('\n', ours.Messages);
+        }
+        catch (ImageException e)
+        {
+            ourText = e.Message; // could not be opened: qemu-img's exit 1
+        }
+        string context = $"{image}\nqemu-img check exited {q.ExitCode}:\n{q.Stderr}{q.Stdout}\nours exited {ours?.ExitCode ?? 1}:\n{ourText}";
+        Assert.True(q.ExitCode == (ours?.ExitCode ?? 1), context);
+        if (q.ExitCode == 1) return ours;
+        // QEMU's warning that a program without bitmap support wrote the image ends without a
+        // newline, so the next line follows it on the same line.
+        string stderr = Regex.Replace(q.Stderr, @"qemu-img: warning: [^\n]*\n|Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix\.", "");
+        Assert.True(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries).SequenceEqual(ours!.Messages), context);
+        int Count(string pattern) => Regex.Match(q.Stdout, pattern) is { Success: true } m ? int.Parse(m.Groups[1].Value) : 0;
+        Assert.True(Count(@"(\d+) errors were found") == ours.Corruptions && Count(@"(\d+) leaked clusters were found") == ours.Leaks, context);
+        var allocation = Regex.Match(q.Stdout, @"(\d+)/(\d+) = [\d.]+% allocated");
+        if (allocation.Success)
+            Assert.True(long.Parse(allocation.Groups[1].Value) == ours.AllocatedClusters && long.Parse(allocation.Groups[2].Value) == ours.TotalClusters, context);
+        var end = Regex.Match(q.Stdout, @"Image end offset: (\d+)");
+        Assert.True((end.Success ? long.Parse(end.Groups[1].Value) : 0) == ours.ImageEndOffset, context);
+        return ours;
     }
 
     /// <summary>qemu-img compare: the same guest bytes (allocation may differ).</summary>

@@ -100,25 +100,29 @@ public sealed class ImageChecker
     /// <param name="path">The image file.</param>
     /// <param name="mode">What to repair.</param>
     /// <param name="share">Check even while another process writes the image (the result may then be wrong).</param>
-    public static CheckReport Check(string path, RepairMode mode = RepairMode.None, bool share = false)
+    /// <param name="references">What the image's data file name may lead to (it must exist, as QEMU needs it to open the image; it is never read).</param>
+    public static CheckReport Check(string path, RepairMode mode = RepairMode.None, bool share = false, ReferencePolicy? references = null)
     {
         if (ImageLocation.IsRemote(path))
         {
             if (mode != RepairMode.None) throw new UnsupportedFeatureException(ImageLocation.Display(path), "remote images are checked, not repaired");
             using var remote = ImageLocation.Open(path, writable: false);
-            return Check(remote, path, mode);
+            return Check(remote, path, mode, references);
         }
         using var file = FileBlockDevice.Open(path, writable: mode != RepairMode.None);
         // A half-written image looks damaged: like qemu-img, refuse while another process writes it.
         if (file.TakeQemuLocks(write: mode != RepairMode.None, share) is { } conflict && (mode != RepairMode.None || !share))
             throw new ImageInUseException(path, $"{path}: in use by another process, which {conflict}; {(mode == RepairMode.None ? "checking it now could see it half-written (-U checks anyway)" : "it cannot be repaired now")}");
-        return Check(file, path, mode);
+        return Check(file, path, mode, references);
     }
 
     /// <summary>Checks an image stored on <paramref name="file"/>.</summary>
-    internal static CheckReport Check(IBlockDevice file, string path, RepairMode mode)
+    internal static CheckReport Check(IBlockDevice file, string path, RepairMode mode, ReferencePolicy? references = null)
     {
-        var first = new ImageChecker(file, path, Qcow2Header.Read(file, path, forCheck: true), mode).Run();
+        references ??= ReferencePolicy.Default;
+        var header = Qcow2Header.Read(file, path, forCheck: true);
+        RequireDataFile(header, path, references);
+        var first = new ImageChecker(file, path, header, mode).Run();
         if (first.LeaksFixed + first.CorruptionsFixed == 0) return first;
         // As qemu-img does: what was repaired is reported, and a second look says what is left.
         var second = new ImageChecker(file, path, Qcow2Header.Read(file, path, forCheck: true), RepairMode.None).Run();
@@ -128,37 +132,71 @@ public sealed class ImageChecker
         return second;
     }
 
+    /// <summary>
+    /// Opens the external data file, as QEMU does before it checks. The bit alone says that L2
+    /// entries point into another file; without the file named and present, nothing confirms it,
+    /// and set on an image whose clusters lie in this file, it would make every one of them look
+    /// leaked, for a repair to free.
+    /// </summary>
+    private static void RequireDataFile(Qcow2Header header, string path, ReferencePolicy references)
+    {
+        if (!header.HasExternalDataFile) return;
+        if (header.DataFile is null)
+            throw new UnsupportedFeatureException(path, "the image uses an external data file but does not name it");
+        // Through the gate, as every name an image gives: judged, never opened (its existence is enough).
+        var reference = new ReferenceGate(references).Resolve(path, "data file", header.DataFile);
+        if (!reference.Followed) throw new ReferenceRefusedException(reference);
+        if (!ImageLocation.MayExist(reference.Location))
+            throw new ImageIOException($"{ImageLocation.Display(path)}: data file {reference.Location} is missing");
+    }
+
     private CheckReport Run()
     {
         try
         {
+            IReadOnlyList<Bitmap> bitmaps;
+            try
+            {
+                bitmaps = BitmapDirectory.Read(_file, _h, _path);
+            }
+            catch (CorruptImageException e)
+            {
+                // QEMU loads the bitmaps when it opens an image, and does not open one whose bitmaps it cannot load.
+                Fail($"ERROR the bitmaps cannot be loaded: {e.Detail}");
+                return _report;
+            }
             IReadOnlyList<Snapshot> snapshots = [];
             long snapshotBytes = 0;
-            if (_h.SnapshotCount > 0 && ((_h.SnapshotsOffset & (_clusterSize - 1)) != 0 || _h.SnapshotsOffset < 0))
+            if (_h.SnapshotCount > 0 && ((_h.SnapshotsOffset & (_clusterSize - 1)) != 0 || _h.SnapshotsOffset < 0 ||
+                                         _h.SnapshotsOffset > long.MaxValue - _h.SnapshotCount * (long)SnapshotField.FixedLength))
             {
                 Fail($"ERROR snapshot table offset invalid");
                 return _report;
             }
-            if (_h.SnapshotCount > 0 && _h.SnapshotsOffset >= _file.Length)
+            if (_h.SnapshotCount > 0 && _h.SnapshotsOffset >= _file.Length && _mode == RepairMode.All)
             {
-                // QEMU reads such a table as zeros: snapshots without names or data.
-                Corrupt($"ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{_h.SnapshotsOffset:x} size 0x{_h.SnapshotCount * 40L:x}");
-                if (_mode == RepairMode.All) DropSnapshots();
+                // QEMU reads such a table as zeros, snapshots without names or data; it holds nothing worth keeping.
+                DropSnapshots();
             }
             else
             {
                 try
                 {
-                    snapshots = SnapshotTable.Read(_file, _h, _path, out snapshotBytes, checkL1: false);
+                    snapshots = SnapshotTable.Read(_file, _h, _path, out snapshotBytes, forCheck: true);
                 }
                 catch (CorruptImageException e)
                 {
                     Fail($"ERROR failed to read the snapshot table: {e.Detail}");
                     return _report;
                 }
+                // Version 3 asks every entry for the extra data that holds the VM state's and the disk's sizes.
+                for (int i = 0; i < snapshots.Count && _h.Version >= 3; i++)
+                    if (snapshots[i].ExtraData.Length < SnapshotField.ExtraDiskSize + 8)
+                        Corrupt($"ERROR snapshot table entry {i} is incomplete");
             }
             _report.TotalClusters = ((_h.VirtualSize & ~511L) + _clusterSize - 1) >> _bits;
-            Count(snapshots, snapshotBytes);
+            // As QEMU's check, one that cannot count every reference compares nothing.
+            if (!Count(snapshots, snapshotBytes, bitmaps)) return _report;
             var (corruptions, leaks) = (_report.Corruptions, _report.Leaks);
             Compare(RepairMode.None);
             if (_rebuild && _mode == RepairMode.All)
@@ -168,7 +206,7 @@ public sealed class ImageChecker
                 RebuildRefcounts();
                 _report.Corruptions = _report.Leaks = 0;
                 _rebuild = false;
-                Count(snapshots, snapshotBytes);
+                if (!Count(snapshots, snapshotBytes, bitmaps)) return _report;
                 Compare(RepairMode.Leaks); // the old structures are leaked now
                 if (_rebuild) Fail($"ERROR rebuilt refcount structure is still broken");
                 _report.CorruptionsFixed += Math.Max(0, before - _report.Corruptions);
@@ -198,7 +236,8 @@ public sealed class ImageChecker
 
     // ---- counting references (QEMU's calculate_refcounts) ----
 
-    private void Count(IReadOnlyList<Snapshot> snapshots, long snapshotBytes)
+    /// <summary>Counts every reference; false when a bitmap's table cannot be read, where QEMU's check stops.</summary>
+    private bool Count(IReadOnlyList<Snapshot> snapshots, long snapshotBytes, IReadOnlyList<Bitmap> bitmaps)
     {
         _fileClusters = (_file.Length + _clusterSize - 1) >> _bits;
         _counts = new uint[_fileClusters];
@@ -227,8 +266,9 @@ public sealed class ImageChecker
         }
         Claim(claims, _tableOffset, (long)_table.Length * 8, MetadataKind.RefcountTable);
         Reference(_tableOffset, (long)_table.Length * 8);
-        CountBitmaps(claims);
+        if (!CountBitmaps(bitmaps, claims)) return false;
         CountRefcountBlocks(claims);
+        return true;
     }
 
     private void CountL1(long offset, int size, bool active, MetadataMap claims)
@@ -321,48 +361,35 @@ public sealed class ImageChecker
         return true;
     }
 
-    private void CountBitmaps(MetadataMap claims)
+    // QEMU's qcow2_check_bitmaps_refcounts: the directory, each bitmap's table and the clusters it names.
+    private bool CountBitmaps(IReadOnlyList<Bitmap> bitmaps, MetadataMap claims)
     {
-        if (_h.BitmapCount == 0 || !_h.Autoclear.HasFlag(AutoclearFeatures.Bitmaps)) return;
-        long dirOffset = _h.BitmapDirectoryOffset, dirSize = _h.BitmapDirectorySize;
-        Claim(claims, dirOffset, dirSize, MetadataKind.BitmapDirectory);
-        Reference(dirOffset, dirSize);
-        if (dirSize is <= 0 or > 64L << 20 || dirOffset < 0 || dirOffset > _file.Length - dirSize)
+        if (bitmaps.Count == 0) return true;
+        Claim(claims, _h.BitmapDirectoryOffset, _h.BitmapDirectorySize, MetadataKind.BitmapDirectory);
+        Reference(_h.BitmapDirectoryOffset, _h.BitmapDirectorySize);
+        foreach (var b in bitmaps)
         {
-            Fail($"ERROR could not read the bitmap directory ({dirSize} bytes at 0x{dirOffset:x})");
-            return;
-        }
-        var dir = new byte[dirSize];
-        _file.ReadAt(dir, dirOffset);
-        int at = 0;
-        for (int n = 0; n < _h.BitmapCount; n++)
-        {
-            // Directory entry: table offset u64, table size u32, flags u32, type u8, granularity u8,
-            // name size u16, extra data size u32, extra data, name, padding to 8 bytes.
-            if (at + 24 > dir.Length)
+            Reference(b.TableOffset, b.TableSize * 8L);
+            // Opening the image checked the tables of the bitmaps not in use; QEMU's check fails on
+            // any other table it cannot read whole and valid.
+            if (!b.TableReadable)
             {
-                Corrupt($"ERROR the bitmap directory is broken");
-                Fail($"ERROR the bitmap directory is shorter than its bitmaps need");
-                return;
+                Fail($"ERROR bitmap '{b.Name}': its table at 0x{b.TableOffset:x} cannot be read");
+                return false;
             }
-            long tableOffset = (long)BigEndian.U64(dir, at);
-            int tableSize = (int)Math.Min(BigEndian.U32(dir, at + 8), int.MaxValue);
-            int nameSize = BigEndian.U16(dir, at + 14);
-            long extra = BigEndian.U32(dir, at + 16);
-            at += (int)((24 + extra + nameSize + 7) & ~7L);
-            if (tableSize > MaxL1Entries) { Corrupt($"ERROR bitmap {n} table of {tableSize} entries is too large"); continue; }
-            Reference(tableOffset, tableSize * 8L);
-            foreach (ulong e in ReadInside(tableOffset, tableSize))
+            var table = BitmapDirectory.ReadTable(_file, b);
+            for (int i = 0; i < table.Length; i++)
             {
-                var entry = new BitmapTableEntry(e);
-                if (entry.IsInvalid || (entry.Offset & (_clusterSize - 1)) != 0)
+                var entry = new BitmapTableEntry(table[i]);
+                if (entry.IsInvalid(_clusterSize - 1))
                 {
-                    Corrupt($"ERROR bitmap {n} table entry {e:x} is invalid");
-                    continue;
+                    Fail($"ERROR bitmap '{b.Name}': its table entry {i} (0x{entry.Raw:x}) is invalid");
+                    return false;
                 }
                 if (entry.Offset != 0) Reference(entry.Offset, _clusterSize);
             }
         }
+        return true;
     }
 
     private void CountRefcountBlocks(MetadataMap claims)
@@ -404,7 +431,7 @@ public sealed class ImageChecker
     private void Reference(long offset, long size)
     {
         if (size <= 0) return;
-        if (offset < 0 || offset > long.MaxValue - size || offset + size - _file.Length >= _clusterSize)
+        if (offset < 0 || offset > long.MaxValue - size || offset + size - QemuFileLength >= _clusterSize)
         {
             Corrupt($"ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{offset:x} size 0x{size:x}");
             return;
@@ -427,6 +454,9 @@ public sealed class ImageChecker
         if (offset >= 0 && offset < _file.Length && claims.TryAdd(offset, Math.Min(length, _file.Length - offset), kind) is not null)
             for (long c = offset >> _bits; length > 0 && c <= (offset + length - 1) >> _bits; c++) _contested.Add(c);
     }
+
+    // QEMU measures a file in whole 512-byte sectors, its length rounded up.
+    private long QemuFileLength => (_file.Length + Qcow2Limits.SectorSize - 1) & ~(long)(Qcow2Limits.SectorSize - 1);
 
     // ---- comparing with the stored refcounts ----
 
@@ -500,13 +530,14 @@ public sealed class ImageChecker
         {
             if (area == _area) return _blockOffset != 0;
             _area = area;
-            _blockOffset = area < owner._table.Length ? new RefcountTableEntry(owner._table[area]).BlockOffset : 0;
-            if ((_blockOffset & (owner._clusterSize - 1)) != 0 || _blockOffset < 0)
+            long offset = area < owner._table.Length ? new RefcountTableEntry(owner._table[area]).BlockOffset : 0;
+            if ((offset & (owner._clusterSize - 1)) != 0 || offset < 0)
             {
                 _blockOffset = 0;
                 _area = -1;
-                throw new CorruptImageException(owner._path, $"refcount block offset 0x{owner._table[area]:x} {(_blockOffset < 0 ? "invalid" : "unaligned")} (refcount table index {area})");
+                throw new CorruptImageException(owner._path, $"refcount block offset 0x{owner._table[area]:x} {(offset < 0 ? "invalid" : "unaligned")} (refcount table index {area})");
             }
+            _blockOffset = offset;
             // A block past the end of the file reads as zeros, and is never written.
             if (_blockOffset >= owner._file.Length) _blockOffset = 0;
             if (_blockOffset != 0) owner._file.ReadAt(_block, _blockOffset);
@@ -678,7 +709,6 @@ public sealed class ImageChecker
         Write(field, HeaderField.NbSnapshots);
         _file.Flush();
         Say($"Repairing the snapshot table: it lies past the end of the file; its {_h.SnapshotCount} entries are dropped");
-        _report.Corruptions--;
         _report.CorruptionsFixed++;
     }
 
@@ -704,9 +734,13 @@ public sealed class ImageChecker
         return ReadEntries(offset, (int)(bytes / 8));
     }
 
-    /// <summary>The entries of a table that lie inside the file; those past its end would read as zeros, and are left out.</summary>
+    /// <summary>
+    /// The entries of a table that reach into the file; those wholly past its end would read as
+    /// zeros, and are left out. An entry the file ends inside keeps its bytes there and reads zeros
+    /// after them, as QEMU reads it.
+    /// </summary>
     private ulong[] ReadInside(long offset, int count) =>
-        offset < 0 ? [] : ReadEntries(offset, (int)Math.Clamp((_file.Length - offset) / 8, 0, count));
+        offset < 0 ? [] : ReadEntries(offset, (int)Math.Clamp((_file.Length - offset + 7) / 8, 0, count));
 
     private ulong[] ReadEntries(long offset, int count, ulong[]? into = null)
     {

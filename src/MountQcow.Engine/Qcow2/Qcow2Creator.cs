@@ -115,19 +115,19 @@ public static class Qcow2Creator
         int at = HeaderField.V3HeaderLength;
         if (o.BackingFile is not null && o.BackingFormat is not null)
             at = Extension(h, at, ExtensionType.BackingFormat, Encoding.UTF8.GetBytes(o.BackingFormat));
-        var names = new byte[KnownFeatures.All.Length * Qcow2Limits.FeatureNameEntryLength];
+        var names = new byte[KnownFeatures.All.Length * FeatureNameField.EntryLength];
         for (int i = 0; i < KnownFeatures.All.Length; i++)
         {
             var (kind, bit, name) = KnownFeatures.All[i];
-            int entry = i * Qcow2Limits.FeatureNameEntryLength;
-            names[entry] = (byte)kind;
-            names[entry + 1] = (byte)bit;
-            Encoding.ASCII.GetBytes(name, names.AsSpan(entry + 2, Qcow2Limits.FeatureNameLength));
+            int entry = i * FeatureNameField.EntryLength;
+            names[entry + FeatureNameField.Kind] = (byte)kind;
+            names[entry + FeatureNameField.Bit] = (byte)bit;
+            Encoding.ASCII.GetBytes(name, names.AsSpan(entry + FeatureNameField.Name, FeatureNameField.NameLength));
         }
         // The feature name table is optional; with 512-byte clusters it may not fit beside a backing file name.
         int backingLength = o.BackingFile is null ? 0 : Encoding.UTF8.GetByteCount(o.BackingFile);
-        if (at + 8 + names.Length + 8 + backingLength <= h.Length) at = Extension(h, at, ExtensionType.FeatureNameTable, names);
-        at += 8; // the end-of-extensions marker is all zeros
+        if (at + ExtensionField.Data + names.Length + ExtensionField.Data + backingLength <= h.Length) at = Extension(h, at, ExtensionType.FeatureNameTable, names);
+        at += ExtensionField.Data; // the end-of-extensions marker: type 0, length 0
         if (o.BackingFile is not null)
         {
             byte[] name = Encoding.UTF8.GetBytes(o.BackingFile);
@@ -140,10 +140,10 @@ public static class Qcow2Creator
 
     private static int Extension(byte[] h, int at, uint type, byte[] data)
     {
-        if (at + 8 + data.Length + 8 > h.Length) throw new ArgumentException("the header extensions do not fit in the first cluster");
-        BigEndian.Put(h, at, type);
-        BigEndian.Put(h, at + 4, (uint)data.Length);
-        data.CopyTo(h, at + 8);
-        return at + 8 + ((data.Length + 7) & ~7);
+        if (at + ExtensionField.Data + data.Length + ExtensionField.Data > h.Length) throw new ArgumentException("the header extensions do not fit in the first cluster");
+        BigEndian.Put(h, at + ExtensionField.Type, type);
+        BigEndian.Put(h, at + ExtensionField.Length, (uint)data.Length);
+        data.CopyTo(h, at + ExtensionField.Data);
+        return at + ExtensionField.Data + ((data.Length + 7) & ~7);
     }
 }

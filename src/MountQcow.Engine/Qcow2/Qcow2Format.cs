@@ -48,8 +48,8 @@ internal static class Qcow2Limits
     public const long MaxSnapshotTableBytes = 64L << 20;
     public const int Subclusters = 32;              // per cluster, with extended L2 entries
     public const int SectorSize = 512;              // unit of compressed cluster lengths
-    public const int FeatureNameEntryLength = 48;
-    public const int FeatureNameLength = 46;
+    public const int MaxBitmaps = 65535;            // QEMU's limit (QCOW2_MAX_BITMAPS)
+    public const long MaxBitmapDirectoryBytes = 1024L * MaxBitmaps;
 }
 
 /// <summary>incompatible_features (header bytes 72-79). An unknown bit means the image cannot be opened.</summary>
@@ -124,6 +124,32 @@ public enum CryptMethod : uint
     Luks = 2,
 }
 
+/// <summary>Byte offsets in a header extension's framing ("Header extensions" in qcow2.txt).</summary>
+internal static class ExtensionField
+{
+    public const int Type = 0;   // u32
+    public const int Length = 4; // u32 bytes of data, padded to 8 on disk
+    public const int Data = 8;
+}
+
+/// <summary>Byte offsets in an entry of the feature name table extension.</summary>
+internal static class FeatureNameField
+{
+    public const int Kind = 0;           // u8, a FeatureKind
+    public const int Bit = 1;            // u8
+    public const int Name = 2;           // 46 bytes, zero-padded, not terminated at full length
+    public const int NameLength = 46;
+    public const int EntryLength = 48;
+}
+
+/// <summary>Byte offsets in the full disk encryption header extension's data.</summary>
+internal static class EncryptionExtensionField
+{
+    public const int Offset = 0;       // u64, where the LUKS header lies
+    public const int Length = 8;       // u64 bytes of it
+    public const int DataLength = 16;
+}
+
 /// <summary>Header extension types ("Header extensions" in qcow2.txt).</summary>
 internal static class ExtensionType
 {
@@ -142,18 +168,69 @@ internal readonly struct BitmapTableEntry(ulong raw)
     private const ulong AllOnesFlag = 1;                    // bit 0: the cluster reads as all ones
     private const ulong ReservedMask = 0xff00_0000_0000_01fe;
 
+    public ulong Raw => raw;
+
+    /// <summary>Host offset of the bitmap's cluster; 0 when none is allocated (it reads as zeros, or all ones).</summary>
     public long Offset => (long)(raw & OffsetMask);
 
-    /// <summary>Whether the entry contradicts itself: reserved bits, or all-ones with a cluster.</summary>
-    public bool IsInvalid => (raw & ReservedMask) != 0 || ((raw & AllOnesFlag) != 0 && Offset != 0);
+    /// <summary>Whether the entry contradicts the format: reserved bits, or a cluster that is unaligned or also all ones.</summary>
+    public bool IsInvalid(long clusterMask) =>
+        (raw & ReservedMask) != 0 || (Offset != 0 && ((raw & AllOnesFlag) != 0 || (Offset & clusterMask) != 0));
 }
 
-/// <summary>Byte offsets in the bitmaps header extension's data.</summary>
+/// <summary>Byte offsets in the bitmaps header extension's data ("Bitmaps extension" in qcow2.txt).</summary>
 internal static class BitmapsExtensionField
 {
     public const int Count = 0;            // u32 nb_bitmaps
+    public const int Reserved = 4;         // u32, zero
     public const int DirectorySize = 8;    // u64 bitmap_directory_size
     public const int DirectoryOffset = 16; // u64 bitmap_directory_offset
+    public const int DataLength = 24;
+}
+
+/// <summary>
+/// Byte offsets in a bitmap directory entry ("Bitmap directory" in qcow2.txt). The fixed part is
+/// followed by extra data, the name, and zeros up to a multiple of 8 bytes.
+/// </summary>
+internal static class BitmapDirectoryField
+{
+    public const int TableOffset = 0;     // u64, cluster-aligned
+    public const int TableSize = 8;       // u32 entries
+    public const int Flags = 12;          // u32, BitmapFlags
+    public const int Type = 16;           // u8, 1: dirty tracking
+    public const int GranularityBits = 17; // u8
+    public const int NameSize = 18;       // u16
+    public const int ExtraDataSize = 20;  // u32
+    public const int FixedLength = 24;
+
+    public const byte DirtyTrackingType = 1;
+
+    /// <summary>Bytes of a whole entry with its extra data, name and padding.</summary>
+    public static long EntryLength(int nameSize, long extraDataSize) => (FixedLength + extraDataSize + nameSize + 7) & ~7L;
+}
+
+/// <summary>A bitmap directory entry's flags.</summary>
+[Flags]
+internal enum BitmapFlags : uint
+{
+    None = 0,
+    /// <summary>The bitmap was not saved since it was last changed: its contents may be stale.</summary>
+    InUse = 1u << 0,
+    /// <summary>Enabled: the bitmap must record every change of the virtual disk, by any writer.</summary>
+    Auto = 1u << 1,
+    /// <summary>Extra data this program does not know may be ignored.</summary>
+    ExtraDataCompatible = 1u << 2,
+}
+
+/// <summary>The limits QEMU puts on a bitmap directory entry (block/qcow2-bitmap.c); an image beyond them does not open in QEMU.</summary>
+internal static class BitmapLimits
+{
+    public const uint MaxTableEntries = 0x800_0000;
+    public const long MaxBytes = 0x2000_0000;       // bitmap data, table entries times the cluster size
+    public const int MinGranularityBits = 9;
+    public const int MaxGranularityBits = 31;
+    public const int MaxNameLength = 1023;
+    public const BitmapFlags KnownFlags = BitmapFlags.InUse | BitmapFlags.Auto; // QEMU refuses any other flag
 }
 
 /// <summary>An active or snapshot L1 entry: where one L2 table lives.</summary>

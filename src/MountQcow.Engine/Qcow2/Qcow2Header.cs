@@ -6,6 +6,9 @@ namespace MountQcow.Qcow2;
 /// <summary>A name the image gives one feature bit (the feature name table extension).</summary>
 public readonly record struct FeatureName(FeatureKind Kind, int Bit, string Name);
 
+/// <summary>The bitmaps header extension's fields as stored (zeros where its data is too short to hold them).</summary>
+internal readonly record struct BitmapsExtension(int DataLength, uint Count, uint Reserved, ulong DirectorySize, ulong DirectoryOffset);
+
 /// <summary>
 /// The parsed and checked header of a qcow2 image, with its header extensions. Every number
 /// is validated against the format and the file's size before anything else uses it.
@@ -45,14 +48,23 @@ public sealed record Qcow2Header
     /// <summary>Feature names from the image's own table.</summary>
     public IReadOnlyList<FeatureName> FeatureNames { get; private init; } = [];
 
+    /// <summary>
+    /// The bitmaps extension as stored; null when absent. Reading ignores bitmaps, so nothing here
+    /// is checked when an image is opened: the consistency check judges it as QEMU does.
+    /// </summary>
+    internal BitmapsExtension? Bitmaps { get; private init; }
+
     /// <summary>Number of persistent bitmaps (bitmaps extension), 0 when none.</summary>
-    public int BitmapCount { get; private init; }
+    public int BitmapCount => (int)Math.Min(Bitmaps?.Count ?? 0, int.MaxValue);
 
     /// <summary>Where the bitmap directory lies (bitmaps extension); 0 when none.</summary>
-    public long BitmapDirectoryOffset { get; private init; }
+    public long BitmapDirectoryOffset => (long)Math.Min(Bitmaps?.DirectoryOffset ?? 0, long.MaxValue);
 
     /// <summary>Bytes of the bitmap directory; 0 when none.</summary>
-    public long BitmapDirectorySize { get; private init; }
+    public long BitmapDirectorySize => (long)Math.Min(Bitmaps?.DirectorySize ?? 0, long.MaxValue);
+
+    /// <summary>Whether the bitmaps are to be trusted: the extension is there and the autoclear bit says it is consistent.</summary>
+    internal bool HasConsistentBitmaps => Bitmaps is not null && Autoclear.HasFlag(AutoclearFeatures.Bitmaps);
 
     /// <summary>The header after a snapshot table switch: a new count and table offset.</summary>
     internal Qcow2Header WithSnapshotTable(int count, long offset) => this with { SnapshotCount = count, SnapshotsOffset = offset };
@@ -107,7 +119,7 @@ public sealed record Qcow2Header
             {
                 Span<byte> magic = stackalloc byte[4];
                 file.ReadAt(magic, 0);
-                if (BigEndian.U32(magic, 0) == Qcow2Limits.Magic)
+                if (BigEndian.U32(magic, HeaderField.Magic) == Qcow2Limits.Magic)
                     throw new CorruptImageException(path, $"file of {fileLength} bytes is too short for a qcow2 header");
             }
             throw new NotQcow2Exception(path, fileLength == 0 ? "the file is empty" : $"only {fileLength} bytes long");
@@ -154,7 +166,9 @@ public sealed record Qcow2Header
             refcountOrder = (int)order;
             uint length = BigEndian.U32(first, HeaderField.HeaderLength);
             if (length < HeaderField.V3MinHeaderLength) Corrupt($"header_length {length} is below 104");
-            if (length % 8 != 0) Corrupt($"header_length {length} is not a multiple of 8");
+            // qcow2.txt asks writers for a multiple of 8, but a header of another length is still
+            // unambiguous (the extensions start right after it), and QEMU opens, checks and writes
+            // such images: refusing them would lock a user out of an image every QEMU tool reads.
             if (length > clusterSize) Corrupt($"header_length {length} exceeds the cluster size {clusterSize}");
             headerLength = (int)length;
             if (headerLength > HeaderField.CompressionType)
@@ -172,18 +186,17 @@ public sealed record Qcow2Header
         var names = new List<FeatureName>();
         var unknown = new List<uint>();
         string? backingFormat = null, dataFile = null;
-        int bitmaps = 0;
-        long bitmapDirectoryOffset = 0, bitmapDirectorySize = 0;
+        BitmapsExtension? bitmaps = null;
         bool encryptionHeader = false;
         long encryptionOffset = 0, encryptionLength = 0;
         int at = headerLength;
-        while (at + 8 <= extensionEnd)
+        while (at + ExtensionField.Data <= extensionEnd)
         {
-            uint type = BigEndian.U32(first, at);
-            uint len = BigEndian.U32(first, at + 4);
+            uint type = BigEndian.U32(first, at + ExtensionField.Type);
+            uint len = BigEndian.U32(first, at + ExtensionField.Length);
             if (type == ExtensionType.End) break;
-            if (len > extensionEnd - at - 8) Corrupt($"header extension 0x{type:x8} at offset {at} is {len} bytes, past the end of the extension area");
-            ReadOnlySpan<byte> data = first.Slice(at + 8, (int)len);
+            if (len > extensionEnd - at - ExtensionField.Data) Corrupt($"header extension 0x{type:x8} at offset {at} is {len} bytes, past the end of the extension area");
+            ReadOnlySpan<byte> data = first.Slice(at + ExtensionField.Data, (int)len);
             switch (type)
             {
                 case ExtensionType.BackingFormat:
@@ -193,31 +206,32 @@ public sealed record Qcow2Header
                     dataFile = Encoding.UTF8.GetString(data);
                     break;
                 case ExtensionType.FeatureNameTable:
-                    for (int e = 0; e + Qcow2Limits.FeatureNameEntryLength <= data.Length; e += Qcow2Limits.FeatureNameEntryLength)
+                    for (int e = 0; e + FeatureNameField.EntryLength <= data.Length; e += FeatureNameField.EntryLength)
                     {
-                        var entry = data.Slice(e, Qcow2Limits.FeatureNameEntryLength);
-                        var name = entry.Slice(2, Qcow2Limits.FeatureNameLength);
+                        var entry = data.Slice(e, FeatureNameField.EntryLength);
+                        var name = entry.Slice(FeatureNameField.Name, FeatureNameField.NameLength);
                         int nul = name.IndexOf((byte)0);
-                        names.Add(new((FeatureKind)entry[0], entry[1], Encoding.UTF8.GetString(nul < 0 ? name : name[..nul])));
+                        names.Add(new((FeatureKind)entry[FeatureNameField.Kind], entry[FeatureNameField.Bit], Encoding.UTF8.GetString(nul < 0 ? name : name[..nul])));
                     }
                     break;
                 case ExtensionType.Bitmaps:
-                    if (len < 24) Corrupt($"bitmaps extension is {len} bytes, expected at least 24");
-                    bitmaps = (int)Math.Min(BigEndian.U32(data, BitmapsExtensionField.Count), int.MaxValue);
-                    bitmapDirectorySize = (long)Math.Min(BigEndian.U64(data, BitmapsExtensionField.DirectorySize), long.MaxValue);
-                    bitmapDirectoryOffset = (long)Math.Min(BigEndian.U64(data, BitmapsExtensionField.DirectoryOffset), long.MaxValue);
+                    // Kept as stored, even when too short to hold its fields: the check reports it.
+                    bitmaps = len < BitmapsExtensionField.DataLength
+                        ? new BitmapsExtension((int)len, 0, 0, 0, 0)
+                        : new BitmapsExtension((int)len, BigEndian.U32(data, BitmapsExtensionField.Count), BigEndian.U32(data, BitmapsExtensionField.Reserved),
+                            BigEndian.U64(data, BitmapsExtensionField.DirectorySize), BigEndian.U64(data, BitmapsExtensionField.DirectoryOffset));
                     break;
                 case ExtensionType.FullDiskEncryption:
-                    if (len < 16) Corrupt($"full disk encryption extension is {len} bytes, expected 16");
+                    if (len < EncryptionExtensionField.DataLength) Corrupt($"full disk encryption extension is {len} bytes, expected {EncryptionExtensionField.DataLength}");
                     encryptionHeader = true;
-                    encryptionOffset = (long)Math.Min(BigEndian.U64(data, 0), long.MaxValue);
-                    encryptionLength = (long)Math.Min(BigEndian.U64(data, 8), long.MaxValue);
+                    encryptionOffset = (long)Math.Min(BigEndian.U64(data, EncryptionExtensionField.Offset), long.MaxValue);
+                    encryptionLength = (long)Math.Min(BigEndian.U64(data, EncryptionExtensionField.Length), long.MaxValue);
                     break;
                 default:
                     unknown.Add(type);
                     break;
             }
-            at += 8 + (int)((len + 7) & ~7u);
+            at += ExtensionField.Data + (int)((len + 7) & ~7u);
         }
 
         var header = new Qcow2Header
@@ -241,9 +255,7 @@ public sealed record Qcow2Header
             BackingFormat = backingFormat,
             DataFile = dataFile,
             FeatureNames = names,
-            BitmapCount = bitmaps,
-            BitmapDirectoryOffset = bitmapDirectoryOffset,
-            BitmapDirectorySize = bitmapDirectorySize,
+            Bitmaps = bitmaps,
             HasEncryptionHeader = encryptionHeader,
             EncryptionHeaderOffset = encryptionOffset,
             EncryptionHeaderLength = encryptionLength,

@@ -57,18 +57,27 @@ public sealed partial class Qcow2Image
         _writer = new ImageWriter(_file, map, _map, h.L1TableOffset, _flushBarriers);
         long maxBytes = _file is FileBlockDevice { IsBlockDevice: true } device ? device.Length : MaxHostBytes;
         _refcounts = new Refcounts(_writer, Path, h, maxBytes >> h.ClusterBits, _reservations, WriteRefcountTableLocation);
+        IReadOnlyList<Bitmap> bitmaps;
         try
         {
             RegisterMetadata(map);
+            bitmaps = BitmapDirectory.Read(_file, h, Path); // the check read them already
         }
         catch (CorruptImageException e)
         {
             throw RefuseWriting(e.Detail);
         }
-        // An image may only be written with autoclear bits this program does not maintain cleared first.
+        // An image may only be written with the autoclear bits this program does not maintain
+        // cleared first. It keeps the bitmaps consistent the way QEMU does while it has an image
+        // open: every enabled bitmap, which must record each write, is marked in use (its data
+        // no longer trusted) before the first write; a disabled one records nothing and stays
+        // valid. So the bitmaps bit stays, and QEMU finds the bitmaps, and their clusters, as it
+        // would after a VM wrote and stopped without saving them.
         if (h.Version >= 3 && h.Autoclear != AutoclearFeatures.None)
         {
-            WriteHeaderU64(HeaderField.AutoclearFeatures, 0);
+            var keep = h.HasConsistentBitmaps ? AutoclearFeatures.Bitmaps : AutoclearFeatures.None;
+            if (keep != AutoclearFeatures.None) MarkInUse(bitmaps);
+            if (h.Autoclear != keep) WriteHeaderU64(HeaderField.AutoclearFeatures, (ulong)keep);
             _writer.Barrier();
         }
         if (_compressWrites) _refcounts.EnablePacking();
@@ -87,7 +96,8 @@ public sealed partial class Qcow2Image
         if (h.L1Size > 0) map.Add(h.L1TableOffset, h.L1Size * 8L, MetadataKind.ActiveL1, "the active L1 table");
         _refcounts!.RegisterMetadata(map);
         if (h.SnapshotCount > 0) map.Add(h.SnapshotsOffset, _snapshotTableBytes, MetadataKind.SnapshotTable, "the snapshot table");
-        if (h.BitmapDirectorySize > 0) map.Add(h.BitmapDirectoryOffset, h.BitmapDirectorySize, MetadataKind.BitmapDirectory, "the bitmap directory");
+        // A stale directory (autoclear bit clear) is no metadata any more: QEMU drops it, and its clusters leak.
+        if (h.HasConsistentBitmaps) map.Add(h.BitmapDirectoryOffset, h.BitmapDirectorySize, MetadataKind.BitmapDirectory, "the bitmap directory");
         RegisterL2Tables(map, _map.L1, "active");
         foreach (var s in Snapshots)
         {
@@ -107,6 +117,18 @@ public sealed partial class Qcow2Image
             if ((l2 & _clusterMask) != 0 || l2 > _file.Length - _clusterSize)
                 throw new CorruptImageException(Path, $"L2 table offset 0x{l2:x} {((l2 & _clusterMask) != 0 ? "unaligned" : "lies past the end of the file")} ({owner} L1 index {i})");
             map.Add(l2, _clusterSize, MetadataKind.L2Table, $"the L2 table of {owner} L1 index {i}");
+        }
+    }
+
+    // Each flags field is 4 bytes at a multiple of 4, inside one sector: a crash keeps it whole, old or new.
+    private void MarkInUse(IReadOnlyList<Bitmap> bitmaps)
+    {
+        Span<byte> flags = stackalloc byte[4];
+        foreach (var b in bitmaps)
+        {
+            if (!b.Auto || b.InUse) continue;
+            BinaryPrimitives.WriteUInt32BigEndian(flags, (uint)(b.Flags | BitmapFlags.InUse));
+            _writer!.Metadata(MetadataKind.BitmapDirectory, flags, b.EntryOffset + BitmapDirectoryField.Flags);
         }
     }
 

@@ -23,16 +23,21 @@ public sealed record Snapshot(
 internal static class SnapshotTable
 {
     /// <summary>Reads every entry; <paramref name="tableBytes"/> is how many bytes the table takes in the file.</summary>
-    /// <remarks>With <paramref name="checkL1"/> false, an entry whose L1 table is unaligned, too large or
-    /// outside the file is returned rather than refused (the checker reports such entries itself).</remarks>
-    public static IReadOnlyList<Snapshot> Read(IBlockDevice file, Qcow2Header header, string path, out long tableBytes, bool checkL1 = true)
+    /// <remarks>
+    /// With <paramref name="forCheck"/>, the table is read as QEMU's check reads it: what lies past
+    /// the end of the file reads as zeros (an entry cut off there keeps its bytes and reads zeros
+    /// after them), and an entry whose L1 table is unaligned, too large or outside the file is
+    /// returned rather than refused; the checker reports such entries itself.
+    /// </remarks>
+    public static IReadOnlyList<Snapshot> Read(IBlockDevice file, Qcow2Header header, string path, out long tableBytes, bool forCheck = false)
     {
         tableBytes = 0;
         if (header.SnapshotCount == 0) return [];
         long fileLength = file.Length;
         long clusterMask = header.ClusterSize - 1;
+        bool checkL1 = !forCheck;
         // The table's length is only known by walking it; read it in growing pieces, bounded by QEMU's limit.
-        long limit = Math.Min(Qcow2Limits.MaxSnapshotTableBytes, fileLength - header.SnapshotsOffset);
+        long limit = Math.Min(Qcow2Limits.MaxSnapshotTableBytes, (forCheck ? long.MaxValue : fileLength) - header.SnapshotsOffset);
         var table = new byte[(int)Math.Min(limit, Math.Max(4096, header.SnapshotCount * 128L))];
         file.ReadAt(table, header.SnapshotsOffset);
         var list = new List<Snapshot>(header.SnapshotCount);
