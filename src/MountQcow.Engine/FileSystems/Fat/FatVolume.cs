@@ -28,6 +28,7 @@ public sealed class FatVolume
     private readonly TimeZoneInfo _zone;
     private readonly string _where;
     private long _freeClusters = -1;
+    private long _runsHeld; // runs of every chain walked so far: in a sound volume, at most one per cluster
 
     private FatVolume(IBlockDevice device, FatBootSector boot, string where, TimeZoneInfo zone)
     {
@@ -61,6 +62,13 @@ public sealed class FatVolume
 
     /// <summary>Data clusters of the volume.</summary>
     public long ClusterCount => _boot.ClusterCount;
+
+    /// <summary>
+    /// The most directory entries the volume can hold (every cluster and the fixed root full of
+    /// them): a reader that keeps entries can bound them by this, since in a sound volume no two
+    /// directories share a cluster.
+    /// </summary>
+    public long MaxEntries => (_boot.ClusterCount * _boot.ClusterSize + (long)_boot.RootEntries * DirField.EntrySize) / DirField.EntrySize;
 
     /// <summary>The root directory. Its times are FAT's epoch (the root has no entry of its own), as Linux shows them.</summary>
     public FatEntry Root { get; }
@@ -220,12 +228,20 @@ public sealed class FatVolume
                     }
                     if (next != cluster + 1)
                     {
+                        // Chains of a sound volume share no cluster, so all their runs together are at most
+                        // one per cluster: more means chains cross (or one loops), and memory stays bounded.
+                        if (Volatile.Read(ref _runsHeld) + starts.Count >= _boot.ClusterCount)
+                        {
+                            damage = $"the chain of {entry.Path} brings the pieces of all chains read past the volume's {_boot.ClusterCount} clusters: chains share clusters";
+                            break;
+                        }
                         starts.Add(index);
                         clusters.Add(next);
                     }
                     cluster = next;
                 }
             }
+            Interlocked.Add(ref _runsHeld, starts.Count);
             var runs = new ClusterRuns([.. starts], [.. clusters], index, damage);
             long revisit = runs.FirstRevisit();
             return revisit < 0 ? runs : runs.Cut(revisit, $"the chain of {entry.Path} comes back after {revisit} clusters to a cluster it passed (a loop)");
