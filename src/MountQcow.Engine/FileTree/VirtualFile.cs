@@ -8,7 +8,7 @@ namespace MountQcow.FileTree;
 /// One file of a mount: the whole disk or one partition, a window on a block device.
 /// Every operation is safe from many threads at once.
 /// </summary>
-public sealed class VirtualFile
+public sealed class VirtualFile : ITreeFile, IHostRunSource
 {
     private long _allocated = -1;
 
@@ -87,80 +87,63 @@ public sealed class VirtualFile
         }
     }
 
-    /// <summary>
-    /// Plans a read of [offset, offset + length), clamped to the end of the file, into at most
-    /// <paramref name="pieces"/>.Length pieces: with <paramref name="hostRanges"/>, ranges that lie
-    /// unchanged in the image file (or a backing file) become host-file pieces; everything else,
-    /// and all that is left when only one piece remains, is one piece to compute per stretch.
-    /// Returns the number of pieces (0 at or past the end).
-    /// </summary>
-    public int PlanRead(long offset, long length, Span<ReadPiece> pieces, bool hostRanges)
-    {
-        if (offset < 0 || length < 0) throw new FileTreeException(FsStatus.InvalidArgument, "negative offset or length");
-        if (pieces.IsEmpty) throw new ArgumentException("no room for a piece", nameof(pieces));
-        long end = offset + Math.Min(length, Math.Max(0, Length - offset));
-        _tree.ReadRequests.Increment();
-        _tree.ReadBytes.Add(end - offset);
-        int count = 0;
-        for (long at = offset; at < end;)
-        {
-            if (!hostRanges || count == pieces.Length - 1)
-            {
-                pieces[count++] = new ReadPiece(at, end - at, null, 0);
-                break;
-            }
-            var run = HostRunAt(at, end);
-            if (run.File is not null)
-            {
-                _tree.HostRangeBytes.Add(run.Length);
-                pieces[count++] = new ReadPiece(at, run.Length, run.File, run.Offset);
-                at += run.Length;
-                continue;
-            }
-            // Bytes to compute: this run and the computed runs right after it.
-            long stretch = run.Length;
-            while (at + stretch < end && HostRunAt(at + stretch, end) is { File: null } next) stretch += next.Length;
-            pieces[count++] = new ReadPiece(at, stretch, null, 0);
-            at += stretch;
-        }
-        return count;
-    }
+    /// <inheritdoc/>
+    public int PlanRead(long offset, long length, Span<ReadPiece> pieces, bool hostRanges) =>
+        ReadPlanner.Plan(this, Length, offset, length, pieces, hostRanges, _tree);
 
-    private HostRun HostRunAt(long offset, long end)
+    HostRun IHostRunSource.HostRunAt(long offset, long end)
     {
         var run = Device.GetHostRun(offset, end - offset);
         return run with { Length = Math.Clamp(run.Length, 1, end - offset) };
     }
 
     /// <summary>
-    /// Checks an open: for writing only where the file is writable, and, while a file system is
+    /// Checks an open: for writing only where the file is writable; while a file system is
     /// mounted from this file or from a partition inside it (<see cref="Hold"/>), only by that
-    /// file system's own driver (<paramref name="byHolder"/>): writing its bytes underneath it
-    /// would corrupt it.
+    /// file system's own driver (<paramref name="byHolder"/>), and while the tree reads a file
+    /// system from it (<see cref="VirtualFileTree.AddFileSystemView"/>), by no one: writing its
+    /// bytes underneath either would corrupt it.
     /// </summary>
     public void Open(bool forWriting, bool byHolder = false)
     {
         if (!forWriting) return;
         RefuseIfReadOnly();
-        if (byHolder) return;
-        if (Held) throw new FileTreeException(FsStatus.Busy, $"{Name} is in use: a file system is mounted from it");
-        if (Partition is null && Folder?.FileList.FirstOrDefault(f => f.Held) is { } partition)
-            throw new FileTreeException(FsStatus.Busy, $"{Name} is in use: a file system is mounted from {partition.Name}");
+        var (holder, hold) = (this, HoldOf(this));
+        if (Partition is null && Folder is not null) // the disk: the strongest hold of its partitions
+            foreach (var f in Folder.FileList)
+                if (HoldOf(f) > hold) (holder, hold) = (f, HoldOf(f));
+        string from = holder == this ? "from it" : $"from {holder.Name}";
+        if (hold == HoldKind.ReadHere) throw new FileTreeException(FsStatus.Busy, $"{Name} is in use: the mount reads a file system {from}");
+        if (hold == HoldKind.Driver && !byHolder) throw new FileTreeException(FsStatus.Busy, $"{Name} is in use: a file system is mounted {from}");
     }
 
     /// <summary>The folder that holds the file (its disk's).</summary>
     internal VirtualFolder? Folder { get; set; }
 
-    private int _held;
+    /// <summary>Who keeps a file's bytes from being written underneath a file system read from it.</summary>
+    private enum HoldKind { None, Driver, ReadHere }
 
-    /// <summary>Whether a file system is mounted from this file (see <see cref="Hold"/>).</summary>
-    public bool Held => Volatile.Read(ref _held) == 1;
+    private int _held; // a HoldKind, only ever raised
+
+    private static HoldKind HoldOf(VirtualFile file) => (HoldKind)Volatile.Read(ref file._held);
+
+    /// <summary>Whether a file system is mounted or read from this file (see <see cref="Hold"/>).</summary>
+    public bool Held => HoldOf(this) != HoldKind.None;
 
     /// <summary>
     /// A file system is mounted from this file from now on: it, and the disk it is a partition
     /// of, open for writing only by the file system's driver (<see cref="Open"/>). For the mount's life.
     /// </summary>
-    public void Hold() => Volatile.Write(ref _held, 1);
+    public void Hold() => Raise(HoldKind.Driver);
+
+    /// <summary>The tree reads a file system from this file from now on: it and its disk open for writing by no one. For the mount's life.</summary>
+    internal void HoldForReading() => Raise(HoldKind.ReadHere);
+
+    private void Raise(HoldKind kind)
+    {
+        int now;
+        while ((now = Volatile.Read(ref _held)) < (int)kind && Interlocked.CompareExchange(ref _held, (int)kind, now) != now) { }
+    }
 
     private void RefuseIfReadOnly()
     {

@@ -1,4 +1,5 @@
 using System.Text;
+using MountQcow.FileSystems.Fat;
 using MountQcow.Partitions;
 using MountQcow.Storage;
 
@@ -13,12 +14,13 @@ public sealed record SnapshotDisk(string Id, string Name, IBlockDevice Disk);
 /// internal snapshots, <c>snapshots/NAME/</c> with each snapshot's own <c>disk.raw</c> and
 /// <c>pN.raw</c>, read-only.
 /// </summary>
-public sealed class VirtualFileTree : IDisposable
+public sealed partial class VirtualFileTree : IDisposable
 {
     private readonly CancellationTokenSource _stop = new();
     private readonly List<VirtualFile> _files = [];
     private readonly List<VirtualFolder> _folders = [];
     private VirtualLink[] _links = [];
+    private FileSystemView[] _views = [];
     private readonly List<string> _warnings = [];
     private int _scanStarted;
 
@@ -76,14 +78,51 @@ public sealed class VirtualFileTree : IDisposable
         if (!Safe(name)) throw new ArgumentException($"not a safe file name for a link: {name}", nameof(name));
         lock (_folders)
         {
-            if (folder.FolderList.Any(f => f.Name == name) || folder.FileList.Any(f => f.Name == name) || folder.Links.Any(l => l.Name == name))
-                throw new ArgumentException($"{name} is taken in its folder", nameof(name));
+            if (Taken(folder, name)) throw new ArgumentException($"{name} is taken in its folder", nameof(name));
             var link = new VirtualLink(this, _links.Length, name, target);
             Volatile.Write(ref _links, [.. _links, link]);
             Volatile.Write(ref folder.LinkArray, [.. folder.LinkArray, link]);
             return link;
         }
     }
+
+    /// <summary>Every file system the tree reads itself, in the order added.</summary>
+    public IReadOnlyList<FileSystemView> Views => Volatile.Read(ref _views);
+
+    /// <summary>
+    /// Shows the FAT file system of <paramref name="file"/> as the folder <paramref name="name"/>
+    /// of <paramref name="folder"/> (<c>p1</c> beside <c>p1.raw</c>), read-only, read by the
+    /// tree itself; from then on the file and its disk open for writing by no one (the reader
+    /// trusts the bytes it read to stay). Before the tree is served, or while it is as
+    /// <see cref="AddLink"/>. Times are read in <paramref name="zone"/> (the host's by default).
+    /// </summary>
+    /// <exception cref="CorruptFileSystemException">The file holds no sound FAT (its boot sector).</exception>
+    /// <exception cref="ArgumentException">The name is taken or unsafe.</exception>
+    public FileSystemView AddFileSystemView(VirtualFolder folder, string name, VirtualFile file, TimeZoneInfo? zone = null)
+    {
+        if (!Safe(name)) throw new ArgumentException($"not a safe file name for a folder: {name}", nameof(name));
+        if (Taken(folder, name)) throw new ArgumentException($"{name} is taken in its folder", nameof(name));
+        string where = PathOf(folder) + file.Name;
+        var volume = FatVolume.Open(file.Device, where, zone);
+        lock (_folders)
+        {
+            if (Taken(folder, name)) throw new ArgumentException($"{name} is taken in its folder", nameof(name));
+            if (_views.Length >= MaxViews) throw new ArgumentException($"more than {MaxViews} file systems", nameof(file));
+            var view = new FileSystemView(this, _views.Length, name, file, where, volume);
+            file.HoldForReading();
+            Volatile.Write(ref _views, [.. _views, view]);
+            Volatile.Write(ref folder.ViewArray, [.. folder.ViewArray, view]);
+            return view;
+        }
+    }
+
+    private const int MaxViews = 1 << 21; // the bits a ViewNode.Id gives the view's index
+
+    private static bool Taken(VirtualFolder folder, string name) =>
+        folder.FolderList.Any(f => f.Name == name) || folder.FileList.Any(f => f.Name == name) || folder.Links.Any(l => l.Name == name) || folder.Views.Any(v => v.Name == name);
+
+    /// <summary>A folder's path in the mount, with a trailing "/" ("" for the root).</summary>
+    private static string PathOf(VirtualFolder folder) => folder.Parent is null ? "" : PathOf(folder.Parent) + folder.Name + "/";
 
     /// <summary>The current disk's partition table.</summary>
     public PartitionTable Partitions { get; }
@@ -174,7 +213,7 @@ public sealed class VirtualFileTree : IDisposable
 
     private VirtualFolder AddFolder(VirtualFolder? parent, string name, bool folderWritable, bool hidden = false)
     {
-        var folder = new VirtualFolder(this, _folders.Count, name, folderWritable) { Hidden = hidden };
+        var folder = new VirtualFolder(this, _folders.Count, name, folderWritable) { Hidden = hidden, Parent = parent };
         _folders.Add(folder);
         parent?.FolderList.Add(folder);
         return folder;
@@ -214,100 +253,20 @@ public sealed class VirtualFileTree : IDisposable
         return names;
     }
 
-    private static bool Safe(string name) =>
-        name.Length > 0 && name is not "." and not ".." && Encoding.UTF8.GetByteCount(name) <= 255
+    /// <summary>The longest name a backend may be given, in UTF-8 bytes (Linux's NAME_MAX).</summary>
+    public const int MaxNameBytes = 255;
+
+    /// <summary>Whether a backend can show a name on every platform (see <see cref="SnapshotFolderNames"/>).</summary>
+    internal static bool Safe(string name) =>
+        name.Length > 0 && name is not "." and not ".." && Encoding.UTF8.GetByteCount(name) <= MaxNameBytes
         && !name.Any(c => c < 0x20 || "/\\:*?\"<>|".Contains(c)) && !name.EndsWith('.') && !name.EndsWith(' ');
-
-    /// <summary>What a "/"-separated UTF-8 path names (a leading "/" is allowed), compared exactly.</summary>
-    public TreeEntry Lookup(ReadOnlySpan<byte> utf8Path)
-    {
-        var folder = Root;
-        while (true)
-        {
-            while (!utf8Path.IsEmpty && utf8Path[0] == (byte)'/') utf8Path = utf8Path[1..];
-            if (utf8Path.IsEmpty) return new TreeEntry(folder, null, true);
-            int slash = utf8Path.IndexOf((byte)'/');
-            var name = slash < 0 ? utf8Path : utf8Path[..slash];
-            bool last = slash < 0 || utf8Path[slash..].TrimStart((byte)'/').IsEmpty;
-            VirtualFolder? sub = null;
-            foreach (var f in folder.FolderList)
-                if (name.SequenceEqual(f.NameUtf8)) sub = f;
-            if (sub is null)
-            {
-                if (last)
-                {
-                    foreach (var f in folder.FileList)
-                        if (name.SequenceEqual(f.NameUtf8)) return new TreeEntry(null, f, true);
-                    foreach (var l in Volatile.Read(ref folder.LinkArray)) // an array: no enumerator to allocate
-                        if (name.SequenceEqual(l.NameUtf8)) return new TreeEntry(null, null, true, l);
-                }
-                return new TreeEntry(null, null, last);
-            }
-            folder = sub;
-            utf8Path = slash < 0 ? default : utf8Path[slash..];
-        }
-    }
-
-    /// <summary>
-    /// What a UTF-16 path names, its parts separated by <paramref name="separator"/> (Windows: '\\'),
-    /// with <paramref name="ignoreCase"/> compared as Windows compares names (P1.RAW is p1.raw).
-    /// </summary>
-    public TreeEntry Lookup(ReadOnlySpan<char> path, char separator, bool ignoreCase)
-    {
-        var comparison = ignoreCase ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal;
-        var folder = Root;
-        while (true)
-        {
-            path = path.TrimStart(separator);
-            if (path.IsEmpty) return new TreeEntry(folder, null, true);
-            int at = path.IndexOf(separator);
-            var name = at < 0 ? path : path[..at];
-            bool last = at < 0 || path[at..].TrimStart(separator).IsEmpty;
-            VirtualFolder? sub = null;
-            foreach (var f in folder.FolderList)
-                if (name.Equals(f.Name, comparison)) sub = f;
-            if (sub is null)
-            {
-                if (last)
-                    foreach (var f in folder.FileList)
-                        if (name.Equals(f.Name, comparison)) return new TreeEntry(null, f, true);
-                return new TreeEntry(null, null, last);
-            }
-            folder = sub;
-            path = at < 0 ? default : path[at..];
-        }
-    }
-
-    /// <summary>
-    /// Creating, deleting or renaming a file: the tree shows a fixed set of files, so every such
-    /// change is refused, as read-only where the whole tree is.
-    /// </summary>
-    public void ChangeEntries(string what)
-    {
-        CheckAccess(write: true);
-        throw new FileTreeException(FsStatus.NotPermitted, $"{what}: the mount shows a fixed set of files");
-    }
-
-    /// <summary>Checks access to the tree: writing only where the tree is writable.</summary>
-    public void CheckAccess(bool write)
-    {
-        if (write && !Writable) throw new FileTreeException(FsStatus.ReadOnly, "the mount is read-only");
-    }
-
-    /// <summary>Checks access to a folder or file: writing only where it is writable (never a snapshot's).</summary>
-    public void CheckAccess(TreeEntry entry, bool write)
-    {
-        if (!entry.Found) throw new FileTreeException(FsStatus.NotFound, "no such file or folder");
-        CheckAccess(write);
-        if (write && !(entry.File?.Writable ?? entry.Folder?.Writable ?? false))
-            throw new FileTreeException(FsStatus.ReadOnly, $"{entry.File?.Name ?? entry.Folder?.Name ?? entry.Link!.Name} is read-only");
-    }
 
     /// <summary>
     /// What the tree reports as its volume: block size, size (the disk's; none of it free), files,
-    /// longest name, and a name and serial number for backends that show them (Windows).
+    /// longest name, and a name and serial number for backends that show them (Windows). A file
+    /// system the tree reads reports its own (<see cref="VolumeOf"/>).
     /// </summary>
-    public readonly record struct VolumeFigures(int BlockSize, long Blocks, int Files, int MaxNameLength)
+    public readonly record struct VolumeFigures(int BlockSize, long Blocks, int Files, int MaxNameLength, long FreeBlocks = 0)
     {
         public long TotalBytes => Blocks * BlockSize;
         public const string Label = "mountqcow";
@@ -318,9 +277,12 @@ public sealed class VirtualFileTree : IDisposable
         get
         {
             const int block = 4096;
-            return new VolumeFigures(block, (Files[0].Length + block - 1) / block, Files.Count + Folders.Count + Links.Count, 255);
+            return new VolumeFigures(block, (Files[0].Length + block - 1) / block, Files.Count + Folders.Count + Links.Count + Views.Count, MaxNameBytes);
         }
     }
+
+    /// <summary>The volume a path lies in: a file system's the tree reads, else the tree's.</summary>
+    public VolumeFigures VolumeOf(TreeEntry entry) => entry.Node?.View.Figures ?? Volume;
 
     /// <summary>A serial number for the volume, the same for every mount of the same image as it was.</summary>
     public uint VolumeSerial => (uint)(Modified.ToUnixTimeSeconds() ^ Files[0].Length ^ (Files[0].Length >> 32));

@@ -2,13 +2,14 @@ using System.Text;
 
 namespace MountQcow.FileTree;
 
-/// <summary>A folder of the tree: the root, <c>snapshots</c>, or one snapshot's folder. Read-only but for the root of a writable tree.</summary>
+/// <summary>A folder of the tree: the root, <c>snapshots</c>, one snapshot's folder, the hidden ones. Read-only but for the root of a writable tree.</summary>
 public sealed class VirtualFolder
 {
     private readonly VirtualFileTree _tree;
     internal readonly List<VirtualFolder> FolderList = [];
     internal readonly List<VirtualFile> FileList = [];
     internal VirtualLink[] LinkArray = []; // replaced whole, never changed in place: links come while the tree is served
+    internal FileSystemView[] ViewArray = []; // likewise
 
     internal VirtualFolder(VirtualFileTree tree, int index, string name, bool writable)
     {
@@ -36,6 +37,12 @@ public sealed class VirtualFolder
     public IReadOnlyList<VirtualFile> Files => FileList;
 
     public IReadOnlyList<VirtualLink> Links => Volatile.Read(ref LinkArray);
+
+    /// <summary>The file systems the tree reads, shown as folders here (see <see cref="VirtualFileTree.AddFileSystemView"/>).</summary>
+    public IReadOnlyList<FileSystemView> Views => Volatile.Read(ref ViewArray);
+
+    /// <summary>The folder that holds it; null for the root.</summary>
+    internal VirtualFolder? Parent { get; init; }
 
     /// <summary>What a backend shows for this folder.</summary>
     public FileFacts Facts => new(2L * Index + 1, true, Writable, 0, 0, _tree.Modified);

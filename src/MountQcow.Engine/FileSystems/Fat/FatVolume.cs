@@ -36,7 +36,8 @@ public sealed class FatVolume
         _boot = boot;
         _where = where;
         _zone = zone;
-        var epoch = FatTime.Decode(0, 0, 0, zone);
+        // The root has no entry, so no times: Linux shows the Unix epoch for it.
+        var epoch = DateTimeOffset.UnixEpoch;
         Root = new FatEntry(null, "", "", isDirectory: true, boot.RootCluster, 0, -1, epoch, epoch, epoch);
     }
 
@@ -70,7 +71,7 @@ public sealed class FatVolume
     /// </summary>
     public long MaxEntries => (_boot.ClusterCount * _boot.ClusterSize + (long)_boot.RootEntries * DirField.EntrySize) / DirField.EntrySize;
 
-    /// <summary>The root directory. Its times are FAT's epoch (the root has no entry of its own), as Linux shows them.</summary>
+    /// <summary>The root directory. Its times are the Unix epoch (the root has no entry of its own), as Linux shows them.</summary>
     public FatEntry Root { get; }
 
     /// <summary>
