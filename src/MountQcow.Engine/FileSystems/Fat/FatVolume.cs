@@ -97,7 +97,8 @@ public sealed class FatVolume
 
     /// <summary>
     /// The entries of a directory (without "." and "..", the volume label, deleted entries).
-    /// Read anew at each call.
+    /// Read anew at each call, as new entries: keep them (as the tree does), since the runs of
+    /// the chains walked through each entry count once per entry against the volume's bound.
     /// </summary>
     /// <exception cref="CorruptFileSystemException">The directory's chain is broken, loops, or leads back to itself.</exception>
     public IReadOnlyList<FatEntry> ReadDirectory(FatEntry directory)
