@@ -49,3 +49,15 @@ public sealed class WrongPassphraseException(string path)
 /// <summary>The image is encrypted and no passphrase was given; the message says how to give one.</summary>
 public sealed class KeyNeededException(string path, string kind)
     : ImageException($"{path} is encrypted ({kind}): give its passphrase with --key-file FILE (or type it when asked on a terminal)");
+
+/// <summary>
+/// A file system inside the image (a FAT partition read by this program) contradicts its format:
+/// a number out of range, a cluster chain that loops or ends early, a directory that contains
+/// itself. The message names the partition and the place.
+/// </summary>
+public sealed class CorruptFileSystemException(string where, string kind, string detail)
+    : ImageException($"{where}: damaged {kind} file system: {detail}")
+{
+    /// <summary>What is wrong, without the partition's name.</summary>
+    public string Detail { get; } = detail;
+}

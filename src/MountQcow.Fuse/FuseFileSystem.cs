@@ -90,7 +90,6 @@ internal static unsafe class FuseFileSystem
     }
     private static Action<string>? s_log;
     private static uint s_uid, s_gid;
-    private static long s_mtimeSeconds;
 
     /// <summary>The operations table, pointing at this class's callbacks.</summary>
     public static fuse_operations Operations(VirtualFileTree tree, Action<string>? log)
@@ -99,10 +98,14 @@ internal static unsafe class FuseFileSystem
         s_log = log;
         s_uid = LibFuse3.getuid();
         s_gid = LibFuse3.getgid();
-        s_mtimeSeconds = tree.Modified.ToUnixTimeSeconds();
         return new fuse_operations
         {
             getattr = (nint)(delegate* unmanaged<byte*, void*, fuse_file_info*, int>)&GetAttr,
+            mkdir = (nint)(delegate* unmanaged<byte*, uint, int>)&MakeDirectory,
+            unlink = (nint)(delegate* unmanaged<byte*, int>)&Unlink,
+            rmdir = (nint)(delegate* unmanaged<byte*, int>)&RemoveDirectory,
+            rename = (nint)(delegate* unmanaged<byte*, byte*, uint, int>)&Rename,
+            create = (nint)(delegate* unmanaged<byte*, uint, fuse_file_info*, int>)&Create,
             readlink = (nint)(delegate* unmanaged<byte*, byte*, nuint, int>)&ReadLink,
             truncate = (nint)(delegate* unmanaged<byte*, long, fuse_file_info*, int>)&Truncate,
             open = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Open,
@@ -148,8 +151,9 @@ internal static unsafe class FuseFileSystem
         return -Errno(status);
     }
 
-    // A folder's handle has the top bit set; a file's is its index + 1.
-    private const ulong FolderHandle = 1UL << 63;
+    // A folder's handle has the top bit set; a file's is its index + 1; a file's or folder's inside
+    // a file system the tree reads is its id (bit 62 set, see ViewNode.Id).
+    private const ulong FolderHandle = 1UL << 63, NodeHandle = 1UL << 62;
 
     // What a path names, found without allocating.
     private static TreeEntry EntryAt(byte* path) =>
@@ -162,12 +166,11 @@ internal static unsafe class FuseFileSystem
         if (fi != null && fi->fh != 0 && fi->fh <= (ulong)s_tree.Files.Count) return new TreeEntry(null, s_tree.Files[(int)fi->fh - 1], true);
         if (fi != null && (fi->fh & FolderHandle) != 0 && (fi->fh & ~FolderHandle) < (ulong)s_tree.Folders.Count)
             return new TreeEntry(s_tree.Folders[(int)(fi->fh & ~FolderHandle)], null, true);
+        if (fi != null && (fi->fh & (FolderHandle | NodeHandle)) == NodeHandle) return s_tree.EntryOfNode((long)fi->fh);
         return EntryAt(path);
     }
 
-    private static VirtualFile? FileOf(byte* path, fuse_file_info* fi) => EntryOf(path, fi).File;
-
-    private static VirtualFolder? FolderOf(byte* path, fuse_file_info* fi) => EntryOf(path, fi).Folder;
+    private static ITreeFile? FileOf(byte* path, fuse_file_info* fi) => EntryOf(path, fi).AnyFile;
 
     [UnmanagedCallersOnly]
     private static void* Init(fuse_conn_info* conn, fuse_config* cfg)
@@ -208,10 +211,8 @@ internal static unsafe class FuseFileSystem
         if (Volatile.Read(ref s_awaitedCount) > 0) NoteServing();
         try
         {
-            var entry = EntryOf(path, fi);
-            if ((entry.File?.Facts ?? entry.Folder?.Facts ?? entry.Link?.Facts) is not { } facts) return -ENOENT;
-            uint kind = facts.IsLink ? S_IFLNK : facts.IsDirectory ? S_IFDIR : S_IFREG;
-            FillStat(stat, kind | facts.Permissions, facts.Links, facts.Length, (facts.AllocatedBytes + 511) / 512);
+            if (EntryOf(path, fi).Facts is not { } facts) return -ENOENT;
+            FillStat(stat, facts);
             return 0;
         }
         catch (Exception e)
@@ -239,8 +240,13 @@ internal static unsafe class FuseFileSystem
         }
     }
 
-    private static void FillStat(void* stat, uint mode, uint links, long size, long blocks)
+    /// <summary>A stat from the tree's facts: the change time is the modification time, as on Linux's vfat.</summary>
+    private static void FillStat(void* stat, in FileFacts facts)
     {
+        uint mode = (facts.IsLink ? S_IFLNK : facts.IsDirectory ? S_IFDIR : S_IFREG) | facts.Permissions;
+        uint links = facts.Links;
+        long size = facts.Length, blocks = (facts.AllocatedBytes + 511) / 512;
+        long atime = facts.LastAccess.ToUnixTimeSeconds(), mtime = facts.Modified.ToUnixTimeSeconds();
         if (RuntimeInformation.ProcessArchitecture == Architecture.Arm64)
         {
             var s = (stat_arm64*)stat;
@@ -252,7 +258,8 @@ internal static unsafe class FuseFileSystem
             s->st_size = size;
             s->st_blksize = MaxRequest;
             s->st_blocks = blocks;
-            s->st_atim = s->st_mtim = s->st_ctim = s_mtimeSeconds;
+            s->st_atim = atime;
+            s->st_mtim = s->st_ctim = mtime;
         }
         else
         {
@@ -265,7 +272,8 @@ internal static unsafe class FuseFileSystem
             s->st_size = size;
             s->st_blksize = MaxRequest; // tools size their buffers from this
             s->st_blocks = blocks;
-            s->st_atim = s->st_mtim = s->st_ctim = s_mtimeSeconds;
+            s->st_atim = atime;
+            s->st_mtim = s->st_ctim = mtime;
         }
     }
 
@@ -275,9 +283,9 @@ internal static unsafe class FuseFileSystem
         try
         {
             var entry = EntryAt(path);
-            if (entry.File is not { } file) return entry.Folder is not null ? -EISDIR : -ENOENT;
+            if (entry.AnyFile is not { } file) return entry.IsFolder ? -EISDIR : -ENOENT;
             file.Open(forWriting: (fi->flags & O_ACCMODE) != O_RDONLY, byHolder: FromHolder());
-            fi->fh = (ulong)file.Index + 1;
+            fi->fh = entry.Node is { } node ? (ulong)node.Id : (ulong)entry.File!.Index + 1;
             // Read-only: the kernel keeps pages cached (nothing changes them). Read-write: no page
             // cache (FOPEN_DIRECT_IO): a write goes straight from the writer's buffer to the image,
             // with one copy less, whole (not cut at page boundaries), and every opener sees the
@@ -433,8 +441,8 @@ internal static unsafe class FuseFileSystem
         try
         {
             var entry = EntryAt(path);
-            if (entry.Folder is not { } folder) return entry.File is not null ? -ENOTDIR : -ENOENT;
-            fi->fh = FolderHandle | (uint)folder.Index;
+            if (!entry.IsFolder) return entry.Found ? -ENOTDIR : -ENOENT;
+            fi->fh = entry.Node is { } node ? (ulong)node.Id : FolderHandle | (uint)entry.Folder!.Index;
             return 0;
         }
         catch (Exception e)
@@ -448,16 +456,24 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            if (FolderOf(path, fi) is not { } folder) return -ENOENT;
+            var entry = EntryOf(path, fi);
+            if (!entry.IsFolder) return -ENOENT;
             var fill = (delegate* unmanaged<void*, byte*, void*, long, int, int>)filler;
             byte* dot = stackalloc byte[] { (byte)'.', 0, (byte)'.', (byte)'.', 0 };
             fill(buffer, dot, null, 0, 0);
             fill(buffer, dot + 2, null, 0, 0);
             byte* name = stackalloc byte[256];
+            if (entry.Node is { } node)
+            {
+                foreach (var child in node.Children) Fill(fill, buffer, name, child.NameUtf8);
+                return 0;
+            }
+            var folder = entry.Folder!;
             foreach (var sub in folder.Folders)
                 if (!sub.Hidden) Fill(fill, buffer, name, sub.NameUtf8);
             foreach (var file in folder.Files) Fill(fill, buffer, name, file.NameUtf8);
             foreach (var link in folder.Links) Fill(fill, buffer, name, link.NameUtf8);
+            foreach (var view in folder.Views) Fill(fill, buffer, name, view.NameUtf8);
             return 0;
         }
         catch (Exception e)
@@ -479,10 +495,11 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            var volume = s_tree.Volume;
+            var volume = s_tree.VolumeOf(EntryAt(path));
             *st = default;
             st->f_bsize = st->f_frsize = (ulong)volume.BlockSize;
             st->f_blocks = (ulong)volume.Blocks;
+            st->f_bfree = st->f_bavail = (ulong)volume.FreeBlocks;
             st->f_files = (ulong)volume.Files;
             st->f_namemax = (ulong)volume.MaxNameLength;
             return 0;
@@ -490,6 +507,35 @@ internal static unsafe class FuseFileSystem
         catch (Exception e)
         {
             return Fail(e, "statfs");
+        }
+    }
+
+    // Creating, deleting, renaming: the tree refuses each (read-only inside a file system it reads).
+    [UnmanagedCallersOnly]
+    private static int MakeDirectory(byte* path, uint mode) => RefuseChange(path, "mkdir");
+
+    [UnmanagedCallersOnly]
+    private static int Unlink(byte* path) => RefuseChange(path, "unlink");
+
+    [UnmanagedCallersOnly]
+    private static int RemoveDirectory(byte* path) => RefuseChange(path, "rmdir");
+
+    [UnmanagedCallersOnly]
+    private static int Rename(byte* from, byte* to, uint flags) => RefuseChange(from, "rename");
+
+    [UnmanagedCallersOnly]
+    private static int Create(byte* path, uint mode, fuse_file_info* fi) => RefuseChange(path, "create");
+
+    private static int RefuseChange(byte* path, string what)
+    {
+        try
+        {
+            s_tree.ChangeEntries(path == null ? default : MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path), what);
+            return -EPERM;
+        }
+        catch (Exception e)
+        {
+            return Fail(e, what);
         }
     }
 

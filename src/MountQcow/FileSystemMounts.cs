@@ -13,23 +13,21 @@ internal enum FilesMode { User, Kernel }
 /// this process (one process per file system: a process serving both layers of stacked FUSE
 /// mounts can deadlock). <see cref="Arguments"/> takes source, target, writable, as root.
 /// </summary>
-internal sealed record FileSystemDriver(string Program, string Package, bool Writes, Func<string, string, bool, bool, string[]> Arguments)
+internal sealed record FileSystemDriver(string Program, string Package, Func<string, string, bool, bool, string[]> Arguments)
 {
     /// <summary>The user-space driver Debian ships for a file system type as blkid names it, or null.</summary>
     public static FileSystemDriver? ForType(string type) => type switch
     {
         // fakeroot: an ordinary user reads the VM's files as root would (its permission checks).
-        "ext2" or "ext3" or "ext4" => new("fuse2fs", "fuse2fs", true, (s, t, w, root) => [s, t, "-f", "-o", (w ? "rw" : "ro") + (root ? "" : ",fakeroot")]),
-        "ntfs" => new("ntfs-3g", "ntfs-3g", true, (s, t, w, _) => ["-o", (w ? "rw" : "ro") + ",no_detach", s, t]),
-        // fusefat writes only with "rw+", which it calls experimental and dangerous: read-only here.
-        "vfat" => new("fusefat", "fusefat", false, (s, t, _, _) => ["-f", "-o", "ro", s, t]),
-        _ => null,
+        "ext2" or "ext3" or "ext4" => new("fuse2fs", "fuse2fs", (s, t, w, root) => [s, t, "-f", "-o", (w ? "rw" : "ro") + (root ? "" : ",fakeroot")]),
+        "ntfs" => new("ntfs-3g", "ntfs-3g", (s, t, w, _) => ["-o", (w ? "rw" : "ro") + ",no_detach", s, t]),
+        _ => null, // FAT is read by the tree itself (see FileSystemMounts.Plan)
     };
 
     /// <summary>The kernel's name for a file system type, where <c>--files=kernel</c> mounts it.</summary>
     public static string? KernelType(string type) => type switch
     {
-        "ext2" or "ext3" or "ext4" or "xfs" or "btrfs" or "vfat" => type,
+        "ext2" or "ext3" or "ext4" or "xfs" or "btrfs" => type,
         "ntfs" => "ntfs3",
         _ => null,
     };
@@ -48,8 +46,10 @@ internal sealed record FileSystemDriver(string Program, string Package, bool Wri
 
 /// <summary>
 /// <c>--files</c>: each partition's file system (the whole disk's, without a partition table;
-/// each snapshot's too) mounted by its driver on a folder of a private directory, and shown in
-/// the mount as a link <c>pN</c> beside <c>pN.raw</c>. The drivers read the partition files
+/// each snapshot's too) shown as <c>pN</c> beside <c>pN.raw</c>. FAT is read by the tree itself
+/// (<see cref="VirtualFileTree.AddFileSystemView"/>: a folder of the mount, no driver, no kernel).
+/// Every other file system is mounted by its driver on a folder of a private directory, and
+/// <c>pN</c> is a link to it. The drivers read the partition files
 /// through a second mount of the same tree inside that directory, never through the user's
 /// mount point: so fusermount3 -u or umount of the mount point works as for any mount (the
 /// kernel refuses to unmount a mount with mounts or open files inside it), and then the file
@@ -70,6 +70,7 @@ internal sealed class FileSystemMounts : IDisposable
     private const string Prefix = "mountqcow-files-";
 
     private readonly List<Inner> _inner = [];
+    private readonly List<object> _planned = []; // each Inner and FileSystemView, in the order of the partitions
     private readonly List<string> _folders = []; // made here, parents first
     private readonly FilesMode _mode;
     private readonly Action<string> _warn;
@@ -159,6 +160,19 @@ internal sealed class FileSystemMounts : IDisposable
             _warn($"{shown}: no file system recognised; only the file is shown");
             return;
         }
+        if (fs.Type == "vfat")
+        {
+            // Read here, read-only, in either mode: no driver to start, and no kernel parsing an untrusted FAT.
+            try
+            {
+                _planned.Add(_tree.AddFileSystemView(folder, name, file));
+            }
+            catch (ImageException e)
+            {
+                _warn($"{e.Message}; only the file is shown");
+            }
+            return;
+        }
         FileSystemDriver? driver = null;
         string? kernelType = null;
         if (_mode == FilesMode.Kernel)
@@ -197,12 +211,11 @@ internal sealed class FileSystemMounts : IDisposable
                 return;
             }
         }
-        bool writable = file.Writable && (driver?.Writes ?? true);
-        if (file.Writable && !writable)
-            _warn($"{shown}: {fs.Type} is mounted read-only ({driver!.Program} writes only experimentally)");
         string target = Path.Combine(Root, disk == 0 ? name : $"s{disk}-{name}");
         MakeFolder(target);
-        _inner.Add(new Inner(file, folder, name, shown, Path.Combine(RawFolder, _tree.AliasOf(file)), target, driver, kernelType, writable));
+        var inner = new Inner(file, folder, name, shown, Path.Combine(RawFolder, _tree.AliasOf(file)), target, driver, kernelType, file.Writable);
+        _inner.Add(inner);
+        _planned.Add(inner);
     }
 
     /// <summary>Whether a mount point is a <c>--files</c> mount's private mount of its tree (not one a user made).</summary>
@@ -375,8 +388,15 @@ internal sealed class FileSystemMounts : IDisposable
         FuseMount.Unmount(inner.Target, lazy: true);
     }
 
-    /// <summary>What the mount prints for the user: where each file system is.</summary>
-    public IEnumerable<string> Mounted() => _inner.Where(i => i.Mounted).Select(i => $"{Path.ChangeExtension(i.Shown, null)} ({What(i)})");
+    /// <summary>What the mount prints for the user: where each file system is, and what serves it.</summary>
+    public IEnumerable<string> Mounted()
+    {
+        foreach (object planned in _planned)
+        {
+            if (planned is Inner { Mounted: true } inner) yield return $"{Path.ChangeExtension(inner.Shown, null)} ({What(inner)})";
+            else if (planned is FileSystemView view) yield return $"{Path.ChangeExtension(view.Where, null)} ({view.Kind}, read here{(view.Source.Writable ? ", read-only" : "")})";
+        }
+    }
 
     /// <summary>
     /// Unmounts every file system (one in use is detached and served until its last user lets

@@ -83,7 +83,7 @@ internal static unsafe partial class Native
     [LibraryImport("libc", SetLastError = true)]
     private static partial int close(int fd);
 
-    private const int O_RDONLY = 0, O_NOCTTY = 0x100, O_CLOEXEC = 0x80000, TCSAFLUSH = 2;
+    private const int O_RDONLY = 0, O_NOCTTY = 0x100, O_CLOEXEC = 0x80000, TCSANOW = 0; // not TCSAFLUSH: what was typed ahead is the passphrase
     // struct termios: c_iflag, c_oflag, c_cflag, c_lflag (u32 each, so c_lflag at 12), then c_line and c_cc: 60 bytes on Linux.
     private const int TermiosBytes = 64, LocalFlags = 12;
     private const uint ECHO = 0x8;
@@ -108,12 +108,12 @@ internal static unsafe partial class Native
             new Span<byte>(saved, TermiosBytes).CopyTo(restore);
             void Restore()
             {
-                fixed (byte* r = restore) tcsetattr(tty, TCSAFLUSH, r);
+                fixed (byte* r = restore) tcsetattr(tty, TCSANOW, r);
             }
             using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, _ => Restore());
             using var terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, _ => Restore());
             using var hangUp = PosixSignalRegistration.Create(PosixSignal.SIGHUP, _ => Restore());
-            if (tcsetattr(tty, TCSAFLUSH, quiet) != 0) return null;
+            if (tcsetattr(tty, TCSANOW, quiet) != 0) return null;
             try
             {
                 var line = new List<byte>();

@@ -157,7 +157,7 @@ internal sealed class MountOptions : ImageReadingOptions
     [Option("rw", HelpText = "Mount read-write: writes to the files go into the image.")]
     public bool ReadWrite { get; set; }
 
-    [Option("files", MetaValue = "[kernel]", HelpText = "Also mount each partition's file system (the whole disk's without a partition table; each snapshot's), shown as a link pN beside pN.raw. Without root, by user-space drivers: fuse2fs (ext2/3/4), ntfs-3g (NTFS), fusefat (FAT, read-only). --files=kernel (root): the kernel's drivers through loop devices, which also read xfs and btrfs. Linux only.")]
+    [Option("files", MetaValue = "[kernel]", HelpText = "Also show each partition's file system (the whole disk's without a partition table; each snapshot's) as pN beside pN.raw. FAT is read by mountqcow itself (read-only). Without root, the others by user-space drivers: fuse2fs (ext2/3/4), ntfs-3g (NTFS), shown as links. --files=kernel (root): the kernel's drivers through loop devices, which also read xfs and btrfs (FAT is still read by mountqcow). Linux only.")]
     public string? Files { get; set; }
 
     [Option('o', "options", HelpText = "FUSE mount options, comma-separated (e.g. allow_other; nonempty mounts over a directory that holds files). Linux only.")]

@@ -33,8 +33,9 @@ public sealed class NewUserMountEdgeTests : IDisposable
             script.StandardInput.Write(typed);
             script.StandardInput.Flush();
             string Seen() { lock (seen) return seen.ToString(); }
-            Poll.Until(() => Seen() is var text && text.Contains("exit ") && text[text.LastIndexOf("exit ", StringComparison.Ordinal)..].Contains("icanon"),
-                "the command's exit status and the terminal's settings", seconds: 60);
+            bool Done() => Seen() is var text && text.Contains("exit ") && text[text.LastIndexOf("exit ", StringComparison.Ordinal)..].Contains("icanon");
+            for (var clock = System.Diagnostics.Stopwatch.StartNew(); !Done() && clock.Elapsed < TimeSpan.FromSeconds(60);) Thread.Sleep(20);
+            Assert.True(Done(), $"no exit status and terminal settings in 60 s; script printed: {Seen()}");
             script.StandardInput.Close();
             script.WaitForExit(10_000);
             string stdout = Seen();

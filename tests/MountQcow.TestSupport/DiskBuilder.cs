@@ -103,7 +103,7 @@ public static class DiskBuilder
     }
 
     /// <summary>Copies a file into another at an offset, leaving zero blocks unwritten (sparse).</summary>
-    private static void CopyInto(string from, string into, long offset)
+    public static void CopyInto(string from, string into, long offset)
     {
         using var source = File.OpenHandle(from);
         using var target = File.OpenHandle(into, FileMode.Open, FileAccess.Write);

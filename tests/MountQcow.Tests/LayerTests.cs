@@ -21,8 +21,8 @@ public sealed class LayerTests
     }
 
     [Fact]
-    public void TheFuseBackendKnowsNoImageFormatAndNoPartitions() =>
-        AssertKept(Types.InAssembly(Fuse).Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.Compression", "MountQcow.Partitions"));
+    public void TheFuseBackendKnowsNoImageFormatNoPartitionsAndNoFileSystemFormat() =>
+        AssertKept(Types.InAssembly(Fuse).Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.Compression", "MountQcow.Partitions", "MountQcow.FileSystems"));
 
     [Fact]
     public void TheDokanBackendKnowsNoImageFormatNoPartitionsAndNoOtherBackend() =>
@@ -40,12 +40,17 @@ public sealed class LayerTests
     [Fact]
     public void TheBlockEngineKnowsNoPartitionsTreeOrMounts() =>
         AssertKept(Types.InAssembly(Engine).That().ResideInNamespace("MountQcow.Qcow2").Or().ResideInNamespace("MountQcow.Storage").Or().ResideInNamespace("MountQcow.Compression").Or().ResideInNamespace("MountQcow.Crypto")
-            .Should().NotHaveDependencyOnAny("MountQcow.Partitions", "MountQcow.FileTree", "MountQcow.Fuse", "MountQcow.Dokan", "MountQcow.Host"));
+            .Should().NotHaveDependencyOnAny("MountQcow.Partitions", "MountQcow.FileSystems", "MountQcow.FileTree", "MountQcow.Fuse", "MountQcow.Dokan", "MountQcow.Host"));
 
     [Fact]
     public void PartitionsAreReadFromAnyDeviceNotFromQcow2() =>
         AssertKept(Types.InAssembly(Engine).That().ResideInNamespace("MountQcow.Partitions")
             .Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.FileTree", "MountQcow.Fuse", "MountQcow.Dokan", "MountQcow.Host"));
+
+    [Fact]
+    public void FileSystemsAreReadFromAnyDeviceNotFromQcow2NorPartitions() =>
+        AssertKept(Types.InAssembly(Engine).That().ResideInNamespace("MountQcow.FileSystems")
+            .Should().NotHaveDependencyOnAny("MountQcow.Qcow2", "MountQcow.Partitions", "MountQcow.FileTree", "MountQcow.Fuse", "MountQcow.Dokan", "MountQcow.Host"));
 
     /// <summary>The checker sees dependencies at all: the tree does use the partition reader.</summary>
     [Fact]

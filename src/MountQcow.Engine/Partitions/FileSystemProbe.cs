@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
+using MountQcow.FileSystems.Fat;
 using MountQcow.Storage;
 
 namespace MountQcow.Partitions;
@@ -29,7 +30,29 @@ public static class FileSystemProbe
             return null;
         }
         var found = Detect(head);
-        return found is { Type: "ntfs" } ? found with { Label = NtfsLabel(device, head) } : found;
+        return found switch
+        {
+            { Type: "ntfs" } => found with { Label = NtfsLabel(device, head) },
+            { Type: "vfat" } => found with { Label = FatLabel(device) ?? found.Label },
+            _ => found,
+        };
+    }
+
+    /// <summary>
+    /// FAT keeps its label twice, in the boot sector and as an entry of the root directory, and
+    /// tools that change it (mlabel, Windows) may leave the boot sector's old: the reader's label
+    /// (the root's, else the boot sector's), or null where the volume does not open.
+    /// </summary>
+    private static string? FatLabel(IBlockDevice device)
+    {
+        try
+        {
+            return FatVolume.Open(device, "probe").Label;
+        }
+        catch (Exception e) when (e is ImageException or IOException)
+        {
+            return null;
+        }
     }
 
     /// <summary>The file system whose first bytes are <paramref name="head"/> (up to 68 KiB), or null.</summary>
