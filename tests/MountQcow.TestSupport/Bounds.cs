@@ -129,7 +129,8 @@ public static class Bounds
     /// </summary>
     public static void Assert(Cost cost, string what, params int[] exitCodes)
     {
-        Xunit.Assert.True(cost.StoppedBecause is null && cost.Seconds < Seconds, $"{what}: not done within {Seconds} s ({cost})");
+        Xunit.Assert.True(cost.StoppedBecause is null, $"{what}: stopped by the watchdog ({cost})");
+        Xunit.Assert.True(cost.Seconds < Seconds, $"{what}: not done within {Seconds} s ({cost})");
         Xunit.Assert.True(cost.PeakKiB * 1024 < PeakBytes, $"{what}: peak {cost.PeakKiB / 1024} MiB resident, over {PeakBytes >> 20} MiB ({cost})");
         Xunit.Assert.True(exitCodes.Contains(cost.ExitCode!.Value), $"{what}: exit {cost.ExitCode} ({cost})");
         Xunit.Assert.DoesNotContain("internal error", cost.Stderr);
