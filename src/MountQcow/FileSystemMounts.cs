@@ -66,6 +66,15 @@ internal sealed class FileSystemMounts : IDisposable
     /// </summary>
     public const int MaxSnapshotDisks = 8;
 
+    /// <summary>
+    /// File systems mounted by a driver (or the kernel) at most, the current disk's first: a GPT
+    /// may name the same file system 16384 times, and each mount is a process or a loop device.
+    /// FAT, read in the tree, costs no process and is not counted.
+    /// </summary>
+    public const int MaxDrivers = 16;
+
+    private bool _saidFull;
+
     /// <summary>How the private directory's name starts (in the temporary folder).</summary>
     private const string Prefix = "mountqcow-files-";
 
@@ -210,6 +219,13 @@ internal sealed class FileSystemMounts : IDisposable
                 _warn($"{shown}: {fs.Type}, but {driver.Program} runs as root (set-user-ID), and root cannot read this user's mount unless /etc/fuse.conf has the line 'user_allow_other' (root can add it); only the file is shown");
                 return;
             }
+        }
+        if (_inner.Count == MaxDrivers)
+        {
+            if (!_saidFull)
+                _warn($"{shown} and what follows: {MaxDrivers} file systems are mounted already, the most one mount starts (each is a process, or a loop device); only their files are shown");
+            _saidFull = true;
+            return;
         }
         string target = Path.Combine(Root, disk == 0 ? name : $"s{disk}-{name}");
         MakeFolder(target);

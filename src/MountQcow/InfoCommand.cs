@@ -141,7 +141,7 @@ internal static class InfoCommand
     /// <summary>qemu-img snapshot -l's columns (its date in local time too), with the disk's size and where a mount shows it.</summary>
     public static void PrintSnapshots(SnapshotInfo[] snapshots)
     {
-        int tag = Math.Max(16, snapshots.Max(s => s.Name.Length));
+        int tag = Math.Clamp(snapshots.Max(s => s.Name.Length), 16, 64); // a longer name runs on past its column
         Console.WriteLine($"  {"ID",-4} {"TAG".PadRight(tag)} {"DISK SIZE",10} {"VM SIZE",10} {"DATE",-19} {"VM CLOCK",-13} FOLDER");
         foreach (var s in snapshots)
             Console.WriteLine(Cli.Printable($"  {s.Id,-4} {s.Name.PadRight(tag)} {Units.Bytes(s.DiskSize),10} {Units.Bytes(s.VmStateSize),10} {s.Date.ToLocalTime():yyyy-MM-dd HH:mm:ss} {s.VmClock,-13} {s.Folder}"));

@@ -422,16 +422,29 @@ internal sealed class SnapshotViews : IDisposable
 
     public List<SnapshotDisk> Disks { get; } = [];
 
+    private const long ViewL2Cache = 1 << 20;
+
     public IReadOnlyList<Qcow2Image> Images => _views;
+
+    /// <summary>Snapshots a mount shows at most: an image may hold 65536.</summary>
+    public const int MaxShown = 256;
+
+    /// <summary>Memory the shown snapshots' caches may take together (an L2 table cache and L1 pages each).</summary>
+    public const long MemoryBudget = 64L << 20;
 
     public static SnapshotViews Of(Qcow2Image image)
     {
         var views = new SnapshotViews();
-        foreach (var s in image.Snapshots)
+        // Each view's caches at their fullest: its L2 tables (1 MiB, or one table of larger clusters) and its L1 pages.
+        long perView = Math.Max(ViewL2Cache, image.Header.ClusterSize) + 256 * 1024;
+        int shown = (int)Math.Min(MaxShown, Math.Max(1, MemoryBudget / perView));
+        if (image.Snapshots.Count > shown)
+            Cli.Warn($"{image.Snapshots.Count} snapshots: the first {shown} are shown (under {VirtualFileTree.SnapshotsFolderName}/); read any other with 'export -s ID|NAME'");
+        foreach (var s in image.Snapshots.Take(shown))
         {
             try
             {
-                var view = image.OpenSnapshot(s);
+                var view = image.OpenSnapshot(s, ViewL2Cache);
                 views._views.Add(view);
                 views.Disks.Add(new SnapshotDisk(s.Id, s.Name, view));
             }

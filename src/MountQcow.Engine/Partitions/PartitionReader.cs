@@ -18,6 +18,12 @@ public static class PartitionReader
     private const byte GptProtective = 0xee;
     private const int MaxLogicalPartitions = 256;
     private const int MaxGptEntries = 16384;
+
+    /// <summary>Partitions of one disk shown at most, as Linux shows at most 256 (DISK_MAX_PARTS): a GPT may claim 16384.</summary>
+    public const int MaxPartitions = 256;
+
+    // Warnings about single entries, at most; then one line counts the rest.
+    private const int MaxEntryWarnings = 8;
     private static readonly int[] s_sectorSizes = [512, 4096];
 
     // GPT header fields (UEFI specification, "GPT Header").
@@ -138,11 +144,18 @@ public static class PartitionReader
     private static PartitionTable GptPartitions(IBlockDevice disk, int sector, GptHeader header, byte[] entries, List<string> warnings)
     {
         var list = new List<Partition>();
+        int firstWarning = warnings.Count;
+        string? capped = null;
         for (int i = 0; i < header.EntryCount; i++)
         {
             var entry = entries.AsSpan(i * header.EntrySize, header.EntrySize);
             var type = new Guid(entry.Slice(EntryType, 16));
             if (type == Guid.Empty) continue;
+            if (list.Count == MaxPartitions)
+            {
+                capped = $"GPT entries from {i + 1} on are left out: Linux shows at most {MaxPartitions} partitions of a disk, and so does this program";
+                break;
+            }
             // Bounded so that byte offsets cannot overflow; anything that large lies past the disk anyway.
             ulong limit = (ulong)(long.MaxValue / sector - 1);
             long first = (long)Math.Min(BinaryPrimitives.ReadUInt64LittleEndian(entry[EntryFirstLba..]), limit);
@@ -157,6 +170,13 @@ public static class PartitionReader
             if (clipped is { } length)
                 list.Add(new Partition(i + 1, first * sector, length, PartitionTypes.Gpt(type), 0, type, name, false));
         }
+        int entryWarnings = warnings.Count - firstWarning;
+        if (entryWarnings > MaxEntryWarnings)
+        {
+            warnings.RemoveRange(firstWarning + MaxEntryWarnings, entryWarnings - MaxEntryWarnings);
+            warnings.Add($"and {entryWarnings - MaxEntryWarnings} more warnings about GPT entries");
+        }
+        if (capped is not null) warnings.Add(capped);
         return new PartitionTable(PartitionScheme.Gpt, sector, list, warnings);
     }
 

@@ -74,7 +74,7 @@ public sealed class ImageChecker
     private readonly uint _refcountMax;
     private readonly CheckReport _report = new();
     private readonly HashSet<long> _contested = new(); // clusters two kinds of metadata claim: never rewritten by a repair
-    private uint[] _counts = [];                        // references per host cluster (QEMU's in-memory refcount table)
+    private ClusterCounts _counts = new(0);             // references per host cluster (QEMU's in-memory refcount table)
     private long _fileClusters;
     private bool _rebuild;
     private ulong[] _table;                             // the refcount table, host order
@@ -191,7 +191,7 @@ public sealed class ImageChecker
                 }
                 // Version 3 asks every entry for the extra data that holds the VM state's and the disk's sizes.
                 for (int i = 0; i < snapshots.Count && _h.Version >= 3; i++)
-                    if (snapshots[i].ExtraData.Length < SnapshotField.ExtraDiskSize + 8)
+                    if (snapshots[i].ExtraDataLength < SnapshotField.ExtraDiskSize + 8)
                         Corrupt($"ERROR snapshot table entry {i} is incomplete");
             }
             _report.TotalClusters = ((_h.VirtualSize & ~511L) + _clusterSize - 1) >> _bits;
@@ -240,7 +240,7 @@ public sealed class ImageChecker
     private bool Count(IReadOnlyList<Snapshot> snapshots, long snapshotBytes, IReadOnlyList<Bitmap> bitmaps)
     {
         _fileClusters = (_file.Length + _clusterSize - 1) >> _bits;
-        _counts = new uint[_fileClusters];
+        _counts = new ClusterCounts(_fileClusters);
         _report.AllocatedClusters = _report.FragmentedClusters = _report.CompressedClusters = 0;
         _contested.Clear();
         var claims = new MetadataMap(_path, _bits);
@@ -248,12 +248,20 @@ public sealed class ImageChecker
         Reference(0, _clusterSize);
         CountL1(_h.L1TableOffset, _h.L1Size, active: true, claims);
         if (_h.HasExternalDataFile && snapshots.Count > 0) Corrupt($"ERROR {snapshots.Count} snapshots in image with data file");
+        // Every snapshot has an L1 table of its own: one that another uses already is counted as a
+        // reference, never walked again (65536 snapshots naming one 32 MiB table would be 2 TiB of walking).
+        var walked = new HashSet<long> { _h.L1TableOffset };
         foreach (var s in snapshots)
         {
             if ((s.L1TableOffset & (_clusterSize - 1)) != 0)
                 Corrupt($"ERROR snapshot {s.Id} ({s.Name}) l1_offset=0x{s.L1TableOffset:x}: L1 table is not cluster aligned; snapshot table entry corrupted");
             else if (s.L1Size > MaxL1Entries)
                 Corrupt($"ERROR snapshot {s.Id} ({s.Name}) l1_size=0x{s.L1Size:x}: L1 table is too large; snapshot table entry corrupted");
+            else if (s.L1Size > 0 && !walked.Add(s.L1TableOffset))
+            {
+                Corrupt($"ERROR snapshot {s.Id} ({s.Name}) l1_offset=0x{s.L1TableOffset:x}: another L1 table lies there; snapshot table entry corrupted");
+                Reference(s.L1TableOffset, s.L1Size * 8L);
+            }
             else
                 CountL1(s.L1TableOffset, s.L1Size, active: false, claims);
         }
@@ -278,6 +286,7 @@ public sealed class ImageChecker
         Reference(offset, size * 8L);
         var l1 = ReadInside(offset, size);
         var l2 = new ulong[_clusterSize / 8];
+        var walked = new HashSet<long>();
         for (int i = 0; i < l1.Length; i++)
         {
             ulong entry = l1[i];
@@ -288,6 +297,13 @@ public sealed class ImageChecker
             Reference(l2Offset, _clusterSize);
             if ((l2Offset & (_clusterSize - 1)) != 0) Corrupt($"ERROR l2_offset={l2Offset:x}: Table is not cluster aligned; L1 entry corrupted");
             if (l2Offset >= _file.Length) continue; // reads as zeros: no references
+            // One L1 table names an L2 table once: one named again is counted, never walked again
+            // (4M entries naming one 2 MiB table would be 8 TiB of walking).
+            if (!walked.Add(l2Offset))
+            {
+                Corrupt($"ERROR l2_offset={l2Offset:x}: named by more than one L1 entry; L1 entry corrupted");
+                continue;
+            }
             ReadEntries(l2Offset, l2.Length, l2);
             CountL2(l2, l2Offset, active);
         }
@@ -437,7 +453,7 @@ public sealed class ImageChecker
             return;
         }
         long last = (offset + size - 1) >> _bits;
-        if (last >= _counts.Length) Array.Resize(ref _counts, (int)(last + 1));
+        _counts.Grow(last + 1);
         for (long c = offset >> _bits; c <= last; c++)
         {
             if (_counts[c] >= _refcountMax)
@@ -445,7 +461,7 @@ public sealed class ImageChecker
                 Corrupt($"ERROR: overflow cluster offset=0x{c << _bits:x}");
                 continue;
             }
-            _counts[c]++;
+            _counts[c] += 1;
         }
     }
 
@@ -464,8 +480,20 @@ public sealed class ImageChecker
     {
         long highest = -1;
         var reader = new BlockCursor(this);
+        long perBlock = 1L << _format.BlockBits(_bits);
         for (long c = 0; c < _counts.Length; c++)
         {
+            // Nothing counted and no refcount block: a stretch with nothing to compare, skipped whole
+            // (a sparse file may claim billions of clusters).
+            if (!reader.HasBlock(c))
+            {
+                long next = Math.Min(_counts.NextCounted(c), NextBlock(c, perBlock));
+                if (next > c)
+                {
+                    c = next - 1;
+                    continue;
+                }
+            }
             ulong stored;
             try
             {
@@ -502,6 +530,14 @@ public sealed class ImageChecker
         _report.ImageEndOffset = (highest + 1) << _bits;
     }
 
+    /// <summary>The first cluster after <paramref name="cluster"/>'s area whose area has a refcount block; past the counted clusters where none has.</summary>
+    private long NextBlock(long cluster, long perBlock)
+    {
+        for (long area = cluster / perBlock + 1; area < _table.Length; area++)
+            if (_table[area] != 0) return area * perBlock;
+        return long.MaxValue;
+    }
+
     /// <summary>Reads and writes stored refcounts cluster by cluster, one refcount block at a time.</summary>
     private sealed class BlockCursor(ImageChecker owner)
     {
@@ -512,6 +548,13 @@ public sealed class ImageChecker
         {
             if (!Load(cluster >> owner._format.BlockBits(owner._bits))) return 0;
             return owner._format.Get(_block, cluster & ((1L << owner._format.BlockBits(owner._bits)) - 1));
+        }
+
+        /// <summary>Whether the refcount block for <paramref name="cluster"/>'s area exists (a damaged entry counts as existing: reading it reports the damage).</summary>
+        public bool HasBlock(long cluster)
+        {
+            long area = cluster >> owner._format.BlockBits(owner._bits);
+            return area < owner._table.Length && owner._table[area] != 0;
         }
 
         /// <summary>Stores a refcount; false where the block cannot be written safely.</summary>
@@ -647,7 +690,7 @@ public sealed class ImageChecker
             {
                 if (blocks.ContainsKey(area)) continue;
                 long from = area * perBlock, to = Math.Min(_counts.Length, from + perBlock);
-                if (!_counts.AsSpan((int)from, (int)(to - from)).ContainsAnyExcept(0u)) continue;
+                if (!_counts.Any(from, to)) continue;
                 blocks[area] = AllocateFree(ref searchFrom, 1);
                 changed = true;
             }
@@ -696,7 +739,7 @@ public sealed class ImageChecker
             if (run == n) break;
             start += run + 1;
         }
-        if (start + n > _counts.Length) Array.Resize(ref _counts, (int)(start + n));
+        _counts.Grow(start + n);
         for (long c = start; c < start + n; c++) _counts[c] = 1;
         if (n == 1) searchFrom = start + 1;
         return start;

@@ -62,8 +62,8 @@ internal sealed class L2Cache
     /// <param name="l1Size">Number of L2 tables the image can have; no more slots than that are made.</param>
     public L2Cache(long budgetBytes, int clusterSize, int l1Size)
     {
-        // A power of two within the budget (at least 4 tables), but no more slots than the image has tables.
-        long tables = Math.Clamp(budgetBytes / clusterSize, 4, 1 << 20);
+        // A power of two within the budget (at least one table), but no more slots than the image has tables.
+        long tables = Math.Clamp(budgetBytes / clusterSize, 1, 1 << 20);
         tables = Math.Min(tables, (long)BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, l1Size)));
         int capacity = 1 << BitOperations.Log2((ulong)tables);
         _slots = new Table?[capacity];

@@ -41,7 +41,7 @@ public sealed partial class Qcow2Image
             long l1Offset = WriteTable(MemoryMarshal.AsBytes(disk.AsSpan()), MetadataKind.SnapshotL1, "the new snapshot's L1 table");
             string id = NextSnapshotId();
             var entry = SnapshotTable.Encode(id, name, l1Offset, _map.L1.Length, date, Length);
-            SwitchSnapshotTable([.. Snapshots.Select(s => s.Raw), entry]);
+            SwitchSnapshotTable([.. Snapshots.Select(s => (ReadOnlyMemory<byte>)s.ReadRaw(_file)), entry]);
             return Snapshots[^1];
         });
     }
@@ -54,7 +54,7 @@ public sealed partial class Qcow2Image
         {
             var l1 = BigEndian.ReadTable(_file, snapshot.L1TableOffset, snapshot.L1Size);
             var references = References(l1, active: false);
-            SwitchSnapshotTable(Snapshots.Where((_, i) => i != index).Select(s => s.Raw).ToList());
+            SwitchSnapshotTable(Snapshots.Where((_, i) => i != index).Select(s => (ReadOnlyMemory<byte>)s.ReadRaw(_file)).ToList());
             foreach (var (cluster, (count, kind)) in references)
                 for (int i = 0; i < count; i++) _refcounts!.Free(cluster, kind);
             FreeTable(snapshot.L1TableOffset, snapshot.L1Size * 8L, MetadataKind.SnapshotL1);
@@ -206,7 +206,7 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>Writes a new snapshot table of these entries into fresh clusters, durably, then switches the header to it and frees the old one.</summary>
-    private void SwitchSnapshotTable(List<byte[]> entries)
+    private void SwitchSnapshotTable(List<ReadOnlyMemory<byte>> entries)
     {
         long oldOffset = Header.SnapshotsOffset, oldBytes = _snapshotTableBytes;
         int oldCount = Header.SnapshotCount;

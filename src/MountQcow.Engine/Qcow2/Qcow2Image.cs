@@ -112,12 +112,8 @@ public sealed partial class Qcow2Image : IBlockDevice
     private MountQcow.Crypto.SectorCipher? _cipher;
 
     private Qcow2Image(string path, IBlockDevice file, IBlockDevice data, IBlockDevice? backing,
-        Qcow2Header header, ulong[] l1, IReadOnlyList<Snapshot> snapshots, long snapshotTableBytes, ImageOptions options)
-        : this(path, file, data, backing, header, new ClusterMap(file, path, header, l1, options.L2CacheBytes), snapshots, snapshotTableBytes, options, header.VirtualSize) { }
-
-    private Qcow2Image(string path, IBlockDevice file, IBlockDevice data, IBlockDevice? backing,
         Qcow2Header header, ClusterMap map, IReadOnlyList<Snapshot> snapshots, long snapshotTableBytes, ImageOptions options,
-        long length)
+        long length, CompressedClusterCache? compressed = null)
     {
         _length = length;
         _snapshotTableBytes = snapshotTableBytes;
@@ -131,7 +127,7 @@ public sealed partial class Qcow2Image : IBlockDevice
         _clusterSize = header.ClusterSize;
         _clusterMask = _clusterSize - 1;
         _map = map;
-        _compressed = new CompressedClusterCache(_clusterSize);
+        _compressed = compressed ?? new CompressedClusterCache(_clusterSize);
         _decompressInto = DecompressCluster;
         CanWrite = options.Writable;
         _compressWrites = options.Writable && options.CompressWrites;
@@ -243,6 +239,7 @@ public sealed partial class Qcow2Image : IBlockDevice
     /// with the snapshot's own size, through its L1 table, over the same files and backing chain
     /// as this image (which must stay open while the view is used; the view closes nothing).
     /// </summary>
+    /// <remarks>Memory: its L2 table cache (<paramref name="l2CacheBytes"/>, at least one table) and at most <see cref="PagedL1Table.Slots"/> pages of its L1 table.</remarks>
     /// <exception cref="CorruptImageException">The snapshot's L1 table is unreadable or too small for its size.</exception>
     public Qcow2Image OpenSnapshot(Snapshot snapshot, long l2CacheBytes = 1 << 20)
     {
@@ -253,7 +250,9 @@ public sealed partial class Qcow2Image : IBlockDevice
         Qcow2Header.CheckTable($"snapshot {snapshot.Id}: L1 table", snapshot.L1TableOffset, snapshot.L1Size * 8L, _clusterMask, _file.Length, Path);
         // Read on demand: many snapshots may each claim a large table, and none is read whole.
         var map = new ClusterMap(_file, Path, Header, new PagedL1Table(_file, snapshot.L1TableOffset, snapshot.L1Size), l2CacheBytes);
-        return new Qcow2Image(Path, _file, _data, _backing, Header, map, [], 0, new ImageOptions { L2CacheBytes = l2CacheBytes }, snapshot.DiskSize)
+        // The decompressed clusters are the image's own cache, which knows a cluster by where its compressed
+        // bytes lie: snapshots share them, and a view costs no more than its L2 table cache and its L1 pages.
+        return new Qcow2Image(Path, _file, _data, _backing, Header, map, [], 0, new ImageOptions { L2CacheBytes = l2CacheBytes }, snapshot.DiskSize, _compressed)
         {
             ShownSnapshot = snapshot,
             DataFilePath = DataFilePath,
@@ -310,7 +309,7 @@ public sealed partial class Qcow2Image : IBlockDevice
             }
             chain.Enter(path);
             var (cipher, encryption) = Unlock(file, header, path, options);
-            var l1 = ReadL1(file, header);
+            var map = MapOf(file, path, header, options);
             var snapshots = SnapshotTable.Read(file, header, path, out long snapshotTableBytes);
             var references = new List<ImageReference>();
             string? dataPath = null;
@@ -331,7 +330,7 @@ public sealed partial class Qcow2Image : IBlockDevice
                 backingPath = reference.Location;
                 (backing, backingFormat) = chain.OpenBacking(path, reference, header.BackingFormat, options);
             }
-            var image = new Qcow2Image(path, file, data ?? file, backing, header, l1, snapshots, snapshotTableBytes, options)
+            var image = new Qcow2Image(path, file, data ?? file, backing, header, map, snapshots, snapshotTableBytes, options, header.VirtualSize)
             {
                 DataFilePath = dataPath,
                 BackingPath = backingPath,
@@ -411,7 +410,15 @@ public sealed partial class Qcow2Image : IBlockDevice
         }
     }
 
-    private static ulong[] ReadL1(IBlockDevice file, Qcow2Header header) => BigEndian.ReadTable(file, header.L1TableOffset, header.L1Size);
+    /// <summary>
+    /// The cluster map through the active L1 table: read whole where the image is written (the
+    /// write path changes it) or the table is small, as every real one is (1 MiB of L1 maps 64 TiB
+    /// with 64 KiB clusters); read on demand otherwise, since each layer of a chain may claim 32 MiB.
+    /// </summary>
+    private static ClusterMap MapOf(IBlockDevice file, string path, Qcow2Header header, ImageOptions options) =>
+        options.Writable || header.L1Size * 8L <= 1 << 20
+            ? new ClusterMap(file, path, header, BigEndian.ReadTable(file, header.L1TableOffset, header.L1Size), options.L2CacheBytes)
+            : new ClusterMap(file, path, header, new PagedL1Table(file, header.L1TableOffset, header.L1Size), options.L2CacheBytes);
 
     public void ReadAt(Span<byte> buffer, long offset)
     {

@@ -13,10 +13,18 @@ public sealed record Snapshot(
     long DiskSize,
     long L1TableOffset,
     int L1Size,
-    byte[] ExtraData)
+    int ExtraDataLength)
 {
-    /// <summary>The entry as it lies in the table (without padding), copied as it is when the table is rewritten.</summary>
-    internal byte[] Raw { get; init; } = [];
+    /// <summary>Where the entry lies in the file (without its padding): read again and copied as it is when the table is rewritten.</summary>
+    internal (long Offset, int Length) Place { get; init; }
+
+    /// <summary>The entry's bytes as they lie in the file.</summary>
+    internal byte[] ReadRaw(IBlockDevice file)
+    {
+        var raw = new byte[Place.Length];
+        file.ReadAt(raw, Place.Offset);
+        return raw;
+    }
 }
 
 /// <summary>Reads and checks the snapshot table ("Snapshots" in qcow2.txt).</summary>
@@ -38,44 +46,58 @@ internal static class SnapshotTable
         bool checkL1 = !forCheck;
         // The table's length is only known by walking it; read it in growing pieces, bounded by QEMU's limit.
         long limit = Math.Min(Qcow2Limits.MaxSnapshotTableBytes, (forCheck ? long.MaxValue : fileLength) - header.SnapshotsOffset);
-        var table = new byte[(int)Math.Min(limit, Math.Max(4096, header.SnapshotCount * 128L))];
-        file.ReadAt(table, header.SnapshotsOffset);
-        var list = new List<Snapshot>(header.SnapshotCount);
+        // Entry by entry (a table may be 64 MiB of names): each read on its own, nothing of it kept
+        // but what a snapshot is and where its entry lies.
+        var list = new List<Snapshot>(Math.Min(header.SnapshotCount, 1024));
+        Span<byte> fixedPart = stackalloc byte[SnapshotField.FixedLength];
+        byte[] rest = [];
         long at = 0;
         for (int i = 0; i < header.SnapshotCount; i++)
         {
             string where = $"snapshot table entry {i} at 0x{header.SnapshotsOffset + at:x}";
-            EnsureRead(ref table, at + SnapshotField.FixedLength, limit, file, header, path, where);
-            var fixedPart = table.AsSpan((int)at, SnapshotField.FixedLength);
+            if (at + SnapshotField.FixedLength > limit) throw new CorruptImageException(path, $"{where} reaches past the end of the snapshot table area");
+            file.ReadAt(fixedPart, header.SnapshotsOffset + at);
             int idLength = BigEndian.U16(fixedPart, SnapshotField.IdLength);
             int nameLength = BigEndian.U16(fixedPart, SnapshotField.NameLength);
             uint extraLength = BigEndian.U32(fixedPart, SnapshotField.ExtraDataSize);
             if (extraLength > 1024) throw new CorruptImageException(path, $"{where}: {extraLength} bytes of extra data is too much");
             long entryLength = SnapshotField.FixedLength + extraLength + idLength + nameLength;
-            EnsureRead(ref table, at + entryLength, limit, file, header, path, where);
-            var entry = table.AsSpan((int)at, (int)entryLength);
-            var extra = entry.Slice(SnapshotField.FixedLength, (int)extraLength);
-            long vmState = BigEndian.U32(entry, SnapshotField.VmStateSize32);
+            if (at + entryLength > limit) throw new CorruptImageException(path, $"{where} reaches past the end of the snapshot table area");
+            int restLength = (int)(entryLength - SnapshotField.FixedLength);
+            if (rest.Length < restLength) rest = new byte[Math.Max(restLength, 2 * rest.Length)];
+            var variable = rest.AsSpan(0, restLength);
+            file.ReadAt(variable, header.SnapshotsOffset + at + SnapshotField.FixedLength);
+            var extra = variable[..(int)extraLength];
+            long vmState = BigEndian.U32(fixedPart, SnapshotField.VmStateSize32);
             long diskSize = header.VirtualSize;
             if (extra.Length >= SnapshotField.ExtraVmStateSize + 8) vmState = (long)BigEndian.U64(extra, SnapshotField.ExtraVmStateSize);
             if (extra.Length >= SnapshotField.ExtraDiskSize + 8) diskSize = (long)BigEndian.U64(extra, SnapshotField.ExtraDiskSize);
-            long l1Offset = (long)BigEndian.U64(entry, SnapshotField.L1TableOffset);
-            uint l1Size = BigEndian.U32(entry, SnapshotField.L1Size);
+            long l1Offset = (long)BigEndian.U64(fixedPart, SnapshotField.L1TableOffset);
+            uint l1Size = BigEndian.U32(fixedPart, SnapshotField.L1Size);
             if (checkL1 && (long)l1Size * 8 > Qcow2Limits.MaxL1Bytes) throw new CorruptImageException(path, $"{where}: L1 table of {l1Size} entries is too large");
             if (checkL1 && l1Size > 0) Qcow2Header.CheckTable($"{where}: L1 table", l1Offset, l1Size * 8L, clusterMask, fileLength, path);
-            int idAt = SnapshotField.FixedLength + (int)extraLength;
+            int idAt = (int)extraLength;
             list.Add(new Snapshot(
-                Encoding.UTF8.GetString(entry.Slice(idAt, idLength)),
-                Encoding.UTF8.GetString(entry.Slice(idAt + idLength, nameLength)),
-                DateTimeOffset.FromUnixTimeSeconds(BigEndian.U32(entry, SnapshotField.DateSeconds))
-                    .AddTicks(BigEndian.U32(entry, SnapshotField.DateNanoseconds) / 100),
-                TimeSpan.FromTicks((long)(BigEndian.U64(entry, SnapshotField.VmClockNs) / 100)),
-                vmState, diskSize, l1Offset, (int)Math.Min(l1Size, int.MaxValue), extra.ToArray()) { Raw = entry.ToArray() });
+                Shown(variable.Slice(idAt, idLength)),
+                Shown(variable.Slice(idAt + idLength, nameLength)),
+                DateTimeOffset.FromUnixTimeSeconds(BigEndian.U32(fixedPart, SnapshotField.DateSeconds))
+                    .AddTicks(BigEndian.U32(fixedPart, SnapshotField.DateNanoseconds) / 100),
+                TimeSpan.FromTicks((long)(BigEndian.U64(fixedPart, SnapshotField.VmClockNs) / 100)),
+                vmState, diskSize, l1Offset, (int)Math.Min(l1Size, int.MaxValue), (int)extraLength)
+            {
+                Place = (header.SnapshotsOffset + at, (int)entryLength),
+            });
             at += (entryLength + 7) & ~7L;
         }
         tableBytes = at;
         return list;
     }
+
+    /// <summary>Names (and ids) as shown: at most this many bytes of them; QEMU allows 65535, and a table of such names would be 64 MiB of text.</summary>
+    public const int MaxShownNameBytes = 1024;
+
+    private static string Shown(ReadOnlySpan<byte> name) =>
+        name.Length <= MaxShownNameBytes ? Encoding.UTF8.GetString(name) : Encoding.UTF8.GetString(name[..MaxShownNameBytes]) + $"… ({name.Length} bytes)";
 
     /// <summary>A new entry as QEMU writes one: no VM state, the disk's size and an icount of 0 in 24 bytes of extra data.</summary>
     public static byte[] Encode(string id, string name, long l1Offset, int l1Size, DateTimeOffset date, long diskSize)
@@ -98,25 +120,16 @@ internal static class SnapshotTable
     }
 
     /// <summary>A table of these entries, each padded to 8 bytes.</summary>
-    public static byte[] Build(IEnumerable<byte[]> entries)
+    public static byte[] Build(IEnumerable<ReadOnlyMemory<byte>> entries)
     {
         var list = entries.ToList();
         var table = new byte[list.Sum(e => (e.Length + 7) & ~7)];
         int at = 0;
         foreach (var e in list)
         {
-            e.CopyTo(table, at);
+            e.Span.CopyTo(table.AsSpan(at));
             at += (e.Length + 7) & ~7;
         }
         return table;
-    }
-
-    private static void EnsureRead(ref byte[] table, long needed, long limit, IBlockDevice file, Qcow2Header header, string path, string where)
-    {
-        if (needed <= table.Length) return;
-        if (needed > limit) throw new CorruptImageException(path, $"{where} reaches past the end of the snapshot table area");
-        var bigger = new byte[(int)Math.Min(limit, Math.Max(needed, (long)table.Length * 2))];
-        file.ReadAt(bigger, header.SnapshotsOffset);
-        table = bigger;
     }
 }
