@@ -158,7 +158,16 @@ internal static class ExportCommand
         if (!File.Exists(path))
         {
             var created = FileBlockDevice.Create(path, overwrite: false);
-            created.SetLength(size);
+            try
+            {
+                created.SetLength(size);
+            }
+            catch (Exception e) when (e is ImageIOException or ArgumentOutOfRangeException or IOException)
+            {
+                created.Dispose();
+                File.Delete(path); // nothing that looks like an export is left behind
+                throw new UserError($"{path}: cannot make a file of {Units.Bytes(size)} here (the file system refuses it; export to a pipe or a device instead)");
+            }
             return (created, true);
         }
         bool device;

@@ -128,4 +128,14 @@ public sealed class NewUserEdgeTests : IDisposable
             Assert.DoesNotContain("part of the path", r.Stderr);
         }
     }
+
+    /// <summary>A disk larger than the file system allows a file to be (ext4: 16 TiB): one line, and no empty output left behind.</summary>
+    [QemuFact]
+    public void ExportOfADiskNoFileCanHoldIsOneLine_AndLeavesNoFile()
+    {
+        string image = _b.Create("huge.qcow2", "2E", "cluster_size=2M");
+        string output = _b.PathOf("huge.raw");
+        AssertOneLineError(MountqcowProgram.Run("export", image, output), $"{output}: cannot make a file of 2 EiB here (the file system refuses it; export to a pipe or a device instead)");
+        Assert.False(File.Exists(output));
+    }
 }

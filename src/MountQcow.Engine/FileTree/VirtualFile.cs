@@ -223,11 +223,16 @@ public sealed class VirtualFile : ITreeFile, IHostRunSource
     public void Flush() => Device.Flush();
 
     /// <summary>Counts the bytes of the file that hold data.</summary>
-    internal void CountAllocation(CancellationToken cancel)
+    /// <remarks>
+    /// At most <see cref="VirtualFileTree.AllocationScanLimit"/> of work: an image may claim exabytes
+    /// in a pattern that misses every cache. Past it, the size on disk stays the file's length.
+    /// </remarks>
+    internal void CountAllocation(CancellationToken cancel, System.Diagnostics.Stopwatch clock)
     {
         long total = 0;
         for (long at = 0; at < Length && !cancel.IsCancellationRequested;)
         {
+            if (clock.Elapsed > VirtualFileTree.AllocationScanLimit) return;
             var extent = Device.GetExtent(at, Length - at);
             long n = Math.Max(1, extent.Length);
             if (extent.Kind == ExtentKind.Data) total += n;

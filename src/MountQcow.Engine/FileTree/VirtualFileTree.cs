@@ -292,6 +292,9 @@ public sealed partial class VirtualFileTree : IDisposable
     /// <summary>A serial number for the volume, the same for every mount of the same image as it was.</summary>
     public uint VolumeSerial => (uint)(Modified.ToUnixTimeSeconds() ^ Files[0].Length ^ (Files[0].Length >> 32));
 
+    /// <summary>The longest the allocation scan runs, for all files together; what it has not counted by then shows its length.</summary>
+    public static readonly TimeSpan AllocationScanLimit = TimeSpan.FromSeconds(30);
+
     /// <summary>Starts counting allocated bytes of every file on a background thread (once).</summary>
     public void StartAllocationScan()
     {
@@ -300,7 +303,8 @@ public sealed partial class VirtualFileTree : IDisposable
         {
             try
             {
-                foreach (var f in Files) f.CountAllocation(_stop.Token);
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                foreach (var f in Files) f.CountAllocation(_stop.Token, clock);
             }
             catch (Exception)
             {
