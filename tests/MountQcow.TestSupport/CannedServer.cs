@@ -15,7 +15,10 @@ public sealed class CannedServer : IDisposable
     private readonly List<string> _requests = [];
 
     /// <param name="answer">The whole response (status line, headers, body) for a request line such as "GET /x HTTP/1.1".</param>
-    public CannedServer(Func<string, byte[]> answer)
+    public CannedServer(Func<string, byte[]> answer) : this((line, stream) => stream.Write(answer(line))) { }
+
+    /// <param name="answer">Writes the response for a request line onto the connection, for as long as it likes.</param>
+    public CannedServer(Action<string, Stream> answer)
     {
         _listener.Start();
         Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
@@ -30,7 +33,7 @@ public sealed class CannedServer : IDisposable
                     string head = ReadHead(stream);
                     string line = head.Split("\r\n")[0];
                     lock (_requests) _requests.Add(head);
-                    try { stream.Write(answer(line)); }
+                    try { answer(line, stream); }
                     catch (IOException) { } // the client hung up early, as it may
                 }
             }

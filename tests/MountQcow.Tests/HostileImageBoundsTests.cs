@@ -106,4 +106,23 @@ public sealed class HostileImageBoundsTests : IDisposable
         var cost = Bounds.Run(Verb("check", image));
         Bounds.Assert(cost, "check", 0);
     }
+
+    /// <summary>
+    /// A server that answers the first range request (one byte asked) with a body that never ends:
+    /// the open reads what it asked for, never the whole body into memory.
+    /// </summary>
+    [Fact]
+    public void AServerWhoseAnswerNeverEnds()
+    {
+        var chunk = new byte[64 << 10];
+        chunk.AsSpan().Fill((byte)'A');
+        using var server = new CannedServer((_, stream) =>
+        {
+            stream.Write(System.Text.Encoding.ASCII.GetBytes("HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/1099511627776\r\nConnection: close\r\n\r\n"));
+            for (long sent = 0; sent < 4L << 30; sent += chunk.Length) stream.Write(chunk); // 4 GiB, until the client hangs up
+        });
+        var cost = Bounds.Run("info", server.Url("endless.qcow2"));
+        Bounds.Assert(cost, "info", 1);
+        Assert.Contains("the server sent bytes 0-0 for a request of 0-65535", cost.Stderr); // its next answer is the same, and refused
+    }
 }
