@@ -6,8 +6,9 @@ namespace MountQcow.Fuse;
 
 /// <summary>
 /// Serves a <see cref="VirtualFileTree"/> through libfuse's high-level API: its folders, files
-/// and links. Callbacks are static unmanaged functions; each has one catch that maps the
-/// exception to an errno. One tree per process (which may be mounted at more than one place).
+/// and links. Callbacks are static unmanaged functions (as .NET requires of them) that find their
+/// mount's <see cref="FuseServer"/> in the request's context; each has one catch that maps the
+/// exception to an errno. No state is kept here.
 /// </summary>
 internal static unsafe class FuseFileSystem
 {
@@ -35,95 +36,39 @@ internal static unsafe class FuseFileSystem
     public static int MaxRequestFor(bool writable) => writable ? MaxWritableRequest : MaxRequest;
     private const int MaxBuffers = 5;
 
-    private static VirtualFileTree s_tree = null!;
-    private static bool s_splice;
-
-    // Mounts waiting for their first request after INIT (INIT's settings are then in force), by
-    // their libfuse handle; a process may serve one tree at more than one place.
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<nint, ManualResetEventSlim> s_awaited = new();
-    private static int s_awaitedCount;
-
-    /// <summary>Set once the first request after INIT has arrived at the mount with this libfuse handle.</summary>
-    public static ManualResetEventSlim ServingOf(nint fuse)
+    /// <summary>
+    /// The operations table, pointing at this class's callbacks. Each callback serves the mount the
+    /// request came through: its <see cref="FuseServer"/>, which libfuse hands back as the context's
+    /// private data (the user data given to fuse_new).
+    /// </summary>
+    public static fuse_operations Operations() => new()
     {
-        var serving = new ManualResetEventSlim();
-        if (!s_awaited.TryAdd(fuse, serving)) return s_awaited[fuse];
-        Interlocked.Increment(ref s_awaitedCount); // counted only when added: the request path checks this, not the dictionary
-        return serving;
-    }
+        getattr = (nint)(delegate* unmanaged<byte*, void*, fuse_file_info*, int>)&GetAttr,
+        readlink = (nint)(delegate* unmanaged<byte*, byte*, nuint, int>)&ReadLink,
+        mkdir = (nint)(delegate* unmanaged<byte*, uint, int>)&MakeDirectory,
+        unlink = (nint)(delegate* unmanaged<byte*, int>)&Unlink,
+        rmdir = (nint)(delegate* unmanaged<byte*, int>)&RemoveDirectory,
+        rename = (nint)(delegate* unmanaged<byte*, byte*, uint, int>)&Rename,
+        truncate = (nint)(delegate* unmanaged<byte*, long, fuse_file_info*, int>)&Truncate,
+        open = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Open,
+        read_buf = (nint)(delegate* unmanaged<byte*, fuse_bufvec**, nuint, long, fuse_file_info*, int>)&ReadBuf,
+        write = (nint)(delegate* unmanaged<byte*, byte*, nuint, long, fuse_file_info*, int>)&Write,
+        statfs = (nint)(delegate* unmanaged<byte*, statvfs*, int>)&StatFs,
+        flush = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Flush,
+        release = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Release,
+        fsync = (nint)(delegate* unmanaged<byte*, int, fuse_file_info*, int>)&FSync,
+        opendir = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&OpenDir,
+        readdir = (nint)(delegate* unmanaged<byte*, void*, nint, long, fuse_file_info*, int, int>)&ReadDir,
+        releasedir = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Release,
+        init = (nint)(delegate* unmanaged<fuse_conn_info*, fuse_config*, void*>)&Init,
+        access = (nint)(delegate* unmanaged<byte*, int, int>)&Access,
+        create = (nint)(delegate* unmanaged<byte*, uint, fuse_file_info*, int>)&Create,
+        fallocate = (nint)(delegate* unmanaged<byte*, int, long, long, fuse_file_info*, int>)&FAllocate,
+        lseek = (nint)(delegate* unmanaged<byte*, long, int, fuse_file_info*, long>)&LSeek,
+    };
 
-    /// <summary>Stops waiting for a mount's first request.</summary>
-    public static void StopAwaiting(nint fuse)
-    {
-        if (s_awaited.TryRemove(fuse, out _)) Interlocked.Decrement(ref s_awaitedCount);
-    }
-
-    // The libfuse handle of the mount whose writers are the drivers of file systems mounted from the tree's files.
-    private static nint s_holder;
-
-    /// <summary>Marks the mount (libfuse handle) through which the drivers of file systems mounted from files read and write them; 0 for none.</summary>
-    public static void SetHolder(nint fuse) => Volatile.Write(ref s_holder, fuse);
-
-    // Whether the calling request came through the holders' mount.
-    private static bool FromHolder()
-    {
-        nint holder = Volatile.Read(ref s_holder);
-        return holder != 0 && CallingMount() == holder;
-    }
-
-    // The libfuse handle (struct fuse*) of the mount the calling request came through; 0 if unknown.
-    private static nint CallingMount()
-    {
-        if (LibFuse3.fuse_get_context == null) return 0;
-        nint context = LibFuse3.fuse_get_context();
-        return context == 0 ? 0 : *(nint*)context; // struct fuse_context's first field
-    }
-
-    // A request reached a mount: the one that awaited it is serving.
-    private static void NoteServing()
-    {
-        if (s_awaited.TryRemove(CallingMount(), out var serving))
-        {
-            Interlocked.Decrement(ref s_awaitedCount);
-            serving.Set();
-        }
-    }
-    private static Action<string>? s_log;
-    private static uint s_uid, s_gid;
-
-    /// <summary>The operations table, pointing at this class's callbacks.</summary>
-    public static fuse_operations Operations(VirtualFileTree tree, Action<string>? log)
-    {
-        s_tree = tree;
-        s_log = log;
-        s_uid = LibFuse3.getuid();
-        s_gid = LibFuse3.getgid();
-        return new fuse_operations
-        {
-            getattr = (nint)(delegate* unmanaged<byte*, void*, fuse_file_info*, int>)&GetAttr,
-            mkdir = (nint)(delegate* unmanaged<byte*, uint, int>)&MakeDirectory,
-            unlink = (nint)(delegate* unmanaged<byte*, int>)&Unlink,
-            rmdir = (nint)(delegate* unmanaged<byte*, int>)&RemoveDirectory,
-            rename = (nint)(delegate* unmanaged<byte*, byte*, uint, int>)&Rename,
-            create = (nint)(delegate* unmanaged<byte*, uint, fuse_file_info*, int>)&Create,
-            readlink = (nint)(delegate* unmanaged<byte*, byte*, nuint, int>)&ReadLink,
-            truncate = (nint)(delegate* unmanaged<byte*, long, fuse_file_info*, int>)&Truncate,
-            open = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Open,
-            read_buf = (nint)(delegate* unmanaged<byte*, fuse_bufvec**, nuint, long, fuse_file_info*, int>)&ReadBuf,
-            write = (nint)(delegate* unmanaged<byte*, byte*, nuint, long, fuse_file_info*, int>)&Write,
-            statfs = (nint)(delegate* unmanaged<byte*, statvfs*, int>)&StatFs,
-            flush = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Flush,
-            release = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Release,
-            fsync = (nint)(delegate* unmanaged<byte*, int, fuse_file_info*, int>)&FSync,
-            opendir = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&OpenDir,
-            readdir = (nint)(delegate* unmanaged<byte*, void*, nint, long, fuse_file_info*, int, int>)&ReadDir,
-            releasedir = (nint)(delegate* unmanaged<byte*, fuse_file_info*, int>)&Release,
-            init = (nint)(delegate* unmanaged<fuse_conn_info*, fuse_config*, void*>)&Init,
-            access = (nint)(delegate* unmanaged<byte*, int, int>)&Access,
-            fallocate = (nint)(delegate* unmanaged<byte*, int, long, long, fuse_file_info*, int>)&FAllocate,
-            lseek = (nint)(delegate* unmanaged<byte*, long, int, fuse_file_info*, long>)&LSeek,
-        };
-    }
+    /// <summary>The mount the calling request came through.</summary>
+    private static FuseServer Server => FuseServer.Of(((fuse_context*)LibFuse3.fuse_get_context())->private_data);
 
     public static int Errno(FsStatus status) => status switch
     {
@@ -147,7 +92,7 @@ internal static unsafe class FuseFileSystem
     private static int Fail(Exception e, string operation)
     {
         var status = VirtualFileTree.StatusOf(e);
-        if (status == FsStatus.IoError) s_log?.Invoke($"{operation}: {e.Message}");
+        if (status == FsStatus.IoError) Server.Log?.Invoke($"{operation}: {e.Message}");
         return -Errno(status);
     }
 
@@ -156,36 +101,40 @@ internal static unsafe class FuseFileSystem
     private const ulong FolderHandle = 1UL << 63, NodeHandle = 1UL << 62;
 
     // What a path names, found without allocating.
-    private static TreeEntry EntryAt(byte* path) =>
-        path == null ? default : s_tree.Lookup(MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path));
+    private static TreeEntry EntryAt(VirtualFileTree tree, byte* path) =>
+        path == null ? default : tree.Lookup(MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path));
 
     // What a request names: its handle's file or folder, else its path's entry, found once. With
     // nullpath_ok the path may be null when a handle is given.
-    private static TreeEntry EntryOf(byte* path, fuse_file_info* fi)
+    private static TreeEntry EntryOf(VirtualFileTree tree, byte* path, fuse_file_info* fi)
     {
-        if (fi != null && fi->fh != 0 && fi->fh <= (ulong)s_tree.Files.Count) return new TreeEntry(null, s_tree.Files[(int)fi->fh - 1], true);
-        if (fi != null && (fi->fh & FolderHandle) != 0 && (fi->fh & ~FolderHandle) < (ulong)s_tree.Folders.Count)
-            return new TreeEntry(s_tree.Folders[(int)(fi->fh & ~FolderHandle)], null, true);
-        if (fi != null && (fi->fh & (FolderHandle | NodeHandle)) == NodeHandle) return s_tree.EntryOfNode((long)fi->fh);
-        return EntryAt(path);
+        if (fi != null && fi->fh != 0 && fi->fh <= (ulong)tree.Files.Count) return new TreeEntry(null, tree.Files[(int)fi->fh - 1], true);
+        if (fi != null && (fi->fh & FolderHandle) != 0 && (fi->fh & ~FolderHandle) < (ulong)tree.Folders.Count)
+            return new TreeEntry(tree.Folders[(int)(fi->fh & ~FolderHandle)], null, true);
+        if (fi != null && (fi->fh & (FolderHandle | NodeHandle)) == NodeHandle) return tree.EntryOfNode((long)fi->fh);
+        return EntryAt(tree, path);
     }
 
-    private static ITreeFile? FileOf(byte* path, fuse_file_info* fi) => EntryOf(path, fi).AnyFile;
+    private static ITreeFile? FileOf(byte* path, fuse_file_info* fi) => EntryOf(Server.Tree, path, fi).AnyFile;
 
     [UnmanagedCallersOnly]
     private static void* Init(fuse_conn_info* conn, fuse_config* cfg)
     {
+        // What init returns becomes the mount's private data: its own server, kept as it is.
+        nint userData = ((fuse_context*)LibFuse3.fuse_get_context())->private_data;
         try
         {
-            uint max = (uint)MaxRequestFor(s_tree.Writable);
+            var server = FuseServer.Of(userData);
+            var tree = server.Tree;
+            uint max = (uint)MaxRequestFor(tree.Writable);
             conn->max_read = max;
             conn->max_write = max; // libfuse derives the kernel's max_pages from max_write
             conn->max_readahead = Math.Min(conn->max_readahead, max);
             conn->want |= conn->capable & (fuse_conn_info.FUSE_CAP_ASYNC_READ | fuse_conn_info.FUSE_CAP_PARALLEL_DIROPS);
             // Read-only mounts hand the kernel file ranges to splice from the image (see ReadBuf).
-            s_splice = !s_tree.Writable && (conn->capable & fuse_conn_info.FUSE_CAP_SPLICE_WRITE) != 0;
-            if (s_splice) conn->want |= fuse_conn_info.FUSE_CAP_SPLICE_WRITE;
-            if (!s_tree.Writable && !s_tree.MayChange)
+            server.Splice = !tree.Writable && (conn->capable & fuse_conn_info.FUSE_CAP_SPLICE_WRITE) != 0;
+            if (server.Splice) conn->want |= fuse_conn_info.FUSE_CAP_SPLICE_WRITE;
+            if (!tree.Writable && !tree.MayChange)
             {
                 // Nothing changes under a read-only mount: keep pages and attributes cached.
                 cfg->kernel_cache = 1;
@@ -202,17 +151,18 @@ internal static unsafe class FuseFileSystem
         {
             Fail(e, "init");
         }
-        return null;
+        return (void*)userData;
     }
 
     [UnmanagedCallersOnly]
     private static int GetAttr(byte* path, void* stat, fuse_file_info* fi)
     {
-        if (Volatile.Read(ref s_awaitedCount) > 0) NoteServing();
         try
         {
-            if (EntryOf(path, fi).Facts is not { } facts) return -ENOENT;
-            FillStat(stat, facts);
+            var server = Server;
+            if (!server.Serving.IsSet) server.Serving.Set(); // a request after INIT has come
+            if (EntryOf(server.Tree, path, fi).Facts is not { } facts) return -ENOENT;
+            FillStat(server, stat, facts);
             return 0;
         }
         catch (Exception e)
@@ -227,7 +177,7 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            if (EntryAt(path).Link is not { } link) return -EINVAL;
+            if (EntryAt(Server.Tree, path).Link is not { } link) return -EINVAL;
             if (size == 0) return -EINVAL;
             int n = (int)Math.Min((nuint)link.TargetUtf8.Length, size - 1);
             link.TargetUtf8.AsSpan(0, n).CopyTo(new Span<byte>(buffer, n));
@@ -241,7 +191,7 @@ internal static unsafe class FuseFileSystem
     }
 
     /// <summary>A stat from the tree's facts: the change time is the modification time, as on Linux's vfat.</summary>
-    private static void FillStat(void* stat, in FileFacts facts)
+    private static void FillStat(FuseServer server, void* stat, in FileFacts facts)
     {
         uint mode = (facts.IsLink ? S_IFLNK : facts.IsDirectory ? S_IFDIR : S_IFREG) | facts.Permissions;
         uint links = facts.Links;
@@ -253,8 +203,8 @@ internal static unsafe class FuseFileSystem
             *s = default;
             s->st_mode = mode;
             s->st_nlink = links;
-            s->st_uid = s_uid;
-            s->st_gid = s_gid;
+            s->st_uid = server.Uid;
+            s->st_gid = server.Gid;
             s->st_size = size;
             s->st_blksize = MaxRequest;
             s->st_blocks = blocks;
@@ -267,8 +217,8 @@ internal static unsafe class FuseFileSystem
             *s = default;
             s->st_mode = mode;
             s->st_nlink = links;
-            s->st_uid = s_uid;
-            s->st_gid = s_gid;
+            s->st_uid = server.Uid;
+            s->st_gid = server.Gid;
             s->st_size = size;
             s->st_blksize = MaxRequest; // tools size their buffers from this
             s->st_blocks = blocks;
@@ -282,9 +232,10 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            var entry = EntryAt(path);
+            var server = Server;
+            var entry = EntryAt(server.Tree, path);
             if (entry.AnyFile is not { } file) return entry.IsFolder ? -EISDIR : -ENOENT;
-            file.Open(forWriting: (fi->flags & O_ACCMODE) != O_RDONLY, byHolder: FromHolder());
+            file.Open(forWriting: (fi->flags & O_ACCMODE) != O_RDONLY, byHolder: server.ForHolders);
             fi->fh = entry.Node is { } node ? (ulong)node.Id : (ulong)entry.File!.Index + 1;
             // Read-only: the kernel keeps pages cached (nothing changes them). Read-write: no page
             // cache (FOPEN_DIRECT_IO): a write goes straight from the writer's buffer to the image,
@@ -315,10 +266,11 @@ internal static unsafe class FuseFileSystem
         int count = 0;
         try
         {
-            var file = FileOf(path, fi);
+            var server = Server;
+            var file = EntryOf(server.Tree, path, fi).AnyFile;
             if (file is null) return -ENOENT;
-            long length = (long)Math.Min(size, (nuint)MaxRequestFor(s_tree.Writable));
-            int planned = file.PlanRead(offset, length, plan, hostRanges: s_splice);
+            long length = (long)Math.Min(size, (nuint)MaxRequestFor(server.Tree.Writable));
+            int planned = file.PlanRead(offset, length, plan, hostRanges: server.Splice);
             for (; count < planned; count++)
             {
                 var piece = plan[count];
@@ -440,7 +392,7 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            var entry = EntryAt(path);
+            var entry = EntryAt(Server.Tree, path);
             if (!entry.IsFolder) return entry.Found ? -ENOTDIR : -ENOENT;
             fi->fh = entry.Node is { } node ? (ulong)node.Id : FolderHandle | (uint)entry.Folder!.Index;
             return 0;
@@ -456,7 +408,7 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            var entry = EntryOf(path, fi);
+            var entry = EntryOf(Server.Tree, path, fi);
             if (!entry.IsFolder) return -ENOENT;
             var fill = (delegate* unmanaged<void*, byte*, void*, long, int, int>)filler;
             byte* dot = stackalloc byte[] { (byte)'.', 0, (byte)'.', (byte)'.', 0 };
@@ -495,7 +447,8 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            var volume = s_tree.VolumeOf(EntryAt(path));
+            var tree = Server.Tree;
+            var volume = tree.VolumeOf(EntryAt(tree, path));
             *st = default;
             st->f_bsize = st->f_frsize = (ulong)volume.BlockSize;
             st->f_blocks = (ulong)volume.Blocks;
@@ -530,7 +483,7 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            s_tree.ChangeEntries(path == null ? default : MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path), what);
+            Server.Tree.ChangeEntries(path == null ? default : MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path), what);
             return -EPERM;
         }
         catch (Exception e)
@@ -544,9 +497,10 @@ internal static unsafe class FuseFileSystem
     {
         try
         {
-            var entry = EntryAt(path);
+            var tree = Server.Tree;
+            var entry = EntryAt(tree, path);
             if (!entry.Found) return -ENOENT;
-            s_tree.CheckAccess(entry, write: (mask & W_OK) != 0);
+            tree.CheckAccess(entry, write: (mask & W_OK) != 0);
             return 0;
         }
         catch (Exception e)

@@ -43,19 +43,17 @@ public sealed record FuseOptions
 /// </summary>
 public sealed unsafe class FuseMount : IMount
 {
-    // The callbacks are static: every mount of a process serves one tree.
-    private static readonly object s_lock = new();
-    private static int s_instances;
-    private static VirtualFileTree? s_tree;
     private nint _fuse;
     private fuse_operations* _ops;
+    private readonly FuseServer _server;
     private readonly FuseOptions _options;
 
-    private FuseMount(string mountpoint, nint fuse, fuse_operations* ops, FuseOptions options)
+    private FuseMount(string mountpoint, nint fuse, fuse_operations* ops, FuseServer server, FuseOptions options)
     {
         Mountpoint = mountpoint;
         _fuse = fuse;
         _ops = ops;
+        _server = server;
         _options = options;
     }
 
@@ -81,21 +79,17 @@ public sealed unsafe class FuseMount : IMount
     }
 
     /// <summary>
-    /// Mounts <paramref name="tree"/> at <paramref name="mountpoint"/> (an existing empty directory).
-    /// A process may mount one tree at more than one place (each mount is its own session), never two trees.
+    /// Mounts <paramref name="tree"/> at <paramref name="mountpoint"/> (an existing empty directory),
+    /// served by a server of its own: a process may mount several trees, or one tree at several
+    /// places with different policies (each mount is its own session).
     /// </summary>
     /// <exception cref="FuseException">FUSE is unavailable, or libfuse refused the options or the mount.</exception>
     public static FuseMount Mount(VirtualFileTree tree, string mountpoint, FuseOptions options)
     {
         if (Unavailable() is { } reason) throw new FuseException(reason);
-        lock (s_lock)
-        {
-            if (s_instances > 0 && s_tree != tree) throw new FuseException("the FUSE mounts of a process all serve one tree");
-            s_instances++;
-            s_tree = tree;
-        }
+        var server = new FuseServer(tree, options.Log, options.ForHolders);
         var ops = (fuse_operations*)NativeMemory.AllocZeroed((nuint)sizeof(fuse_operations));
-        *ops = FuseFileSystem.Operations(tree, options.Log);
+        *ops = FuseFileSystem.Operations();
         var argv = new List<string> { "mountqcow" };
         if (options.Debug) argv.Add("-d");
         if (options.MountOptions.Count > 0) argv.AddRange(["-o", string.Join(',', options.MountOptions)]);
@@ -106,24 +100,23 @@ public sealed unsafe class FuseMount : IMount
             fixed (nint* array = native)
             {
                 var args = new fuse_args { argc = native.Length, argv = (byte**)array };
-                fuse = LibFuse3.fuse_new(&args, ops, (nuint)sizeof(fuse_operations), null);
+                fuse = LibFuse3.fuse_new(&args, ops, (nuint)sizeof(fuse_operations), (void*)server.UserData);
                 if (LibFuse3.fuse_opt_free_args != null) LibFuse3.fuse_opt_free_args(&args);
             }
             if (fuse == 0) throw new FuseException($"libfuse refused the mount options: {string.Join(',', options.MountOptions)}");
-            if (options.ForHolders) FuseFileSystem.SetHolder(fuse);
             byte[] path = Encoding.UTF8.GetBytes(mountpoint + "\0");
             fixed (byte* p = path)
             {
                 if (LibFuse3.fuse_mount(fuse, p) != 0)
                     throw new FuseException($"cannot mount at {mountpoint} (libfuse's reason is above)");
             }
-            return new FuseMount(mountpoint, fuse, ops, options);
+            return new FuseMount(mountpoint, fuse, ops, server, options);
         }
         catch
         {
             if (fuse != 0) LibFuse3.fuse_destroy(fuse);
             NativeMemory.Free(ops);
-            Release();
+            server.Dispose();
             throw;
         }
         finally
@@ -138,8 +131,7 @@ public sealed unsafe class FuseMount : IMount
     {
         if (_options.ReadaheadKiB > 0 && LibFuse3.getuid() == 0)
         {
-            var serving = FuseFileSystem.ServingOf(_fuse);
-            new Thread(() => SetReadahead(serving)) { IsBackground = true, Name = "readahead" }.Start();
+            new Thread(SetReadahead) { IsBackground = true, Name = "readahead" }.Start();
         }
         int result;
         if (LibFuse3.fuse_loop_mt_32 != null)
@@ -166,12 +158,15 @@ public sealed unsafe class FuseMount : IMount
     // INIT's reply caps the mount's readahead, so the window is widened only once a request
     // after INIT has arrived: through the mount's backing device info in sysfs, found by the
     // device number /proc/self/mountinfo gives the mount.
-    private void SetReadahead(ManualResetEventSlim serving)
+    private void SetReadahead()
     {
-        if (!serving.Wait(TimeSpan.FromSeconds(30)))
+        try
         {
-            FuseFileSystem.StopAwaiting(_fuse);
-            return;
+            if (!_server.Serving.Wait(TimeSpan.FromSeconds(30))) return;
+        }
+        catch (ObjectDisposedException)
+        {
+            return; // unmounted before it served
         }
         try
         {
@@ -232,20 +227,11 @@ public sealed unsafe class FuseMount : IMount
     public void Dispose()
     {
         if (_fuse == 0) return;
-        if (_options.ForHolders) FuseFileSystem.SetHolder(0);
         LibFuse3.fuse_unmount(_fuse); // nothing to do once the kernel has ended the session
         LibFuse3.fuse_destroy(_fuse);
         _fuse = 0;
         NativeMemory.Free(_ops);
         _ops = null;
-        Release();
-    }
-
-    private static void Release()
-    {
-        lock (s_lock)
-        {
-            if (--s_instances == 0) s_tree = null;
-        }
+        _server.Dispose(); // libfuse calls back no more
     }
 }

@@ -197,7 +197,7 @@ internal static unsafe partial class LibFuse3
     public static delegate* unmanaged<nint, nint> fuse_get_session;
     public static delegate* unmanaged<nint, void> fuse_session_exit;
 
-    /// <summary>The calling request's struct fuse_context, whose first field is the struct fuse* serving it.</summary>
+    /// <summary>The calling request's struct fuse_context: its private_data is the mount's <see cref="FuseServer"/>.</summary>
     public static delegate* unmanaged<nint> fuse_get_context;
     // fuse_loop_mt@FUSE_3.2 takes a fuse_loop_config*; fuse_loop_mt@FUSE_3.0 an int clone_fd.
     public static delegate* unmanaged<nint, fuse_loop_config*, int> fuse_loop_mt_32;
@@ -254,7 +254,7 @@ internal static unsafe partial class LibFuse3
             fuse_loop_mt_32 = (delegate* unmanaged<nint, fuse_loop_config*, int>)dlvsym(lib, "fuse_loop_mt", "FUSE_3.2");
             fuse_loop_mt_30 = (delegate* unmanaged<nint, int, int>)dlvsym(lib, "fuse_loop_mt", "FUSE_3.0");
             fuse_opt_free_args = (delegate* unmanaged<fuse_args*, void>)Symbol("fuse_opt_free_args");
-            if (fuse_new == null || fuse_mount == null || fuse_destroy == null || (fuse_loop_mt_32 == null && fuse_loop_mt_30 == null))
+            if (fuse_new == null || fuse_mount == null || fuse_destroy == null || fuse_get_context == null || (fuse_loop_mt_32 == null && fuse_loop_mt_30 == null))
                 return s_loadError = $"{Library} lacks the functions of libfuse 3 (too old or not libfuse)";
             s_loaded = true;
             return null;
