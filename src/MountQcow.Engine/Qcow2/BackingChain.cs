@@ -43,34 +43,20 @@ internal sealed class BackingChain(int maxDepth, ReferencePolicy policy)
         }
     }
 
-    /// <summary>Opens the backing file read-only, as the format says (or by probing when it says nothing).</summary>
-    public (IBlockDevice Device, string Format) OpenBacking(string overlay, ImageReference reference, string? format, ImageOptions options)
+    /// <summary>
+    /// Opens the backing file read-only, in the format the overlay names (checked against its
+    /// content) or, where it names none, the format its content says. A raw layer is the file
+    /// itself; any other is opened by its format's driver.
+    /// </summary>
+    public (IBlockDevice Device, string Format) OpenBacking(ImageReference reference, string? format, ImageOptions options)
     {
         var readOnly = options with { Writable = false };
         var device = OpenNamed(reference, readOnly);
         if (device is UnreachableFile unreachable) return (device, unreachable.Kind);
-        try
-        {
-            format ??= ImageFormat.Probe(device);
-            switch (format)
-            {
-                case "qcow2":
-                    // A URL's query string may hold a signature: the device keeps it, messages and paths do not.
-                    return (Qcow2Image.Open(device, ImageLocation.Display(reference.Location), readOnly, this), "qcow2");
-                case "raw":
-                    Enter(ImageLocation.Display(reference.Location));
-                    if ((device as FileBlockDevice)?.TakeQemuLocks(write: false, options.ShareWrites) is { } conflict && !options.ShareWrites)
-                        throw new ImageInUseException(reference.Location, $"{ImageLocation.Display(reference.Location)}: in use by another process, which {conflict}; reading it now could see it half-written (-U reads anyway)");
-                    return (device, "raw");
-                default:
-                    throw new UnsupportedFeatureException(overlay, $"backing file {ImageLocation.Display(reference.Location)} is {ImageFormat.Describe(format)}; mountqcow reads {string.Join(" and ", ImageFormat.Readable)}");
-            }
-        }
-        catch
-        {
-            device.Dispose();
-            throw;
-        }
+        // A URL's query string may hold a signature: the device keeps it, messages and paths do not.
+        string path = ImageLocation.Display(reference.Location);
+        var layer = DiskImages.Open(device, path, readOnly, this, format);
+        return layer is RawImage raw ? (raw.File, "raw") : (layer, layer.Format);
     }
 }
 

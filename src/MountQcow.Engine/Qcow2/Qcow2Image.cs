@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Runtime.InteropServices;
 using MountQcow.Compression;
+using MountQcow.Formats;
 using MountQcow.Storage;
 
 namespace MountQcow.Qcow2;
@@ -92,7 +93,7 @@ public sealed record ImageStatistics(
 /// A qcow2 image as a block device: the virtual disk, read (and, when opened writable,
 /// written) at guest offsets. Safe for concurrent use from many threads.
 /// </summary>
-public sealed partial class Qcow2Image : IBlockDevice
+public sealed partial class Qcow2Image : IDiskImage
 {
     private readonly IBlockDevice _file;
     private readonly IBlockDevice _data;
@@ -136,6 +137,11 @@ public sealed partial class Qcow2Image : IBlockDevice
 
     /// <summary>The image file's path.</summary>
     public string Path { get; }
+
+    public string Format => "qcow2";
+
+    /// <summary>qcow2 has no variants beyond its version (see <see cref="Header"/>).</summary>
+    public string? Subformat => null;
 
     /// <summary>The length of the image file itself (local or remote).</summary>
     public long FileLength => _file.Length;
@@ -328,7 +334,7 @@ public sealed partial class Qcow2Image : IBlockDevice
                 var reference = chain.Gate.Resolve(path, "backing file", header.BackingFile);
                 references.Add(reference);
                 backingPath = reference.Location;
-                (backing, backingFormat) = chain.OpenBacking(path, reference, header.BackingFormat, options);
+                (backing, backingFormat) = chain.OpenBacking(reference, header.BackingFormat, options);
             }
             var image = new Qcow2Image(path, file, data ?? file, backing, header, map, snapshots, snapshotTableBytes, options, header.VirtualSize)
             {

@@ -1,0 +1,86 @@
+using MountQcow.Qcow2;
+using MountQcow.Storage;
+
+namespace MountQcow.Formats;
+
+/// <summary>
+/// Opens a disk image of any format this program reads: the format told from the content (never
+/// the name), each layer of a chain opened by its format's driver.
+/// </summary>
+public static class DiskImages
+{
+    // The drivers, by the name QEMU gives each format (raw needs none).
+    private static readonly Dictionary<string, IImageFormat> s_drivers = new IImageFormat[]
+    {
+        new Qcow2Driver(),
+    }.ToDictionary(d => d.Name);
+
+    /// <summary>The formats this program reads, raw last.</summary>
+    public static IReadOnlyList<string> Readable { get; } = [.. s_drivers.Keys, "raw"];
+
+    /// <summary>Opens a file or URL as a disk image of whatever format it holds (raw when it holds no other).</summary>
+    /// <exception cref="ImageException">The image cannot be opened: missing, damaged, unsupported, or naming what may not be opened.</exception>
+    public static IDiskImage Open(string location, ImageOptions? options = null)
+    {
+        options ??= new ImageOptions();
+        var chain = new BackingChain(options.MaxChainDepth, options.References);
+        var file = ImageLocation.Open(location, options.Writable, options.Remote, chain.Gate);
+        return Open(file, ImageLocation.Display(location), options, chain, named: null);
+    }
+
+    /// <summary>
+    /// Opens the image on <paramref name="file"/> (owned from now on) as one layer of a chain.
+    /// <paramref name="named"/> is the format the layer above names for it, if any: raw is taken
+    /// at its word (a raw disk's bytes may look like any format: that is what naming it is for);
+    /// any other named format must be what the content is.
+    /// </summary>
+    internal static IDiskImage Open(IBlockDevice file, string path, ImageOptions options, BackingChain chain, string? named)
+    {
+        try
+        {
+            string format = FormatOf(file, path, named);
+            if (format == "raw")
+            {
+                chain.Enter(path);
+                TakeReaderLocks(file, path, options);
+                return new RawImage(file, path);
+            }
+            return s_drivers[format].Open(file, path, options, chain);
+        }
+        catch
+        {
+            file.Dispose(); // a driver disposes it too when it fails: disposing twice is harmless
+            throw;
+        }
+    }
+
+    /// <summary>The format a layer is read as: what its content says, checked against what the layer above names.</summary>
+    /// <exception cref="UnsupportedFeatureException">A format this program does not read, or one other than named.</exception>
+    internal static string FormatOf(IBlockDevice file, string path, string? named)
+    {
+        if (named == "raw") return "raw";
+        string probed = ImageFormat.Probe(file);
+        if (named is not null && named != probed && !(named == "vpc" && probed == "vhd"))
+            throw new UnsupportedFeatureException(path, $"the image above names it {named}, but it is {ImageFormat.Describe(probed)}");
+        if (probed != "raw" && !s_drivers.ContainsKey(probed))
+            throw new UnsupportedFeatureException(path, $"{ImageFormat.Describe(probed)} is not a format mountqcow reads (it reads {string.Join(", ", Readable)})");
+        return probed;
+    }
+
+    /// <summary>A raw layer read by this program: QEMU's reader locks, refused while another process writes it unless shared.</summary>
+    internal static void TakeReaderLocks(IBlockDevice file, string path, ImageOptions options)
+    {
+        if (options.Writable) return; // a writable raw image takes the writer's locks where it is opened
+        if ((file as FileBlockDevice)?.TakeQemuLocks(write: false, options.ShareWrites) is { } conflict && !options.ShareWrites)
+            throw new ImageInUseException(path, $"{path}: in use by another process, which {conflict}; reading it now could see it half-written (-U reads anyway)");
+    }
+
+    /// <summary>qcow2, through <see cref="Qcow2Image"/>.</summary>
+    private sealed class Qcow2Driver : IImageFormat
+    {
+        public string Name => "qcow2";
+
+        public IDiskImage Open(IBlockDevice file, string path, ImageOptions options, BackingChain chain) =>
+            Qcow2Image.Open(file, path, options, chain);
+    }
+}
