@@ -120,7 +120,7 @@ internal static class Cli
     }
 
     /// <summary>Refuses to read an image whose data is encrypted and no passphrase opened, naming the option to add.</summary>
-    public static void RequireKeys(MountQcow.Qcow2.Qcow2Image image)
+    public static void RequireKeys(MountQcow.Formats.IDiskImage image)
     {
         foreach (var (path, _, device) in image.Chain())
             if (device is MountQcow.Qcow2.Qcow2Image { Locked: true } layer)
@@ -160,9 +160,9 @@ internal static class Cli
             : "'" + text.Replace("'", "'\\''") + "'";
 
     /// <summary>Warns when another process writes the image that is about to be read.</summary>
-    public static void WarnIfInUse(MountQcow.Qcow2.Qcow2Image image)
+    public static void WarnIfInUse(MountQcow.Formats.IDiskImage image)
     {
-        if (image.HeldByWriter)
+        if (image is MountQcow.Qcow2.Qcow2Image { HeldByWriter: true })
             Warn($"{image.Path} is being written by {Holders.Describe(image.Path) ?? "another process (a running VM?)"}; what you read may change under you");
     }
 

@@ -15,14 +15,13 @@ internal static class ConvertCommand
     public static int Run(ConvertOptions o)
     {
         if (ImageLocation.Full(o.Source) == Path.GetFullPath(o.Image)) throw new UserError("SOURCE and IMAGE are the same file");
-        using IBlockDevice source = OpenSource(o);
-        if (source is Qcow2Image qcow2)
-        {
-            Cli.RequireKeys(qcow2);
-            Cli.WarnIfInUse(qcow2);
-            if (qcow2.Chain().Any(l => l.Device is Qcow2Image { Encryption: not null }))
-                Cli.Info($"{qcow2.Path} is encrypted; {o.Image} will hold its data decrypted, as qemu-img convert writes it");
-        }
+        // Any format this program reads; a file whose content names another disk format is
+        // refused, never copied as if it were a raw disk.
+        using var source = DiskImages.Open(o.Source, o.ReadingOptions());
+        Cli.RequireKeys(source);
+        Cli.WarnIfInUse(source);
+        if (source.Chain().Any(l => l.Device is Qcow2Image { Encryption: not null }))
+            Cli.Info($"{source.Path} is encrypted; {o.Image} will hold its data decrypted, as qemu-img convert writes it");
         var compression = o.Compress is null ? CompressionType.Deflate : CreateCommand.CompressionOf(o.Compress);
         int clusterBits = CreateCommand.ClusterBits(o.ClusterSize);
         CreateCommand.Replace(o.Image, o.Force);
@@ -49,32 +48,5 @@ internal static class ConvertCommand
             throw;
         }
         return Program.Ok;
-    }
-
-    /// <summary>
-    /// The source as a device: a qcow2 image through its chain, or raw bytes; a file whose content
-    /// names another disk format (VMDK, VHD, ...) is refused, never copied as if it were a raw disk.
-    /// </summary>
-    private static IBlockDevice OpenSource(ConvertOptions o)
-    {
-        var remote = o.Remote();
-        var file = ImageLocation.Open(o.Source, writable: false, remote);
-        try
-        {
-            string format = ImageFormat.Probe(file);
-            if (format == "qcow2")
-            {
-                file.Dispose();
-                return Qcow2Image.Open(o.Source, o.ReadingOptions());
-            }
-            if (format != "raw")
-                throw new UserError($"{ImageLocation.Display(o.Source)} is {ImageFormat.Describe(format)}, not a disk format mountqcow reads (it reads {string.Join(" and ", ImageFormat.Readable)}); qemu-img convert -O raw turns it into a raw disk");
-            return file;
-        }
-        catch
-        {
-            file.Dispose();
-            throw;
-        }
     }
 }

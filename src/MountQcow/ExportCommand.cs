@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using MountQcow.Formats;
 using MountQcow.Partitions;
 using MountQcow.Qcow2;
 using MountQcow.Storage;
@@ -18,14 +19,14 @@ internal static class ExportCommand
         foreach (var (_, output) in targets)
             if (!o.Force && output != "-" && Native.FileType(output) == Native.UnixFileType.Regular)
                 throw new UserError($"{output} already exists (use --force to overwrite it)");
-        using var image = Qcow2Image.Open(o.Image, o.ReadingOptions());
+        using var image = DiskImages.Open(o.Image, o.ReadingOptions());
         Cli.RequireKeys(image);
         Cli.WarnIfInUse(image);
         using var snapshot = o.Snapshot is null ? null : OpenSnapshot(o, image);
         IBlockDevice disk = snapshot ?? image;
         var table = targets[0].Partition is null ? null : PartitionReader.Read(disk);
         var sources = targets.Select(t => (t.Output, Source: t.Partition is { } n ? PartitionOf(o, disk, table!, n, image.Path) : disk)).ToList();
-        var remote = image.RemoteLayers().Select(l => l.Counters).ToList();
+        var remote = MountStatistics.RemoteLayers(image).Select(l => l.Counters).ToList();
         Func<string>? fetched = remote.Count == 0 ? null : () => $"fetched {Units.Bytes(remote.Sum(c => c.BytesFetched.Value))}";
         foreach (var (output, source) in sources)
         {
@@ -64,8 +65,9 @@ internal static class ExportCommand
         int.TryParse(text, System.Globalization.NumberStyles.None, null, out int n) && n >= 1
             ? n : throw new UsageError($"--partition {text}: a partition number is 1 or more (as in pN.raw)");
 
-    private static Qcow2Image OpenSnapshot(ExportOptions o, Qcow2Image image)
+    private static Qcow2Image OpenSnapshot(ExportOptions o, IDiskImage disk)
     {
+        var image = disk as Qcow2Image ?? throw new UserError($"{disk.Path} is {ImageFormat.Describe(disk.Format)}, which has no internal snapshots");
         var snapshot = image.FindSnapshot(o.Snapshot!)
             ?? throw new UserError(image.Snapshots.Count == 0
                 ? $"{image.Path} has no snapshots"

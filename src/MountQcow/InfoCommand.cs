@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using MountQcow.Formats;
 using MountQcow.Partitions;
 using MountQcow.Qcow2;
 using MountQcow.Storage;
@@ -10,12 +11,13 @@ namespace MountQcow.Host;
 internal sealed record ImageInfo(
     string Image,
     string Format,
-    int Version,
+    string? Subformat,
+    int? Version,
     long VirtualSize,
     long FileSize,
-    int ClusterSize,
-    string Compression,
-    int RefcountBits,
+    int? ClusterSize,
+    string? Compression,
+    int? RefcountBits,
     string[] Features,
     bool Dirty,
     bool Corrupt,
@@ -63,7 +65,7 @@ internal static class InfoCommand
         var warnings = new List<string>();
         // A broken chain is what a user runs info to understand: describe what resolves (a refused
         // reference is shown, never opened), then fail.
-        using var image = Qcow2Image.Open(o.Image, o.ReadingOptions() with
+        using var image = DiskImages.Open(o.Image, o.ReadingOptions() with
         {
             Warn = warnings.Add,
             Inspect = true,
@@ -79,8 +81,7 @@ internal static class InfoCommand
             foreach (string w in warnings) Cli.Warn(w);
             Print(info);
         }
-        var unreachable = image.Chain().Select(l => l.Device).Concat(image.Chain().Select(l => l.Device).OfType<Qcow2Image>().Select(q => q.DataDevice))
-            .OfType<UnreachableFile>().FirstOrDefault();
+        var unreachable = Unreachable(image).FirstOrDefault();
         if (unreachable?.Error is ReferenceRefusedException refused) throw refused;
         if (unreachable is not null)
         {
@@ -90,19 +91,27 @@ internal static class InfoCommand
         return Program.Ok;
     }
 
-    public static ImageInfo Describe(Qcow2Image image)
+    /// <summary>The files of the chain that could not be opened (missing or refused): backing layers and qcow2 data files.</summary>
+    private static IEnumerable<UnreachableFile> Unreachable(IDiskImage image) =>
+        image.Chain().Select(l => l.Device).Concat(image.Chain().Select(l => l.Device).OfType<Qcow2Image>().Select(q => q.DataDevice))
+            .OfType<UnreachableFile>();
+
+    public static ImageInfo Describe(IDiskImage image)
     {
-        var h = image.Header;
         var chain = image.Chain().Skip(1).Select(l => new LayerInfo(l.Path, l.Format, l.Device is UnreachableFile ? 0 : l.Device.Length)).ToArray();
-        var references = image.Chain().Select(l => l.Device).OfType<Qcow2Image>().SelectMany(q => q.FileReferences)
+        var references = image.Chain().Select(l => l.Device).OfType<IDiskImage>().SelectMany(q => q.FileReferences)
             .Select(r => new ReferenceInfo(r.Image, r.What, r.Name, ImageLocation.Display(r.Location), r.Followed, r.Refusal)).ToArray();
+        if (image is not Qcow2Image q)
+            return new ImageInfo(image.Path, image.Format, image.Subformat, null, image.Length, image.FileLength, null, null, null, [], false, false,
+                chain, references, null, false, null, [], 0, DescribePartitions(image));
+        var h = q.Header;
         return new ImageInfo(
-            image.Path, "qcow2", h.Version, h.VirtualSize, image.FileLength, h.ClusterSize,
+            q.Path, "qcow2", null, h.Version, h.VirtualSize, q.FileLength, h.ClusterSize,
             h.CompressionType == CompressionType.Zstd ? "zstd" : "deflate",
             h.RefcountBits, h.FeatureList().ToArray(), h.IsDirty, h.IsMarkedCorrupt, chain, references,
-            image.DataFilePath is null ? null : ImageLocation.Display(image.DataFilePath), h.Autoclear.HasFlag(AutoclearFeatures.RawExternalData),
-            image.Encryption,
-            DescribeSnapshots(image.Snapshots),
+            q.DataFilePath is null ? null : ImageLocation.Display(q.DataFilePath), h.Autoclear.HasFlag(AutoclearFeatures.RawExternalData),
+            q.Encryption,
+            DescribeSnapshots(q.Snapshots),
             h.BitmapCount,
             DescribePartitions(image));
     }
@@ -114,14 +123,14 @@ internal static class InfoCommand
             $"{MountQcow.FileTree.VirtualFileTree.SnapshotsFolderName}/{folders[i]}")).ToArray();
     }
 
-    private static PartitionsInfo DescribePartitions(Qcow2Image image)
+    private static PartitionsInfo DescribePartitions(IDiskImage image)
     {
         try
         {
-            if (image.Locked) return new("unknown", 0, [], ["the disk is encrypted: give --key-file to see its partitions"]);
+            if (image is Qcow2Image { Locked: true }) return new("unknown", 0, [], ["the disk is encrypted: give --key-file to see its partitions"]);
             return DescribePartitions(PartitionReader.Read(image), image);
         }
-        catch (ImageIOException e) when (image.Chain().Any(l => l.Device is UnreachableFile) || image.DataDevice is UnreachableFile)
+        catch (ImageIOException e) when (Unreachable(image).Any())
         {
             return new("unknown", 0, [], [e.Message.Contains("not opening the", StringComparison.Ordinal)
                 ? "not read: the image names a file that is not followed (see the last line)"
@@ -152,15 +161,18 @@ internal static class InfoCommand
         // Every line may hold text from the image (names, labels, paths): control characters escaped.
         void Line(string key, string value) => Console.WriteLine(Cli.Printable($"{(key.Length == 0 ? "" : key + ":"),-16}{value}"));
         Line("image", i.Image);
-        Line("format", $"qcow2, version {i.Version}");
+        Line("format", i.Version is { } version ? $"qcow2, version {version}" : $"{ImageFormat.Describe(i.Format)}{(i.Subformat is null ? "" : $", {i.Subformat}")}");
         Line("virtual size", $"{Units.Bytes(i.VirtualSize)} ({i.VirtualSize} bytes)");
         Line("file size", Units.Bytes(i.FileSize));
-        Line("cluster size", $"{i.ClusterSize} bytes");
-        Line("compression", i.Compression == "zstd" ? "zstd" : "deflate (zlib)");
-        Line("refcount bits", i.RefcountBits.ToString());
-        Line("features", i.Features.Length == 0 ? "none" : string.Join(", ", i.Features));
-        if (i.Encryption is not null) Line("encryption", i.Encryption);
-        Line("state", i.Corrupt ? "marked corrupt (read-only)" : i.Dirty ? "dirty (refcounts may be stale)" : "clean");
+        if (i.Version is not null)
+        {
+            Line("cluster size", $"{i.ClusterSize} bytes");
+            Line("compression", i.Compression == "zstd" ? "zstd" : "deflate (zlib)");
+            Line("refcount bits", i.RefcountBits.ToString()!);
+            Line("features", i.Features.Length == 0 ? "none" : string.Join(", ", i.Features));
+            if (i.Encryption is not null) Line("encryption", i.Encryption);
+            Line("state", i.Corrupt ? "marked corrupt (read-only)" : i.Dirty ? "dirty (refcounts may be stale)" : "clean");
+        }
         if (i.BackingChain.Length == 0) Line("backing file", "none");
         for (int n = 0; n < i.BackingChain.Length; n++)
         {

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using MountQcow.Dokan;
 using MountQcow.FileTree;
+using MountQcow.Formats;
 using MountQcow.Fuse;
 using MountQcow.Partitions;
 using MountQcow.Qcow2;
@@ -39,8 +40,9 @@ internal static class MountCommand
         string image = ImageLocation.Full(o.Image);
         if (!ImageLocation.MayExist(image))
             throw new UserError(Directory.Exists(image) ? $"{o.Image} is a directory, not an image" : $"{o.Image}: no such file");
-        if (ImageLocation.IsRemote(image) && o.ReadWrite)
-            throw new UserError($"{ImageLocation.Display(image)}: remote images mount read-only (export the image to write to a copy)");
+        if (ImageLocation.IsRemote(image) && o.ReadWrite && o.Overlay is null)
+            throw new UserError($"{ImageLocation.Display(image)}: a remote image is never written; mount it with --rw --overlay NEW.qcow2 to write into a local overlay");
+        if (o.Overlay is not null && !o.ReadWrite) throw new UsageError("--overlay NEW.qcow2 is where a --rw mount writes: give --rw too");
         var user = UserOptions(o);
         long l2Cache = Units.ParseSize(o.L2Cache);
         if (l2Cache < 1) throw new UsageError($"--l2-cache {o.L2Cache}: the cache needs room for at least one L2 table (e.g. 1M)");
@@ -117,15 +119,18 @@ internal static class MountCommand
         // end the process and leave a dead mount behind; it ends the mount once it exists.
         var unmounter = new Unmounter();
         using var signals = new SignalHandlers(unmounter.OnSignal);
-        using var image = Qcow2Image.Open(imagePath, o.ReadingOptions() with { Writable = o.ReadWrite, L2CacheBytes = l2Cache });
+        using var image = o.Overlay is null
+            ? DiskImages.Open(imagePath, o.ReadingOptions() with { Writable = o.ReadWrite, L2CacheBytes = l2Cache })
+            : Overlay.Open(o, imagePath, l2Cache);
+        var qcow2 = image as Qcow2Image;
         Cli.RequireKeys(image);
         if (!o.ReadWrite) Cli.WarnIfInUse(image);
-        using var snapshots = SnapshotViews.Of(image);
+        using var snapshots = qcow2 is null ? new SnapshotViews() : SnapshotViews.Of(qcow2);
         VirtualFileTree? served = null;
         var clock = Stopwatch.StartNew();
         var started = DateTimeOffset.Now;
-        var modified = ImageLocation.IsRemote(imagePath) ? image.RemoteModified ?? DateTimeOffset.UnixEpoch : File.GetLastWriteTimeUtc(imagePath);
-        using var tree = VirtualFileTree.Create(image, o.ReadWrite, modified, mayChange: image.HeldByWriter || o.ForceShare,
+        var modified = ImageLocation.IsRemote(imagePath) ? qcow2?.RemoteModified ?? DateTimeOffset.UnixEpoch : File.GetLastWriteTimeUtc(imagePath);
+        using var tree = VirtualFileTree.Create(image, o.ReadWrite, modified, mayChange: (qcow2?.HeldByWriter ?? false) || o.ForceShare,
             snapshots: snapshots.Disks, othersMayRead: o.OthersMayRead,
             statistics: () => MountStatistics.Of(image, snapshots.Images, served, clock, started).ToJson());
         served = tree;
@@ -258,7 +263,7 @@ internal static class MountCommand
         return (options, rootCanOpen);
     }
 
-    private static void PrintSummary(MountOptions o, Qcow2Image image, VirtualFileTree tree, string mountpoint, bool rootCanOpen, FileSystemMounts? inside)
+    private static void PrintSummary(MountOptions o, IDiskImage image, VirtualFileTree tree, string mountpoint, bool rootCanOpen, FileSystemMounts? inside)
     {
         var table = tree.Partitions;
         string layout = table.Scheme switch
@@ -266,7 +271,8 @@ internal static class MountCommand
             PartitionScheme.None => "no partition table",
             _ => $"{table.Scheme.ToString().ToUpperInvariant()}, {table.Partitions.Count} partition{(table.Partitions.Count == 1 ? "" : "s")}",
         };
-        Console.WriteLine($"mounted {ImageLocation.Display(o.Image)} ({Units.Bytes(image.Length)} virtual, {layout}) {(tree.Writable ? "read-write" : "read-only")} at {mountpoint}");
+        string through = o.Overlay is null ? "" : $" through the overlay {image.Path}";
+        Console.WriteLine($"mounted {ImageLocation.Display(o.Image)}{through} ({Units.Bytes(image.Length)} virtual, {layout}) {(tree.Writable ? "read-write" : "read-only")} at {mountpoint}");
         if (OperatingSystem.IsWindows())
         {
             string largestFile = table.Partitions.OrderByDescending(p => p.Length).FirstOrDefault()?.FileName ?? VirtualFileTree.DiskFileName;

@@ -163,6 +163,9 @@ internal sealed class MountOptions : ImageReadingOptions
     [Option('o', "options", HelpText = "FUSE mount options, comma-separated (e.g. allow_other; nonempty mounts over a directory that holds files). Linux only.")]
     public string? FuseOptions { get; set; }
 
+    [Option("overlay", MetaValue = "NEW.qcow2", HelpText = "With --rw: make NEW.qcow2, a qcow2 overlay over IMAGE, and write into it; IMAGE (any format, local or remote) is never written. Mount NEW.qcow2 later to see the changes.")]
+    public string? Overlay { get; set; }
+
     [Option("others-may-read", HelpText = "Let every user of this machine read the files (mode 0444; 0644 with --rw, where only you write). By default only you, the user who mounts, may (0400, 0600), as QEMU's FUSE export; others reach the mount at all only with -o allow_other.")]
     public bool OthersMayRead { get; set; }
 

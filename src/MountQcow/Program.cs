@@ -287,7 +287,7 @@ internal static class Program
 
     private static readonly Dictionary<Type, string> s_usage = new()
     {
-        [typeof(MountOptions)] = "mountqcow [mount] IMAGE MOUNTPOINT [-f] [--rw] [--files[=kernel]] [-o OPTIONS]",
+        [typeof(MountOptions)] = "mountqcow [mount] IMAGE MOUNTPOINT [-f] [--rw [--overlay NEW.qcow2]] [--files[=kernel]] [-o OPTIONS]",
         [typeof(UnmountOptions)] = "mountqcow unmount MOUNTPOINT",
         [typeof(InfoOptions)] = "mountqcow info IMAGE [--json]",
         [typeof(CheckOptions)] = "mountqcow check IMAGE [--json] [--repair leaks|all]",
@@ -305,6 +305,7 @@ internal static class Program
         [
             "  mountqcow vm.qcow2 /mnt/vm                    mount: /mnt/vm/disk.raw, p1.raw, ...",
             "  mountqcow --rw vm.qcow2 /mnt/vm               mount read-write: writes go into the image",
+            "  mountqcow --rw --overlay new.qcow2 vm.vmdk /mnt/vm  write into a new overlay; vm.vmdk is untouched",
             "  mountqcow --files vm.qcow2 /mnt/vm            also /mnt/vm/p1/, ...: the files inside, without root",
             "  mountqcow -f vm.qcow2 /mnt/vm                 stay in the foreground; Ctrl-C unmounts",
             "  mountqcow https://host/vm.qcow2 /mnt/vm       a remote image (also s3://bucket/key), read-only",

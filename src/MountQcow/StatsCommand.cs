@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using MountQcow.FileTree;
+using MountQcow.Formats;
 using MountQcow.Qcow2;
 using MountQcow.Storage;
 
@@ -18,20 +19,32 @@ internal sealed record MountStatistics(
     ImageStatistics[] Layers, ImageStatistics[] Snapshots, RemoteStatistics[] Remote)
 {
     /// <summary>The counters of a mount now; the statistics file calls it at every read from its start.</summary>
-    public static MountStatistics Of(Qcow2Image image, IEnumerable<Qcow2Image> snapshots, VirtualFileTree? tree, Stopwatch clock, DateTimeOffset started) =>
+    public static MountStatistics Of(IDiskImage image, IEnumerable<Qcow2Image> snapshots, VirtualFileTree? tree, Stopwatch clock, DateTimeOffset started) =>
         new(image.Path, started, Math.Round(clock.Elapsed.TotalSeconds, 3), image.CanWrite,
             tree?.ReadCounts.Requests ?? 0, tree?.ReadCounts.Bytes ?? 0, tree?.ReadCounts.HostRangeBytes ?? 0,
             image.Chain().Select(l => Layer(l.Path, l.Device)).ToArray(),
             snapshots.Select(s => s.Statistics with { HostReads = 0, HostBytesRead = 0, HostWrites = 0, HostBytesWritten = 0 }).ToArray(),
-            image.RemoteLayers()
+            RemoteLayers(image)
                 .Select(l => new RemoteStatistics(l.Path, l.Counters.Requests.Value, l.Counters.BytesFetched.Value, l.Counters.Retries.Value, l.Counters.CacheHits.Value))
                 .ToArray());
 
-    /// <summary>A qcow2 layer's own counters; a raw backing file's requests, as data read.</summary>
+    /// <summary>Each remote file of the chain (the image, its backing files) with its counters, top first.</summary>
+    public static IEnumerable<(string Path, RemoteCounters Counters)> RemoteLayers(IDiskImage image) =>
+        image.Chain()
+            .Select(l => (l.Path, Counters: l.Device switch
+            {
+                Qcow2Image q => q.Remote,
+                RawImage raw => (raw.File as HttpBlockDevice)?.Counters,
+                _ => (l.Device as HttpBlockDevice)?.Counters,
+            }))
+            .Where(l => l.Counters is not null)
+            .Select(l => (l.Path, l.Counters!));
+
+    /// <summary>A qcow2 layer's own counters; a raw file's requests, as data read.</summary>
     private static ImageStatistics Layer(string path, IBlockDevice device)
     {
         if (device is Qcow2Image q) return q.Statistics;
-        var io = (device as FileBlockDevice)?.Io;
+        var io = ((device as RawImage)?.File as FileBlockDevice ?? device as FileBlockDevice)?.Io;
         long reads = io?.Reads.Value ?? 0, bytes = io?.BytesRead.Value ?? 0;
         return new ImageStatistics(path, null, reads, 0, 0, bytes, 0, 0, 0, 0, 0, 0, 0, reads, bytes, 0, 0, 0, 0, 0, 0, 0, 0, 0);
     }

@@ -41,6 +41,8 @@ public static class DiskImages
             string format = FormatOf(file, path, named);
             if (format == "raw")
             {
+                if (options.Writable)
+                    throw new UnsupportedFeatureException(path, "writing a raw image in place is not supported; mount with --rw --overlay NEW.qcow2 to write into an overlay");
                 chain.Enter(path);
                 TakeReaderLocks(file, path, options);
                 return new RawImage(file, path);
@@ -62,8 +64,7 @@ public static class DiskImages
         string probed = ImageFormat.Probe(file);
         if (named is not null && named != probed && !(named == "vpc" && probed == "vhd"))
             throw new UnsupportedFeatureException(path, $"the image above names it {named}, but it is {ImageFormat.Describe(probed)}");
-        if (probed != "raw" && !s_drivers.ContainsKey(probed))
-            throw new UnsupportedFeatureException(path, $"{ImageFormat.Describe(probed)} is not a format mountqcow reads (it reads {string.Join(", ", Readable)})");
+        if (probed != "raw" && !s_drivers.ContainsKey(probed)) throw new UnreadableFormatException(path, probed);
         return probed;
     }
 
@@ -83,4 +84,11 @@ public static class DiskImages
         public IDiskImage Open(IBlockDevice file, string path, ImageOptions options, BackingChain chain) =>
             Qcow2Image.Open(file, path, options, chain);
     }
+}
+
+/// <summary>The content names a disk image format this program does not read (its name in the message), never read as raw.</summary>
+public sealed class UnreadableFormatException(string path, string format)
+    : ImageException($"{path} is {ImageFormat.Describe(format)}, not a disk format mountqcow reads (it reads {string.Join(", ", DiskImages.Readable)})")
+{
+    public string Format { get; } = format;
 }
