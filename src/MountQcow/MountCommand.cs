@@ -167,7 +167,7 @@ internal static class MountCommand
     {
         rootCanOpen = true;
         if (OperatingSystem.IsWindows())
-            return DokanMount.Mount(tree, mountpoint, new DokanOptions { Debug = o.Debug, Log = Cli.Info });
+            return DokanMount.Mount(tree, mountpoint, new DokanMountOptions { Debug = o.Debug, Log = Cli.Info });
         return FuseMount.Mount(tree, mountpoint, FuseOptionsFor(o, imagePath, user, out rootCanOpen));
     }
 
