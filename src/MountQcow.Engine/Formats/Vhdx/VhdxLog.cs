@@ -31,6 +31,9 @@ internal static class VhdxLog
             throw new UnsupportedFeatureException(path, $"log version {header.LogVersion} (this program replays version 0 logs)");
         if (header.LogLength > MaxReplayedLogLength)
             throw new UnsupportedFeatureException(path, $"its log holds writes to replay and is {header.LogLength >> 20} MiB long (this program replays logs of up to {MaxReplayedLogLength >> 20} MiB; Hyper-V and QEMU write 1 MiB)");
+        // Read whole, so the log must lie inside the file: no allocation a short file cannot justify.
+        if (header.LogOffset > file.Length - header.LogLength)
+            throw new CorruptImageException(path, $"its log (0x{header.LogOffset:x}+0x{header.LogLength:x}) holds writes to replay but lies past the end of the file (0x{file.Length:x} bytes)");
         var log = new byte[header.LogLength];
         VhdxBytes.Read(file, log, header.LogOffset);
         var sequence = ActiveSequence(log, header.LogGuid);
