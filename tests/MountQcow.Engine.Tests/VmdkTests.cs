@@ -72,14 +72,18 @@ public sealed class VmdkTests : IDisposable
         Assert.True(compared > 1, "qemu-img map gave nothing to compare");
     }
 
-    /// <summary>Every host run read from its file holds the disk's bytes there; returns the bytes found in files (not computed).</summary>
-    private static long AssertHostRunsReadBack(IBlockDevice disk, string expected)
+    /// <summary>
+    /// Every host run read from its file holds the disk's bytes there (in [<paramref name="start"/>,
+    /// <paramref name="end"/>), the whole disk by default); returns the bytes found in files (not computed).
+    /// </summary>
+    private static long AssertHostRunsReadBack(IBlockDevice disk, string expected, long start = 0, long end = -1)
     {
         using var raw = File.OpenHandle(expected);
         long inFiles = 0;
-        for (long at = 0; at < disk.Length;)
+        if (end < 0) end = disk.Length;
+        for (long at = start; at < end;)
         {
-            var run = disk.GetHostRun(at, Math.Min(1 << 20, disk.Length - at));
+            var run = disk.GetHostRun(at, Math.Min(1 << 20, end - at));
             Assert.InRange(run.Length, 1, 1 << 20);
             if (run.File is not null)
             {
@@ -117,5 +121,46 @@ public sealed class VmdkTests : IDisposable
         Assert.Equal(createType, disk.Subformat);
         Assert.Equal(5000 << 10, disk.Length);
         AssertReadsAsQemu(disk, image);
+    }
+
+    [QemuTheory]
+    [InlineData("twoGbMaxExtentSparse")]
+    [InlineData("twoGbMaxExtentFlat")]
+    public void SplitDisksReadAcrossTheirExtentFiles(string subformat)
+    {
+        long size = (4L << 30) + (3 << 19) + 512; // three extent files, the last 1.5 MiB and a sector
+        string source = _b.Create("big.qcow2", size.ToString());
+        _b.Write(source, (2L << 30) - 5000, 70_000, Fill.Random, 5);    // across the first two files
+        _b.Write(source, (4L << 30) - 513, 100_000, Fill.Text, 6);     // across the last two
+        _b.Write(source, size - 7000, 7000, Fill.Random, 7);
+        _b.Write(source, 1000, 5000, Fill.Text, 8);
+        string image = ConvertTo(source, "split.vmdk", $"subformat={subformat}");
+        using var disk = DiskImages.Open(image);
+        var vmdk = Assert.IsType<VmdkImage>(disk);
+        Assert.Equal(3, vmdk.ExtentCount);
+        Assert.Equal(subformat, disk.Subformat);
+        Assert.Equal(size, disk.Length);
+        Assert.Equal(3, disk.FileReferences.Count);
+        Assert.All(disk.FileReferences, r => Assert.Equal("extent file", r.What));
+        string expected = _b.Expected(image);
+        long[] edges = [0, 2L << 30, 4L << 30, size - (1 << 20)];
+        foreach (long edge in edges)
+        {
+            long start = Math.Max(0, edge - (1 << 20)), end = Math.Min(size, edge + (1 << 20));
+            DeviceAssert.SameAsRawWhole(new SliceBlockDevice(disk, start, end - start, writable: false), Slice(expected, start, end - start));
+            Assert.True(AssertHostRunsReadBack(disk, expected, start, end) > 0);
+        }
+        DeviceAssert.SameAsRawGrid(disk, expected, Grain);
+        AssertExtentsAgreeWithQemuMap(disk, image);
+    }
+
+    /// <summary>A raw file of part of another, to compare a slice of a disk with.</summary>
+    private string Slice(string raw, long start, long length)
+    {
+        string path = _b.PathOf($"slice-{start:x}.raw");
+        var bytes = new byte[length];
+        using (var f = File.OpenHandle(raw)) DeviceAssert.ReadExactly(f, bytes, start);
+        File.WriteAllBytes(path, bytes);
+        return path;
     }
 }
