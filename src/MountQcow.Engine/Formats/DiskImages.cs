@@ -14,6 +14,7 @@ public static class DiskImages
     {
         new Qcow2Driver(),
         new Vhdx.VhdxDriver(),
+        new Vmdk.VmdkDriver(),
     }.ToDictionary(d => d.Name);
 
     /// <summary>The formats this program reads, raw last.</summary>
