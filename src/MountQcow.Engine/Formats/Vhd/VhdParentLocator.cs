@@ -54,11 +54,15 @@ internal readonly record struct VhdParentLocator(int Index, uint Platform, uint 
     /// null where it cannot be named here. Windows names use backslashes: a relative one
     /// (<c>.\base.vhd</c>) is the same path with slashes elsewhere; an absolute one (a drive letter or
     /// a share) names nothing outside Windows. A Mac OS X URL (<c>file://localhost/Users/a/base.vhd</c>)
-    /// goes to the gate as it is.
+    /// goes to the gate as a URL of this host.
     /// </summary>
     public string? LocalName(string name)
     {
-        if (name.Length == 0 || Platform == L.MacUrl || OperatingSystem.IsWindows()) return name.Length == 0 ? null : name;
+        if (name.Length == 0) return null;
+        // Mac OS X names the local host; .NET reads file://localhost/x as a share on a server called localhost.
+        if (Platform == L.MacUrl)
+            return name.StartsWith("file://localhost/", StringComparison.OrdinalIgnoreCase) ? "file:///" + name["file://localhost/".Length..] : name;
+        if (OperatingSystem.IsWindows()) return name;
         bool windowsRooted = name.StartsWith('\\') || (name.Length >= 2 && name[1] == ':' && char.IsAsciiLetter(name[0]));
         return windowsRooted ? null : name.Replace('\\', '/');
     }
