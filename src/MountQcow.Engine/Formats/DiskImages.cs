@@ -15,6 +15,8 @@ public static class DiskImages
         new Qcow2Driver(),
         new Vhdx.VhdxDriver(),
         new Vmdk.VmdkDriver(),
+        new Vhd.VhdDriver(),
+        new Vdi.VdiDriver(),
     }.ToDictionary(d => d.Name);
 
     /// <summary>The formats this program reads, raw last.</summary>
