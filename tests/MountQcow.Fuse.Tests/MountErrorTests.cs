@@ -30,11 +30,12 @@ public sealed class MountErrorTests : IDisposable
         AssertFails(MountedImage.Host(_b.PathOf("none.qcow2"), _b.Folder), "none.qcow2: no such file");
 
     [MountFact]
-    public void NotQcow2()
+    public void AFormatThisProgramDoesNotRead()
     {
-        string raw = _b.Raw("disk.img", 1 << 20, (0, 512, Fill.Random, 1));
+        string qed = _b.PathOf("disk.qed");
+        _b.Img("create", "-q", "-f", "qed", qed, "1M");
         string mnt = Directory.CreateDirectory(_b.PathOf("m")).FullName;
-        AssertFails(MountedImage.Host(raw, mnt), "not a qcow2 image");
+        AssertFails(MountedImage.Host(qed, mnt), $"{qed} is QED (QEMU), not a disk format mountqcow reads");
         Assert.False(MountedImage.IsMounted(mnt));
     }
 

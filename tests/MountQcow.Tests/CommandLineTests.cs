@@ -92,10 +92,19 @@ public sealed class CommandLineTests : IDisposable
         AssertOneLineError(MountqcowProgram.Run("info", "/nonexistent/vm.qcow2"), "/nonexistent/vm.qcow2: no such file");
 
     [Fact]
-    public void NotQcow2IsOneLine()
+    public void AFileWithNoFormatsSignatureIsARawDisk_AndSaysSoWhereItsNameNamesAFormat()
     {
         string raw = _b.Raw("plain.raw", 1 << 20, (0, 512, Fill.Text, 1));
-        AssertOneLineError(MountqcowProgram.Run("info", raw), "not a qcow2 image");
+        var r = MountqcowProgram.Run("info", raw);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("format:         raw", r.Stdout);
+        Assert.Equal("", r.Stderr);
+        string named = _b.PathOf("damaged.qcow2");
+        File.Copy(raw, named);
+        r = MountqcowProgram.Run("info", named);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("format:         raw", r.Stdout);
+        Assert.Equal($"mountqcow: warning: {named}: no qcow2 header (no disk format's signature at all); read as a raw disk\n", r.Stderr);
     }
 
     [QemuFact]

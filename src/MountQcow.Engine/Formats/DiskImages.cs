@@ -29,7 +29,22 @@ public static class DiskImages
         options ??= new ImageOptions();
         var chain = new BackingChain(options.MaxChainDepth, options.References);
         var file = ImageLocation.Open(location, options.Writable, options.Remote, chain.Gate);
-        return Open(file, ImageLocation.Display(location), options, chain, named: null);
+        string path = ImageLocation.Display(location);
+        var image = Open(file, path, options, chain, named: null);
+        if (image is RawImage && NamedFormat(location) is { } ext)
+            options.Warn?.Invoke($"{path}: no {ext} header (no disk format's signature at all); read as a raw disk");
+        return image;
+    }
+
+    /// <summary>
+    /// The disk format a location's name suggests (its extension), or null. Only ever for a
+    /// warning: the content decides the format, but a damaged .qcow2 read as raw should say so.
+    /// </summary>
+    private static string? NamedFormat(string location)
+    {
+        string name = ImageLocation.IsRemote(location) && Uri.TryCreate(location, UriKind.Absolute, out var u) ? u.AbsolutePath : location;
+        string ext = Path.GetExtension(name).TrimStart('.').ToLowerInvariant();
+        return ext is "qcow2" or "qcow" or "vmdk" or "vhd" or "vhdx" or "vdi" or "qed" ? ext : null;
     }
 
     /// <summary>
