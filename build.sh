@@ -2,6 +2,7 @@
 # build.sh          restore, build Release, publish the host to artifacts/mountqcow/mountqcow
 # build.sh demo     build, make a small demo image, mount it with --files and read a partition's files
 # build.sh test     build (and publish mountqcow.exe for win-x64), then run every test; the last line is "N passed, N failed"
+# build.sh windows  publish mountqcow.exe for win-x64 (one self-contained file) to artifacts/mountqcow-win-x64
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$PWD
@@ -86,5 +87,6 @@ case "$cmd" in
   build) build ;;
   demo) demo ;;
   test) publish_windows && build && run_tests ;;
-  *) sed -n '2,3p' "$0"; exit 2 ;;
+  windows) publish_windows ;;
+  *) sed -n '2,5p' "$0"; exit 2 ;;
 esac

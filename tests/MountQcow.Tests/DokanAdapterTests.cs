@@ -492,4 +492,8 @@ public sealed unsafe class DokanAdapterTests : IDisposable
         Assert.Equal(DokanMount.NotInstalled, Assert.Throws<MountQcow.Dokan.DokanException>(() => DokanMount.Mount(tree, "M:", new DokanMountOptions())).Message);
         Assert.Equal(DokanMount.NotInstalled, Assert.Throws<MountQcow.Dokan.DokanException>(() => DokanMount.Unmount("M:")).Message);
     }
+
+    /// <summary>One server per mount: the operations object holds its tree; nothing in the assembly holds one statically.</summary>
+    [Fact]
+    public void TheBackendKeepsNoTreeOrMountInAStatic() => Assert.Empty(BackendStatics.Offenders(typeof(DokanFileSystem).Assembly));
 }

@@ -478,17 +478,11 @@ public sealed partial class Qcow2Image : IDiskImage
         }
     }
 
-    /// <summary>How many of the <paramref name="length"/> bytes at <paramref name="offset"/> the backing device holds (0 without one).</summary>
-    private long BelowLength(long offset, long length) =>
-        _backing is null ? 0 : Math.Clamp(_backing.Length - offset, 0, length);
+    /// <summary>How many of the <paramref name="length"/> bytes at <paramref name="offset"/> the layer below holds (0 without one).</summary>
+    private long BelowLength(long offset, long length) => new LayerBelow(_backing).LengthAt(offset, length);
 
-    /// <summary>Reads what lies under an unallocated run: the backing device, zeros past its end.</summary>
-    private void ReadBelow(Span<byte> part, long offset)
-    {
-        long below = BelowLength(offset, part.Length);
-        if (below > 0) _backing!.ReadAt(part[..(int)below], offset);
-        part[(int)below..].Clear();
-    }
+    /// <summary>Reads what lies under an unallocated run: the layer below, zeros past its end.</summary>
+    private void ReadBelow(Span<byte> part, long offset) => new LayerBelow(_backing).Read(part, offset);
 
     private void ReadCompressed(Span<byte> part, long offset, ulong descriptor)
     {
@@ -554,10 +548,7 @@ public sealed partial class Qcow2Image : IDiskImage
             case ClusterKind.Zero:
                 return new(ExtentKind.Zero, run.Length);
             default:
-                long below = BelowLength(offset, run.Length);
-                if (below == 0) return new(ExtentKind.Zero, run.Length);
-                var extent = _backing!.GetExtent(offset, below);
-                return extent with { Length = Math.Max(1, extent.Length) };
+                return new LayerBelow(_backing).ExtentAt(offset, run.Length);
         }
     }
 
@@ -605,9 +596,8 @@ public sealed partial class Qcow2Image : IDiskImage
         return run.Kind switch
         {
             ClusterKind.Data => _data.GetHostRun(run.HostOffset, run.Length),
-            ClusterKind.Unallocated when BelowLength(offset, run.Length) is > 0 and var below =>
-                _backing!.GetHostRun(offset, below),
-            ClusterKind.Zero or ClusterKind.Unallocated => Zeros.Run(run.Length),
+            ClusterKind.Unallocated => new LayerBelow(_backing).HostRunAt(offset, run.Length),
+            ClusterKind.Zero => Zeros.Run(run.Length),
             _ => HostRun.Computed(run.Length),
         };
     }

@@ -199,17 +199,8 @@ internal sealed class VhdImage : IDiskImage
         }
     }
 
-    /// <summary>How many of the <paramref name="length"/> bytes at <paramref name="offset"/> the parent holds (it may be shorter).</summary>
-    private long BelowLength(long offset, long length) =>
-        _backing is null ? 0 : Math.Clamp(_backing.Length - offset, 0, length);
-
-    /// <summary>Reads what lies under the child's run: the parent's bytes, zeros past its end.</summary>
-    private void ReadBelow(Span<byte> part, long offset)
-    {
-        long below = BelowLength(offset, part.Length);
-        if (below > 0) _backing!.ReadAt(part[..(int)below], offset);
-        part[(int)below..].Clear();
-    }
+    /// <summary>Reads what lies under an unallocated run: the layer below, zeros past its end.</summary>
+    private void ReadBelow(Span<byte> part, long offset) => new LayerBelow(_backing).Read(part, offset);
 
     /// <summary>
     /// A fixed disk's extents are its file's (holes read as zeros, as QEMU's map says); an
@@ -229,10 +220,7 @@ internal sealed class VhdImage : IDiskImage
             case MappedKind.Zero:
                 return new(ExtentKind.Zero, run.Length);
             default:
-                long below = BelowLength(offset, run.Length);
-                if (below == 0) return new(ExtentKind.Zero, run.Length);
-                var extent = _backing!.GetExtent(offset, below);
-                return extent with { Length = Math.Max(1, extent.Length) };
+                return new LayerBelow(_backing).ExtentAt(offset, run.Length);
         }
     }
 
@@ -246,7 +234,7 @@ internal sealed class VhdImage : IDiskImage
         return run.Kind switch
         {
             MappedKind.Data => _file.GetHostRun(run.HostOffset, run.Length),
-            MappedKind.Below when BelowLength(offset, run.Length) is > 0 and var below => _backing!.GetHostRun(offset, below),
+            MappedKind.Below => new LayerBelow(_backing).HostRunAt(offset, run.Length),
             _ => Zeros.Run(run.Length),
         };
     }

@@ -262,17 +262,8 @@ public sealed class VhdxImage : IDiskImage
         return Math.Min(maxLength, (run << bits) - within);
     }
 
-    /// <summary>How many of the <paramref name="length"/> bytes at <paramref name="offset"/> the parent holds (0 without one).</summary>
-    private long BelowLength(long offset, long length) =>
-        _parent is null ? 0 : Math.Clamp(_parent.Length - offset, 0, length);
-
-    /// <summary>Reads what lies under this image: the parent, zeros past its end.</summary>
-    private void ReadBelow(Span<byte> part, long offset)
-    {
-        long below = BelowLength(offset, part.Length);
-        if (below > 0) _parent!.ReadAt(part[..(int)below], offset);
-        part[(int)below..].Clear();
-    }
+    /// <summary>Reads what lies under an unallocated run: the layer below, zeros past its end.</summary>
+    private void ReadBelow(Span<byte> part, long offset) => new LayerBelow(_parent).Read(part, offset);
 
     /// <summary>
     /// Data where this image or its parent holds bytes; zeros for zero, unmapped and undefined
@@ -319,10 +310,8 @@ public sealed class VhdxImage : IDiskImage
 
     private (ExtentKind Kind, long Length) Below(long offset, long n)
     {
-        long below = BelowLength(offset, n);
-        if (below == 0) return (ExtentKind.Zero, n);
-        var extent = _parent!.GetExtent(offset, below);
-        return (extent.Kind, Math.Max(1, extent.Length));
+        var extent = new LayerBelow(_parent).ExtentAt(offset, n);
+        return (extent.Kind, extent.Length);
     }
 
     /// <summary>
@@ -351,8 +340,7 @@ public sealed class VhdxImage : IDiskImage
         }
     }
 
-    private HostRun HostRunBelow(long offset, long n) =>
-        BelowLength(offset, n) is > 0 and var below ? _parent!.GetHostRun(offset, below) : Zeros.Run(n);
+    private HostRun HostRunBelow(long offset, long n) => new LayerBelow(_parent).HostRunAt(offset, n);
 
     public void WriteAt(ReadOnlySpan<byte> buffer, long offset) => BlockDevices.CheckWritable(this);
 

@@ -317,17 +317,8 @@ public sealed class VmdkImage : IDiskImage
         return i >= 0 ? i : Math.Max(0, ~i - 1);
     }
 
-    /// <summary>How many of the <paramref name="length"/> bytes at <paramref name="offset"/> the parent holds (0 without one).</summary>
-    private long BelowLength(long offset, long length) =>
-        _parent is null ? 0 : Math.Clamp(_parent.Length - offset, 0, length);
-
-    /// <summary>Reads what lies under an unallocated run: the parent, zeros past its end or without one.</summary>
-    private void ReadBelow(Span<byte> part, long offset)
-    {
-        long below = BelowLength(offset, part.Length);
-        if (below > 0) _parent!.ReadAt(part[..(int)below], offset);
-        part[(int)below..].Clear();
-    }
+    /// <summary>Reads what lies under an unallocated run: the layer below, zeros past its end.</summary>
+    private void ReadBelow(Span<byte> part, long offset) => new LayerBelow(_parent).Read(part, offset);
 
     /// <summary>
     /// A compressed grain straight into the caller's buffer when the read covers it whole; else
@@ -382,10 +373,7 @@ public sealed class VmdkImage : IDiskImage
             case GrainKind.Zero:
                 return new(ExtentKind.Zero, run.Length);
             default:
-                long below = BelowLength(offset, run.Length);
-                if (below == 0) return new(ExtentKind.Zero, run.Length);
-                var extentBelow = _parent!.GetExtent(offset, below);
-                return extentBelow with { Length = Math.Clamp(extentBelow.Length, 1, below) };
+                return new LayerBelow(_parent).ExtentAt(offset, run.Length);
         }
     }
 
@@ -404,8 +392,8 @@ public sealed class VmdkImage : IDiskImage
         return run.Kind switch
         {
             GrainKind.Data => extent.File!.GetHostRun(run.HostOffset, run.Length),
-            GrainKind.Unallocated when BelowLength(offset, run.Length) is > 0 and var below => _parent!.GetHostRun(offset, below),
-            GrainKind.Zero or GrainKind.Unallocated => Zeros.Run(run.Length),
+            GrainKind.Unallocated => new LayerBelow(_parent).HostRunAt(offset, run.Length),
+            GrainKind.Zero => Zeros.Run(run.Length),
             _ => HostRun.Computed(run.Length),
         };
     }
