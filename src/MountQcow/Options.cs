@@ -160,7 +160,7 @@ internal sealed class MountOptions : ImageReadingOptions
     [Option("files", MetaValue = "[kernel]", HelpText = "Also show each partition's file system (the whole disk's without a partition table; each snapshot's) as pN beside pN.raw. FAT is read by mountqcow itself (read-only). Without root, the others by user-space drivers: fuse2fs (ext2/3/4), ntfs-3g (NTFS), shown as links. --files=kernel (root): the kernel's drivers through loop devices, which also read xfs and btrfs (FAT is still read by mountqcow). Linux only.")]
     public string? Files { get; set; }
 
-    [Option('o', "options", HelpText = "FUSE mount options, comma-separated (e.g. allow_other; nonempty mounts over a directory that holds files). Linux only.")]
+    [Option('o', "options", MetaValue = "OPTIONS", HelpText = "Mount options, comma-separated, as mount(8) passes them (mount -t fuse.mountqcow, fstab): mountqcow's own, ro, rw (as --rw), files, files=kernel, overlay=NEW.qcow2, key-file=FILE, allow-reference=PATH, trust-references, others-may-read, force-share, l2-cache=SIZE, remote-cache=SIZE; FUSE's, passed on (allow_other, allow_root; nonempty mounts over a directory that holds files); fstab's (noauto, nofail, _netdev, user, dev, suid) ignored. Linux only.")]
     public string? FuseOptions { get; set; }
 
     [Option("overlay", MetaValue = "NEW.qcow2", HelpText = "With --rw: make NEW.qcow2, a qcow2 overlay over IMAGE, and write into it; IMAGE (any format, local or remote) is never written. Mount NEW.qcow2 later to see the changes.")]
