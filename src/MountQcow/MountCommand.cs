@@ -336,7 +336,7 @@ internal static class MountCommand
         };
         // Run as "dotnet mountqcow.dll ...", the child needs the dll's path first.
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
-            psi.ArgumentList.Add(typeof(MountCommand).Assembly.Location);
+            psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, typeof(MountCommand).Assembly.GetName().Name + ".dll")); // Assembly.Location is empty in a single-file build
         // IMAGE as messages show it (no user, password or query string); the whole of it on standard input.
         bool imageOnStdin = ImageLocation.Display(image) != image;
         int shown = imageOnStdin ? Array.IndexOf(args, image) : -1;
