@@ -111,7 +111,8 @@ internal static partial class ManPage
         cluster size, compression (deflate, zstd), extended L2 entries, external data files,
         backing chains, internal snapshots (read-only, under
         .IR snapshots/NAME/ ),
-        and encrypted images (LUKS and legacy AES); raw disks too, and remote images over http(s) and s3://.
+        and encrypted images (LUKS and legacy AES); raw disks and VMDK, VHD, VHDX and VDI images too, and
+        remote images over http(s) and s3://.
         .PP
         With
         .BR \-\-files ,
