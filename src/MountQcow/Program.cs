@@ -16,6 +16,10 @@ internal static class Program
 
     public static int Main(string[] args)
     {
+        // mount(8) runs its helpers without PATH (mount -t fuse.mountqcow, fstab: mount.fuse3 runs
+        // mountqcow from sh's default path): look for fuse2fs, ntfs-3g, losetup where sh did.
+        if (!OperatingSystem.IsWindows() && string.IsNullOrEmpty(Environment.GetEnvironmentVariable("PATH")))
+            Environment.SetEnvironmentVariable("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
         using var parser = NewParser();
         // Hidden: what the .deb installs, generated from the help itself (see CommandReference).
         if (args is ["--man"]) return Print(ManPage.Render(Version, ManPage.DateOf(Environment.GetEnvironmentVariable("SOURCE_DATE_EPOCH"))));
