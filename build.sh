@@ -3,6 +3,7 @@
 # build.sh demo     build, make a small demo image, mount it with --files and read a partition's files
 # build.sh test     build (and publish mountqcow.exe for win-x64), then run every test; the last line is "N passed, N failed"
 # build.sh deb      artifacts/mountqcow_VERSION_amd64.deb: the self-contained program, its man page, bash completion, mount.fuse.mountqcow
+# build.sh pack     artifacts/nupkg: MountQcow.Engine.VERSION.nupkg (the library), mountqcow.VERSION.nupkg (the .NET tool); samples/ReadDisk built against them
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$PWD
@@ -110,10 +111,29 @@ deb() {
   echo "built artifacts/$(basename "$deb")"
 }
 
+# The NuGet packages, versioned as the program: the library (MountQcow.Engine) and the .NET tool
+# (framework-dependent, any platform); then samples/ReadDisk, a caller's program, built against the
+# packed library (its nuget.config names artifacts/nupkg) into artifacts/sample.
+pack() {
+  rm -rf artifacts/nupkg artifacts/sample
+  dotnet pack src/MountQcow.Engine/MountQcow.Engine.csproj -c Release -nologo -v:q -o artifacts/nupkg >/dev/null
+  dotnet pack src/MountQcow/MountQcow.csproj -c Release -nologo -v:q -o artifacts/nupkg >/dev/null
+  local version
+  version=$(cd artifacts/nupkg && ls MountQcow.Engine.*.nupkg)
+  version=${version#MountQcow.Engine.}
+  version=${version%.nupkg}
+  # NuGet caches a package by id and version: a package packed again under the same version
+  # must not be taken from the cache.
+  rm -rf "$(dotnet nuget locals global-packages --list | sed 's/^global-packages: //')mountqcow.engine/$version"
+  dotnet build samples/ReadDisk/ReadDisk.csproj -c Release -nologo -v:q -clp:"ErrorsOnly;NoSummary" -p:MountQcowVersion="$version" -o artifacts/sample >/dev/null
+  echo "packed artifacts/nupkg: $(cd artifacts/nupkg && echo *.nupkg); built artifacts/sample/ReadDisk.dll against it"
+}
+
 case "$cmd" in
   build) build ;;
   demo) demo ;;
-  test) publish_windows && build && deb && run_tests ;;
+  test) publish_windows && build && deb && pack && run_tests ;;
   deb) deb ;;
-  *) sed -n '2,5p' "$0"; exit 2 ;;
+  pack) pack ;;
+  *) sed -n '2,6p' "$0"; exit 2 ;;
 esac
