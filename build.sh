@@ -3,6 +3,8 @@
 # build.sh demo     build, make a small demo image, mount it with --files and read a partition's files
 # build.sh test     build (and publish mountqcow.exe for win-x64), then run every test; the last line is "N passed, N failed"
 # build.sh windows  publish mountqcow.exe for win-x64 (one self-contained file) to artifacts/mountqcow-win-x64
+# build.sh deb      artifacts/mountqcow_VERSION_amd64.deb: the self-contained program, its man page, bash completion, mount.fuse.mountqcow
+# build.sh pack     artifacts/nupkg: MountQcow.Engine.VERSION.nupkg (the library), mountqcow.VERSION.nupkg (the .NET tool); samples/ReadDisk built against them
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$PWD
@@ -30,7 +32,7 @@ build() {
 }
 
 run_tests() {
-  need_packages fuse3 libfuse3-dev qemu-utils e2fsprogs fdisk gcc pkg-config gcc-mingw-w64-x86-64 wine64 dosfstools ntfs-3g xfsprogs btrfs-progs nginx fuse2fs mtools procps time
+  need_packages fuse3 libfuse3-dev qemu-utils e2fsprogs fdisk gcc pkg-config gcc-mingw-w64-x86-64 wine64 dosfstools ntfs-3g xfsprogs btrfs-progs nginx fuse2fs mtools procps time man-db
   # s3rver, an S3-compatible server on loopback, for the s3:// tests
   if ! command -v s3rver >/dev/null; then
     if [ "$(id -u)" -eq 0 ] && command -v npm >/dev/null; then npm install -g --no-audit --no-fund s3rver@3 >/dev/null
@@ -83,10 +85,57 @@ publish_windows() {
   echo "published artifacts/mountqcow-win-x64/mountqcow.exe"
 }
 
+# The Debian package: /usr/bin/mountqcow self-contained (no .NET runtime needed), mountqcow(1) and
+# the bash completion it prints itself (from the source --help shows), and /sbin/mount.fuse.mountqcow:
+# fuse3's mount.fuse3 under the name that makes mount(8) run `mountqcow IMAGE DIR -o OPTIONS` for
+# `mount -t fuse.mountqcow` and fstab lines of that type. dpkg-deb only: no debhelper, no fakeroot.
+deb() {
+  local out=$root/artifacts/deb-publish stage=$root/artifacts/deb-root
+  rm -rf "$out" "$stage"
+  dotnet publish src/MountQcow/MountQcow.csproj -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true \
+    -p:IncludeNativeLibrariesForSelfExtract=true -p:PublishDocumentationFiles=false -nologo -v:q -o "$out" >/dev/null
+  local mq=$out/mountqcow version
+  version=$("$mq" --version | cut -d' ' -f2)
+  # SemVer's pre-release (0.3.0-alpha.0.5) sorts before its release; in Debian's order '~' does that.
+  local debversion=${version//-/\~}
+  install -Dm755 "$mq" "$stage/usr/bin/mountqcow"
+  mkdir -p "$stage/usr/share/man/man1" "$stage/sbin" "$stage/DEBIAN"
+  # The page's date from the commit, so the same commit makes the same page.
+  SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || date +%s) "$mq" --man | gzip -9n >"$stage/usr/share/man/man1/mountqcow.1.gz"
+  "$mq" --completion bash | install -Dm644 /dev/stdin "$stage/usr/share/bash-completion/completions/mountqcow"
+  install -Dm644 packaging/deb/copyright "$stage/usr/share/doc/mountqcow/copyright"
+  ln -s mount.fuse3 "$stage/sbin/mount.fuse.mountqcow"
+  sed -e "s/@VERSION@/$debversion/" -e "s/@SIZE@/$(du -sk "$stage" | cut -f1)/" packaging/deb/control >"$stage/DEBIAN/control"
+  local deb=$root/artifacts/mountqcow_${debversion}_amd64.deb
+  rm -f "$root"/artifacts/mountqcow_*_amd64.deb
+  dpkg-deb --build --root-owner-group -Zxz "$stage" "$deb" >/dev/null
+  echo "built artifacts/$(basename "$deb")"
+}
+
+# The NuGet packages, versioned as the program: the library (MountQcow.Engine) and the .NET tool
+# (framework-dependent, any platform); then samples/ReadDisk, a caller's program, built against the
+# packed library (its nuget.config names artifacts/nupkg) into artifacts/sample.
+pack() {
+  rm -rf artifacts/nupkg artifacts/sample
+  dotnet pack src/MountQcow.Engine/MountQcow.Engine.csproj -c Release -nologo -v:q -o artifacts/nupkg >/dev/null
+  dotnet pack src/MountQcow/MountQcow.csproj -c Release -nologo -v:q -o artifacts/nupkg >/dev/null
+  local version
+  version=$(cd artifacts/nupkg && ls MountQcow.Engine.*.nupkg)
+  version=${version#MountQcow.Engine.}
+  version=${version%.nupkg}
+  # NuGet caches a package by id and version: a package packed again under the same version
+  # must not be taken from the cache.
+  rm -rf "$(dotnet nuget locals global-packages --list | sed 's/^global-packages: //')mountqcow.engine/$version"
+  dotnet build samples/ReadDisk/ReadDisk.csproj -c Release -nologo -v:q -clp:"ErrorsOnly;NoSummary" -p:MountQcowVersion="$version" -o artifacts/sample >/dev/null
+  echo "packed artifacts/nupkg: $(cd artifacts/nupkg && echo *.nupkg); built artifacts/sample/ReadDisk.dll against it"
+}
+
 case "$cmd" in
   build) build ;;
   demo) demo ;;
-  test) publish_windows && build && run_tests ;;
+  test) publish_windows && build && deb && pack && run_tests ;;
   windows) publish_windows ;;
-  *) sed -n '2,5p' "$0"; exit 2 ;;
+  deb) deb ;;
+  pack) pack ;;
+  *) sed -n '2,7p' "$0"; exit 2 ;;
 esac

@@ -37,13 +37,13 @@ internal static class MountCommand
             Environment.SetEnvironmentVariable(ImageOnStdin, null);
             o.Image = System.Text.Encoding.UTF8.GetString(Cli.ReadStdinLine());
         }
+        var user = UserOptions(o); // first: -o may say rw, files, overlay=... (as mount(8) passes them)
         string image = ImageLocation.Full(o.Image);
         if (!ImageLocation.MayExist(image))
             throw new UserError(Directory.Exists(image) ? $"{o.Image} is a directory, not an image" : $"{o.Image}: no such file");
         if (ImageLocation.IsRemote(image) && o.ReadWrite && o.Overlay is null)
             throw new UserError($"{ImageLocation.Display(image)}: a remote image is never written; mount it with --rw --overlay NEW.qcow2 to write into a local overlay");
         if (o.Overlay is not null && !o.ReadWrite) throw new UsageError("--overlay NEW.qcow2 is where a --rw mount writes: give --rw too");
-        var user = UserOptions(o);
         long l2Cache = Units.ParseSize(o.L2Cache);
         if (l2Cache < 1) throw new UsageError($"--l2-cache {o.L2Cache}: the cache needs room for at least one L2 table (e.g. 1M)");
         o.Remote(); // checked here, before the background copy starts
@@ -100,14 +100,15 @@ internal static class MountCommand
     private static bool IsDriveLetter(string mountpoint) =>
         mountpoint.TrimEnd('\\', '/') is { Length: 2 } m && char.IsAsciiLetter(m[0]) && m[1] == ':';
 
-    /// <summary>The -o options, checked against the mode, the backend and what this user may ask for.</summary>
+    /// <summary>
+    /// The -o options: mountqcow's own applied to <paramref name="o"/> (see <see cref="MountOptionWords"/>),
+    /// and FUSE's, checked against the backend and what this user may ask for, returned.
+    /// </summary>
     private static List<string> UserOptions(MountOptions o)
     {
         if (OperatingSystem.IsWindows() && o.FuseOptions is not null)
-            throw new UsageError("-o passes options to FUSE, which Windows does not use; Dokan mounts take no -o options");
-        var user = (o.FuseOptions ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
-        if (user.Contains("rw") && !o.ReadWrite) throw new UsageError("-o rw needs --rw (only --rw mounts write into the image)");
-        if (user.Contains("ro") && o.ReadWrite) throw new UsageError("--rw and -o ro contradict each other");
+            throw new UsageError("-o gives mount options, which Dokan mounts on Windows do not take; use the options themselves (--rw, ...)");
+        var user = MountOptionWords.Apply(o);
         if (!Native.IsRoot && user.FirstOrDefault(u => u is "allow_root" or "allow_other") is { } access && !MountPoint.UserAllowOther())
             throw new UserError($"-o {access} needs the line 'user_allow_other' in /etc/fuse.conf (root can add it)");
         return user;

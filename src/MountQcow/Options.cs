@@ -49,13 +49,13 @@ internal abstract class ImageReadingOptions : ReferenceOptions
     /// <summary>What IMAGE may be, for every verb that reads one.</summary>
     internal const string ImageHelp = "The qcow2 image: a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).";
 
-    [Option("key-file", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
+    [Option("key-file", MetaValue = "FILE", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
     public string? KeyFile { get; set; }
 
     [Option('U', "force-share", HelpText = "Read even while another process (a running VM) writes the image, and let writers start meanwhile, as qemu-img -U: what you read may then change under you. Without it, an image another process writes is refused. A --rw mount ignores it (it never shares writing).")]
     public bool ForceShare { get; set; }
 
-    [Option("remote-cache", Default = "64M", HelpText = "Memory for chunks fetched from a remote image (at least 1M); reads in order keep up to half of it in flight.")]
+    [Option("remote-cache", MetaValue = "SIZE", Default = "64M", HelpText = "Memory for chunks fetched from a remote image (at least 1M); reads in order keep up to half of it in flight.")]
     public string RemoteCache { get; set; } = "64M";
 
     /// <summary>How a remote image is read, from --remote-cache.</summary>
@@ -108,7 +108,7 @@ internal sealed class CheckOptions : ReferenceOptions
     [Option('U', "force-share", HelpText = "Check even while another process writes the image (the verdict may then be wrong).")]
     public bool ForceShare { get; set; }
 
-    [Option('r', "repair", HelpText = "Repair: 'leaks' frees leaked clusters (always safe); 'all' also fixes refcounts that are too low, rebuilds broken refcount structures, fixes COPIED flags and clears the dirty and corrupt bits.")]
+    [Option('r', "repair", MetaValue = "leaks|all", HelpText = "Repair: 'leaks' frees leaked clusters (always safe); 'all' also fixes refcounts that are too low, rebuilds broken refcount structures, fixes COPIED flags and clears the dirty and corrupt bits.")]
     public string? Repair { get; set; }
 }
 
@@ -124,12 +124,12 @@ internal sealed class ExportOptions : ImageReadingOptions
     [Value(1, MetaName = "OUTPUT", HelpText = "A new raw file, an existing block device at least as large as the disk, or - for standard output (also a FIFO or a character device): the disk in order. Not with --partition N:TARGET.")]
     public string Output { get; set; } = "";
 
-    [Option('p', "partition", HelpText = "Export partition N (as numbered in the mount: pN.raw) instead of the whole disk; N:TARGET, given several times, writes each partition to its own TARGET in one run.")]
+    [Option('p', "partition", MetaValue = "N|N:TARGET", HelpText = "Export partition N (as numbered in the mount: pN.raw) instead of the whole disk; N:TARGET, given several times, writes each partition to its own TARGET in one run.")]
     public string? PartitionsJoined { get; set; }
 
     public IReadOnlyList<string> Partitions => Split(PartitionsJoined);
 
-    [Option('s', "snapshot", HelpText = "Export an internal snapshot (by id or name, as qemu-img convert -l) instead of the current disk.")]
+    [Option('s', "snapshot", MetaValue = "ID|NAME", HelpText = "Export an internal snapshot (by id or name, as qemu-img convert -l) instead of the current disk.")]
     public string? Snapshot { get; set; }
 
     [Option('f', "force", HelpText = "Overwrite OUTPUT if it is an existing regular file, or a block device that a process has open. A mounted device is never overwritten.")]
@@ -160,7 +160,7 @@ internal sealed class MountOptions : ImageReadingOptions
     [Option("files", MetaValue = "[kernel]", HelpText = "Also show each partition's file system (the whole disk's without a partition table; each snapshot's) as pN beside pN.raw. FAT is read by mountqcow itself (read-only). Without root, the others by user-space drivers: fuse2fs (ext2/3/4), ntfs-3g (NTFS), shown as links. --files=kernel (root): the kernel's drivers through loop devices, which also read xfs and btrfs (FAT is still read by mountqcow). Linux only.")]
     public string? Files { get; set; }
 
-    [Option('o', "options", HelpText = "FUSE mount options, comma-separated (e.g. allow_other; nonempty mounts over a directory that holds files). Linux only.")]
+    [Option('o', "options", MetaValue = "OPTIONS", HelpText = "Mount options, comma-separated, as mount(8) passes them (mount -t fuse.mountqcow, fstab): mountqcow's own, ro, rw (as --rw), files, files=kernel, overlay=NEW.qcow2, key-file=FILE, allow-reference=PATH, trust-references, others-may-read, force-share, l2-cache=SIZE, remote-cache=SIZE; FUSE's, passed on (allow_other, allow_root; nonempty mounts over a directory that holds files); fstab's (noauto, nofail, _netdev, user, dev, suid) ignored. Linux only.")]
     public string? FuseOptions { get; set; }
 
     [Option("overlay", MetaValue = "NEW.qcow2", HelpText = "With --rw: make NEW.qcow2, a qcow2 overlay over IMAGE, and write into it; IMAGE (any format, local or remote) is never written. Mount NEW.qcow2 later to see the changes.")]
@@ -169,7 +169,7 @@ internal sealed class MountOptions : ImageReadingOptions
     [Option("others-may-read", HelpText = "Let every user of this machine read the files (mode 0444; 0644 with --rw, where only you write). By default only you, the user who mounts, may (0400, 0600), as QEMU's FUSE export; others reach the mount at all only with -o allow_other.")]
     public bool OthersMayRead { get; set; }
 
-    [Option("l2-cache", Default = "16M", HelpText = "Memory for each image's L2 table cache.")]
+    [Option("l2-cache", MetaValue = "SIZE", Default = "16M", HelpText = "Memory for each image's L2 table cache.")]
     public string L2Cache { get; set; } = "16M";
 
     [Option('d', "debug", HelpText = "Print every FUSE request, or Dokan's debug output on Windows (implies --foreground).")]
@@ -185,7 +185,7 @@ internal sealed class UnmountOptions : CommonOptions
     [Needed, Value(0, MetaName = "MOUNTPOINT", HelpText = "Where the image is mounted (on Windows, the drive letter or folder).")]
     public string Mountpoint { get; set; } = "";
 
-    [Option("timeout", Default = 600, HelpText = "Seconds to wait for the image to be closed.")]
+    [Option("timeout", MetaValue = "SECONDS", Default = 600, HelpText = "Seconds to wait for the image to be closed.")]
     public int Timeout { get; set; } = 600;
 }
 
@@ -201,7 +201,7 @@ internal sealed class StatsOptions : CommonOptions
     [Option("json", HelpText = "Print the counters as JSON (as MOUNTPOINT/.mountqcow/stats.json holds them).")]
     public bool Json { get; set; }
 
-    [Option('w', "watch", HelpText = "Print again every SECONDS, with rates, until Ctrl-C.")]
+    [Option('w', "watch", MetaValue = "SECONDS", HelpText = "Print again every SECONDS, with rates, until Ctrl-C.")]
     public double? Watch { get; set; }
 }
 
@@ -217,13 +217,13 @@ internal sealed class SnapshotOptions : ReferenceOptions
     [Option('l', "list", HelpText = "List the snapshots (id, tag, sizes, date, VM clock, folder in a mount).")]
     public bool List { get; set; }
 
-    [Option('c', "create", HelpText = "Create a snapshot of the current disk named NAME.")]
+    [Option('c', "create", MetaValue = "NAME", HelpText = "Create a snapshot of the current disk named NAME.")]
     public string? Create { get; set; }
 
-    [Option('a', "apply", HelpText = "Make the current disk what snapshot ID or NAME holds (the snapshot stays).")]
+    [Option('a', "apply", MetaValue = "ID|NAME", HelpText = "Make the current disk what snapshot ID or NAME holds (the snapshot stays).")]
     public string? Apply { get; set; }
 
-    [Option('d', "delete", HelpText = "Delete snapshot ID or NAME and free what only it used.")]
+    [Option('d', "delete", MetaValue = "ID|NAME", HelpText = "Delete snapshot ID or NAME and free what only it used.")]
     public string? Delete { get; set; }
 }
 
@@ -239,22 +239,22 @@ internal sealed class CreateVerbOptions : ReferenceOptions
     [Value(1, MetaName = "SIZE", Required = false, HelpText = "Virtual size (e.g. 20G); with --backing it defaults to the backing file's size.")]
     public string? Size { get; set; }
 
-    [Option('b', "backing", HelpText = "Backing file: the new image starts as a copy-on-write overlay on it (relative to IMAGE's folder).")]
+    [Option('b', "backing", MetaValue = "FILE", HelpText = "Backing file: the new image starts as a copy-on-write overlay on it (relative to IMAGE's folder).")]
     public string? Backing { get; set; }
 
-    [Option('F', "backing-format", HelpText = "Format of the backing file, qcow2 or raw (default: detected).")]
+    [Option('F', "backing-format", MetaValue = "qcow2|raw", HelpText = "Format of the backing file, qcow2 or raw (default: detected).")]
     public string? BackingFormat { get; set; }
 
-    [Option("cluster-size", Default = "64K", HelpText = "Cluster size, a power of two from 512 to 2M.")]
+    [Option("cluster-size", MetaValue = "SIZE", Default = "64K", HelpText = "Cluster size, a power of two from 512 to 2M.")]
     public string ClusterSize { get; set; } = "64K";
 
-    [Option("refcount-bits", Default = 16, HelpText = "Width of a refcount entry: 1, 2, 4, 8, 16, 32 or 64.")]
+    [Option("refcount-bits", MetaValue = "BITS", Default = 16, HelpText = "Width of a refcount entry: 1, 2, 4, 8, 16, 32 or 64.")]
     public int RefcountBits { get; set; } = 16;
 
     [Option("extended-l2", HelpText = "Use extended L2 entries (32 subclusters per cluster; clusters of 16K or more).")]
     public bool ExtendedL2 { get; set; }
 
-    [Option("compression", Default = "deflate", HelpText = "Compression type for compressed clusters: deflate or zstd.")]
+    [Option("compression", MetaValue = "deflate|zstd", Default = "deflate", HelpText = "Compression type for compressed clusters: deflate or zstd.")]
     public string Compression { get; set; } = "deflate";
 
     [Option('f', "force", HelpText = "Overwrite IMAGE if it exists.")]
@@ -273,10 +273,10 @@ internal sealed class ConvertOptions : ImageReadingOptions
     [Needed, Value(1, MetaName = "IMAGE", HelpText = "The new qcow2 image.")]
     public string Image { get; set; } = "";
 
-    [Option('c', "compress", HelpText = "Compress clusters: deflate or zstd.")]
+    [Option('c', "compress", MetaValue = "deflate|zstd", HelpText = "Compress clusters: deflate or zstd.")]
     public string? Compress { get; set; }
 
-    [Option("cluster-size", Default = "64K", HelpText = "Cluster size of the new image.")]
+    [Option("cluster-size", MetaValue = "SIZE", Default = "64K", HelpText = "Cluster size of the new image.")]
     public string ClusterSize { get; set; } = "64K";
 
     [Option('f', "force", HelpText = "Overwrite IMAGE if it exists.")]

@@ -1,3 +1,4 @@
+using System.Reflection;
 using CommandLine;
 using CommandLine.Text;
 using MountQcow.Storage;
@@ -15,7 +16,14 @@ internal static class Program
 
     public static int Main(string[] args)
     {
+        // mount(8) runs its helpers without PATH (mount -t fuse.mountqcow, fstab: mount.fuse3 runs
+        // mountqcow from sh's default path): look for fuse2fs, ntfs-3g, losetup where sh did.
+        if (!OperatingSystem.IsWindows() && string.IsNullOrEmpty(Environment.GetEnvironmentVariable("PATH")))
+            Environment.SetEnvironmentVariable("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
         using var parser = NewParser();
+        // Hidden: what the .deb installs, generated from the help itself (see CommandReference).
+        if (args is ["--man"]) return Print(ManPage.Render(Version, ManPage.DateOf(Environment.GetEnvironmentVariable("SOURCE_DATE_EPOCH"))));
+        if (args is ["--completion", "bash"]) return Print(Completion.Bash());
         // No arguments, "help", "--help": the overview; "help VERB": that verb's help.
         if (args.Length == 0) return Overview(Console.Error, Usage);
         if (args[0] is "help" or "--help" or "-h")
@@ -123,6 +131,28 @@ internal static class Program
 
     private static Type? VerbOf(string name) => s_verbs.FirstOrDefault(t => VerbAttributeOf(t).Name == name);
 
+    /// <summary>The verbs, in the order the overview lists them.</summary>
+    internal static IReadOnlyList<Type> VerbTypes => s_verbs;
+
+    /// <summary>A verb's usage lines, as its help shows them.</summary>
+    internal static string UsageOf(Type verb) => s_usage[verb];
+
+    /// <summary>A verb's examples, as its help shows them.</summary>
+    internal static string[] ExamplesOf(Type verb) => s_examples[verb];
+
+    /// <summary>
+    /// This build's version, which MinVer sets from the git tag (SemVer, without the commit: the
+    /// string the .deb and the .NET tool carry too).
+    /// </summary>
+    internal static string Version =>
+        typeof(Program).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown";
+
+    private static int Print(string text)
+    {
+        Console.Out.Write(text);
+        return Ok;
+    }
+
     private static VerbAttribute VerbAttributeOf(Type verb) => verb.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Single();
 
     private static string VerbName(Type verb) => VerbAttributeOf(verb).Name;
@@ -214,7 +244,7 @@ internal static class Program
         var verb = result.TypeInfo.Current;
         if (errors.IsVersion())
         {
-            Console.WriteLine(HeadingInfo.Default);
+            Console.WriteLine($"mountqcow {Version}");
             return Ok;
         }
         if (errors.IsHelp()) return s_verbs.Contains(verb) ? VerbHelp(parser, verb, Console.Out, Ok) : Overview(Console.Out, Ok);
@@ -258,7 +288,7 @@ internal static class Program
 
     private static string FirstSentence(string text) => text.IndexOf(". ", StringComparison.Ordinal) is var dot and > 0 ? text[..(dot + 1)] : text;
 
-    private const string ExitStatus = "Exit status: 0 success, 1 failure (bad image, I/O error, mount refused), 2 wrong command line, 130 interrupted.";
+    internal const string ExitStatus = "Exit status: 0 success, 1 failure (bad image, I/O error, mount refused), 2 wrong command line, 130 interrupted.";
 
     /// <summary>One verb's help: its usage, what it does, its options and its own examples.</summary>
     private static int VerbHelp(Parser parser, Type verb, TextWriter to, int exit)

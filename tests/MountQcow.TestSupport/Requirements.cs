@@ -29,12 +29,17 @@ public static class Requirements
 
     /// <summary>
     /// Why a named need is missing, or null: a program on PATH, or "root", "fuse", "qemu",
-    /// "cc" (gcc with the libfuse3 headers), "wine", "mountqcow.exe" (the Windows build, published).
+    /// "cc" (gcc with the libfuse3 headers), "wine", "mountqcow.exe" (the Windows build, published),
+    /// "mountqcow.deb" (the Debian package, built), "mountqcow.nupkg" (the .NET tool, packed),
+    /// "ReadDisk" (samples/ReadDisk, built against the packed library).
     /// </summary>
     public static string? Missing(string need) => need switch
     {
         "wine" => FindTool("wine") is null || FindTool("wineserver") is null ? "wine not installed (apt-get install wine64)" : null,
         "mountqcow.exe" => Wine.Exe is null ? "the Windows build is not published (./build.sh test publishes artifacts/mountqcow-win-x64/mountqcow.exe)" : null,
+        "mountqcow.deb" => Packages.Deb is null ? "the .deb is not built (./build.sh deb, which ./build.sh test runs, makes artifacts/mountqcow_VERSION_amd64.deb)" : null,
+        "mountqcow.nupkg" => Packages.Tool is null ? "the .NET tool is not packed (./build.sh pack, which ./build.sh test runs, makes artifacts/nupkg/mountqcow.VERSION.nupkg)" : null,
+        "ReadDisk" => Packages.Sample is null ? "samples/ReadDisk is not built against the packed library (./build.sh pack, which ./build.sh test runs, builds it)" : null,
         "root" => MissingRoot,
         "fuse" => MissingFuse,
         "qemu" => MissingQemu,
