@@ -308,6 +308,7 @@ internal sealed class FileSystemMounts : IDisposable
         psi.RedirectStandardInput = true; // nothing to read: never the terminal
         psi.UseShellExecute = false;
         Process process;
+        Native.InheritNothing(); // a driver outlives no descriptor of ours (the FUSE connection, a caller's lock)
         try
         {
             process = Process.Start(psi)!;

@@ -345,6 +345,7 @@ internal static class MountCommand
         psi.Environment[BackgroundVariable] = "1";
         if (imageOnStdin) psi.Environment[ImageOnStdin] = "1";
         if (passphrase is not null) psi.Environment[Cli.PassphraseOnStdin] = "1";
+        Native.InheritNothing();
         using var child = Process.Start(psi) ?? throw new UserError("cannot start the background process");
         if (imageOnStdin)
         {

@@ -28,6 +28,11 @@ internal static unsafe partial class Native
     [LibraryImport("libc", SetLastError = true)]
     private static partial int kill(int pid, int signal);
 
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int close_range(uint first, uint last, int flags);
+
+    private const int CLOSE_RANGE_CLOEXEC = 4;
+
     /// <summary>A path with every link resolved, as the kernel names it (in /proc/self/mountinfo, say); the path itself where it cannot be resolved.</summary>
     public static string RealPath(string path)
     {
@@ -151,6 +156,25 @@ internal static unsafe partial class Native
         Console.Error.Flush();
         _exit(code);
         return code; // not reached
+    }
+
+    /// <summary>
+    /// Marks every descriptor above standard error close-on-exec, so a process started from here
+    /// (the background server, a file system's driver) inherits none of what this process was
+    /// given: a lock a build script holds, a pipe a caller waits on to close. .NET opens its own
+    /// files close-on-exec; what a parent handed down is not. Linux 5.11+; elsewhere nothing.
+    /// </summary>
+    public static void InheritNothing()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        try
+        {
+            close_range(3, uint.MaxValue, CLOSE_RANGE_CLOEXEC);
+        }
+        catch (EntryPointNotFoundException)
+        {
+            // glibc before 2.34: descriptors stay inheritable, as before
+        }
     }
 
     /// <summary>Leaves the terminal's session, so its Ctrl-C and hang-up no longer reach this process.</summary>

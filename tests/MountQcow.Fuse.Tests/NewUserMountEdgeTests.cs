@@ -11,6 +11,35 @@ public sealed class NewUserMountEdgeTests : IDisposable
 
     private string NewMountpoint(string name) => Directory.CreateDirectory(_b.PathOf(name)).FullName;
 
+    /// <summary>
+    /// A background mount keeps nothing its caller handed down: a script that holds a lock (flock
+    /// on descriptor 7, as a build script does) gets it back when mountqcow returns, not when the
+    /// mount ends; a --files driver keeps none either.
+    /// </summary>
+    [NeedsFact("qemu", "fuse", "root", "bash")]
+    public void ABackgroundMountInheritsNoDescriptorOfItsCaller()
+    {
+        string image = _b.Create("held.qcow2", "4M");
+        string marker = _b.PathOf("lock");
+        File.WriteAllText(marker, "");
+        string mnt = NewMountpoint("mnt");
+        var r = Run.Capture("bash", ["-c", $"exec 7<'{marker}'; dotnet '{MountqcowProgram.Dll}' '{image}' '{mnt}'"]);
+        try
+        {
+            Assert.True(r.ExitCode == 0, r.Stderr);
+            int server = MountedImage.FindServer(mnt) ?? throw new InvalidOperationException("no process serves the mount");
+            var kept = Directory.GetFiles($"/proc/{server}/fd")
+                .Select(fd => { try { return new FileInfo(fd).LinkTarget; } catch (IOException) { return null; } })
+                .Where(target => target == marker)
+                .ToList();
+            Assert.Empty(kept);
+        }
+        finally
+        {
+            MountqcowProgram.Run("unmount", mnt);
+        }
+    }
+
     /// <summary>The terminal's settings after a mount asked for a passphrase on it (script gives the command a terminal).</summary>
     [NeedsTheory("qemu", "fuse", "root", "script", "stty")]
     [InlineData("wrong\n", "")]

@@ -88,9 +88,11 @@ public sealed class CommandLineEdgeTests : IDisposable
     {
         string image = SmallImage();
         string mnt = Directory.CreateDirectory(_b.PathOf("m")).FullName;
-        AssertUsage(MountqcowProgram.Run(image, mnt, "-o", "rw"), "-o rw needs --rw");
+        // -o rw is --rw (mount(8) passes fstab's words through); with --rw, -o ro is a contradiction.
         AssertUsage(MountqcowProgram.Run("--rw", image, mnt, "-o", "ro"), "--rw and -o ro contradict");
-        AssertUsage(MountqcowProgram.Run(image, mnt, "-o", "allow_other,rw"), "-o rw needs --rw");
+        AssertUsage(MountqcowProgram.Run("--rw", image, mnt, "-o", "allow_other,ro"), "--rw and -o ro contradict");
+        AssertUsage(MountqcowProgram.Run(image, mnt, "-o", "ro=yes"), "-o ro=yes: ro takes no value");
+        Assert.False(File.Exists(Path.Combine(mnt, "disk.raw")), "something was mounted");
     }
 
     [QemuFact]
