@@ -312,12 +312,12 @@ public sealed class ImageChecker
     private void CountL2(ulong[] table, long tableOffset, bool active)
     {
         bool extended = _h.HasExtendedL2;
-        int width = extended ? 2 : 1;
         long next = 0;
-        for (int i = 0; i < table.Length / width; i++)
+        for (int i = 0; i < L2Slot.EntriesIn(table.Length, extended); i++)
         {
-            var entry = new L2Entry(table[i * width]);
-            ulong bitmap = extended ? table[i * width + 1] : 0;
+            var slot = new L2Slot(table, i, extended);
+            var entry = slot.Entry;
+            ulong bitmap = slot.Bitmap.Raw;
             if (entry.IsCompressed)
             {
                 var (offset, length) = entry.CompressedLocation(_bits);
@@ -348,7 +348,7 @@ public sealed class ImageChecker
             if ((host & (_clusterSize - 1)) != 0)
             {
                 bool holdsNoData = extended ? (uint)bitmap == 0 : zeroFlag;
-                if (holdsNoData && _mode == RepairMode.All && RepairUnalignedPreallocation(tableOffset, i, entry, bitmap))
+                if (holdsNoData && _mode == RepairMode.All && RepairUnalignedPreallocation(tableOffset, slot, bitmap))
                     continue;
                 Corrupt($"ERROR offset={host:x}: {(holdsNoData ? "Preallocated" : "Data")} cluster is not properly aligned; L2 entry corrupted.");
             }
@@ -363,16 +363,15 @@ public sealed class ImageChecker
     }
 
     // -r all: a preallocated zero cluster at an unaligned offset becomes a plain zero cluster.
-    private bool RepairUnalignedPreallocation(long tableOffset, int index, L2Entry entry, ulong bitmap)
+    private bool RepairUnalignedPreallocation(long tableOffset, L2Slot slot, ulong bitmap)
     {
-        int width = _h.HasExtendedL2 ? 16 : 8;
-        long at = tableOffset + (long)index * width;
+        long at = tableOffset + slot.ByteOffset;
         if (_contested.Contains(at >> _bits)) return false;
         Span<byte> raw = stackalloc byte[16];
         BinaryPrimitives.WriteUInt64BigEndian(raw, _h.HasExtendedL2 ? 0 : L2Entry.ZeroCluster(0).Raw);
         BinaryPrimitives.WriteUInt64BigEndian(raw[8..], SubclusterBitmap.Create(0, (uint)bitmap | (uint)(bitmap >> 32)).Raw);
-        Write(raw[..width], at);
-        Say($"Repairing offset={entry.HostOffset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
+        Write(raw[..(slot.Words.Count * sizeof(ulong))], at);
+        Say($"Repairing offset={slot.Entry.HostOffset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
         _report.CorruptionsFixed++;
         return true;
     }
@@ -596,7 +595,6 @@ public sealed class ImageChecker
                       (_mode == RepairMode.Leaks && _report.CheckErrors + _report.Corruptions + _report.Leaks == 0);
         var reader = new BlockCursor(this);
         var l1 = ReadInside(_h.L1TableOffset, _h.L1Size);
-        int width = _h.HasExtendedL2 ? 2 : 1;
         var l2 = new ulong[_clusterSize / 8];
         for (int i = 0; i < l1.Length; i++)
         {
@@ -623,9 +621,10 @@ public sealed class ImageChecker
             if (l2Offset >= _file.Length) continue;
             ReadEntries(l2Offset, l2.Length, l2);
             bool changed = false;
-            for (int j = 0; j < l2.Length / width; j++)
+            for (int j = 0; j < L2Slot.EntriesIn(l2.Length, _h.HasExtendedL2); j++)
             {
-                var e = new L2Entry(l2[j * width]);
+                var slot = new L2Slot(l2, j, _h.HasExtendedL2);
+                var e = slot.Entry;
                 if (e.IsCompressed || !e.HasHostCluster(_h.HasExternalDataFile)) continue;
                 ulong dataRefcount = 1; // an external data file has no refcounts
                 if (!_h.HasExternalDataFile)
@@ -638,7 +637,7 @@ public sealed class ImageChecker
                 Say($"{(fixEntry ? "Repairing" : "ERROR")} OFLAG_COPIED data cluster: l2_entry={e.Raw:x} refcount={dataRefcount}");
                 if (fixEntry)
                 {
-                    l2[j * width] = e.WithCopied(dataRefcount == 1).Raw;
+                    slot.Set(e.WithCopied(dataRefcount == 1));
                     changed = true;
                     _report.CorruptionsFixed++;
                 }

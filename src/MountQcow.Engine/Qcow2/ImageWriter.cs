@@ -79,15 +79,18 @@ internal sealed class ImageWriter
     }
 
     /// <summary>
-    /// Entries [first, first+count) of an L2 table (u64 units) changed in memory. They are written
+    /// An entry of an L2 table changed in memory. They are written
     /// with the next barrier; <paramref name="waitsForFlush"/> says they rely on writes that
     /// must be durable first: bytes they name (copied data, a new cluster's data), or a lowered
     /// refcount (a COPIED flag set claims a refcount of one). Entries that name nothing new (zero
     /// clusters, discards), a new cluster that reads as zeros even after a crash (unencrypted),
     /// or clear a COPIED flag need not wait: a guest flush then costs one flush, not two.
     /// </summary>
-    public void L2Changed(L2Cache.Table table, int first, int count, bool waitsForFlush) =>
+    public void L2Changed(L2Cache.Table table, L2Slot slot, bool waitsForFlush)
+    {
+        var (first, count) = slot.Words;
         _clusters.Cache.MarkDirty(table, first, count, waitsForFlush);
+    }
 
     /// <summary>
     /// Makes every write so far durable, then writes the L1 and L2 entries that waited for it.

@@ -181,7 +181,7 @@ public sealed partial class Qcow2Image
                 var (l1Index, l2Index) = Indexes(c);
                 var l1 = new L1Entry(_map.L1[l1Index]);
                 if (l1.L2Offset == 0 || !l1.Copied) return false;
-                var entry = new L2Entry(_map.GetTable(l1Index)!.Entries[l2Index]);
+                var entry = _map.GetTable(l1Index)!.Slot(l2Index).Entry;
                 if (!entry.OwnsCluster || entry.ZeroFlagSet) return false;
                 _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
                 int inCluster = (int)(at & _clusterMask);
@@ -336,17 +336,16 @@ public sealed partial class Qcow2Image
     {
         var (l1Index, l2Index) = Indexes(cluster);
         var table = WritableL2(l1Index);
-        int width = Header.HasExtendedL2 ? 2 : 1;
-        if (table.Entries[width * l2Index] != 0 || (width == 2 && table.Entries[2 * l2Index + 1] != 0))
+        if (!table.Slot(l2Index).IsEmpty)
         {
             WriteInCluster(cluster, 0, plain); // QEMU too compresses only into unallocated clusters
             return;
         }
         long host = _refcounts!.AllocateCompressed(compressed.Length);
         _writer!.Data(compressed, host);
-        ulong raw = L2Entry.CompressedCluster(host, compressed.Length, Header.ClusterBits).Raw;
-        if (width == 2) SetL2Extended(table, l2Index, raw, 0);
-        else SetL2(table, l2Index, raw, waitsForFlush: true);
+        var entry = L2Entry.CompressedCluster(host, compressed.Length, Header.ClusterBits);
+        if (Header.HasExtendedL2) SetL2Extended(table, l2Index, entry, default);
+        else SetL2(table, l2Index, entry, waitsForFlush: true);
     }
 
     private void EnterExclusive()
@@ -411,7 +410,7 @@ public sealed partial class Qcow2Image
             WriteSubclusters(table, cluster, l1Index, l2Index, inCluster, data);
             return;
         }
-        var entry = new L2Entry(table.Entries[l2Index]);
+        var entry = table.Slot(l2Index).Entry;
         if (entry.OwnsCluster)
         {
             _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
@@ -422,7 +421,7 @@ public sealed partial class Qcow2Image
             }
             // A preallocated zero cluster: fill it, then clear the zero flag.
             WriteMerged(cluster, inCluster, data, entry.HostOffset, zerosBelow: true);
-            SetL2(table, l2Index, L2Entry.Standard(entry.HostOffset, copied: true).Raw, waitsForFlush: true);
+            SetL2(table, l2Index, L2Entry.Standard(entry.HostOffset, copied: true), waitsForFlush: true);
             return;
         }
         // Copy on write: a new cluster holding what the cluster reads as now, with the new bytes
@@ -436,7 +435,7 @@ public sealed partial class Qcow2Image
         bool zeroStorageSuffices = zerosNow && _cipher is null;
         if (zeroStorageSuffices && fresh.ReadsZero) WriteData(data, fresh.Offset + inCluster);
         else WriteMerged(cluster, inCluster, data, fresh.Offset, zerosBelow: entry.ZeroFlagSet);
-        SetL2(table, l2Index, L2Entry.Standard(fresh.Offset, copied: true).Raw, waitsForFlush: !(zeroStorageSuffices && fresh.Durable));
+        SetL2(table, l2Index, L2Entry.Standard(fresh.Offset, copied: true), waitsForFlush: !(zeroStorageSuffices && fresh.Durable));
         Release(entry, cluster);
     }
 
@@ -509,8 +508,8 @@ public sealed partial class Qcow2Image
     // the subclusters the write touches, so the rest keeps reading from the backing file.
     private void WriteSubclusters(L2Cache.Table table, long cluster, long l1Index, int l2Index, int inCluster, ReadOnlySpan<byte> data)
     {
-        var entry = new L2Entry(table.Entries[2 * l2Index]);
-        var bitmap = new SubclusterBitmap(table.Entries[2 * l2Index + 1]);
+        var slot = table.Slot(l2Index);
+        var (entry, bitmap) = (slot.Entry, slot.Bitmap);
         int sub = SubclusterSize;
         int first = inCluster / sub, last = (inCluster + data.Length - 1) / sub;
         uint touched = (uint)(((1UL << (last + 1)) - 1) & ~((1UL << first) - 1));
@@ -519,7 +518,7 @@ public sealed partial class Qcow2Image
             // Shared or compressed: copy the whole cluster as it reads now.
             long copy = _refcounts!.AllocateCluster();
             WriteMerged(cluster, inCluster, data, copy, zerosBelow: false);
-            SetL2Extended(table, l2Index, L2Entry.Standard(copy, copied: true).Raw, SubclusterBitmap.Create(uint.MaxValue, 0).Raw);
+            SetL2Extended(table, l2Index, L2Entry.Standard(copy, copied: true), SubclusterBitmap.Create(uint.MaxValue, 0));
             Release(entry, cluster);
             return;
         }
@@ -541,8 +540,8 @@ public sealed partial class Qcow2Image
         {
             ArrayPool<byte>.Shared.Return(buffer);
         }
-        SetL2Extended(table, l2Index, L2Entry.Standard(host, copied: true).Raw,
-            SubclusterBitmap.Create(bitmap.Allocated | touched, bitmap.Zero & ~touched).Raw);
+        SetL2Extended(table, l2Index, L2Entry.Standard(host, copied: true),
+            SubclusterBitmap.Create(bitmap.Allocated | touched, bitmap.Zero & ~touched));
     }
 
     /// <summary>
@@ -560,25 +559,17 @@ public sealed partial class Qcow2Image
         {
             long host = _refcounts!.AllocateCluster();
             var table2 = WritableL2(l1Index);
-            var old = new L2Entry(table2.Entries[l2Index]);
+            var old = table2.Slot(l2Index).Entry;
             WriteData(s_zeroCluster.AsSpan(0, _clusterSize), host);
-            SetL2(table2, l2Index, L2Entry.Standard(host, copied: true).Raw, waitsForFlush: true);
+            SetL2(table2, l2Index, L2Entry.Standard(host, copied: true), waitsForFlush: true);
             Release(old, cluster);
             return;
         }
         var table = WritableL2(l1Index);
-        if (Header.HasExtendedL2)
-        {
-            var entry = new L2Entry(table.Entries[2 * l2Index]);
-            SetL2Extended(table, l2Index, 0, SubclusterBitmap.Create(0, unallocate ? 0 : uint.MaxValue).Raw);
-            Release(entry, cluster);
-        }
-        else
-        {
-            var entry = new L2Entry(table.Entries[l2Index]);
-            SetL2(table, l2Index, unallocate || Header.Version < 3 ? 0 : L2Entry.ZeroCluster(0).Raw, waitsForFlush: false);
-            Release(entry, cluster);
-        }
+        var entry = table.Slot(l2Index).Entry;
+        if (Header.HasExtendedL2) SetL2Extended(table, l2Index, default, SubclusterBitmap.Create(0, unallocate ? 0 : uint.MaxValue));
+        else SetL2(table, l2Index, unallocate || Header.Version < 3 ? default : L2Entry.ZeroCluster(0), waitsForFlush: false);
+        Release(entry, cluster);
     }
 
     // Extended L2, part of a cluster: whole subclusters become zero (or unallocated), the edges get written zeros.
@@ -598,23 +589,23 @@ public sealed partial class Qcow2Image
         bool below = BackingUnder(cluster);
         uint range = (uint)(((1UL << end) - 1) & ~((1UL << first) - 1));
         var table = WritableL2(l1Index);
-        var entry = new L2Entry(table.Entries[2 * l2Index]);
+        var slot = table.Slot(l2Index);
+        var (entry, bitmap) = (slot.Entry, slot.Bitmap);
         if (entry.IsCompressed || (entry.HostOffset != 0 && !entry.Copied))
         {
             WriteInCluster(cluster, first * sub, s_zeroCluster.AsSpan(0, (end - first) * sub)); // copies the cluster first
             return;
         }
-        var bitmap = new SubclusterBitmap(table.Entries[2 * l2Index + 1]);
         uint allocated = bitmap.Allocated & ~range;
         uint zero = discard && !below ? bitmap.Zero & ~range : bitmap.Zero | range;
         long host = entry.HostOffset;
         if (allocated == 0 && host != 0)
         {
-            SetL2Extended(table, l2Index, 0, SubclusterBitmap.Create(0, zero).Raw); // no subcluster uses the host cluster any more
+            SetL2Extended(table, l2Index, default, SubclusterBitmap.Create(0, zero)); // no subcluster uses the host cluster any more
             Release(entry, cluster);
             return;
         }
-        SetL2Extended(table, l2Index, host == 0 ? 0 : L2Entry.Standard(host, copied: true).Raw, SubclusterBitmap.Create(allocated, zero).Raw);
+        SetL2Extended(table, l2Index, host == 0 ? default : L2Entry.Standard(host, copied: true), SubclusterBitmap.Create(allocated, zero));
     }
 
     /// <summary>Drops the reference an L2 entry held: its host cluster, or a compressed cluster's bytes.</summary>
@@ -661,23 +652,24 @@ public sealed partial class Qcow2Image
         _map.L1[l1Index] = L1Entry.Create(offset, copied: true).Raw;
         _writer.L1Changed(l1Index);
         if (l1.L2Offset != 0) _refcounts.Free(l1.L2Offset >> Header.ClusterBits, MetadataKind.L2Table);
-        return _map.Cache.Add(l1Index, new L2Cache.Table(offset, entries));
+        return _map.Cache.Add(l1Index, new L2Cache.Table(offset, entries, Header.HasExtendedL2));
     }
 
     // An L2 entry changes in memory at once (readers see it) and on disk with the next barrier,
     // after what it names is durable where it waits for a flush (see ImageWriter.L2Changed).
-    private void SetL2(L2Cache.Table table, int l2Index, ulong raw, bool waitsForFlush)
+    private void SetL2(L2Cache.Table table, int l2Index, L2Entry entry, bool waitsForFlush)
     {
-        table.Entries[l2Index] = raw;
-        _writer!.L2Changed(table, l2Index, 1, waitsForFlush);
+        var slot = table.Slot(l2Index);
+        slot.Set(entry);
+        _writer!.L2Changed(table, slot, waitsForFlush);
     }
 
     // Extended L2 entries always wait for a flush: subclusters copy what lies below them.
-    private void SetL2Extended(L2Cache.Table table, int l2Index, ulong raw, ulong bitmap)
+    private void SetL2Extended(L2Cache.Table table, int l2Index, L2Entry entry, SubclusterBitmap bitmap)
     {
-        table.Entries[2 * l2Index] = raw;
-        table.Entries[2 * l2Index + 1] = bitmap;
-        _writer!.L2Changed(table, 2 * l2Index, 2, waitsForFlush: true);
+        var slot = table.Slot(l2Index);
+        slot.Set(entry, bitmap);
+        _writer!.L2Changed(table, slot, waitsForFlush: true);
     }
 
     /// <summary>Closes a writable image cleanly: frees what waited, returns reserved clusters, trims the file.</summary>
