@@ -29,7 +29,7 @@ build() {
 }
 
 run_tests() {
-  need_packages fuse3 libfuse3-dev qemu-utils e2fsprogs fdisk gcc pkg-config gcc-mingw-w64-x86-64 dosfstools ntfs-3g xfsprogs btrfs-progs nginx fuse2fs mtools procps time
+  need_packages fuse3 libfuse3-dev qemu-utils e2fsprogs fdisk gcc pkg-config gcc-mingw-w64-x86-64 wine64 dosfstools ntfs-3g xfsprogs btrfs-progs nginx fuse2fs mtools procps time
   # s3rver, an S3-compatible server on loopback, for the s3:// tests
   if ! command -v s3rver >/dev/null; then
     if [ "$(id -u)" -eq 0 ] && command -v npm >/dev/null; then npm install -g --no-audit --no-fund s3rver@3 >/dev/null

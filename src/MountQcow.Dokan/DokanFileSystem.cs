@@ -1,148 +1,115 @@
-using System.Runtime.InteropServices;
+using System.Security.AccessControl;
+using DokanNet;
+using LTRData.Extensions.Native.Memory;
 using MountQcow.FileTree;
+using FileAccess = DokanNet.FileAccess;
 
 namespace MountQcow.Dokan;
 
+// DokanNet marks DokanFileInfo Windows-only, since the driver makes it; but its members are plain
+// fields (Context a GCHandle), so this class runs anywhere, and is tested on Linux as DokanNet calls it.
+#pragma warning disable CA1416
+
 /// <summary>
-/// Serves a <see cref="VirtualFileTree"/> through Dokan: a flat folder of files at a drive letter
-/// or an empty NTFS folder. Callbacks are static unmanaged functions; each marshals its
-/// arguments, makes one call into the tree and has one catch that maps the outcome to an
-/// NTSTATUS, so no exception ever reaches the driver. One file system per process.
+/// Serves a <see cref="VirtualFileTree"/> through DokanNet: one instance per mount, holding its
+/// tree. Each callback marshals its arguments, makes one call into the tree and has one catch
+/// that maps the outcome to an NTSTATUS (<see cref="Status"/>), so no exception reaches DokanNet.
+/// Names are found ignoring case, as Windows finds them; reads and writes go straight between
+/// DokanNet's native buffers and the tree. Safe from many of Dokan's threads at once.
 /// </summary>
-internal static unsafe class DokanFileSystem
+public sealed class DokanFileSystem : IDokanOperations2
 {
-    // NTSTATUS values (ntstatus.h).
-    public const int STATUS_SUCCESS = 0;
-    public const int STATUS_NOT_IMPLEMENTED = unchecked((int)0xC0000002);
-    public const int STATUS_INVALID_PARAMETER = unchecked((int)0xC000000D);
-    public const int STATUS_END_OF_FILE = unchecked((int)0xC0000011);
-    public const int STATUS_ACCESS_DENIED = unchecked((int)0xC0000022);
-    public const int STATUS_OBJECT_NAME_NOT_FOUND = unchecked((int)0xC0000034);
-    public const int STATUS_OBJECT_NAME_COLLISION = unchecked((int)0xC0000035);
-    public const int STATUS_OBJECT_PATH_NOT_FOUND = unchecked((int)0xC000003A);
-    public const int STATUS_DISK_FULL = unchecked((int)0xC000007F);
-    public const int STATUS_MEDIA_WRITE_PROTECTED = unchecked((int)0xC00000A2);
-    public const int STATUS_FILE_IS_A_DIRECTORY = unchecked((int)0xC00000BA);
-    public const int STATUS_NOT_A_DIRECTORY = unchecked((int)0xC0000103);
-    public const int STATUS_IO_DEVICE_ERROR = unchecked((int)0xC0000185);
-    public const int STATUS_SHARING_VIOLATION = unchecked((int)0xC0000043);
+    // NTSTATUS values DokanNet's NtStatus does not name (ntstatus.h).
+    public const NtStatus StatusFileIsADirectory = (NtStatus)0xC00000BA;
+    public const NtStatus StatusMediaWriteProtected = (NtStatus)0xC00000A2;
+    public const NtStatus StatusIoDeviceError = (NtStatus)0xC0000185;
 
-    // ZwCreateFile's arguments (wdm.h): dispositions, options and the access rights that write.
-    public const uint FILE_SUPERSEDE = 0, FILE_OPEN = 1, FILE_CREATE = 2, FILE_OPEN_IF = 3, FILE_OVERWRITE = 4, FILE_OVERWRITE_IF = 5;
-    public const uint FILE_DIRECTORY_FILE = 0x1, FILE_NON_DIRECTORY_FILE = 0x40, FILE_DELETE_ON_CLOSE = 0x1000;
-    public const uint FILE_READ_DATA = 0x1, FILE_WRITE_DATA = 0x2, FILE_APPEND_DATA = 0x4, GENERIC_ALL = 0x10000000, GENERIC_WRITE = 0x40000000;
-    private const uint WriteAccess = FILE_WRITE_DATA | FILE_APPEND_DATA | GENERIC_WRITE | GENERIC_ALL;
+    /// <summary>The access rights that change a file's bytes.</summary>
+    private const FileAccess WriteAccess = FileAccess.WriteData | FileAccess.AppendData | FileAccess.GenericWrite | FileAccess.GenericAll;
 
-    // File attributes and volume flags (winnt.h).
-    public const uint FILE_ATTRIBUTE_READONLY = 0x1, FILE_ATTRIBUTE_DIRECTORY = 0x10, FILE_ATTRIBUTE_NORMAL = 0x80;
-    private const uint FILE_CASE_PRESERVED_NAMES = 0x2, FILE_UNICODE_ON_DISK = 0x4;
+    private readonly VirtualFileTree _tree;
+    private readonly Action<string>? _log;
 
-    private static VirtualFileTree s_tree = null!;
-    private static Action<string>? s_log;
-
-    /// <summary>Where Dokan mounted the volume (its Mounted callback); null before.</summary>
-    public static string? MountedAt { get; private set; }
-
-    /// <summary>The operations table, pointing at this class's callbacks.</summary>
-    public static DOKAN_OPERATIONS Operations(VirtualFileTree tree, Action<string>? log)
+    /// <param name="tree">What the mount shows.</param>
+    /// <param name="log">Receives the I/O errors met while serving (a damaged cluster on a read, say).</param>
+    public DokanFileSystem(VirtualFileTree tree, Action<string>? log = null)
     {
-        s_tree = tree;
-        s_log = log;
-        MountedAt = null;
-        return new DOKAN_OPERATIONS
-        {
-            ZwCreateFile = (nint)(delegate* unmanaged<char*, void*, uint, uint, uint, uint, uint, DOKAN_FILE_INFO*, int>)&CreateFile,
-            Cleanup = (nint)(delegate* unmanaged<char*, DOKAN_FILE_INFO*, void>)&Cleanup,
-            CloseFile = (nint)(delegate* unmanaged<char*, DOKAN_FILE_INFO*, void>)&Cleanup,
-            ReadFile = (nint)(delegate* unmanaged<char*, void*, uint, uint*, long, DOKAN_FILE_INFO*, int>)&ReadFile,
-            WriteFile = (nint)(delegate* unmanaged<char*, void*, uint, uint*, long, DOKAN_FILE_INFO*, int>)&WriteFile,
-            FlushFileBuffers = (nint)(delegate* unmanaged<char*, DOKAN_FILE_INFO*, int>)&FlushFileBuffers,
-            GetFileInformation = (nint)(delegate* unmanaged<char*, BY_HANDLE_FILE_INFORMATION*, DOKAN_FILE_INFO*, int>)&GetFileInformation,
-            FindFiles = (nint)(delegate* unmanaged<char*, nint, DOKAN_FILE_INFO*, int>)&FindFiles,
-            SetFileAttributes = (nint)(delegate* unmanaged<char*, uint, DOKAN_FILE_INFO*, int>)&SetFileAttributes,
-            SetFileTime = (nint)(delegate* unmanaged<char*, FILETIME*, FILETIME*, FILETIME*, DOKAN_FILE_INFO*, int>)&SetFileTime,
-            DeleteFile = (nint)(delegate* unmanaged<char*, DOKAN_FILE_INFO*, int>)&DeleteEntry,
-            DeleteDirectory = (nint)(delegate* unmanaged<char*, DOKAN_FILE_INFO*, int>)&DeleteEntry,
-            MoveFile = (nint)(delegate* unmanaged<char*, char*, int, DOKAN_FILE_INFO*, int>)&MoveFile,
-            SetEndOfFile = (nint)(delegate* unmanaged<char*, long, DOKAN_FILE_INFO*, int>)&SetEndOfFile,
-            SetAllocationSize = (nint)(delegate* unmanaged<char*, long, DOKAN_FILE_INFO*, int>)&SetAllocationSize,
-            GetDiskFreeSpace = (nint)(delegate* unmanaged<ulong*, ulong*, ulong*, DOKAN_FILE_INFO*, int>)&GetDiskFreeSpace,
-            GetVolumeInformation = (nint)(delegate* unmanaged<char*, uint, uint*, uint*, uint*, char*, uint, DOKAN_FILE_INFO*, int>)&GetVolumeInformation,
-            Mounted = (nint)(delegate* unmanaged<char*, DOKAN_FILE_INFO*, int>)&Mounted,
-            Unmounted = (nint)(delegate* unmanaged<DOKAN_FILE_INFO*, int>)&Unmounted,
-            // Null: FindFilesWithPattern (Dokan filters FindFiles' answer), LockFile/UnlockFile
-            // (Dokan keeps byte-range locks), Get/SetFileSecurity (Dokan's default descriptor),
-            // FindStreams (no alternate streams).
-        };
+        _tree = tree;
+        _log = log;
     }
 
-    public static int Status(FsStatus status) => status switch
+    /// <summary>The tree's outcome as an NTSTATUS: the one mapping of every callback.</summary>
+    public static NtStatus Status(FsStatus status) => status switch
     {
-        FsStatus.Ok => STATUS_SUCCESS,
-        FsStatus.NotFound => STATUS_OBJECT_NAME_NOT_FOUND,
-        FsStatus.IsDirectory => STATUS_FILE_IS_A_DIRECTORY,
-        FsStatus.NotDirectory => STATUS_NOT_A_DIRECTORY,
-        FsStatus.Exists => STATUS_OBJECT_NAME_COLLISION,
-        FsStatus.ReadOnly => STATUS_MEDIA_WRITE_PROTECTED,
-        FsStatus.NotPermitted => STATUS_ACCESS_DENIED,
-        FsStatus.InvalidArgument => STATUS_INVALID_PARAMETER,
-        FsStatus.NoSpace or FsStatus.FileTooLarge => STATUS_DISK_FULL, // a fixed-size disk cannot grow
-        FsStatus.NoData => STATUS_END_OF_FILE,
-        FsStatus.NotSupported => STATUS_NOT_IMPLEMENTED,
-        FsStatus.Busy => STATUS_SHARING_VIOLATION,
-        _ => STATUS_IO_DEVICE_ERROR,
+        FsStatus.Ok => NtStatus.Success,
+        FsStatus.NotFound => NtStatus.ObjectNameNotFound,
+        FsStatus.IsDirectory => StatusFileIsADirectory,
+        FsStatus.NotDirectory => NtStatus.NotADirectory,
+        FsStatus.Exists => NtStatus.ObjectNameCollision,
+        FsStatus.ReadOnly => StatusMediaWriteProtected,
+        FsStatus.NotPermitted => NtStatus.AccessDenied,
+        FsStatus.InvalidArgument => NtStatus.InvalidParameter,
+        FsStatus.NoSpace or FsStatus.FileTooLarge => NtStatus.DiskFull, // a fixed-size disk cannot grow
+        FsStatus.NoData => NtStatus.EndOfFile,
+        FsStatus.NotSupported => NtStatus.NotImplemented,
+        FsStatus.Busy => NtStatus.SharingViolation,
+        // A damaged image or file system, and a failing host file, alike: the tree does not tell them apart.
+        _ => StatusIoDeviceError,
     };
 
     /// <summary>The single catch of every callback: classify, log what is unexpected, return the NTSTATUS.</summary>
-    private static int Fail(Exception e, string operation)
+    private NtStatus Fail(Exception e, string operation)
     {
         var status = VirtualFileTree.StatusOf(e);
-        if (status == FsStatus.IoError) s_log?.Invoke($"{operation}: {e.Message}");
+        if (status == FsStatus.IoError) _log?.Invoke($"{operation}: {e.Message}");
         return Status(status);
     }
 
-    /// <summary>What a path names; names are matched as Windows matches them, ignoring case.</summary>
-    private static TreeEntry EntryAt(char* path) =>
-        path == null ? default : s_tree.Lookup(MemoryMarshal.CreateReadOnlySpanFromNullTerminated(path), '\\', ignoreCase: true);
+    /// <summary>What a path names, matched as Windows matches names, ignoring case.</summary>
+    private TreeEntry EntryAt(ReadOnlyNativeMemory<char> path) =>
+        path.IsNull ? default : _tree.Lookup(path.Span, '\\', ignoreCase: true);
 
-    /// <summary>The file a request is about: the one opened (Context is its index + 1), else by its path.</summary>
-    private static VirtualFile? FileOf(char* path, DOKAN_FILE_INFO* info)
-    {
-        if (info != null && info->Context != 0 && info->Context <= (ulong)s_tree.Files.Count) return s_tree.Files[(int)info->Context - 1];
-        return EntryAt(path).File;
-    }
+    /// <summary>The file a request is about: the one opened (kept in Context by <see cref="CreateFile"/>), else by its path.</summary>
+    private ITreeFile? FileOf(ReadOnlyNativeMemory<char> path, in DokanFileInfo info) => info.Context as ITreeFile ?? EntryAt(path).AnyFile;
 
-    [UnmanagedCallersOnly]
-    private static int CreateFile(char* path, void* security, uint access, uint attributes, uint share, uint disposition, uint options, DOKAN_FILE_INFO* info)
+    /// <summary>The status for a file operation on a path that names no file: a folder, or nothing.</summary>
+    private NtStatus NotAFile(ReadOnlyNativeMemory<char> path) => EntryAt(path).IsFolder ? StatusFileIsADirectory : NtStatus.ObjectNameNotFound;
+
+    /// <summary>Creating, deleting or renaming at a path: the tree refuses it, as read-only or as not permitted.</summary>
+    private void ChangeEntries(ReadOnlyNativeMemory<char> path, string what) =>
+        _tree.ChangeEntries(path.Span, '\\', ignoreCase: true, $"{what} {path.Span}");
+
+    public NtStatus CreateFile(ReadOnlyNativeMemory<char> fileNamePtr, FileAccess access, FileShare share, FileMode mode, FileOptions options, FileAttributes attributes, ref DokanFileInfo info)
     {
         try
         {
-            var entry = EntryAt(path);
-            bool creates = disposition is FILE_CREATE or FILE_OPEN_IF or FILE_OVERWRITE_IF or FILE_SUPERSEDE;
-            bool truncates = disposition is FILE_SUPERSEDE or FILE_OVERWRITE or FILE_OVERWRITE_IF;
-            if (entry.Folder is not null)
+            // FileMode is the Win32 disposition DokanNet maps ZwCreateFile's to: CreateNew (FILE_CREATE),
+            // Open, OpenOrCreate (FILE_OPEN_IF), Truncate (FILE_OVERWRITE), Create (FILE_SUPERSEDE, FILE_OVERWRITE_IF).
+            bool creates = mode is FileMode.CreateNew or FileMode.OpenOrCreate or FileMode.Create;
+            bool truncates = mode is FileMode.Create or FileMode.Truncate;
+            bool deletes = (options & FileOptions.DeleteOnClose) != 0;
+            var entry = EntryAt(fileNamePtr);
+            if (entry.IsFolder)
             {
-                if ((options & FILE_NON_DIRECTORY_FILE) != 0) return STATUS_FILE_IS_A_DIRECTORY;
-                if (disposition == FILE_CREATE) return STATUS_OBJECT_NAME_COLLISION;
-                if (truncates || (options & FILE_DELETE_ON_CLOSE) != 0) s_tree.ChangeEntries("replace or delete a folder");
-                info->IsDirectory = 1;
-                info->Context = 0;
-                return disposition == FILE_OPEN_IF ? STATUS_OBJECT_NAME_COLLISION : STATUS_SUCCESS;
+                if (mode == FileMode.CreateNew) return NtStatus.ObjectNameCollision;
+                if (truncates || deletes) ChangeEntries(fileNamePtr, truncates ? "replace" : "delete");
+                info.IsDirectory = true;
+                // An existing folder opened by a disposition that could have created it: DokanNet asks for AlreadyExists.
+                return mode == FileMode.OpenOrCreate ? DokanResult.AlreadyExists : NtStatus.Success;
             }
-            if (entry.File is not { } file)
+            if (entry.AnyFile is not { } file)
             {
-                if (!entry.ParentExists) return STATUS_OBJECT_PATH_NOT_FOUND;
-                if (creates) s_tree.ChangeEntries($"create {new string(path)}");
-                return STATUS_OBJECT_NAME_NOT_FOUND;
+                if (!entry.ParentExists) return NtStatus.ObjectPathNotFound;
+                if (creates) ChangeEntries(fileNamePtr, "create");
+                return NtStatus.ObjectNameNotFound;
             }
-            if ((options & FILE_DIRECTORY_FILE) != 0 || info->IsDirectory != 0) return STATUS_NOT_A_DIRECTORY;
-            if ((options & FILE_DELETE_ON_CLOSE) != 0) s_tree.ChangeEntries($"delete {file.Name}");
-            if (disposition == FILE_CREATE) return STATUS_OBJECT_NAME_COLLISION;
+            if (info.IsDirectory) return NtStatus.NotADirectory; // FILE_DIRECTORY_FILE on a file
+            if (mode == FileMode.CreateNew) return NtStatus.ObjectNameCollision;
+            if (deletes) ChangeEntries(fileNamePtr, "delete");
             file.Open(forWriting: (access & WriteAccess) != 0 || truncates);
-            if (truncates) file.Resize(0); // refused: the files have fixed sizes
-            info->Context = (ulong)file.Index + 1;
-            // An existing file opened by a disposition that could have created it: dokan.h asks for COLLISION.
-            return disposition == FILE_OPEN_IF ? STATUS_OBJECT_NAME_COLLISION : STATUS_SUCCESS;
+            if (truncates) file.Resize(0); // refused but for an empty file: the files have fixed sizes
+            info.Context = file; // freed by DokanNet after CloseFile
+            return mode is FileMode.OpenOrCreate or FileMode.Create ? DokanResult.AlreadyExists : NtStatus.Success;
         }
         catch (Exception e)
         {
@@ -150,22 +117,21 @@ internal static unsafe class DokanFileSystem
         }
     }
 
-    [UnmanagedCallersOnly]
-    private static void Cleanup(char* path, DOKAN_FILE_INFO* info)
+    /// <summary>Nothing is held per open but the file in Context, and nothing is deleted: there is nothing to do.</summary>
+    public void Cleanup(ReadOnlyNativeMemory<char> fileNamePtr, ref DokanFileInfo info)
     {
-        // Nothing is held per open: Context is an index. Cleanup and CloseFile cannot fail.
     }
 
-    [UnmanagedCallersOnly]
-    private static int ReadFile(char* path, void* buffer, uint length, uint* read, long offset, DOKAN_FILE_INFO* info)
+    public void CloseFile(ReadOnlyNativeMemory<char> fileNamePtr, ref DokanFileInfo info) => info.Context = null;
+
+    public NtStatus ReadFile(ReadOnlyNativeMemory<char> fileNamePtr, NativeMemory<byte> buffer, out int bytesRead, long offset, ref DokanFileInfo info)
     {
+        bytesRead = 0;
         try
         {
-            *read = 0;
-            var file = FileOf(path, info);
-            if (file is null) return NotAFile(path);
-            *read = (uint)file.Read(new Span<byte>(buffer, (int)Math.Min(length, int.MaxValue)), offset);
-            return STATUS_SUCCESS;
+            if (FileOf(fileNamePtr, info) is not { } file) return NotAFile(fileNamePtr);
+            bytesRead = file.Read(buffer.Span, offset);
+            return NtStatus.Success;
         }
         catch (Exception e)
         {
@@ -173,25 +139,24 @@ internal static unsafe class DokanFileSystem
         }
     }
 
-    [UnmanagedCallersOnly]
-    private static int WriteFile(char* path, void* buffer, uint length, uint* written, long offset, DOKAN_FILE_INFO* info)
+    public NtStatus WriteFile(ReadOnlyNativeMemory<char> fileNamePtr, ReadOnlyNativeMemory<byte> buffer, out int bytesWritten, long offset, ref DokanFileInfo info)
     {
+        bytesWritten = 0;
         try
         {
-            *written = 0;
-            var file = FileOf(path, info);
-            if (file is null) return NotAFile(path);
-            if (info->WriteToEndOfFile != 0) offset = file.Length; // an append: refused below, the size is fixed
-            long n = Math.Min(length, int.MaxValue);
-            if (info->PagingIo != 0)
+            if (FileOf(fileNamePtr, info) is not { } file) return NotAFile(fileNamePtr);
+            if (info.WriteToEndOfFile) offset = file.Length; // an append: refused below, the size is fixed
+            int n = buffer.Length;
+            if (info.PagingIo)
             {
-                // Paging writes (memory-mapped files) never extend a file: Windows' rule.
-                if (offset >= file.Length) return STATUS_SUCCESS;
-                n = Math.Min(n, file.Length - offset);
+                // Paging writes (the cache manager's, for a memory-mapped file) never extend a file;
+                // Dokan hands them whole pages, so the last one is cut at the end of the file.
+                if (offset >= file.Length) return NtStatus.Success;
+                n = (int)Math.Min(n, file.Length - offset);
             }
-            file.Write(new ReadOnlySpan<byte>(buffer, (int)n), offset);
-            *written = (uint)n;
-            return STATUS_SUCCESS;
+            file.Write(buffer.Span[..n], offset);
+            bytesWritten = n;
+            return NtStatus.Success;
         }
         catch (Exception e)
         {
@@ -199,15 +164,13 @@ internal static unsafe class DokanFileSystem
         }
     }
 
-    [UnmanagedCallersOnly]
-    private static int FlushFileBuffers(char* path, DOKAN_FILE_INFO* info)
+    public NtStatus FlushFileBuffers(ReadOnlyNativeMemory<char> fileNamePtr, ref DokanFileInfo info)
     {
         try
         {
-            var file = FileOf(path, info);
-            if (file is null) return EntryAt(path).Folder is not null ? STATUS_SUCCESS : STATUS_OBJECT_NAME_NOT_FOUND;
-            file.Flush();
-            return STATUS_SUCCESS;
+            if (FileOf(fileNamePtr, info) is { } file) file.Flush();
+            else if (!EntryAt(fileNamePtr).IsFolder) return NtStatus.ObjectNameNotFound;
+            return NtStatus.Success;
         }
         catch (Exception e)
         {
@@ -215,34 +178,29 @@ internal static unsafe class DokanFileSystem
         }
     }
 
-    private static uint Attributes(FileFacts facts) =>
-        facts.IsDirectory ? FILE_ATTRIBUTE_DIRECTORY | (facts.Writable ? 0 : FILE_ATTRIBUTE_READONLY)
-        : facts.Writable ? FILE_ATTRIBUTE_NORMAL : FILE_ATTRIBUTE_READONLY;
+    /// <summary>Windows' attributes for what the tree shows: folders, and read-only where nothing may be written.</summary>
+    private static FileAttributes Attributes(FileFacts facts) =>
+        facts.IsDirectory ? FileAttributes.Directory | (facts.Writable ? 0 : FileAttributes.ReadOnly)
+        : facts.Writable ? FileAttributes.Normal : FileAttributes.ReadOnly;
 
-    [UnmanagedCallersOnly]
-    private static int GetFileInformation(char* path, BY_HANDLE_FILE_INFORMATION* result, DOKAN_FILE_INFO* info)
+    public NtStatus GetFileInformation(ReadOnlyNativeMemory<char> fileNamePtr, out ByHandleFileInformation fileInfo, ref DokanFileInfo info)
     {
+        fileInfo = default;
         try
         {
-            FileFacts facts;
-            if (FileOf(path, info) is { } file) facts = file.Facts;
-            else if (EntryAt(path).Folder is { } folder) facts = folder.Facts;
-            else return STATUS_OBJECT_NAME_NOT_FOUND;
-            var time = FILETIME.From(facts.Modified);
-            *result = new BY_HANDLE_FILE_INFORMATION
+            var facts = (info.Context as ITreeFile)?.Facts ?? EntryAt(fileNamePtr).Facts;
+            if (facts is not { } f) return NtStatus.ObjectNameNotFound;
+            fileInfo = new ByHandleFileInformation
             {
-                dwFileAttributes = Attributes(facts),
-                ftCreationTime = time,
-                ftLastAccessTime = time,
-                ftLastWriteTime = time,
-                dwVolumeSerialNumber = s_tree.VolumeSerial,
-                nFileSizeHigh = (uint)(facts.Length >> 32),
-                nFileSizeLow = (uint)facts.Length,
-                nNumberOfLinks = 1,
-                nFileIndexHigh = (uint)(facts.Id >> 32),
-                nFileIndexLow = (uint)facts.Id,
+                Attributes = Attributes(f),
+                CreationTime = f.Creation.UtcDateTime,
+                LastAccessTime = f.LastAccess.UtcDateTime,
+                LastWriteTime = f.Modified.UtcDateTime,
+                Length = f.Length,
+                NumberOfLinks = 1,
+                FileIndex = f.Id,
             };
-            return STATUS_SUCCESS;
+            return NtStatus.Success;
         }
         catch (Exception e)
         {
@@ -250,18 +208,31 @@ internal static unsafe class DokanFileSystem
         }
     }
 
-    [UnmanagedCallersOnly]
-    private static int FindFiles(char* path, nint fillFindData, DOKAN_FILE_INFO* info)
+    public NtStatus FindFiles(ReadOnlyNativeMemory<char> fileNamePtr, out IEnumerable<FindFileInformation> files, ref DokanFileInfo info)
     {
+        files = [];
         try
         {
-            var found = EntryAt(path);
-            if (found.Folder is not { } folder) return found.File is null ? STATUS_OBJECT_NAME_NOT_FOUND : STATUS_NOT_A_DIRECTORY;
-            var fill = (delegate* unmanaged<WIN32_FIND_DATAW*, DOKAN_FILE_INFO*, int>)fillFindData;
-            foreach (var sub in folder.Folders)
-                if (!sub.Hidden) Fill(fill, info, sub.Name, sub.Facts);
-            foreach (var f in folder.Files) Fill(fill, info, f.Name, f.Facts);
-            return STATUS_SUCCESS;
+            var entry = EntryAt(fileNamePtr);
+            var found = new List<FindFileInformation>();
+            if (entry.Folder is { } folder)
+            {
+                // Hidden folders (.mountqcow) are found by name only, as on Linux; links are left out (Dokan shows none).
+                foreach (var sub in folder.Folders)
+                    if (!sub.Hidden) found.Add(Found(sub.Name, sub.Facts));
+                foreach (var view in folder.Views) found.Add(Found(view.Name, view.Root.Facts));
+                foreach (var f in folder.Files) found.Add(Found(f.Name, f.Facts));
+            }
+            else if (entry.Node is { IsDirectory: true } node)
+            {
+                foreach (var c in node.Children) found.Add(Found(c.Name, c.Facts));
+            }
+            else
+            {
+                return entry.Found ? NtStatus.NotADirectory : NtStatus.ObjectNameNotFound;
+            }
+            files = found;
+            return NtStatus.Success;
         }
         catch (Exception e)
         {
@@ -269,44 +240,36 @@ internal static unsafe class DokanFileSystem
         }
     }
 
-    /// <summary>Hands one entry to FindFiles' FillFindData.</summary>
-    private static void Fill(delegate* unmanaged<WIN32_FIND_DATAW*, DOKAN_FILE_INFO*, int> fill, DOKAN_FILE_INFO* info, string name, FileFacts facts)
+    private static FindFileInformation Found(string name, FileFacts facts) => new()
     {
-        var time = FILETIME.From(facts.Modified);
-        var entry = new WIN32_FIND_DATAW
-        {
-            dwFileAttributes = Attributes(facts),
-            ftCreationTime = time,
-            ftLastAccessTime = time,
-            ftLastWriteTime = time,
-            nFileSizeHigh = (uint)(facts.Length >> 32),
-            nFileSizeLow = (uint)facts.Length,
-        };
-        name.AsSpan(0, Math.Min(name.Length, WIN32_FIND_DATAW.MAX_PATH - 1)).CopyTo(new Span<char>(entry.cFileName, WIN32_FIND_DATAW.MAX_PATH - 1));
-        fill(&entry, info);
+        FileName = name.AsMemory(),
+        Attributes = Attributes(facts),
+        CreationTime = facts.Creation.UtcDateTime,
+        LastAccessTime = facts.LastAccess.UtcDateTime,
+        LastWriteTime = facts.Modified.UtcDateTime,
+        Length = facts.Length,
+    };
+
+    /// <summary>Not here: DokanNet then calls <see cref="FindFiles"/> and filters its answer itself.</summary>
+    public NtStatus FindFilesWithPattern(ReadOnlyNativeMemory<char> fileNamePtr, ReadOnlyNativeMemory<char> searchPatternPtr, out IEnumerable<FindFileInformation> files, ref DokanFileInfo info)
+    {
+        files = [];
+        return NtStatus.NotImplemented;
     }
 
-    /// <summary>The status for a file operation on a path that names no file: a folder, or nothing.</summary>
-    private static int NotAFile(char* path) => EntryAt(path).Folder is not null ? STATUS_FILE_IS_A_DIRECTORY : STATUS_OBJECT_NAME_NOT_FOUND;
+    public NtStatus SetFileAttributes(ReadOnlyNativeMemory<char> fileNamePtr, FileAttributes attributes, ref DokanFileInfo info) => Touch(fileNamePtr, info, "setfileattributes");
 
-    [UnmanagedCallersOnly]
-    private static int SetFileAttributes(char* path, uint attributes, DOKAN_FILE_INFO* info) => Touch(path, info, "setfileattributes");
+    public NtStatus SetFileTime(ReadOnlyNativeMemory<char> fileNamePtr, DateTime? creationTime, DateTime? lastAccessTime, DateTime? lastWriteTime, ref DokanFileInfo info) =>
+        Touch(fileNamePtr, info, "setfiletime");
 
-    [UnmanagedCallersOnly]
-    private static int SetFileTime(char* path, FILETIME* created, FILETIME* accessed, FILETIME* written, DOKAN_FILE_INFO* info) => Touch(path, info, "setfiletime");
-
-    /// <summary>Attributes and time stamps: the tree refuses them on a read-only file and otherwise keeps nothing.</summary>
-    private static int Touch(char* path, DOKAN_FILE_INFO* info, string operation)
+    /// <summary>Attributes and time stamps: the tree refuses them where nothing may be written, and otherwise keeps nothing.</summary>
+    private NtStatus Touch(ReadOnlyNativeMemory<char> path, in DokanFileInfo info, string operation)
     {
         try
         {
-            if (FileOf(path, info) is { } file)
-            {
-                file.Touch();
-                return STATUS_SUCCESS;
-            }
-            s_tree.CheckAccess(EntryAt(path), write: true); // a folder: accepted where writable, not kept
-            return STATUS_SUCCESS;
+            if (FileOf(path, info) is { } file) file.Touch();
+            else _tree.CheckAccess(EntryAt(path), write: true); // a folder: accepted where writable, not kept
+            return NtStatus.Success;
         }
         catch (Exception e)
         {
@@ -314,43 +277,34 @@ internal static unsafe class DokanFileSystem
         }
     }
 
-    [UnmanagedCallersOnly]
-    private static int DeleteEntry(char* path, DOKAN_FILE_INFO* info)
+    public NtStatus DeleteFile(ReadOnlyNativeMemory<char> fileNamePtr, ref DokanFileInfo info) => Refuse(fileNamePtr, "delete");
+
+    public NtStatus DeleteDirectory(ReadOnlyNativeMemory<char> fileNamePtr, ref DokanFileInfo info) => Refuse(fileNamePtr, "delete");
+
+    public NtStatus MoveFile(ReadOnlyNativeMemory<char> oldNamePtr, ReadOnlyNativeMemory<char> newNamePtr, bool replace, ref DokanFileInfo info) =>
+        Refuse(oldNamePtr, "rename");
+
+    /// <summary>Deleting and renaming: the tree shows a fixed set of names and refuses every change.</summary>
+    private NtStatus Refuse(ReadOnlyNativeMemory<char> path, string what)
     {
         try
         {
-            s_tree.ChangeEntries($"delete {new string(path)}");
-            return STATUS_SUCCESS; // not reached: the tree refuses
+            ChangeEntries(path, what);
+            return NtStatus.Success; // not reached: the tree refuses
         }
         catch (Exception e)
         {
-            return Fail(e, "delete");
+            return Fail(e, what);
         }
     }
 
-    [UnmanagedCallersOnly]
-    private static int MoveFile(char* path, char* newPath, int replace, DOKAN_FILE_INFO* info)
+    public NtStatus SetEndOfFile(ReadOnlyNativeMemory<char> fileNamePtr, long length, ref DokanFileInfo info)
     {
         try
         {
-            s_tree.ChangeEntries($"rename {new string(path)}");
-            return STATUS_SUCCESS; // not reached: the tree refuses
-        }
-        catch (Exception e)
-        {
-            return Fail(e, "move");
-        }
-    }
-
-    [UnmanagedCallersOnly]
-    private static int SetEndOfFile(char* path, long length, DOKAN_FILE_INFO* info)
-    {
-        try
-        {
-            var file = FileOf(path, info);
-            if (file is null) return NotAFile(path);
+            if (FileOf(fileNamePtr, info) is not { } file) return NotAFile(fileNamePtr);
             file.Resize(length);
-            return STATUS_SUCCESS;
+            return NtStatus.Success;
         }
         catch (Exception e)
         {
@@ -358,15 +312,13 @@ internal static unsafe class DokanFileSystem
         }
     }
 
-    [UnmanagedCallersOnly]
-    private static int SetAllocationSize(char* path, long size, DOKAN_FILE_INFO* info)
+    public NtStatus SetAllocationSize(ReadOnlyNativeMemory<char> fileNamePtr, long length, ref DokanFileInfo info)
     {
         try
         {
-            var file = FileOf(path, info);
-            if (file is null) return NotAFile(path);
-            file.Allocate(size);
-            return STATUS_SUCCESS;
+            if (FileOf(fileNamePtr, info) is not { } file) return NotAFile(fileNamePtr);
+            file.Allocate(length);
+            return NtStatus.Success;
         }
         catch (Exception e)
         {
@@ -374,16 +326,26 @@ internal static unsafe class DokanFileSystem
         }
     }
 
-    [UnmanagedCallersOnly]
-    private static int GetDiskFreeSpace(ulong* available, ulong* total, ulong* free, DOKAN_FILE_INFO* info)
+    /// <summary>Called only with <see cref="DokanOptions.UserModeLock"/>, which this mount leaves off: Dokan keeps byte-range locks.</summary>
+    public NtStatus LockFile(ReadOnlyNativeMemory<char> fileNamePtr, long offset, long length, ref DokanFileInfo info) => NtStatus.NotImplemented;
+
+    /// <inheritdoc cref="LockFile"/>
+    public NtStatus UnlockFile(ReadOnlyNativeMemory<char> fileNamePtr, long offset, long length, ref DokanFileInfo info) => NtStatus.NotImplemented;
+
+    /// <summary>
+    /// The tree's volume figures: its size, none of it free. Dokan asks for the whole volume, with
+    /// no path, so a file system the tree reads (<see cref="VirtualFileTree.VolumeOf"/>) cannot
+    /// report its own here as it does through FUSE.
+    /// </summary>
+    public NtStatus GetDiskFreeSpace(out long freeBytesAvailable, out long totalNumberOfBytes, out long totalNumberOfFreeBytes, ref DokanFileInfo info)
     {
+        freeBytesAvailable = totalNumberOfBytes = totalNumberOfFreeBytes = 0;
         try
         {
-            var volume = s_tree.Volume;
-            if (available != null) *available = 0;
-            if (total != null) *total = (ulong)volume.TotalBytes;
-            if (free != null) *free = 0;
-            return STATUS_SUCCESS;
+            var volume = _tree.Volume;
+            totalNumberOfBytes = volume.TotalBytes;
+            freeBytesAvailable = totalNumberOfFreeBytes = volume.FreeBlocks * volume.BlockSize;
+            return NtStatus.Success;
         }
         catch (Exception e)
         {
@@ -391,19 +353,20 @@ internal static unsafe class DokanFileSystem
         }
     }
 
-    [UnmanagedCallersOnly]
-    private static int GetVolumeInformation(char* name, uint nameSize, uint* serial, uint* maxComponent, uint* flags, char* fsName, uint fsNameSize, DOKAN_FILE_INFO* info)
+    public NtStatus GetVolumeInformation(NativeMemory<char> volumeLabel, out FileSystemFeatures features, NativeMemory<char> fileSystemName, out uint maximumComponentLength, ref uint volumeSerialNumber, ref DokanFileInfo info)
     {
+        features = FileSystemFeatures.None;
+        maximumComponentLength = 0;
         try
         {
-            var volume = s_tree.Volume;
-            CopyString(VirtualFileTree.VolumeFigures.Label, name, nameSize);
-            // Windows turns some features on by the file system's name; dokan.h recommends NTFS.
-            CopyString("NTFS", fsName, fsNameSize);
-            if (serial != null) *serial = s_tree.VolumeSerial;
-            if (maxComponent != null) *maxComponent = (uint)volume.MaxNameLength;
-            if (flags != null) *flags = FILE_CASE_PRESERVED_NAMES | FILE_UNICODE_ON_DISK; // Dokan adds FILE_READ_ONLY_VOLUME when write-protected
-            return STATUS_SUCCESS;
+            var volume = _tree.Volume;
+            CopyString(VirtualFileTree.VolumeFigures.Label, volumeLabel);
+            // Windows turns some features on by the file system's name; Dokan recommends NTFS.
+            CopyString("NTFS", fileSystemName);
+            features = FileSystemFeatures.CasePreservedNames | FileSystemFeatures.UnicodeOnDisk | (_tree.Writable ? 0 : FileSystemFeatures.ReadOnlyVolume);
+            maximumComponentLength = (uint)volume.MaxNameLength;
+            volumeSerialNumber = _tree.VolumeSerial; // DokanNet gives files this serial from then on
+            return NtStatus.Success;
         }
         catch (Exception e)
         {
@@ -411,29 +374,38 @@ internal static unsafe class DokanFileSystem
         }
     }
 
-    /// <summary>Copies a string and its terminating NUL into a buffer of <paramref name="size"/> characters, cut to fit.</summary>
-    private static void CopyString(string value, char* buffer, uint size)
+    /// <summary>Copies a string and its terminating NUL into a native buffer, cut to fit.</summary>
+    private static void CopyString(string value, NativeMemory<char> buffer)
     {
-        if (buffer == null || size == 0) return;
-        int n = (int)Math.Min(value.Length, size - 1);
-        value.AsSpan(0, n).CopyTo(new Span<char>(buffer, n));
-        buffer[n] = '\0';
+        if (buffer.IsNull || buffer.IsEmpty) return;
+        var span = buffer.Span;
+        int n = Math.Min(value.Length, span.Length - 1);
+        value.AsSpan(0, n).CopyTo(span);
+        span[n] = '\0';
     }
 
-    [UnmanagedCallersOnly]
-    private static int Mounted(char* mountPoint, DOKAN_FILE_INFO* info)
+    /// <summary>Dokan's default descriptor (the mounting user's) stands for every file.</summary>
+    public NtStatus GetFileSecurity(ReadOnlyNativeMemory<char> fileNamePtr, out FileSystemSecurity? security, AccessControlSections sections, ref DokanFileInfo info)
     {
-        try
-        {
-            MountedAt = mountPoint == null ? "" : new string(mountPoint);
-            return STATUS_SUCCESS;
-        }
-        catch (Exception e)
-        {
-            return Fail(e, "mounted");
-        }
+        security = null;
+        return NtStatus.NotImplemented;
     }
 
-    [UnmanagedCallersOnly]
-    private static int Unmounted(DOKAN_FILE_INFO* info) => STATUS_SUCCESS;
+    /// <summary>The image has no place for security descriptors.</summary>
+    public NtStatus SetFileSecurity(ReadOnlyNativeMemory<char> fileNamePtr, FileSystemSecurity security, AccessControlSections sections, ref DokanFileInfo info) =>
+        NtStatus.NotImplemented;
+
+    public NtStatus Mounted(ReadOnlyNativeMemory<char> mountPoint, ref DokanFileInfo info) => NtStatus.Success;
+
+    public NtStatus Unmounted(ref DokanFileInfo info) => NtStatus.Success;
+
+    /// <summary>Called only with <see cref="DokanOptions.AltStream"/>, which this mount leaves off: no alternate streams.</summary>
+    public NtStatus FindStreams(ReadOnlyNativeMemory<char> fileNamePtr, out IEnumerable<FindFileInformation> streams, ref DokanFileInfo info)
+    {
+        streams = [];
+        return NtStatus.NotImplemented;
+    }
+
+    /// <summary>Listings are made in memory at once: DokanNet need not extend Dokan's time-out while it hands them over.</summary>
+    public int DirectoryListingTimeoutResetIntervalMs => 0;
 }

@@ -1,5 +1,10 @@
 using System.Runtime.InteropServices;
+using System.Runtime.Versioning;
+using DokanNet;
+using DokanNet.Logging;
+using DokanNet.Native;
 using MountQcow.FileTree;
+using DokanLibrary = DokanNet.Dokan;
 
 namespace MountQcow.Dokan;
 
@@ -7,7 +12,7 @@ namespace MountQcow.Dokan;
 public sealed class DokanException(string message) : Exception(message);
 
 /// <summary>How to mount.</summary>
-public sealed record DokanOptions
+public sealed record DokanMountOptions
 {
     /// <summary>Dokan's debug output on standard error (the library's and the driver's).</summary>
     public bool Debug { get; init; }
@@ -18,48 +23,41 @@ public sealed record DokanOptions
 
 /// <summary>
 /// A Dokan mount of a <see cref="VirtualFileTree"/> at a drive letter (<c>M:</c>) or an empty
-/// NTFS folder: created mounted, served by Dokan's own threads until <see cref="TryUnmount"/>,
-/// <c>mountqcow unmount M:</c> or Explorer's eject; <see cref="Run"/> waits for that.
+/// NTFS folder, through DokanNet: created mounted, served by Dokan's own threads until
+/// <see cref="TryUnmount"/>, <c>mountqcow unmount M:</c> or Explorer's eject; <see cref="Run"/>
+/// waits for that. Each mount has its own <see cref="DokanFileSystem"/>. dokan2.dll is loaded
+/// only when a mount or unmount needs it, so nothing here needs it on Linux.
 /// </summary>
-public sealed unsafe class DokanMount : IMount
+public sealed class DokanMount : IMount
 {
-    private static int s_instances;
+    /// <summary>What a Windows without Dokany is told, in one line.</summary>
+    public const string NotInstalled = "Dokany 2.x is not installed (https://github.com/dokan-dev/dokany/releases)";
 
-    /// <summary>The library's entry points; a test sets fakes before mounting.</summary>
-    internal static DokanApi? Api;
-    private static string? s_missing;
+    private const string Library = "dokan2.dll";
 
-    private readonly DOKAN_OPTIONS* _options;
-    private readonly DOKAN_OPERATIONS* _operations;
-    private readonly nint _handle;
+    // DokanNet marks its library calls Windows-only; so are the members here that make them.
+    private readonly DokanLibrary _dokan;
+    private readonly DokanInstance _instance;
     private int _disposed;
 
-    private DokanMount(string mountpoint, DOKAN_OPTIONS* options, DOKAN_OPERATIONS* operations, nint handle)
+    private DokanMount(string mountpoint, DokanLibrary dokan, DokanInstance instance)
     {
         Mountpoint = mountpoint;
-        _options = options;
-        _operations = operations;
-        _handle = handle;
+        _dokan = dokan;
+        _instance = instance;
     }
 
-    /// <summary>Where the volume is: as Dokan reports it once mounted (M:\), else as asked.</summary>
+    /// <summary>Where the volume is: M:\ or the folder's full path.</summary>
     public string Mountpoint { get; }
 
-    private static DokanApi Loaded => Api ??= DokanApi.Load(out s_missing) ?? throw new DokanException(s_missing!);
-
-    /// <summary>Why Dokan cannot be used on this machine, or null when it can.</summary>
+    /// <summary>Why Dokan cannot be used on this machine (dokan2.dll cannot be found), or null when it can.</summary>
     public static string? Unavailable()
     {
-        try
-        {
-            if (Loaded.DokanDriverVersion() == 0)
-                return "the Dokan driver is not running: install or repair Dokany 2.x (https://github.com/dokan-dev/dokany/releases)";
-            return null;
-        }
-        catch (DokanException e)
-        {
-            return e.Message;
-        }
+        // Looked for where DokanNet's calls look, and only looked for: DokanInit would start the library's threads.
+        if (!NativeLibrary.TryLoad(Library, typeof(DokanLibrary).Assembly, searchPath: null, out nint handle))
+            return NotInstalled;
+        NativeLibrary.Free(handle);
+        return null;
     }
 
     /// <summary>"M", "m:" and "M:\" are the drive M:\; anything else is a folder, made absolute.</summary>
@@ -74,85 +72,98 @@ public sealed unsafe class DokanMount : IMount
     /// <summary>Whether a mount point names a drive letter rather than a folder.</summary>
     public static bool IsDriveLetter(string mountpoint) => mountpoint.Length == 3 && mountpoint[1] == ':' && mountpoint[2] == '\\';
 
-    /// <summary>Mounts <paramref name="tree"/> at <paramref name="mountpoint"/> (a free drive letter or an existing empty NTFS folder).</summary>
-    /// <exception cref="DokanException">Dokan is missing or refused the mount; the message says why.</exception>
-    public static DokanMount Mount(VirtualFileTree tree, string mountpoint, DokanOptions options)
+    /// <summary>
+    /// The mount's options, on DokanNet's defaults (version, 20 s time-out): the place, write
+    /// protection for a read-only tree, names in any case, 4 KiB clusters of 512-byte sectors.
+    /// Not the mount manager: it would give a volume whose drive letter is taken another letter
+    /// silently; a taken letter is an error the user should see.
+    /// </summary>
+    public static void Configure(DOKAN_OPTIONS options, string where, bool writable, bool debug)
     {
-        var api = Loaded;
-        if (Interlocked.Increment(ref s_instances) != 1)
-        {
-            Interlocked.Decrement(ref s_instances);
-            throw new DokanException("one Dokan mount per process");
-        }
+        options.MountPoint = where;
+        options.Options = (writable ? 0 : DokanOptions.WriteProtection) | (debug ? DokanOptions.DebugMode | DokanOptions.StderrOutput : 0);
+        options.AllocationUnitSize = 4096;
+        options.SectorSize = 512;
+    }
+
+    /// <summary>Mounts <paramref name="tree"/> at <paramref name="mountpoint"/> (a free drive letter or an existing empty NTFS folder).</summary>
+    /// <exception cref="DokanException">Dokany is missing or refused the mount; the message says why.</exception>
+    [SupportedOSPlatform("windows")]
+    public static DokanMount Mount(VirtualFileTree tree, string mountpoint, DokanMountOptions options)
+    {
         string where = Normalize(mountpoint);
-        var ops = (DOKAN_OPERATIONS*)NativeMemory.AllocZeroed((nuint)sizeof(DOKAN_OPERATIONS));
-        var opts = (DOKAN_OPTIONS*)NativeMemory.AllocZeroed((nuint)sizeof(DOKAN_OPTIONS));
-        *ops = DokanFileSystem.Operations(tree, options.Log);
-        opts->Version = DOKAN_OPTIONS.DOKAN_VERSION;
-        opts->Options = (tree.Writable ? 0 : DOKAN_OPTIONS.DOKAN_OPTION_WRITE_PROTECT)
-            | (options.Debug ? DOKAN_OPTIONS.DOKAN_OPTION_DEBUG | DOKAN_OPTIONS.DOKAN_OPTION_STDERR : 0);
-        // Not the mount manager: it would give a taken drive letter's volume another letter
-        // silently; a taken letter is an error the user should see.
-        opts->MountPoint = (char*)Marshal.StringToHGlobalUni(where);
-        opts->AllocationUnitSize = 4096;
-        opts->SectorSize = 512;
-        nint handle = 0;
-        api.DokanInit();
-        int result = api.DokanCreateFileSystem(opts, ops, &handle);
-        if (result == DokanApi.DOKAN_SUCCESS) return new DokanMount(where, opts, ops, handle);
-        api.DokanShutdown();
-        Free(opts, ops);
-        Interlocked.Decrement(ref s_instances);
-        throw new DokanException(Explain(result, mountpoint, where));
+        ILogger logger = options.Debug ? new ConsoleLogger("[dokan] ") : new NullLogger();
+        var dokan = Load(logger);
+        try
+        {
+            var instance = new DokanInstanceBuilder(dokan)
+                .ConfigureLogger(() => logger)
+                .ConfigureOptions(o => Configure(o, where, tree.Writable, options.Debug))
+                .Build(new DokanFileSystem(tree, options.Log));
+            return new DokanMount(where, dokan, instance);
+        }
+        catch (DokanNet.DokanException e)
+        {
+            dokan.Dispose();
+            throw new DokanException(Explain(e.ErrorStatus, mountpoint, where));
+        }
+    }
+
+    /// <summary>DokanNet's handle on dokan2.dll (DokanInit); its Dispose is DokanShutdown.</summary>
+    /// <exception cref="DokanException">dokan2.dll is missing: <see cref="NotInstalled"/>.</exception>
+    [SupportedOSPlatform("windows")]
+    private static DokanLibrary Load(ILogger logger)
+    {
+        // Looked for first: a Dokan whose constructor failed to find the library is still
+        // finalized, and its finalizer's DokanShutdown would fail the same way, on the finalizer
+        // thread, ending the process.
+        if (Unavailable() is { } reason) throw new DokanException(reason);
+        return new DokanLibrary(logger);
     }
 
     /// <summary>One line for each of DokanCreateFileSystem's failures.</summary>
-    internal static string Explain(int result, string shown, string where) => result switch
+    public static string Explain(DokanStatus status, string shown, string where) => status switch
     {
-        DokanApi.DOKAN_DRIVE_LETTER_ERROR => $"{shown} is not a drive letter Dokan can use",
-        DokanApi.DOKAN_DRIVER_INSTALL_ERROR => "the Dokan driver is not installed: install Dokany 2.x (https://github.com/dokan-dev/dokany/releases)",
-        DokanApi.DOKAN_START_ERROR => "the Dokan driver refused to start the file system: is Dokany 2.x installed and its driver running?",
-        DokanApi.DOKAN_MOUNT_ERROR => IsDriveLetter(where)
+        DokanStatus.DriveLetterError => $"{shown} is not a drive letter Dokan can use",
+        DokanStatus.DriverInstallError => "the Dokan driver is not installed: install Dokany 2.x (https://github.com/dokan-dev/dokany/releases)",
+        DokanStatus.StartError => "the Dokan driver refused to start the file system: is Dokany 2.x installed and its driver running?",
+        DokanStatus.MountError => IsDriveLetter(where)
             ? $"drive {where[..2]} is taken; pick a free letter"
             : $"cannot mount at {shown}: it is in use, or not an empty folder on NTFS",
-        DokanApi.DOKAN_MOUNT_POINT_ERROR => $"{shown} is not a mount point Dokan can use: a free drive letter (M:) or an empty folder on NTFS",
-        DokanApi.DOKAN_VERSION_ERROR => "the installed Dokany is older than 2.0, which this program needs",
-        _ => $"Dokan could not mount at {shown} (error {result})",
+        DokanStatus.MountPointError => $"{shown} is not a mount point Dokan can use: a free drive letter (M:) or an empty folder on NTFS",
+        DokanStatus.VersionError => "the installed Dokany is older than 2.0, which this program needs",
+        _ => $"Dokan could not mount at {shown} (error {(int)status})",
     };
 
     /// <summary>Serves until the volume is unmounted; 0 then.</summary>
+    [SupportedOSPlatform("windows")]
     public int Run()
     {
-        Loaded.DokanWaitForFileSystemClosed(_handle, DokanApi.INFINITE);
+        _instance.WaitForFileSystemClosed(uint.MaxValue); // INFINITE
         return 0;
     }
 
     /// <summary>Unmounts; Dokan ends the volume even with files open (their handles then fail), so this always unmounts.</summary>
-    public bool TryUnmount() => Unmount(Mountpoint);
+    [SupportedOSPlatform("windows")]
+    public bool TryUnmount() => _dokan.RemoveMountPoint(Mountpoint);
 
     /// <summary>Nothing to do: Dokan has no lazy unmount, and <see cref="TryUnmount"/> never leaves the volume in place.</summary>
     public void Detach() { }
 
     /// <summary>Unmounts the Dokan volume at a drive letter or folder (for <c>mountqcow unmount M:</c>); false if there is none.</summary>
+    /// <exception cref="DokanException">dokan2.dll is missing.</exception>
+    [SupportedOSPlatform("windows")]
     public static bool Unmount(string mountpoint)
     {
-        fixed (char* p = Normalize(mountpoint)) return Loaded.DokanRemoveMountPoint(p) != 0;
+        using var dokan = Load(new NullLogger());
+        return dokan.RemoveMountPoint(Normalize(mountpoint));
     }
 
+    [SupportedOSPlatform("windows")]
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
-        var api = Loaded;
-        api.DokanCloseHandle(_handle); // unmounts if still mounted, and waits for Dokan's threads
-        api.DokanShutdown();
-        Free(_options, _operations);
-        Interlocked.Decrement(ref s_instances);
-    }
-
-    private static void Free(DOKAN_OPTIONS* options, DOKAN_OPERATIONS* operations)
-    {
-        Marshal.FreeHGlobal((nint)options->MountPoint);
-        NativeMemory.Free(options);
-        NativeMemory.Free(operations);
+        _instance.Dispose(); // DokanCloseHandle: unmounts if still mounted, and waits for Dokan's threads
+        _dokan.Dispose();    // DokanShutdown
     }
 }

@@ -167,7 +167,7 @@ internal static class MountCommand
     {
         rootCanOpen = true;
         if (OperatingSystem.IsWindows())
-            return DokanMount.Mount(tree, mountpoint, new DokanOptions { Debug = o.Debug, Log = Cli.Info });
+            return DokanMount.Mount(tree, mountpoint, new DokanMountOptions { Debug = o.Debug, Log = Cli.Info });
         return FuseMount.Mount(tree, mountpoint, FuseOptionsFor(o, imagePath, user, out rootCanOpen));
     }
 
@@ -333,9 +333,10 @@ internal static class MountCommand
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        // Run as "dotnet mountqcow.dll ...", the child needs the dll's path first.
+        // Run as "dotnet mountqcow.dll ...", the child needs the dll's path first: the first
+        // command-line argument there (Assembly.Location would be empty in a single-file build).
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
-            psi.ArgumentList.Add(typeof(MountCommand).Assembly.Location);
+            psi.ArgumentList.Add(Environment.GetCommandLineArgs()[0]);
         // IMAGE as messages show it (no user, password or query string); the whole of it on standard input.
         bool imageOnStdin = ImageLocation.Display(image) != image;
         int shown = imageOnStdin ? Array.IndexOf(args, image) : -1;

@@ -55,6 +55,7 @@ internal static class UnmountCommand
     /// Windows: Dokan unmounts by drive letter or folder and waits for its own threads; the
     /// serving mountqcow then closes the image as it exits.
     /// </summary>
+    [System.Runtime.Versioning.SupportedOSPlatform("windows")]
     private static int RunOnWindows(UnmountOptions o)
     {
         if (Dokan.DokanMount.Unavailable() is { } reason) throw new UserError(reason);

@@ -177,8 +177,12 @@ public sealed class FileSystemViewTests : IDisposable
         tree.CheckAccess(boot, write: false);
         Assert.Equal(FsStatus.IsDirectory, Status(() => Found(tree, "p1/EFI").Node!.Open(forWriting: false)));
         foreach (string path in new[] { "p1/EFI/new.txt", "p1/EFI/BOOT/BOOTX64.EFI", "p1/EFI", "p1", "p1/new-folder" })
+        {
             Assert.Equal(FsStatus.ReadOnly, Status(() => tree.ChangeEntries(Encoding.UTF8.GetBytes(path), "create")));
+            Assert.Equal(FsStatus.ReadOnly, Status(() => tree.ChangeEntries("\\" + path.ToUpperInvariant().Replace('/', '\\'), '\\', ignoreCase: true, "create")));
+        }
         Assert.Equal(FsStatus.NotPermitted, Status(() => tree.ChangeEntries("new.txt"u8, "create"))); // the tree's own folder, as before
+        Assert.Equal(FsStatus.NotPermitted, Status(() => tree.ChangeEntries(@"\new.txt", '\\', ignoreCase: true, "create")));
         // The partition the FAT is read from, and its disk, open for writing by no one (not even a driver's mount); the other partition as before.
         Assert.Equal(FsStatus.Busy, Status(() => view.Source.Open(forWriting: true, byHolder: true)));
         Assert.Equal(FsStatus.Busy, Status(() => tree.Files.Single(f => f.Name == "disk.raw").Open(forWriting: true, byHolder: true)));

@@ -29,10 +29,12 @@ public static class Requirements
 
     /// <summary>
     /// Why a named need is missing, or null: a program on PATH, or "root", "fuse", "qemu",
-    /// "cc" (gcc with the libfuse3 headers).
+    /// "cc" (gcc with the libfuse3 headers), "wine", "mountqcow.exe" (the Windows build, published).
     /// </summary>
     public static string? Missing(string need) => need switch
     {
+        "wine" => FindTool("wine") is null || FindTool("wineserver") is null ? "wine not installed (apt-get install wine64)" : null,
+        "mountqcow.exe" => Wine.Exe is null ? "the Windows build is not published (./build.sh test publishes artifacts/mountqcow-win-x64/mountqcow.exe)" : null,
         "root" => MissingRoot,
         "fuse" => MissingFuse,
         "qemu" => MissingQemu,

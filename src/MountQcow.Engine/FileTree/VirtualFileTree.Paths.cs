@@ -142,6 +142,28 @@ public sealed partial class VirtualFileTree
             int slash = trimmed.LastIndexOf((byte)'/');
             entry = Lookup(slash < 0 ? default : trimmed[..slash]);
         }
+        RefuseChange(entry, what);
+    }
+
+    /// <summary>
+    /// <see cref="ChangeEntries(ReadOnlySpan{byte}, string)"/> for a UTF-16 path whose parts are
+    /// separated by <paramref name="separator"/>, found as <see cref="Lookup(ReadOnlySpan{char}, char, bool)"/> finds it.
+    /// </summary>
+    public void ChangeEntries(ReadOnlySpan<char> path, char separator, bool ignoreCase, string what)
+    {
+        var entry = Lookup(path, separator, ignoreCase);
+        if (!entry.Found)
+        {
+            var trimmed = path.TrimEnd(separator);
+            int at = trimmed.LastIndexOf(separator);
+            entry = Lookup(at < 0 ? default : trimmed[..at], separator, ignoreCase);
+        }
+        RefuseChange(entry, what);
+    }
+
+    /// <summary>The refusal of a change at (or in) <paramref name="entry"/>: read-only inside a file system the tree reads, else as <see cref="ChangeEntries(string)"/>.</summary>
+    private void RefuseChange(TreeEntry entry, string what)
+    {
         if (entry.Node is { } node) throw new FileTreeException(FsStatus.ReadOnly, $"{what}: {node.View.Name} shows a {node.View.Kind} file system read-only");
         ChangeEntries(what);
     }

@@ -13,6 +13,10 @@ public static class DiskImages
     private static readonly Dictionary<string, IImageFormat> s_drivers = new IImageFormat[]
     {
         new Qcow2Driver(),
+        new Vhdx.VhdxDriver(),
+        new Vmdk.VmdkDriver(),
+        new Vhd.VhdDriver(),
+        new Vdi.VdiDriver(),
     }.ToDictionary(d => d.Name);
 
     /// <summary>The formats this program reads, raw last.</summary>

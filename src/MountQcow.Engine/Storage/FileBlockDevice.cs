@@ -71,12 +71,19 @@ public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
                 ENOTDIR => $"{path}: no such file or directory",
                 EACCES or EPERM => $"{path}: permission denied{(writable ? " (opening for writing)" : "")}",
                 EISDIR => $"{path} is a directory, not an image",
+                // Windows' share modes stand in for QEMU's lock bytes (HostFile.ShareFor).
+                SharingViolation => writable
+                    ? $"{path}: in use by another process, which has it open for writing or lets no one else write it"
+                    : $"{path}: in use by another process, which lets no one else read it",
                 _ => $"{path}: {e.Message[(e.Message.StartsWith(path + ": ", StringComparison.Ordinal) ? path.Length + 2 : 0)..]}",
             }, e);
         }
     }
 
     private const int EPERM = 1, ENOENT = 2, EACCES = 13, ENOTDIR = 20, EISDIR = 21;
+
+    /// <summary>ERROR_SHARING_VIOLATION as .NET's HResult on Windows (HRESULT_FROM_WIN32).</summary>
+    private const int SharingViolation = unchecked((int)0x80070020);
 
     /// <summary>
     /// Opens a block device for writing, exclusively: refused while it is mounted or claimed
