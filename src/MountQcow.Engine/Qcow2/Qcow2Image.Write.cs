@@ -56,7 +56,7 @@ public sealed partial class Qcow2Image
         var map = new MetadataMap(Path, h.ClusterBits);
         _writer = new ImageWriter(_file, map, _map, h.L1TableOffset, _flushBarriers);
         long maxBytes = _file is FileBlockDevice { IsBlockDevice: true } device ? device.Length : MaxHostBytes;
-        _refcounts = new Refcounts(_writer, Path, h, maxBytes >> h.ClusterBits, _reservations, WriteRefcountTableLocation);
+        _refcounts = new Refcounts(_writer, Path, h, maxBytes >> h.ClusterBits, _reservations);
         IReadOnlyList<Bitmap> bitmaps;
         try
         {
@@ -137,14 +137,6 @@ public sealed partial class Qcow2Image
         Span<byte> raw = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64BigEndian(raw, value);
         _writer!.Metadata(MetadataKind.Header, raw, field);
-    }
-
-    private void WriteRefcountTableLocation(long offset, int clusters)
-    {
-        Span<byte> field = stackalloc byte[12];
-        BinaryPrimitives.WriteUInt64BigEndian(field, (ulong)offset);
-        BinaryPrimitives.WriteUInt32BigEndian(field[8..], (uint)clusters);
-        _writer!.Metadata(MetadataKind.Header, field, HeaderField.RefcountTableOffset);
     }
 
     public void WriteAt(ReadOnlySpan<byte> buffer, long offset)
