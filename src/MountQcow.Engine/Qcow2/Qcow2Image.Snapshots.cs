@@ -114,20 +114,11 @@ public sealed partial class Qcow2Image
     private Snapshot SnapshotChange(Func<Snapshot> change)
     {
         if (_refcounts is null) throw new NotSupportedException($"{Path} is open read-only");
-        EnterExclusive();
-        try
+        return _lock.Exclusive((Image: this, Change: change), static s =>
         {
-            _refcounts.Flush();
-            return change();
-        }
-        catch (Exception e) when (e is not (UnsupportedFeatureException or ArgumentException) && NoteFailure(e))
-        {
-            throw; // not reached
-        }
-        finally
-        {
-            _rw!.ExitWriteLock();
-        }
+            s.Image._refcounts!.Flush();
+            return s.Change();
+        });
     }
 
     /// <summary>

@@ -5,8 +5,9 @@ using MountQcow.Storage;
 
 namespace MountQcow.Qcow2;
 
-// The write path. Every change runs under the exclusive write lock (one place takes it:
-// Exclusive); reads of a writable image take the shared lock. Order of updates, as in QEMU: a
+// The write path. Every change runs under the image's WriteLock, which also holds the one rule
+// for a change that fails: writes into clusters the image owns under the shared lock, every other
+// change under the exclusive one; reads of a writable image take the shared lock. Order of updates, as in QEMU: a
 // cluster's refcount is on disk before anything refers to it (Refcounts reserves ahead behind
 // a flush barrier); data and copy-on-write clusters, and new L2 tables, are durable before the
 // L2 or L1 entry that points at them (ImageWriter defers entries to the next barrier); a
@@ -15,10 +16,9 @@ namespace MountQcow.Qcow2;
 // moment leaves leaked clusters at most.
 public sealed partial class Qcow2Image
 {
-    private ReaderWriterLockSlim? _rw; // set for writable images only: the read path's "writable" test
+    private readonly WriteLock _lock; // used only where CanWrite
     private ImageWriter? _writer;
     private Refcounts? _refcounts;
-    private bool _failed;
     private static readonly byte[] s_zeroCluster = new byte[2 << 20];
 
     // Changed L2 tables waiting for a barrier before one is forced.
@@ -81,7 +81,6 @@ public sealed partial class Qcow2Image
             _writer.Barrier();
         }
         if (_compressWrites) _refcounts.EnablePacking();
-        _rw = new ReaderWriterLockSlim(LockRecursionPolicy.NoRecursion);
     }
 
     private CorruptImageException RefuseWriting(string detail) =>
@@ -146,7 +145,7 @@ public sealed partial class Qcow2Image
         _writes.Increment();
         _bytesWritten.Add(buffer.Length);
         if (_compressWrites) WriteCompressing(buffer, offset);
-        else if (!TryWriteInPlace(buffer, offset)) Exclusive(Change.Write, buffer, offset, buffer.Length);
+        else if (!TryWriteInPlace(buffer, offset)) WriteExclusive(buffer, offset);
     }
 
     /// <summary>
@@ -160,47 +159,41 @@ public sealed partial class Qcow2Image
         if (Header.HasExtendedL2) return false;
         // Encrypted: a write that covers part of a sector reads, decrypts and rewrites it, which only the exclusive lock keeps safe.
         if (_cipher is not null && ((offset | (long)buffer.Length) & (MountQcow.Crypto.SectorCipher.SectorSize - 1)) != 0) return false;
+        if (((offset + buffer.Length - 1) >> Header.ClusterBits) - (offset >> Header.ClusterBits) >= 16) return false; // a large write: the exclusive path's cost is small beside it
+        return _lock.Shared(new GuestBytes(this, buffer, offset), static w => w.Image.WriteInPlace(w.Data, w.Offset));
+    }
+
+    /// <summary>The rest of <see cref="TryWriteInPlace"/>, under the shared lock.</summary>
+    private bool WriteInPlace(ReadOnlySpan<byte> buffer, long offset)
+    {
+        if (_lock.Stopped) return false;
         int bits = Header.ClusterBits;
         long first = offset >> bits, last = (offset + buffer.Length - 1) >> bits;
-        if (last - first >= 16) return false; // a large write: the exclusive path's cost is small beside it
         Span<long> hosts = stackalloc long[16];
-        _rw!.EnterReadLock();
-        try
+        for (long c = first, at = offset; c <= last; c++)
         {
-            if (_failed) return false;
-            for (long c = first, at = offset; c <= last; c++)
-            {
-                var (l1Index, l2Index) = Indexes(c);
-                var l1 = new L1Entry(_map.L1[l1Index]);
-                if (l1.L2Offset == 0 || !l1.Copied) return false;
-                var entry = _map.GetTable(l1Index)!.Slot(l2Index).Entry;
-                if (!entry.OwnsCluster || entry.ZeroFlagSet) return false;
-                _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
-                int inCluster = (int)(at & _clusterMask);
-                int n = (int)Math.Min(offset + buffer.Length - at, _clusterSize - inCluster);
-                // A whole cluster of zeros becomes a zero cluster instead (the exclusive path).
-                if (CoversCluster(c, inCluster, n) && !buffer.Slice((int)(at - offset), n).ContainsAnyExcept((byte)0)) return false;
-                hosts[(int)(c - first)] = entry.HostOffset;
-                at += n;
-            }
-            for (long at = offset, c = first; c <= last; c++)
-            {
-                int inCluster = (int)(at & _clusterMask);
-                int n = (int)Math.Min(buffer.Length, _clusterSize - inCluster);
-                WriteData(buffer[..n], hosts[(int)(c - first)] + inCluster);
-                buffer = buffer[n..];
-                at += n;
-            }
-            return true;
+            var (l1Index, l2Index) = Indexes(c);
+            var l1 = new L1Entry(_map.L1[l1Index]);
+            if (l1.L2Offset == 0 || !l1.Copied) return false;
+            var entry = _map.GetTable(l1Index)!.Slot(l2Index).Entry;
+            if (!entry.OwnsCluster || entry.ZeroFlagSet) return false;
+            _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
+            int inCluster = (int)(at & _clusterMask);
+            int n = (int)Math.Min(offset + buffer.Length - at, _clusterSize - inCluster);
+            // A whole cluster of zeros becomes a zero cluster instead (the exclusive path).
+            if (CoversCluster(c, inCluster, n) && !buffer.Slice((int)(at - offset), n).ContainsAnyExcept((byte)0)) return false;
+            hosts[(int)(c - first)] = entry.HostOffset;
+            at += n;
         }
-        catch (Exception e) when (NoteFailure(e))
+        for (long at = offset, c = first; c <= last; c++)
         {
-            throw; // not reached
+            int inCluster = (int)(at & _clusterMask);
+            int n = (int)Math.Min(buffer.Length, _clusterSize - inCluster);
+            WriteData(buffer[..n], hosts[(int)(c - first)] + inCluster);
+            buffer = buffer[n..];
+            at += n;
         }
-        finally
-        {
-            _rw.ExitReadLock();
-        }
+        return true;
     }
 
     public void WriteZeros(long offset, long length, bool discard)
@@ -208,7 +201,11 @@ public sealed partial class Qcow2Image
         BlockDevices.CheckWritable(this);
         BlockDevices.CheckRange(offset, length, Length);
         _zeroWrites.Increment();
-        Exclusive(discard ? Change.Discard : Change.Zeros, default, offset, length);
+        _lock.Exclusive((Image: this, Offset: offset, Length: length, Discard: discard), static z =>
+        {
+            z.Image.ZeroRuns(z.Offset, z.Length, z.Discard);
+            z.Image.LimitWaiting();
+        });
     }
 
     /// <summary>Makes every write so far durable and applies the frees that waited for it.</summary>
@@ -216,49 +213,43 @@ public sealed partial class Qcow2Image
     {
         if (!CanWrite) return;
         _flushes.Increment();
-        Exclusive(Change.Flush, default, 0, 0);
+        _lock.Exclusive(this, static image =>
+        {
+            image._refcounts!.Flush();
+            if (!ReferenceEquals(image._data, image._file)) image._data.Flush();
+        });
     }
 
-    private enum Change { Write, Zeros, Discard, Compressed, Flush }
+    /// <summary>A write that may allocate, under the exclusive lock.</summary>
+    private void WriteExclusive(ReadOnlySpan<byte> data, long offset) =>
+        _lock.Exclusive(new GuestBytes(this, data, offset), static w =>
+        {
+            w.Image.WriteRuns(w.Data, w.Offset);
+            w.Image.LimitWaiting();
+        });
 
-    /// <summary>
-    /// Runs one change under the write lock. A failure is recorded while the lock is still held
-    /// (an exception filter runs before the finally block).
-    /// </summary>
-    private void Exclusive(Change change, ReadOnlySpan<byte> data, long offset, long length, ReadOnlySpan<byte> compressed = default)
+    /// <summary>Guest bytes and where they go: the state of a change that carries them (a span, so no closure can).</summary>
+    private readonly ref struct GuestBytes(Qcow2Image image, ReadOnlySpan<byte> data, long offset)
     {
-        EnterExclusive();
-        try
-        {
-            switch (change)
-            {
-                case Change.Write:
-                    WriteRuns(data, offset);
-                    break;
-                case Change.Zeros:
-                case Change.Discard:
-                    ZeroRuns(offset, length, change == Change.Discard);
-                    break;
-                case Change.Compressed:
-                    WriteCompressedCluster(offset >> Header.ClusterBits, compressed, data);
-                    break;
-                case Change.Flush:
-                    _refcounts!.Flush();
-                    if (!ReferenceEquals(_data, _file)) _data.Flush();
-                    return;
-            }
-            // Frees wait for a flush and changed L2 tables for a barrier; do not let too many pile up.
-            if (_refcounts!.PendingFrees > 4096) _refcounts.Flush();
-            else if (_writer!.WaitingTables > MaxWaitingTables) _writer.Barrier();
-        }
-        catch (Exception e) when (NoteFailure(e))
-        {
-            throw; // not reached: NoteFailure only records
-        }
-        finally
-        {
-            _rw!.ExitWriteLock();
-        }
+        public readonly Qcow2Image Image = image;
+        public readonly ReadOnlySpan<byte> Data = data;
+        public readonly long Offset = offset;
+    }
+
+    /// <summary>A compressed cluster, with its plain bytes for where it cannot be stored compressed.</summary>
+    private readonly ref struct CompressedBytes(Qcow2Image image, ReadOnlySpan<byte> compressed, ReadOnlySpan<byte> plain, long offset)
+    {
+        public readonly Qcow2Image Image = image;
+        public readonly ReadOnlySpan<byte> Compressed = compressed;
+        public readonly ReadOnlySpan<byte> Plain = plain;
+        public readonly long Offset = offset;
+    }
+
+    // Frees wait for a flush and changed L2 tables for a barrier; do not let too many pile up.
+    private void LimitWaiting()
+    {
+        if (_refcounts!.PendingFrees > 4096) _refcounts.Flush();
+        else if (_writer!.WaitingTables > MaxWaitingTables) _writer.Barrier();
     }
 
     private void WriteRuns(ReadOnlySpan<byte> buffer, long offset)
@@ -310,8 +301,18 @@ public sealed partial class Qcow2Image
                     cluster.AsSpan(n, _clusterSize - n).Clear(); // the disk's last cluster, padded
                     length = Compression.ClusterCodec.Compress(Header.CompressionType, cluster.AsSpan(0, _clusterSize), packed);
                 }
-                if (length > 0) Exclusive(Change.Compressed, piece, offset, n, packed.AsSpan(0, length));
-                else Exclusive(Change.Write, piece, offset, n);
+                if (length > 0)
+                {
+                    _lock.Exclusive(new CompressedBytes(this, packed.AsSpan(0, length), piece, offset), static c =>
+                    {
+                        c.Image.WriteCompressedCluster(c.Offset >> c.Image.Header.ClusterBits, c.Compressed, c.Plain);
+                        c.Image.LimitWaiting();
+                    });
+                }
+                else
+                {
+                    WriteExclusive(piece, offset);
+                }
                 buffer = buffer[n..];
                 offset += n;
             }
@@ -340,32 +341,9 @@ public sealed partial class Qcow2Image
         else SetL2(table, l2Index, entry, waitsForFlush: true);
     }
 
-    private void EnterExclusive()
-    {
-        _rw!.EnterWriteLock();
-        if (!_failed) return;
-        _rw.ExitWriteLock();
-        throw new ImageIOException($"{Path}: writing stopped after an earlier error; unmount and check the image");
-    }
-
-    /// <summary>
-    /// Records a failure while the write lock is still held: corruption marks the image corrupt,
-    /// and any other failure stops writing, since the metadata in memory may no longer match the
-    /// file. A full device changed nothing, so writing may go on. Returns false, so the exception
-    /// goes on to the caller.
-    /// </summary>
-    private bool NoteFailure(Exception e)
-    {
-        if (e is ImageFullException) return false;
-        if (e is CorruptImageException) MarkCorrupt();
-        else if (e is ImageException or IOException) _failed = true;
-        return false;
-    }
-
     // As QEMU does: metadata found inconsistent while writing sets the corrupt bit, so nothing writes it again unchecked.
     private void MarkCorrupt()
     {
-        _failed = true;
         if (Header.Version < 3) return;
         try
         {
@@ -668,14 +646,9 @@ public sealed partial class Qcow2Image
     private void CloseForWriting()
     {
         if (_refcounts is null) return;
-        _rw!.EnterWriteLock();
-        try
+        using (_lock.ForClosing()) // QEMU's locks go with the file (FileBlockDevice.Dispose)
         {
-            if (!_failed) _refcounts.Close(_file as FileBlockDevice);
-        }
-        finally
-        {
-            _rw.ExitWriteLock(); // QEMU's locks go with the file (FileBlockDevice.Dispose)
+            if (!_lock.Stopped) _refcounts.Close(_file as FileBlockDevice);
         }
     }
 }
