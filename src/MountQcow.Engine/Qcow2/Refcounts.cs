@@ -12,7 +12,7 @@ namespace MountQcow.Qcow2;
 /// Crash safety follows one rule each way. Nothing references a cluster before its refcount
 /// is on disk: clusters are reserved in chunks (refcount 1), and the entries naming them are
 /// written only after a flush that followed the reservation. Nothing is freed while a reference to it may still be on disk:
-/// decrements wait in <see cref="_pendingFrees"/> until a flush has made the change that
+/// decrements wait in the <see cref="ImageWriter"/> (<see cref="ImageWriter.FreeAfterSync"/>) until a flush has made the change that
 /// dropped the reference durable. A crash therefore leaves leaked clusters at most. New
 /// refcount blocks go at the first cluster of the area they describe (free, since the area had
 /// no block) and count themselves, so creating one never recurses; a new block is durable
@@ -37,8 +37,6 @@ internal sealed class Refcounts
     private readonly RefcountBlockFormat _format;
     private readonly ulong _max;
     private readonly RefcountBlockCache _blocks;
-    // Each waiting free: the cluster, and what the dropped reference said it holds (null: data).
-    private readonly List<(long Cluster, MetadataKind? Kind)> _pendingFrees = new();
     private readonly long _maxClusters;
     private readonly long _openClusters; // the file's length at open, in clusters: closing never trims below it
     private RefcountTable _table;
@@ -62,7 +60,6 @@ internal sealed class Refcounts
     private long _virginFrom;
     private readonly HashSet<long> _punched = new();
     private readonly List<long> _freed = new(); // clusters whose refcount fell to 0 in this flush, to punch
-    private long _durableClusters;              // the file's length, in clusters, at the last barrier
 
     /// <param name="writer">Writes (checked against the metadata map) and barriers.</param>
     /// <param name="path">The image's path, for messages.</param>
@@ -82,7 +79,7 @@ internal sealed class Refcounts
         _max = _format.Max;
         _blocks = new RefcountBlockCache(_clusterSize);
         _table = RefcountTable.Read(_file, header);
-        _end = _openClusters = _virginFrom = _durableClusters = (_file.Length + _clusterSize - 1) >> _clusterBits;
+        _end = _openClusters = _virginFrom = (_file.Length + _clusterSize - 1) >> _clusterBits;
         _sparse = _file as ISparseDevice;
     }
 
@@ -294,7 +291,7 @@ internal sealed class Refcounts
         if (_reserveValue > 1) SetRun(first, 1, 1);
         bool zero = first >= _virginFrom || _punched.Contains(first);
         Written(first, 1);
-        return new NewCluster(first << _clusterBits, zero, zero && first < _durableClusters);
+        return new NewCluster(first << _clusterBits, zero, zero && first < _writer.DurableLength >> _clusterBits);
     }
 
     /// <summary>Clusters about to hold written bytes no longer read as zeros.</summary>
@@ -449,7 +446,7 @@ internal sealed class Refcounts
     /// Drops one reference to a cluster once the change that removed it is on disk.
     /// <paramref name="kind"/> is what the reference said the cluster holds (null: guest data).
     /// </summary>
-    public void Free(long cluster, MetadataKind? kind = null) => _pendingFrees.Add((cluster, kind));
+    public void Free(long cluster, MetadataKind? kind = null) => _writer.FreeAfterSync(cluster, kind);
 
     /// <summary>Frees every cluster a host byte range touches (a compressed cluster's bytes).</summary>
     public void FreeBytes(long offset, long length)
@@ -457,7 +454,7 @@ internal sealed class Refcounts
         for (long c = offset >> _clusterBits; c <= (offset + length - 1) >> _clusterBits; c++) Free(c);
     }
 
-    public int PendingFrees => _pendingFrees.Count;
+    public int PendingFrees => _writer.WaitingFrees;
 
     /// <summary>
     /// Makes every completed write durable (with the L1 and L2 entries that waited for a barrier),
@@ -466,13 +463,11 @@ internal sealed class Refcounts
     /// </summary>
     public void Flush()
     {
-        long length = _file.Length;
         _writer.Sync();
-        _durableClusters = length >> _clusterBits;
-        if (_pendingFrees.Count == 0) return;
-        Interlocked.Add(ref _freedClusters, _pendingFrees.Count);
-        foreach (var (c, kind) in _pendingFrees) Decrement(c, kind);
-        _pendingFrees.Clear();
+        var frees = _writer.TakeDurableFrees();
+        if (frees.Length == 0) return;
+        Interlocked.Add(ref _freedClusters, frees.Length);
+        foreach (var (c, kind) in frees) Decrement(c, kind);
         PunchFreed();
     }
 
@@ -538,10 +533,5 @@ internal sealed class Refcounts
     }
 
     // Write order alone keeps a killed process safe; barriers add power-loss safety.
-    private void Barrier()
-    {
-        long length = _file.Length; // all that is written or extended now is durable after the barrier
-        _writer.Barrier();
-        _durableClusters = length >> _clusterBits;
-    }
+    private void Barrier() => _writer.Barrier();
 }
