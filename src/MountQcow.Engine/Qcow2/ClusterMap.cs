@@ -80,14 +80,14 @@ internal sealed class ClusterMap
         var table = GetTable(l1Index);
         if (table is null) return new(ClusterKind.Unallocated, 0, limit);
         return _extended
-            ? MapExtended(table.Entries, offset, l1Index, l2Index, limit)
-            : MapStandard(table.Entries, offset, l1Index, l2Index, limit);
+            ? MapExtended(table, offset, l1Index, l2Index, limit)
+            : MapStandard(table, offset, l1Index, l2Index, limit);
     }
 
-    private ClusterRun MapStandard(ulong[] entries, long offset, long l1Index, int l2Index, long limit)
+    private ClusterRun MapStandard(L2Cache.Table table, long offset, long l1Index, int l2Index, long limit)
     {
         int inCluster = (int)(offset & _clusterMask);
-        var first = new L2Entry(entries[l2Index]);
+        var first = table.Slot(l2Index).Entry;
         var (kind, host) = Classify(first, l1Index, l2Index);
         long length = (_clusterMask + 1) - inCluster;
         if (kind == ClusterKind.Compressed) return new(kind, 0, Math.Min(length, limit), first.Raw);
@@ -95,7 +95,7 @@ internal sealed class ClusterMap
         long nextHost = host + _clusterMask + 1;
         for (int i = l2Index + 1; length < limit && i <= _l2Mask; i++)
         {
-            var (k, h) = Classify(new L2Entry(entries[i]), l1Index, i);
+            var (k, h) = Classify(table.Slot(i).Entry, l1Index, i);
             if (k != kind || (kind == ClusterKind.Data && h != nextHost)) break;
             length += _clusterMask + 1;
             nextHost += _clusterMask + 1;
@@ -117,16 +117,16 @@ internal sealed class ClusterMap
     }
 
     // Extended L2: 32 subclusters per cluster, each allocated, zero or unallocated by the bitmap.
-    private ClusterRun MapExtended(ulong[] entries, long offset, long l1Index, int l2Index, long limit)
+    private ClusterRun MapExtended(L2Cache.Table table, long offset, long l1Index, int l2Index, long limit)
     {
         int subclusterSize = 1 << _subclusterBits;
         int inCluster = (int)(offset & _clusterMask);
-        var first = new L2Entry(entries[2 * l2Index]);
+        var first = table.Slot(l2Index).Entry;
         if (first.IsCompressed)
             return new(ClusterKind.Compressed, 0, Math.Min((_clusterMask + 1) - inCluster, limit), first.Raw);
 
         int sc = inCluster >> _subclusterBits;
-        var (kind, host) = ClassifySubcluster(entries, l1Index, l2Index, sc);
+        var (kind, host) = ClassifySubcluster(table.Slot(l2Index), l1Index, sc);
         long runHost = kind == ClusterKind.Data ? host + inCluster : 0;
         long length = subclusterSize - (inCluster & (subclusterSize - 1));
         int i = l2Index;
@@ -136,19 +136,20 @@ internal sealed class ClusterMap
             {
                 sc = 0;
                 if (++i > _l2Mask) break;
-                if (new L2Entry(entries[2 * i]).IsCompressed) break;
+                if (table.Slot(i).Entry.IsCompressed) break;
             }
-            var (k, h) = ClassifySubcluster(entries, l1Index, i, sc);
+            var (k, h) = ClassifySubcluster(table.Slot(i), l1Index, sc);
             if (k != kind || (kind == ClusterKind.Data && h + ((long)sc << _subclusterBits) != runHost + length)) break;
             length += subclusterSize;
         }
         return new(kind, runHost, Math.Min(length, limit));
     }
 
-    private (ClusterKind Kind, long Host) ClassifySubcluster(ulong[] entries, long l1Index, int l2Index, int sc)
+    private (ClusterKind Kind, long Host) ClassifySubcluster(L2Slot slot, long l1Index, int sc)
     {
-        var entry = new L2Entry(entries[2 * l2Index]);
-        var bitmap = new SubclusterBitmap(entries[2 * l2Index + 1]);
+        var entry = slot.Entry;
+        var bitmap = slot.Bitmap;
+        int l2Index = slot.Index;
         if ((bitmap.Allocated & bitmap.Zero) != 0)
             throw Corrupt($"L2 entry {l2Index} (L1 index {l1Index}) marks subclusters both allocated and zero (bitmap 0x{bitmap.Raw:x16})");
         bool hasHost = entry.HasHostCluster(_externalData);
@@ -198,7 +199,7 @@ internal sealed class ClusterMap
         long fileLength = _file.Length;
         if (l2Offset > fileLength - clusterSize)
             throw Corrupt($"L2 table offset 0x{l2Offset:x} lies past the end of the file (L1 index {l1Index})");
-        return new L2Cache.Table(l2Offset, BigEndian.ReadTable(_file, l2Offset, (int)(clusterSize / sizeof(ulong))));
+        return new L2Cache.Table(l2Offset, BigEndian.ReadTable(_file, l2Offset, (int)(clusterSize / sizeof(ulong))), _extended);
     }
 
     private CorruptImageException Corrupt(string what) => new(_path, what);

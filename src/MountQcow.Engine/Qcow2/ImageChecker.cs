@@ -77,8 +77,7 @@ public sealed class ImageChecker
     private ClusterCounts _counts = new(0);             // references per host cluster (QEMU's in-memory refcount table)
     private long _fileClusters;
     private bool _rebuild;
-    private ulong[] _table;                             // the refcount table, host order
-    private long _tableOffset;
+    private RefcountTable _table;
     private bool _wrote;
 
     private ImageChecker(IBlockDevice file, string path, Qcow2Header header, RepairMode mode)
@@ -91,8 +90,7 @@ public sealed class ImageChecker
         _clusterSize = header.ClusterSize;
         _format = new RefcountBlockFormat(header.RefcountOrder);
         _refcountMax = (uint)Math.Min(_format.Max, uint.MaxValue);
-        _tableOffset = header.RefcountTableOffset;
-        _table = ReadTable(_tableOffset, header.RefcountTableClusters);
+        _table = RefcountTable.Read(file, header);
     }
 
     /// <summary>Checks (and with <paramref name="mode"/>, repairs) the image at <paramref name="path"/>.</summary>
@@ -272,8 +270,8 @@ public sealed class ImageChecker
             Claim(claims, _h.EncryptionHeaderOffset, _h.EncryptionHeaderLength, MetadataKind.Header); // the LUKS header and key material
             Reference(_h.EncryptionHeaderOffset, _h.EncryptionHeaderLength);
         }
-        Claim(claims, _tableOffset, (long)_table.Length * 8, MetadataKind.RefcountTable);
-        Reference(_tableOffset, (long)_table.Length * 8);
+        Claim(claims, _table.Offset, _table.Areas * sizeof(ulong), MetadataKind.RefcountTable);
+        Reference(_table.Offset, _table.Areas * sizeof(ulong));
         if (!CountBitmaps(bitmaps, claims)) return false;
         CountRefcountBlocks(claims);
         return true;
@@ -312,12 +310,12 @@ public sealed class ImageChecker
     private void CountL2(ulong[] table, long tableOffset, bool active)
     {
         bool extended = _h.HasExtendedL2;
-        int width = extended ? 2 : 1;
         long next = 0;
-        for (int i = 0; i < table.Length / width; i++)
+        for (int i = 0; i < L2Slot.EntriesIn(table.Length, extended); i++)
         {
-            var entry = new L2Entry(table[i * width]);
-            ulong bitmap = extended ? table[i * width + 1] : 0;
+            var slot = new L2Slot(table, i, extended);
+            var entry = slot.Entry;
+            ulong bitmap = slot.Bitmap.Raw;
             if (entry.IsCompressed)
             {
                 var (offset, length) = entry.CompressedLocation(_bits);
@@ -348,7 +346,7 @@ public sealed class ImageChecker
             if ((host & (_clusterSize - 1)) != 0)
             {
                 bool holdsNoData = extended ? (uint)bitmap == 0 : zeroFlag;
-                if (holdsNoData && _mode == RepairMode.All && RepairUnalignedPreallocation(tableOffset, i, entry, bitmap))
+                if (holdsNoData && _mode == RepairMode.All && RepairUnalignedPreallocation(tableOffset, slot, bitmap))
                     continue;
                 Corrupt($"ERROR offset={host:x}: {(holdsNoData ? "Preallocated" : "Data")} cluster is not properly aligned; L2 entry corrupted.");
             }
@@ -363,16 +361,15 @@ public sealed class ImageChecker
     }
 
     // -r all: a preallocated zero cluster at an unaligned offset becomes a plain zero cluster.
-    private bool RepairUnalignedPreallocation(long tableOffset, int index, L2Entry entry, ulong bitmap)
+    private bool RepairUnalignedPreallocation(long tableOffset, L2Slot slot, ulong bitmap)
     {
-        int width = _h.HasExtendedL2 ? 16 : 8;
-        long at = tableOffset + (long)index * width;
+        long at = tableOffset + slot.ByteOffset;
         if (_contested.Contains(at >> _bits)) return false;
         Span<byte> raw = stackalloc byte[16];
         BinaryPrimitives.WriteUInt64BigEndian(raw, _h.HasExtendedL2 ? 0 : L2Entry.ZeroCluster(0).Raw);
         BinaryPrimitives.WriteUInt64BigEndian(raw[8..], SubclusterBitmap.Create(0, (uint)bitmap | (uint)(bitmap >> 32)).Raw);
-        Write(raw[..width], at);
-        Say($"Repairing offset={entry.HostOffset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
+        Write(raw[..(slot.Words.Count * sizeof(ulong))], at);
+        Say($"Repairing offset={slot.Entry.HostOffset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
         _report.CorruptionsFixed++;
         return true;
     }
@@ -410,9 +407,9 @@ public sealed class ImageChecker
 
     private void CountRefcountBlocks(MetadataMap claims)
     {
-        for (int i = 0; i < _table.Length; i++)
+        for (long i = 0; i < _table.Areas; i++)
         {
-            ulong entry = _table[i];
+            ulong entry = _table.RawEntry(i);
             if (new RefcountTableEntry(entry).ReservedBits != 0)
             {
                 Corrupt($"ERROR refcount table entry {i} has reserved bits set");
@@ -480,14 +477,13 @@ public sealed class ImageChecker
     {
         long highest = -1;
         var reader = new BlockCursor(this);
-        long perBlock = 1L << _format.BlockBits(_bits);
         for (long c = 0; c < _counts.Length; c++)
         {
             // Nothing counted and no refcount block: a stretch with nothing to compare, skipped whole
             // (a sparse file may claim billions of clusters).
             if (!reader.HasBlock(c))
             {
-                long next = Math.Min(_counts.NextCounted(c), NextBlock(c, perBlock));
+                long next = Math.Min(_counts.NextCounted(c), NextBlock(c));
                 if (next > c)
                 {
                     c = next - 1;
@@ -531,12 +527,8 @@ public sealed class ImageChecker
     }
 
     /// <summary>The first cluster after <paramref name="cluster"/>'s area whose area has a refcount block; past the counted clusters where none has.</summary>
-    private long NextBlock(long cluster, long perBlock)
-    {
-        for (long area = cluster / perBlock + 1; area < _table.Length; area++)
-            if (_table[area] != 0) return area * perBlock;
-        return long.MaxValue;
-    }
+    private long NextBlock(long cluster) =>
+        _table.NextAreaWithBlock(_table.AreaOf(cluster)) is var area and >= 0 ? _table.FirstCluster(area) : long.MaxValue;
 
     /// <summary>Reads and writes stored refcounts cluster by cluster, one refcount block at a time.</summary>
     private sealed class BlockCursor(ImageChecker owner)
@@ -544,27 +536,20 @@ public sealed class ImageChecker
         private readonly byte[] _block = new byte[owner._clusterSize];
         private long _area = -1, _blockOffset;
 
-        public ulong Get(long cluster)
-        {
-            if (!Load(cluster >> owner._format.BlockBits(owner._bits))) return 0;
-            return owner._format.Get(_block, cluster & ((1L << owner._format.BlockBits(owner._bits)) - 1));
-        }
+        private RefcountTable Table => owner._table; // the checker's current table (a rebuild replaces it)
+
+        public ulong Get(long cluster) => Load(Table.AreaOf(cluster)) ? Table.Format.Get(_block, Table.IndexOf(cluster)) : 0;
 
         /// <summary>Whether the refcount block for <paramref name="cluster"/>'s area exists (a damaged entry counts as existing: reading it reports the damage).</summary>
-        public bool HasBlock(long cluster)
-        {
-            long area = cluster >> owner._format.BlockBits(owner._bits);
-            return area < owner._table.Length && owner._table[area] != 0;
-        }
+        public bool HasBlock(long cluster) => Table.HasBlock(Table.AreaOf(cluster));
 
         /// <summary>Stores a refcount; false where the block cannot be written safely.</summary>
         public bool Set(long cluster, ulong value)
         {
-            int blockBits = owner._format.BlockBits(owner._bits);
-            if (!Load(cluster >> blockBits) || owner._contested.Contains(_blockOffset >> owner._bits)) return false;
-            long index = cluster & ((1L << blockBits) - 1);
-            owner._format.Set(_block, index, value);
-            var (start, length) = owner._format.EntryBytes(index, 1);
+            if (!Load(Table.AreaOf(cluster)) || owner._contested.Contains(_blockOffset >> owner._bits)) return false;
+            long index = Table.IndexOf(cluster);
+            Table.Format.Set(_block, index, value);
+            var (start, length) = Table.Format.EntryBytes(index, 1);
             owner.Write(_block.AsSpan(start, length), _blockOffset + start);
             return true;
         }
@@ -572,17 +557,10 @@ public sealed class ImageChecker
         private bool Load(long area)
         {
             if (area == _area) return _blockOffset != 0;
-            _area = area;
-            long offset = area < owner._table.Length ? new RefcountTableEntry(owner._table[area]).BlockOffset : 0;
-            if ((offset & (owner._clusterSize - 1)) != 0 || offset < 0)
-            {
-                _blockOffset = 0;
-                _area = -1;
-                throw new CorruptImageException(owner._path, $"refcount block offset 0x{owner._table[area]:x} {(offset < 0 ? "invalid" : "unaligned")} (refcount table index {area})");
-            }
-            _blockOffset = offset;
+            (_area, _blockOffset) = (-1, 0); // a damaged entry is looked at again, and reported again
+            long offset = Table.BlockOffset(area, owner._path);
             // A block past the end of the file reads as zeros, and is never written.
-            if (_blockOffset >= owner._file.Length) _blockOffset = 0;
+            (_area, _blockOffset) = (area, offset >= owner._file.Length ? 0 : offset);
             if (_blockOffset != 0) owner._file.ReadAt(_block, _blockOffset);
             return _blockOffset != 0;
         }
@@ -596,7 +574,6 @@ public sealed class ImageChecker
                       (_mode == RepairMode.Leaks && _report.CheckErrors + _report.Corruptions + _report.Leaks == 0);
         var reader = new BlockCursor(this);
         var l1 = ReadInside(_h.L1TableOffset, _h.L1Size);
-        int width = _h.HasExtendedL2 ? 2 : 1;
         var l2 = new ulong[_clusterSize / 8];
         for (int i = 0; i < l1.Length; i++)
         {
@@ -623,9 +600,10 @@ public sealed class ImageChecker
             if (l2Offset >= _file.Length) continue;
             ReadEntries(l2Offset, l2.Length, l2);
             bool changed = false;
-            for (int j = 0; j < l2.Length / width; j++)
+            for (int j = 0; j < L2Slot.EntriesIn(l2.Length, _h.HasExtendedL2); j++)
             {
-                var e = new L2Entry(l2[j * width]);
+                var slot = new L2Slot(l2, j, _h.HasExtendedL2);
+                var e = slot.Entry;
                 if (e.IsCompressed || !e.HasHostCluster(_h.HasExternalDataFile)) continue;
                 ulong dataRefcount = 1; // an external data file has no refcounts
                 if (!_h.HasExternalDataFile)
@@ -638,7 +616,7 @@ public sealed class ImageChecker
                 Say($"{(fixEntry ? "Repairing" : "ERROR")} OFLAG_COPIED data cluster: l2_entry={e.Raw:x} refcount={dataRefcount}");
                 if (fixEntry)
                 {
-                    l2[j * width] = e.WithCopied(dataRefcount == 1).Raw;
+                    slot.Set(e.WithCopied(dataRefcount == 1));
                     changed = true;
                     _report.CorruptionsFixed++;
                 }
@@ -677,8 +655,6 @@ public sealed class ImageChecker
     /// </summary>
     private void RebuildRefcounts()
     {
-        int blockBits = _format.BlockBits(_bits);
-        long perBlock = 1L << blockBits;
         var blocks = new Dictionary<long, long>(); // area -> new block cluster
         long tableAt = -1, tableClusters = 0;
         long searchFrom = 0;
@@ -686,10 +662,10 @@ public sealed class ImageChecker
         while (changed)
         {
             changed = false;
-            for (long area = 0; area * perBlock < _counts.Length; area++)
+            for (long area = 0; _table.FirstCluster(area) < _counts.Length; area++)
             {
                 if (blocks.ContainsKey(area)) continue;
-                long from = area * perBlock, to = Math.Min(_counts.Length, from + perBlock);
+                long from = _table.FirstCluster(area), to = Math.Min(_counts.Length, _table.FirstCluster(area + 1));
                 if (!_counts.Any(from, to)) continue;
                 blocks[area] = AllocateFree(ref searchFrom, 1);
                 changed = true;
@@ -709,23 +685,18 @@ public sealed class ImageChecker
         foreach (var (area, at) in blocks)
         {
             Array.Clear(block);
-            long from = area * perBlock;
-            for (long c = from; c < Math.Min(_counts.Length, from + perBlock); c++) _format.Set(block, c - from, _counts[c]);
+            for (long c = _table.FirstCluster(area); c < Math.Min(_counts.Length, _table.FirstCluster(area + 1)); c++) _format.Set(block, _table.IndexOf(c), _counts[c]);
             Write(block, at << _bits);
         }
-        var table = new ulong[(tableClusters << _bits) / 8];
-        foreach (var (area, at) in blocks) table[area] = RefcountTableEntry.Create(at << _bits).Raw;
-        var disk = new ulong[table.Length];
-        BigEndian.ToDisk(table, disk);
-        Write(MemoryMarshal.AsBytes(disk.AsSpan()), tableAt << _bits);
+        var table = RefcountTable.Empty(_format, _bits, tableAt << _bits, tableClusters);
+        foreach (var (area, at) in blocks) table.SetBlock(area, at << _bits);
+        Write(table.ToDisk(), table.Offset);
         _file.Flush(); // the new blocks and table are durable before the header names them
-        Span<byte> field = stackalloc byte[12];
-        BinaryPrimitives.WriteUInt64BigEndian(field, (ulong)(tableAt << _bits));
-        BinaryPrimitives.WriteUInt32BigEndian(field[8..], (uint)tableClusters);
-        Write(field, HeaderField.RefcountTableOffset);
+        Span<byte> location = stackalloc byte[RefcountTable.HeaderLocationLength];
+        table.HeaderLocation(location);
+        Write(location, HeaderField.RefcountTableOffset);
         _file.Flush();
         _table = table;
-        _tableOffset = tableAt << _bits;
     }
 
     /// <summary>The first run of <paramref name="n"/> clusters no reference uses; counted as used from now on.</summary>
@@ -769,13 +740,6 @@ public sealed class ImageChecker
     }
 
     // ---- helpers ----
-
-    private ulong[] ReadTable(long offset, int clusters)
-    {
-        long bytes = (long)clusters << _bits;
-        if (bytes > Qcow2Limits.MaxRefcountTableBytes) return [];
-        return ReadEntries(offset, (int)(bytes / 8));
-    }
 
     /// <summary>
     /// The entries of a table that reach into the file; those wholly past its end would read as

@@ -5,7 +5,9 @@ using MountQcow.Storage;
 namespace MountQcow.Qcow2;
 
 /// <summary>
-/// Every write a writable image makes to its file, checked and ordered. Each write is first
+/// Every write a writable image makes to its file, checked and ordered, and the one owner of
+/// durability: what waits for a barrier (changed L1 and L2 entries, dropped references), the
+/// barrier itself, and what is known durable after it (the file's length). Each write is first
 /// checked against the <see cref="MetadataMap"/>: guest data never lands on metadata, and
 /// metadata only on clusters of its own kind; an overlap throws before anything is written.
 /// </summary>
@@ -17,7 +19,10 @@ namespace MountQcow.Qcow2;
 /// names, and the L2 table an L1 entry names, are on disk before the entry, and one flush serves
 /// every write since the last one: a sequential writer pays for the flushes allocation already
 /// needs (about one per 4 MiB), not one per cluster. Refcounts are made durable before any
-/// reference by <see cref="Refcounts"/>, which calls the same barrier.
+/// reference by <see cref="Refcounts"/>, which calls the same barrier (see <see cref="RefcountsRaised"/>).
+/// The other way round, a reference dropped from an entry is queued here (<see cref="FreeAfterSync"/>)
+/// and handed back by <see cref="TakeDurableFrees"/> only once a <see cref="Sync"/> has made the
+/// entry that dropped it durable: then its refcount may be lowered.
 /// </remarks>
 internal sealed class ImageWriter
 {
@@ -27,6 +32,10 @@ internal sealed class ImageWriter
     private readonly bool _barriers;
     private long _l1DirtyFirst = long.MaxValue, _l1DirtyEnd;
     private bool _refcountsRaised; // raised refcounts not yet flushed: no entry may be written before a flush
+    // Each dropped reference: the cluster, and what the reference said it holds (null: data). The
+    // first _durableFrees were dropped by entries a Sync has made durable.
+    private readonly List<(long Cluster, MetadataKind? Kind)> _frees = new();
+    private int _durableFrees;
 
     /// <param name="file">The image file.</param>
     /// <param name="map">The metadata clusters every write is checked against.</param>
@@ -40,6 +49,7 @@ internal sealed class ImageWriter
         _clusters = clusters;
         _l1Offset = l1Offset;
         _barriers = barriers;
+        DurableLength = file.Length;
         clusters.Cache.EnableWriteBack();
     }
 
@@ -50,6 +60,15 @@ internal sealed class ImageWriter
 
     /// <summary>Number of L2 tables whose changed entries wait for the next barrier.</summary>
     public int WaitingTables => _clusters.Cache.DirtyCount;
+
+    /// <summary>Dropped references waiting for a <see cref="Sync"/> (and then <see cref="TakeDurableFrees"/>).</summary>
+    public int WaitingFrees => _frees.Count;
+
+    /// <summary>
+    /// The file's length at the last barrier: all storage below it is durable as a length, so a
+    /// never-written cluster below it reads as zeros even after a crash.
+    /// </summary>
+    public long DurableLength { get; private set; }
 
     /// <summary>Writes guest data (or a copy-on-write cluster) at a host offset that must hold no metadata.</summary>
     public void Data(ReadOnlySpan<byte> bytes, long offset)
@@ -71,6 +90,23 @@ internal sealed class ImageWriter
     /// </summary>
     public void RefcountsRaised() => _refcountsRaised = true;
 
+    /// <summary>
+    /// A changed entry (in memory, waiting) no longer names a cluster: its reference is dropped
+    /// once a <see cref="Sync"/> has made that change durable. <paramref name="kind"/> is what the
+    /// reference said the cluster holds (null: guest data).
+    /// </summary>
+    public void FreeAfterSync(long cluster, MetadataKind? kind) => _frees.Add((cluster, kind));
+
+    /// <summary>The dropped references the last <see cref="Sync"/> made durable, handed over once.</summary>
+    public (long Cluster, MetadataKind? Kind)[] TakeDurableFrees()
+    {
+        if (_durableFrees == 0) return [];
+        var durable = _frees.GetRange(0, _durableFrees).ToArray();
+        _frees.RemoveRange(0, _durableFrees);
+        _durableFrees = 0;
+        return durable;
+    }
+
     /// <summary>An entry of the active L1 table changed in memory; it is written after the next barrier.</summary>
     public void L1Changed(long index)
     {
@@ -79,15 +115,18 @@ internal sealed class ImageWriter
     }
 
     /// <summary>
-    /// Entries [first, first+count) of an L2 table (u64 units) changed in memory. They are written
+    /// An entry of an L2 table changed in memory. They are written
     /// with the next barrier; <paramref name="waitsForFlush"/> says they rely on writes that
     /// must be durable first: bytes they name (copied data, a new cluster's data), or a lowered
     /// refcount (a COPIED flag set claims a refcount of one). Entries that name nothing new (zero
     /// clusters, discards), a new cluster that reads as zeros even after a crash (unencrypted),
     /// or clear a COPIED flag need not wait: a guest flush then costs one flush, not two.
     /// </summary>
-    public void L2Changed(L2Cache.Table table, int first, int count, bool waitsForFlush) =>
+    public void L2Changed(L2Cache.Table table, L2Slot slot, bool waitsForFlush)
+    {
+        var (first, count) = slot.Words;
         _clusters.Cache.MarkDirty(table, first, count, waitsForFlush);
+    }
 
     /// <summary>
     /// Makes every write so far durable, then writes the L1 and L2 entries that waited for it.
@@ -95,7 +134,9 @@ internal sealed class ImageWriter
     /// </summary>
     public void Barrier()
     {
+        long length = _file.Length; // all that is written or extended now is durable after the flush
         if (_barriers) _file.Flush();
+        DurableLength = length;
         _refcountsRaised = false;
         WriteWaiting();
     }
@@ -106,9 +147,13 @@ internal sealed class ImageWriter
     /// </summary>
     public void Sync()
     {
+        long length = _file.Length;
+        int dropped = _frees.Count; // their entries changed before now, and are written below
         if (_l1DirtyEnd > 0 || _clusters.Cache.AnyWaitsForFlush || _refcountsRaised) Barrier(); // what they name is durable first
         else WriteWaiting();
         if (_barriers) _file.Flush();
+        DurableLength = length;
+        _durableFrees = dropped;
     }
 
     private void WriteWaiting()

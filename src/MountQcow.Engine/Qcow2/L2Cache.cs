@@ -20,11 +20,17 @@ namespace MountQcow.Qcow2;
 /// </remarks>
 internal sealed class L2Cache
 {
-    /// <summary>A cached L2 table: its host offset and its entries (two u64 per entry with extended L2).</summary>
-    public sealed class Table(long offset, ulong[] entries)
+    /// <summary>A cached L2 table: its host offset and its entries as u64 words (two per entry with extended L2).</summary>
+    public sealed class Table(long offset, ulong[] entries, bool extended)
     {
         public long Offset { get; } = offset;
         public ulong[] Entries { get; } = entries;
+
+        /// <summary>Entries in the table.</summary>
+        public int Count => L2Slot.EntriesIn(Entries.Length, extended);
+
+        /// <summary>The entry of one guest cluster (its L2 index).</summary>
+        public L2Slot Slot(int index) => new(Entries, index, extended);
 
         /// <summary>Entries [DirtyFirst, DirtyEnd) changed since the table was last written out (u64 units).</summary>
         public int DirtyFirst { get; private set; } = int.MaxValue;

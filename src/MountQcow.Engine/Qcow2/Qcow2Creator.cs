@@ -46,7 +46,8 @@ public static class Qcow2Creator
 
         // Header, refcount table, refcount blocks and L1 table, in that order; the table and
         // blocks must cover every one of these clusters, which can take a few rounds to settle.
-        long entriesPerBlock = (long)clusterSize * 8 >> options.RefcountOrder;
+        var format = new RefcountBlockFormat(options.RefcountOrder);
+        long entriesPerBlock = 1L << format.BlockBits(clusterBits);
         long tableClusters = 1, blocks = 1;
         while (true)
         {
@@ -58,18 +59,19 @@ public static class Qcow2Creator
         }
         long tableAt = 1, blocksAt = tableAt + tableClusters, l1At = blocksAt + blocks, end = l1At + l1Clusters;
 
+        // The blocks lie side by side: area b's at blocksAt + b.
+        var table = RefcountTable.Empty(format, clusterBits, tableAt << clusterBits, tableClusters);
+        for (long b = 0; b < blocks; b++) table.SetBlock(b, (blocksAt + b) << clusterBits);
+        var block = new byte[blocks << clusterBits];
+        for (long c = 0; c < end; c++) format.Set(block.AsSpan((int)(table.AreaOf(c) << clusterBits), clusterSize), table.IndexOf(c), 1);
+
         using var file = FileBlockDevice.Create(path, overwrite: false);
         try
         {
             var header = new byte[clusterSize];
-            WriteHeader(header, options, size, (uint)l1Entries, l1At << clusterBits, tableAt << clusterBits, (uint)tableClusters);
+            WriteHeader(header, options, size, (uint)l1Entries, l1At << clusterBits, table);
             file.WriteAt(header, 0);
-            var table = new byte[tableClusters << clusterBits];
-            for (long b = 0; b < blocks; b++) BigEndian.Put(table, (int)(b * 8), (ulong)(blocksAt + b) << clusterBits);
-            file.WriteAt(table, tableAt << clusterBits);
-            var block = new byte[blocks << clusterBits];
-            var format = new RefcountBlockFormat(options.RefcountOrder);
-            for (long c = 0; c < end; c++) format.Set(block, c, 1);
+            file.WriteAt(table.ToDisk(), table.Offset);
             file.WriteAt(block, blocksAt << clusterBits);
             file.SetLength(end << clusterBits); // the L1 table reads as zeros
             file.Flush();
@@ -94,7 +96,7 @@ public static class Qcow2Creator
             throw new ArgumentException("the backing file name is longer than 1023 bytes");
     }
 
-    private static void WriteHeader(byte[] h, CreateOptions o, long size, uint l1Entries, long l1Offset, long tableOffset, uint tableClusters)
+    private static void WriteHeader(byte[] h, CreateOptions o, long size, uint l1Entries, long l1Offset, RefcountTable refcounts)
     {
         var incompatible = IncompatibleFeatures.None;
         if (o.ExtendedL2) incompatible |= IncompatibleFeatures.ExtendedL2;
@@ -105,8 +107,7 @@ public static class Qcow2Creator
         BigEndian.Put(h, HeaderField.Size, (ulong)size);
         BigEndian.Put(h, HeaderField.L1Size, l1Entries);
         BigEndian.Put(h, HeaderField.L1TableOffset, (ulong)l1Offset);
-        BigEndian.Put(h, HeaderField.RefcountTableOffset, (ulong)tableOffset);
-        BigEndian.Put(h, HeaderField.RefcountTableClusters, tableClusters);
+        refcounts.HeaderLocation(h.AsSpan(HeaderField.RefcountTableOffset));
         BigEndian.Put(h, HeaderField.IncompatibleFeatures, (ulong)incompatible);
         BigEndian.Put(h, HeaderField.RefcountOrder, (uint)o.RefcountOrder);
         BigEndian.Put(h, HeaderField.HeaderLength, (uint)HeaderField.V3HeaderLength);

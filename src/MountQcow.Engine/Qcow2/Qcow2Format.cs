@@ -348,6 +348,61 @@ internal readonly struct SubclusterBitmap(ulong raw)
     public static SubclusterBitmap Create(uint allocated, uint zero) => new(allocated | ((ulong)zero << 32));
 }
 
+/// <summary>
+/// One entry of an L2 table held as u64 words in host order: a standard entry is one word, an
+/// extended one two (the descriptor, then the <see cref="SubclusterBitmap"/>). The one place
+/// that knows where entry <see cref="Index"/> lies among the words.
+/// </summary>
+internal readonly struct L2Slot
+{
+    private readonly ulong[] _words;
+    private readonly int _at; // the entry's first word
+    private readonly bool _extended;
+
+    public L2Slot(ulong[] words, int index, bool extended)
+    {
+        _words = words;
+        _extended = extended;
+        _at = extended ? index << 1 : index;
+        Index = index;
+    }
+
+    /// <summary>The entry's index in its table: the guest cluster's L2 index.</summary>
+    public int Index { get; }
+
+    /// <summary>The entry's first word in the table, and how many words it has.</summary>
+    public (int First, int Count) Words => (_at, WordsPerEntry(_extended));
+
+    /// <summary>Where the entry lies in the table, in bytes.</summary>
+    public long ByteOffset => _at * (long)sizeof(ulong);
+
+    /// <summary>The descriptor (the whole entry of a standard table).</summary>
+    public L2Entry Entry => new(_words[_at]);
+
+    /// <summary>The subcluster bitmap of an extended entry; none (0) in a standard table.</summary>
+    public SubclusterBitmap Bitmap => _extended ? new(_words[_at + 1]) : default;
+
+    /// <summary>Every word of the entry is zero: nothing was ever stored for the cluster.</summary>
+    public bool IsEmpty => _words[_at] == 0 && (!_extended || _words[_at + 1] == 0);
+
+    /// <summary>Changes the descriptor in memory; an extended entry keeps its bitmap.</summary>
+    public void Set(L2Entry entry) => _words[_at] = entry.Raw;
+
+    /// <summary>Changes descriptor and bitmap in memory (extended tables only).</summary>
+    public void Set(L2Entry entry, SubclusterBitmap bitmap)
+    {
+        if (!_extended) throw new InvalidOperationException("a standard L2 entry has no subcluster bitmap");
+        _words[_at] = entry.Raw;
+        _words[_at + 1] = bitmap.Raw;
+    }
+
+    /// <summary>Words of one entry: 1, or 2 with extended L2 entries.</summary>
+    public static int WordsPerEntry(bool extended) => extended ? 2 : 1;
+
+    /// <summary>Entries in a table of <paramref name="words"/> u64 words.</summary>
+    public static int EntriesIn(int words, bool extended) => words / WordsPerEntry(extended);
+}
+
 /// <summary>A refcount table entry: where one refcount block lives.</summary>
 internal readonly struct RefcountTableEntry(ulong raw)
 {

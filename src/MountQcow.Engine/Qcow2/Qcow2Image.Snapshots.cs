@@ -114,20 +114,11 @@ public sealed partial class Qcow2Image
     private Snapshot SnapshotChange(Func<Snapshot> change)
     {
         if (_refcounts is null) throw new NotSupportedException($"{Path} is open read-only");
-        EnterExclusive();
-        try
+        return _lock.Exclusive((Image: this, Change: change), static s =>
         {
-            _refcounts.Flush();
-            return change();
-        }
-        catch (Exception e) when (e is not (UnsupportedFeatureException or ArgumentException) && NoteFailure(e))
-        {
-            throw; // not reached
-        }
-        finally
-        {
-            _rw!.ExitWriteLock();
-        }
+            s.Image._refcounts!.Flush();
+            return s.Change();
+        });
     }
 
     /// <summary>
@@ -139,16 +130,16 @@ public sealed partial class Qcow2Image
         var references = new Dictionary<long, (int, MetadataKind?)>();
         void Add(long cluster, MetadataKind? kind) =>
             references[cluster] = references.TryGetValue(cluster, out var had) ? (had.Item1 + 1, kind) : (1, kind);
-        int bits = Header.ClusterBits, stride = Header.HasExtendedL2 ? 2 : 1;
+        int bits = Header.ClusterBits;
         for (int i = 0; i < l1.Length; i++)
         {
             long l2 = new L1Entry(l1[i]).L2Offset;
             if (l2 == 0) continue;
             Add(l2 >> bits, MetadataKind.L2Table);
-            ulong[] entries = active ? _map.GetTable(i)!.Entries : BigEndian.ReadTable(_file, l2, _clusterSize / 8);
-            for (int j = 0; j < entries.Length; j += stride)
+            var table = active ? _map.GetTable(i)! : new L2Cache.Table(l2, BigEndian.ReadTable(_file, l2, _clusterSize / 8), Header.HasExtendedL2);
+            for (int j = 0; j < table.Count; j++)
             {
-                var entry = new L2Entry(entries[j]);
+                var entry = table.Slot(j).Entry;
                 if (entry.IsCompressed)
                 {
                     var (offset, length) = entry.CompressedLocation(bits);
@@ -179,7 +170,7 @@ public sealed partial class Qcow2Image
     /// </summary>
     private void SetCopiedFlags()
     {
-        int bits = Header.ClusterBits, stride = Header.HasExtendedL2 ? 2 : 1;
+        int bits = Header.ClusterBits;
         var l1 = _map.L1;
         for (int i = 0; i < l1.Length; i++)
         {
@@ -192,15 +183,15 @@ public sealed partial class Qcow2Image
                 _writer!.L1Changed(i);
             }
             var table = _map.GetTable(i)!;
-            for (int j = 0; j < table.Entries.Length; j += stride)
+            for (int j = 0; j < table.Count; j++)
             {
-                var entry = new L2Entry(table.Entries[j]);
+                var entry = table.Slot(j).Entry;
                 if (entry.IsCompressed || entry.HostOffset == 0) continue;
                 bool single = _refcounts.Get(entry.HostOffset >> bits) == 1;
                 // A flag set claims the refcount of one that a drop just wrote: it waits for the
                 // flush that makes that durable (QEMU flushes between the drop and the flags), or a
                 // crash could leave it claiming a cluster still counted twice. A flag cleared claims less.
-                if (entry.Copied != single) SetL2(table, j, entry.WithCopied(single).Raw, waitsForFlush: single);
+                if (entry.Copied != single) SetL2(table, j, entry.WithCopied(single), waitsForFlush: single);
             }
         }
     }

@@ -5,8 +5,9 @@ using MountQcow.Storage;
 
 namespace MountQcow.Qcow2;
 
-// The write path. Every change runs under the exclusive write lock (one place takes it:
-// Exclusive); reads of a writable image take the shared lock. Order of updates, as in QEMU: a
+// The write path. Every change runs under the image's WriteLock, which also holds the one rule
+// for a change that fails: writes into clusters the image owns under the shared lock, every other
+// change under the exclusive one; reads of a writable image take the shared lock. Order of updates, as in QEMU: a
 // cluster's refcount is on disk before anything refers to it (Refcounts reserves ahead behind
 // a flush barrier); data and copy-on-write clusters, and new L2 tables, are durable before the
 // L2 or L1 entry that points at them (ImageWriter defers entries to the next barrier); a
@@ -15,10 +16,9 @@ namespace MountQcow.Qcow2;
 // moment leaves leaked clusters at most.
 public sealed partial class Qcow2Image
 {
-    private ReaderWriterLockSlim? _rw; // set for writable images only: the read path's "writable" test
+    private readonly WriteLock _lock; // used only where CanWrite
     private ImageWriter? _writer;
     private Refcounts? _refcounts;
-    private bool _failed;
     private static readonly byte[] s_zeroCluster = new byte[2 << 20];
 
     // Changed L2 tables waiting for a barrier before one is forced.
@@ -56,7 +56,7 @@ public sealed partial class Qcow2Image
         var map = new MetadataMap(Path, h.ClusterBits);
         _writer = new ImageWriter(_file, map, _map, h.L1TableOffset, _flushBarriers);
         long maxBytes = _file is FileBlockDevice { IsBlockDevice: true } device ? device.Length : MaxHostBytes;
-        _refcounts = new Refcounts(_writer, Path, h, maxBytes >> h.ClusterBits, _reservations, WriteRefcountTableLocation);
+        _refcounts = new Refcounts(_writer, Path, h, maxBytes >> h.ClusterBits, _reservations);
         IReadOnlyList<Bitmap> bitmaps;
         try
         {
@@ -81,7 +81,6 @@ public sealed partial class Qcow2Image
             _writer.Barrier();
         }
         if (_compressWrites) _refcounts.EnablePacking();
-        _rw = new ReaderWriterLockSlim(LockRecursionPolicy.NoRecursion);
     }
 
     private CorruptImageException RefuseWriting(string detail) =>
@@ -139,14 +138,6 @@ public sealed partial class Qcow2Image
         _writer!.Metadata(MetadataKind.Header, raw, field);
     }
 
-    private void WriteRefcountTableLocation(long offset, int clusters)
-    {
-        Span<byte> field = stackalloc byte[12];
-        BinaryPrimitives.WriteUInt64BigEndian(field, (ulong)offset);
-        BinaryPrimitives.WriteUInt32BigEndian(field[8..], (uint)clusters);
-        _writer!.Metadata(MetadataKind.Header, field, HeaderField.RefcountTableOffset);
-    }
-
     public void WriteAt(ReadOnlySpan<byte> buffer, long offset)
     {
         BlockDevices.CheckWritable(this);
@@ -154,7 +145,7 @@ public sealed partial class Qcow2Image
         _writes.Increment();
         _bytesWritten.Add(buffer.Length);
         if (_compressWrites) WriteCompressing(buffer, offset);
-        else if (!TryWriteInPlace(buffer, offset)) Exclusive(Change.Write, buffer, offset, buffer.Length);
+        else if (!TryWriteInPlace(buffer, offset)) WriteExclusive(buffer, offset);
     }
 
     /// <summary>
@@ -168,47 +159,41 @@ public sealed partial class Qcow2Image
         if (Header.HasExtendedL2) return false;
         // Encrypted: a write that covers part of a sector reads, decrypts and rewrites it, which only the exclusive lock keeps safe.
         if (_cipher is not null && ((offset | (long)buffer.Length) & (MountQcow.Crypto.SectorCipher.SectorSize - 1)) != 0) return false;
+        if (((offset + buffer.Length - 1) >> Header.ClusterBits) - (offset >> Header.ClusterBits) >= 16) return false; // a large write: the exclusive path's cost is small beside it
+        return _lock.Shared(new GuestBytes(this, buffer, offset), static w => w.Image.WriteInPlace(w.Data, w.Offset));
+    }
+
+    /// <summary>The rest of <see cref="TryWriteInPlace"/>, under the shared lock.</summary>
+    private bool WriteInPlace(ReadOnlySpan<byte> buffer, long offset)
+    {
+        if (_lock.Stopped) return false;
         int bits = Header.ClusterBits;
         long first = offset >> bits, last = (offset + buffer.Length - 1) >> bits;
-        if (last - first >= 16) return false; // a large write: the exclusive path's cost is small beside it
         Span<long> hosts = stackalloc long[16];
-        _rw!.EnterReadLock();
-        try
+        for (long c = first, at = offset; c <= last; c++)
         {
-            if (_failed) return false;
-            for (long c = first, at = offset; c <= last; c++)
-            {
-                var (l1Index, l2Index) = Indexes(c);
-                var l1 = new L1Entry(_map.L1[l1Index]);
-                if (l1.L2Offset == 0 || !l1.Copied) return false;
-                var entry = new L2Entry(_map.GetTable(l1Index)!.Entries[l2Index]);
-                if (!entry.OwnsCluster || entry.ZeroFlagSet) return false;
-                _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
-                int inCluster = (int)(at & _clusterMask);
-                int n = (int)Math.Min(offset + buffer.Length - at, _clusterSize - inCluster);
-                // A whole cluster of zeros becomes a zero cluster instead (the exclusive path).
-                if (CoversCluster(c, inCluster, n) && !buffer.Slice((int)(at - offset), n).ContainsAnyExcept((byte)0)) return false;
-                hosts[(int)(c - first)] = entry.HostOffset;
-                at += n;
-            }
-            for (long at = offset, c = first; c <= last; c++)
-            {
-                int inCluster = (int)(at & _clusterMask);
-                int n = (int)Math.Min(buffer.Length, _clusterSize - inCluster);
-                WriteData(buffer[..n], hosts[(int)(c - first)] + inCluster);
-                buffer = buffer[n..];
-                at += n;
-            }
-            return true;
+            var (l1Index, l2Index) = Indexes(c);
+            var l1 = new L1Entry(_map.L1[l1Index]);
+            if (l1.L2Offset == 0 || !l1.Copied) return false;
+            var entry = _map.GetTable(l1Index)!.Slot(l2Index).Entry;
+            if (!entry.OwnsCluster || entry.ZeroFlagSet) return false;
+            _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
+            int inCluster = (int)(at & _clusterMask);
+            int n = (int)Math.Min(offset + buffer.Length - at, _clusterSize - inCluster);
+            // A whole cluster of zeros becomes a zero cluster instead (the exclusive path).
+            if (CoversCluster(c, inCluster, n) && !buffer.Slice((int)(at - offset), n).ContainsAnyExcept((byte)0)) return false;
+            hosts[(int)(c - first)] = entry.HostOffset;
+            at += n;
         }
-        catch (Exception e) when (NoteFailure(e))
+        for (long at = offset, c = first; c <= last; c++)
         {
-            throw; // not reached
+            int inCluster = (int)(at & _clusterMask);
+            int n = (int)Math.Min(buffer.Length, _clusterSize - inCluster);
+            WriteData(buffer[..n], hosts[(int)(c - first)] + inCluster);
+            buffer = buffer[n..];
+            at += n;
         }
-        finally
-        {
-            _rw.ExitReadLock();
-        }
+        return true;
     }
 
     public void WriteZeros(long offset, long length, bool discard)
@@ -216,7 +201,11 @@ public sealed partial class Qcow2Image
         BlockDevices.CheckWritable(this);
         BlockDevices.CheckRange(offset, length, Length);
         _zeroWrites.Increment();
-        Exclusive(discard ? Change.Discard : Change.Zeros, default, offset, length);
+        _lock.Exclusive((Image: this, Offset: offset, Length: length, Discard: discard), static z =>
+        {
+            z.Image.ZeroRuns(z.Offset, z.Length, z.Discard);
+            z.Image.LimitWaiting();
+        });
     }
 
     /// <summary>Makes every write so far durable and applies the frees that waited for it.</summary>
@@ -224,49 +213,43 @@ public sealed partial class Qcow2Image
     {
         if (!CanWrite) return;
         _flushes.Increment();
-        Exclusive(Change.Flush, default, 0, 0);
+        _lock.Exclusive(this, static image =>
+        {
+            image._refcounts!.Flush();
+            if (!ReferenceEquals(image._data, image._file)) image._data.Flush();
+        });
     }
 
-    private enum Change { Write, Zeros, Discard, Compressed, Flush }
+    /// <summary>A write that may allocate, under the exclusive lock.</summary>
+    private void WriteExclusive(ReadOnlySpan<byte> data, long offset) =>
+        _lock.Exclusive(new GuestBytes(this, data, offset), static w =>
+        {
+            w.Image.WriteRuns(w.Data, w.Offset);
+            w.Image.LimitWaiting();
+        });
 
-    /// <summary>
-    /// Runs one change under the write lock. A failure is recorded while the lock is still held
-    /// (an exception filter runs before the finally block).
-    /// </summary>
-    private void Exclusive(Change change, ReadOnlySpan<byte> data, long offset, long length, ReadOnlySpan<byte> compressed = default)
+    /// <summary>Guest bytes and where they go: the state of a change that carries them (a span, so no closure can).</summary>
+    private readonly ref struct GuestBytes(Qcow2Image image, ReadOnlySpan<byte> data, long offset)
     {
-        EnterExclusive();
-        try
-        {
-            switch (change)
-            {
-                case Change.Write:
-                    WriteRuns(data, offset);
-                    break;
-                case Change.Zeros:
-                case Change.Discard:
-                    ZeroRuns(offset, length, change == Change.Discard);
-                    break;
-                case Change.Compressed:
-                    WriteCompressedCluster(offset >> Header.ClusterBits, compressed, data);
-                    break;
-                case Change.Flush:
-                    _refcounts!.Flush();
-                    if (!ReferenceEquals(_data, _file)) _data.Flush();
-                    return;
-            }
-            // Frees wait for a flush and changed L2 tables for a barrier; do not let too many pile up.
-            if (_refcounts!.PendingFrees > 4096) _refcounts.Flush();
-            else if (_writer!.WaitingTables > MaxWaitingTables) _writer.Barrier();
-        }
-        catch (Exception e) when (NoteFailure(e))
-        {
-            throw; // not reached: NoteFailure only records
-        }
-        finally
-        {
-            _rw!.ExitWriteLock();
-        }
+        public readonly Qcow2Image Image = image;
+        public readonly ReadOnlySpan<byte> Data = data;
+        public readonly long Offset = offset;
+    }
+
+    /// <summary>A compressed cluster, with its plain bytes for where it cannot be stored compressed.</summary>
+    private readonly ref struct CompressedBytes(Qcow2Image image, ReadOnlySpan<byte> compressed, ReadOnlySpan<byte> plain, long offset)
+    {
+        public readonly Qcow2Image Image = image;
+        public readonly ReadOnlySpan<byte> Compressed = compressed;
+        public readonly ReadOnlySpan<byte> Plain = plain;
+        public readonly long Offset = offset;
+    }
+
+    // Frees wait for a flush and changed L2 tables for a barrier; do not let too many pile up.
+    private void LimitWaiting()
+    {
+        if (_refcounts!.PendingFrees > 4096) _refcounts.Flush();
+        else if (_writer!.WaitingTables > MaxWaitingTables) _writer.Barrier();
     }
 
     private void WriteRuns(ReadOnlySpan<byte> buffer, long offset)
@@ -318,8 +301,18 @@ public sealed partial class Qcow2Image
                     cluster.AsSpan(n, _clusterSize - n).Clear(); // the disk's last cluster, padded
                     length = Compression.ClusterCodec.Compress(Header.CompressionType, cluster.AsSpan(0, _clusterSize), packed);
                 }
-                if (length > 0) Exclusive(Change.Compressed, piece, offset, n, packed.AsSpan(0, length));
-                else Exclusive(Change.Write, piece, offset, n);
+                if (length > 0)
+                {
+                    _lock.Exclusive(new CompressedBytes(this, packed.AsSpan(0, length), piece, offset), static c =>
+                    {
+                        c.Image.WriteCompressedCluster(c.Offset >> c.Image.Header.ClusterBits, c.Compressed, c.Plain);
+                        c.Image.LimitWaiting();
+                    });
+                }
+                else
+                {
+                    WriteExclusive(piece, offset);
+                }
                 buffer = buffer[n..];
                 offset += n;
             }
@@ -336,45 +329,21 @@ public sealed partial class Qcow2Image
     {
         var (l1Index, l2Index) = Indexes(cluster);
         var table = WritableL2(l1Index);
-        int width = Header.HasExtendedL2 ? 2 : 1;
-        if (table.Entries[width * l2Index] != 0 || (width == 2 && table.Entries[2 * l2Index + 1] != 0))
+        if (!table.Slot(l2Index).IsEmpty)
         {
             WriteInCluster(cluster, 0, plain); // QEMU too compresses only into unallocated clusters
             return;
         }
         long host = _refcounts!.AllocateCompressed(compressed.Length);
         _writer!.Data(compressed, host);
-        ulong raw = L2Entry.CompressedCluster(host, compressed.Length, Header.ClusterBits).Raw;
-        if (width == 2) SetL2Extended(table, l2Index, raw, 0);
-        else SetL2(table, l2Index, raw, waitsForFlush: true);
-    }
-
-    private void EnterExclusive()
-    {
-        _rw!.EnterWriteLock();
-        if (!_failed) return;
-        _rw.ExitWriteLock();
-        throw new ImageIOException($"{Path}: writing stopped after an earlier error; unmount and check the image");
-    }
-
-    /// <summary>
-    /// Records a failure while the write lock is still held: corruption marks the image corrupt,
-    /// and any other failure stops writing, since the metadata in memory may no longer match the
-    /// file. A full device changed nothing, so writing may go on. Returns false, so the exception
-    /// goes on to the caller.
-    /// </summary>
-    private bool NoteFailure(Exception e)
-    {
-        if (e is ImageFullException) return false;
-        if (e is CorruptImageException) MarkCorrupt();
-        else if (e is ImageException or IOException) _failed = true;
-        return false;
+        var entry = L2Entry.CompressedCluster(host, compressed.Length, Header.ClusterBits);
+        if (Header.HasExtendedL2) SetL2Extended(table, l2Index, entry, default);
+        else SetL2(table, l2Index, entry, waitsForFlush: true);
     }
 
     // As QEMU does: metadata found inconsistent while writing sets the corrupt bit, so nothing writes it again unchecked.
     private void MarkCorrupt()
     {
-        _failed = true;
         if (Header.Version < 3) return;
         try
         {
@@ -411,7 +380,7 @@ public sealed partial class Qcow2Image
             WriteSubclusters(table, cluster, l1Index, l2Index, inCluster, data);
             return;
         }
-        var entry = new L2Entry(table.Entries[l2Index]);
+        var entry = table.Slot(l2Index).Entry;
         if (entry.OwnsCluster)
         {
             _map.CheckDataOffset(entry.HostOffset, l1Index, l2Index, checkEnd: false);
@@ -422,7 +391,7 @@ public sealed partial class Qcow2Image
             }
             // A preallocated zero cluster: fill it, then clear the zero flag.
             WriteMerged(cluster, inCluster, data, entry.HostOffset, zerosBelow: true);
-            SetL2(table, l2Index, L2Entry.Standard(entry.HostOffset, copied: true).Raw, waitsForFlush: true);
+            SetL2(table, l2Index, L2Entry.Standard(entry.HostOffset, copied: true), waitsForFlush: true);
             return;
         }
         // Copy on write: a new cluster holding what the cluster reads as now, with the new bytes
@@ -436,7 +405,7 @@ public sealed partial class Qcow2Image
         bool zeroStorageSuffices = zerosNow && _cipher is null;
         if (zeroStorageSuffices && fresh.ReadsZero) WriteData(data, fresh.Offset + inCluster);
         else WriteMerged(cluster, inCluster, data, fresh.Offset, zerosBelow: entry.ZeroFlagSet);
-        SetL2(table, l2Index, L2Entry.Standard(fresh.Offset, copied: true).Raw, waitsForFlush: !(zeroStorageSuffices && fresh.Durable));
+        SetL2(table, l2Index, L2Entry.Standard(fresh.Offset, copied: true), waitsForFlush: !(zeroStorageSuffices && fresh.Durable));
         Release(entry, cluster);
     }
 
@@ -509,8 +478,8 @@ public sealed partial class Qcow2Image
     // the subclusters the write touches, so the rest keeps reading from the backing file.
     private void WriteSubclusters(L2Cache.Table table, long cluster, long l1Index, int l2Index, int inCluster, ReadOnlySpan<byte> data)
     {
-        var entry = new L2Entry(table.Entries[2 * l2Index]);
-        var bitmap = new SubclusterBitmap(table.Entries[2 * l2Index + 1]);
+        var slot = table.Slot(l2Index);
+        var (entry, bitmap) = (slot.Entry, slot.Bitmap);
         int sub = SubclusterSize;
         int first = inCluster / sub, last = (inCluster + data.Length - 1) / sub;
         uint touched = (uint)(((1UL << (last + 1)) - 1) & ~((1UL << first) - 1));
@@ -519,7 +488,7 @@ public sealed partial class Qcow2Image
             // Shared or compressed: copy the whole cluster as it reads now.
             long copy = _refcounts!.AllocateCluster();
             WriteMerged(cluster, inCluster, data, copy, zerosBelow: false);
-            SetL2Extended(table, l2Index, L2Entry.Standard(copy, copied: true).Raw, SubclusterBitmap.Create(uint.MaxValue, 0).Raw);
+            SetL2Extended(table, l2Index, L2Entry.Standard(copy, copied: true), SubclusterBitmap.Create(uint.MaxValue, 0));
             Release(entry, cluster);
             return;
         }
@@ -541,8 +510,8 @@ public sealed partial class Qcow2Image
         {
             ArrayPool<byte>.Shared.Return(buffer);
         }
-        SetL2Extended(table, l2Index, L2Entry.Standard(host, copied: true).Raw,
-            SubclusterBitmap.Create(bitmap.Allocated | touched, bitmap.Zero & ~touched).Raw);
+        SetL2Extended(table, l2Index, L2Entry.Standard(host, copied: true),
+            SubclusterBitmap.Create(bitmap.Allocated | touched, bitmap.Zero & ~touched));
     }
 
     /// <summary>
@@ -560,25 +529,17 @@ public sealed partial class Qcow2Image
         {
             long host = _refcounts!.AllocateCluster();
             var table2 = WritableL2(l1Index);
-            var old = new L2Entry(table2.Entries[l2Index]);
+            var old = table2.Slot(l2Index).Entry;
             WriteData(s_zeroCluster.AsSpan(0, _clusterSize), host);
-            SetL2(table2, l2Index, L2Entry.Standard(host, copied: true).Raw, waitsForFlush: true);
+            SetL2(table2, l2Index, L2Entry.Standard(host, copied: true), waitsForFlush: true);
             Release(old, cluster);
             return;
         }
         var table = WritableL2(l1Index);
-        if (Header.HasExtendedL2)
-        {
-            var entry = new L2Entry(table.Entries[2 * l2Index]);
-            SetL2Extended(table, l2Index, 0, SubclusterBitmap.Create(0, unallocate ? 0 : uint.MaxValue).Raw);
-            Release(entry, cluster);
-        }
-        else
-        {
-            var entry = new L2Entry(table.Entries[l2Index]);
-            SetL2(table, l2Index, unallocate || Header.Version < 3 ? 0 : L2Entry.ZeroCluster(0).Raw, waitsForFlush: false);
-            Release(entry, cluster);
-        }
+        var entry = table.Slot(l2Index).Entry;
+        if (Header.HasExtendedL2) SetL2Extended(table, l2Index, default, SubclusterBitmap.Create(0, unallocate ? 0 : uint.MaxValue));
+        else SetL2(table, l2Index, unallocate || Header.Version < 3 ? default : L2Entry.ZeroCluster(0), waitsForFlush: false);
+        Release(entry, cluster);
     }
 
     // Extended L2, part of a cluster: whole subclusters become zero (or unallocated), the edges get written zeros.
@@ -598,23 +559,23 @@ public sealed partial class Qcow2Image
         bool below = BackingUnder(cluster);
         uint range = (uint)(((1UL << end) - 1) & ~((1UL << first) - 1));
         var table = WritableL2(l1Index);
-        var entry = new L2Entry(table.Entries[2 * l2Index]);
+        var slot = table.Slot(l2Index);
+        var (entry, bitmap) = (slot.Entry, slot.Bitmap);
         if (entry.IsCompressed || (entry.HostOffset != 0 && !entry.Copied))
         {
             WriteInCluster(cluster, first * sub, s_zeroCluster.AsSpan(0, (end - first) * sub)); // copies the cluster first
             return;
         }
-        var bitmap = new SubclusterBitmap(table.Entries[2 * l2Index + 1]);
         uint allocated = bitmap.Allocated & ~range;
         uint zero = discard && !below ? bitmap.Zero & ~range : bitmap.Zero | range;
         long host = entry.HostOffset;
         if (allocated == 0 && host != 0)
         {
-            SetL2Extended(table, l2Index, 0, SubclusterBitmap.Create(0, zero).Raw); // no subcluster uses the host cluster any more
+            SetL2Extended(table, l2Index, default, SubclusterBitmap.Create(0, zero)); // no subcluster uses the host cluster any more
             Release(entry, cluster);
             return;
         }
-        SetL2Extended(table, l2Index, host == 0 ? 0 : L2Entry.Standard(host, copied: true).Raw, SubclusterBitmap.Create(allocated, zero).Raw);
+        SetL2Extended(table, l2Index, host == 0 ? default : L2Entry.Standard(host, copied: true), SubclusterBitmap.Create(allocated, zero));
     }
 
     /// <summary>Drops the reference an L2 entry held: its host cluster, or a compressed cluster's bytes.</summary>
@@ -661,37 +622,33 @@ public sealed partial class Qcow2Image
         _map.L1[l1Index] = L1Entry.Create(offset, copied: true).Raw;
         _writer.L1Changed(l1Index);
         if (l1.L2Offset != 0) _refcounts.Free(l1.L2Offset >> Header.ClusterBits, MetadataKind.L2Table);
-        return _map.Cache.Add(l1Index, new L2Cache.Table(offset, entries));
+        return _map.Cache.Add(l1Index, new L2Cache.Table(offset, entries, Header.HasExtendedL2));
     }
 
     // An L2 entry changes in memory at once (readers see it) and on disk with the next barrier,
     // after what it names is durable where it waits for a flush (see ImageWriter.L2Changed).
-    private void SetL2(L2Cache.Table table, int l2Index, ulong raw, bool waitsForFlush)
+    private void SetL2(L2Cache.Table table, int l2Index, L2Entry entry, bool waitsForFlush)
     {
-        table.Entries[l2Index] = raw;
-        _writer!.L2Changed(table, l2Index, 1, waitsForFlush);
+        var slot = table.Slot(l2Index);
+        slot.Set(entry);
+        _writer!.L2Changed(table, slot, waitsForFlush);
     }
 
     // Extended L2 entries always wait for a flush: subclusters copy what lies below them.
-    private void SetL2Extended(L2Cache.Table table, int l2Index, ulong raw, ulong bitmap)
+    private void SetL2Extended(L2Cache.Table table, int l2Index, L2Entry entry, SubclusterBitmap bitmap)
     {
-        table.Entries[2 * l2Index] = raw;
-        table.Entries[2 * l2Index + 1] = bitmap;
-        _writer!.L2Changed(table, 2 * l2Index, 2, waitsForFlush: true);
+        var slot = table.Slot(l2Index);
+        slot.Set(entry, bitmap);
+        _writer!.L2Changed(table, slot, waitsForFlush: true);
     }
 
     /// <summary>Closes a writable image cleanly: frees what waited, returns reserved clusters, trims the file.</summary>
     private void CloseForWriting()
     {
         if (_refcounts is null) return;
-        _rw!.EnterWriteLock();
-        try
+        using (_lock.ForClosing()) // QEMU's locks go with the file (FileBlockDevice.Dispose)
         {
-            if (!_failed) _refcounts.Close(_file as FileBlockDevice);
-        }
-        finally
-        {
-            _rw.ExitWriteLock(); // QEMU's locks go with the file (FileBlockDevice.Dispose)
+            if (!_lock.Stopped) _refcounts.Close(_file as FileBlockDevice);
         }
     }
 }

@@ -131,6 +131,7 @@ public sealed partial class Qcow2Image : IDiskImage
         _compressed = compressed ?? new CompressedClusterCache(_clusterSize);
         _decompressInto = DecompressCluster;
         CanWrite = options.Writable;
+        _lock = new WriteLock(path, MarkCorrupt);
         _compressWrites = options.Writable && options.CompressWrites;
         _flushBarriers = options.FlushBarriers;
     }
@@ -430,20 +431,12 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         BlockDevices.CheckRange(offset, buffer.Length, Length);
         _reads.Increment();
-        if (_rw is null)
+        if (!CanWrite)
         {
             ReadCore(buffer, offset);
             return;
         }
-        _rw.EnterReadLock();
-        try
-        {
-            ReadCore(buffer, offset);
-        }
-        finally
-        {
-            _rw.ExitReadLock();
-        }
+        using (_lock.Read()) ReadCore(buffer, offset);
     }
 
     private void ReadCore(Span<byte> buffer, long offset)
@@ -523,16 +516,8 @@ public sealed partial class Qcow2Image : IDiskImage
     public Extent GetExtent(long offset, long maxLength)
     {
         BlockDevices.CheckRange(offset, 0, Length);
-        if (_rw is null) return ExtentCore(offset, maxLength);
-        _rw.EnterReadLock();
-        try
-        {
-            return ExtentCore(offset, maxLength);
-        }
-        finally
-        {
-            _rw.ExitReadLock();
-        }
+        if (!CanWrite) return ExtentCore(offset, maxLength);
+        using (_lock.Read()) return ExtentCore(offset, maxLength);
     }
 
     private Extent ExtentCore(long offset, long maxLength)
@@ -591,7 +576,7 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         maxLength = Math.Min(maxLength, Length - offset);
         // Encrypted bytes are never handed out as they lie in the file.
-        if (_rw is not null || Encryption is not null || maxLength <= 0) return HostRun.Computed(Math.Max(0, maxLength));
+        if (CanWrite || Encryption is not null || maxLength <= 0) return HostRun.Computed(Math.Max(0, maxLength));
         var run = _map.Map(offset, maxLength);
         return run.Kind switch
         {
@@ -623,7 +608,7 @@ public sealed partial class Qcow2Image : IDiskImage
         }
         finally
         {
-            _rw?.Dispose();
+            _lock.Dispose();
             ReleaseFiles();
         }
     }

@@ -12,7 +12,7 @@ namespace MountQcow.Qcow2;
 /// Crash safety follows one rule each way. Nothing references a cluster before its refcount
 /// is on disk: clusters are reserved in chunks (refcount 1), and the entries naming them are
 /// written only after a flush that followed the reservation. Nothing is freed while a reference to it may still be on disk:
-/// decrements wait in <see cref="_pendingFrees"/> until a flush has made the change that
+/// decrements wait in the <see cref="ImageWriter"/> (<see cref="ImageWriter.FreeAfterSync"/>) until a flush has made the change that
 /// dropped the reference durable. A crash therefore leaves leaked clusters at most. New
 /// refcount blocks go at the first cluster of the area they describe (free, since the area had
 /// no block) and count themselves, so creating one never recurses; a new block is durable
@@ -20,11 +20,10 @@ namespace MountQcow.Qcow2;
 /// Distrust: a cluster with refcount 0 that the metadata map names is corruption, found before
 /// anything is written; allocation stays below a limit (a block device's end), and running out
 /// is an <see cref="ImageFullException"/> that changes nothing.
-/// Memory: refcount blocks are cached, at most <see cref="MaxCachedBlocks"/> of one cluster each.
+/// Memory: the refcount table, and the blocks a <see cref="RefcountBlockCache"/> holds.
 /// </remarks>
 internal sealed class Refcounts
 {
-    private const int MaxCachedBlocks = 256;
     // A reservation (ImageOptions.Reservations) starts at 4 MiB and doubles while a writer keeps
     // allocating, up to 128 MiB. A crash leaks what was reserved and unused (storage that was
     // never written: holes in a file).
@@ -36,17 +35,11 @@ internal sealed class Refcounts
     private readonly int _clusterBits;
     private readonly int _clusterSize;
     private readonly RefcountBlockFormat _format;
-    private readonly int _blockBits; // log2 of entries per refcount block
     private readonly ulong _max;
-    private readonly Action<long, int> _writeTableLocation;
-    private readonly Dictionary<long, byte[]> _blocks = new();
-    // Each waiting free: the cluster, and what the dropped reference said it holds (null: data).
-    private readonly List<(long Cluster, MetadataKind? Kind)> _pendingFrees = new();
+    private readonly RefcountBlockCache _blocks;
     private readonly long _maxClusters;
     private readonly long _openClusters; // the file's length at open, in clusters: closing never trims below it
-    private ulong[] _table;
-    private long _tableOffset;
-    private int _tableClusters;
+    private RefcountTable _table;
     private long _end;       // first cluster past everything in use or reserved
     private long _freeHint;  // no free cluster below this one
     private long _reserveStart, _reserveEnd;
@@ -67,15 +60,13 @@ internal sealed class Refcounts
     private long _virginFrom;
     private readonly HashSet<long> _punched = new();
     private readonly List<long> _freed = new(); // clusters whose refcount fell to 0 in this flush, to punch
-    private long _durableClusters;              // the file's length, in clusters, at the last barrier
 
     /// <param name="writer">Writes (checked against the metadata map) and barriers.</param>
     /// <param name="path">The image's path, for messages.</param>
     /// <param name="header">The image's header.</param>
     /// <param name="maxClusters">Clusters the file may hold at most (a block device's size).</param>
-    /// <param name="writeTableLocation">Writes the header's refcount table offset and size.</param>
     /// <param name="reservations">The first and the largest reservation, in bytes.</param>
-    public Refcounts(ImageWriter writer, string path, Qcow2Header header, long maxClusters, (long First, long Max) reservations, Action<long, int> writeTableLocation)
+    public Refcounts(ImageWriter writer, string path, Qcow2Header header, long maxClusters, (long First, long Max) reservations)
     {
         (_reserveBytes, _maxReserveBytes) = reservations;
         _writer = writer;
@@ -85,52 +76,38 @@ internal sealed class Refcounts
         _clusterBits = header.ClusterBits;
         _clusterSize = header.ClusterSize;
         _format = new RefcountBlockFormat(header.RefcountOrder);
-        _blockBits = _format.BlockBits(_clusterBits);
         _max = _format.Max;
-        _writeTableLocation = writeTableLocation;
-        _tableOffset = header.RefcountTableOffset;
-        _tableClusters = header.RefcountTableClusters;
-        _table = new ulong[(long)_tableClusters * _clusterSize / 8];
-        _file.ReadAt(MemoryMarshal.AsBytes(_table.AsSpan()), _tableOffset);
-        BigEndian.ToHost(_table);
-        _end = _openClusters = _virginFrom = _durableClusters = (_file.Length + _clusterSize - 1) >> _clusterBits;
+        _blocks = new RefcountBlockCache(_clusterSize);
+        _table = RefcountTable.Read(_file, header);
+        _end = _openClusters = _virginFrom = (_file.Length + _clusterSize - 1) >> _clusterBits;
         _sparse = _file as ISparseDevice;
     }
 
     /// <summary>Names the refcount table and every refcount block in the metadata map.</summary>
     public void RegisterMetadata(MetadataMap map)
     {
-        map.Add(_tableOffset, (long)_tableClusters << _clusterBits, MetadataKind.RefcountTable, "the refcount table");
-        for (long area = 0; area < _table.Length; area++)
+        map.Add(_table.Offset, (long)_table.Clusters << _clusterBits, MetadataKind.RefcountTable, "the refcount table");
+        for (long area = 0; area < _table.Areas; area++)
         {
             long block = BlockOffset(area);
             if (block != 0) map.Add(block, _clusterSize, MetadataKind.RefcountBlock, $"refcount block {area}");
         }
     }
 
-    private long EntriesPerBlock => 1L << _blockBits;
-
-    private ulong GetEntry(byte[] block, long index) => _format.Get(block, index);
-
-    private void SetEntry(byte[] block, long index, ulong value) => _format.Set(block, index, value);
-
     // ---- blocks and the table ----
 
-    private long BlockOffset(long area) => area < _table.Length ? new RefcountTableEntry(_table[area]).BlockOffset : 0;
+    private long BlockOffset(long area) => _table.BlockOffset(area, _path);
 
     private byte[]? Block(long area)
     {
         long offset = BlockOffset(area);
         if (offset == 0) return null;
-        if (_blocks.TryGetValue(offset, out var block)) return block;
-        if ((offset & (_clusterSize - 1)) != 0)
-            throw new CorruptImageException(_path, $"refcount block offset 0x{offset:x} unaligned (refcount table index {area})");
+        if (_blocks.TryGet(offset) is { } block) return block;
         if (offset > _file.Length - _clusterSize)
             throw new CorruptImageException(_path, $"refcount block offset 0x{offset:x} lies past the end of the file (refcount table index {area})");
         block = new byte[_clusterSize];
         _file.ReadAt(block, offset);
-        if (_blocks.Count >= MaxCachedBlocks) _blocks.Remove(_blocks.Keys.First());
-        _blocks[offset] = block;
+        _blocks.Add(offset, block);
         return block;
     }
 
@@ -140,8 +117,8 @@ internal sealed class Refcounts
     /// <summary>The refcount of one host cluster.</summary>
     public ulong Get(long cluster)
     {
-        var block = Block(cluster >> _blockBits);
-        return block is null ? 0 : GetEntry(block, cluster & (EntriesPerBlock - 1));
+        var block = Block(_table.AreaOf(cluster));
+        return block is null ? 0 : _format.Get(block, _table.IndexOf(cluster));
     }
 
     /// <summary>Sets the refcounts of a run of clusters, writing each touched block's changed bytes once.</summary>
@@ -150,12 +127,12 @@ internal sealed class Refcounts
         if (value > _max) throw new CorruptImageException(_path, $"refcount of cluster 0x{first << _clusterBits:x} would exceed {_max}");
         while (count > 0)
         {
-            long area = first >> _blockBits;
-            long index = first & (EntriesPerBlock - 1);
-            long n = Math.Min(count, EntriesPerBlock - index);
+            long area = _table.AreaOf(first);
+            long index = _table.IndexOf(first);
+            long n = Math.Min(count, _table.EntriesPerBlock - index);
             EnsureBlock(area);
             var block = Block(area)!;
-            for (long i = 0; i < n; i++) SetEntry(block, index + i, value);
+            for (long i = 0; i < n; i++) _format.Set(block, index + i, value);
             var (start, length) = _format.EntryBytes(index, n);
             _writer.Metadata(MetadataKind.RefcountBlock, block.AsSpan(start, length), BlockOffset(area) + start);
             first += n;
@@ -174,35 +151,44 @@ internal sealed class Refcounts
     private bool IsFree(long cluster)
     {
         if (cluster >= _reserveStart && cluster < _reserveEnd) return false;
-        long area = cluster >> _blockBits;
-        if (BlockMissing(area)) return (cluster & (EntriesPerBlock - 1)) != 0;
-        return Get(cluster) == 0;
+        if (KeptForBlock(cluster)) return false;
+        return BlockMissing(_table.AreaOf(cluster)) || Get(cluster) == 0;
     }
+
+    /// <summary>Whether a cluster is the first of an area that has no refcount block yet: the block goes there.</summary>
+    private bool KeptForBlock(long cluster) => _table.IndexOf(cluster) == 0 && BlockMissing(_table.AreaOf(cluster));
 
     private void EnsureBlock(long area)
     {
         if (!BlockMissing(area)) return;
-        if (area >= _table.Length) GrowTable(area + 1);
+        if (area >= _table.Areas) GrowTable(area + 1);
         if (!BlockMissing(area)) return;
-        long blockCluster = area << _blockBits;
+        long blockCluster = _table.FirstCluster(area);
         if (blockCluster >= _maxClusters) throw Full();
+        var block = NewBlock(area);
+        Barrier(); // the block is on disk before the table points at it
+        _table.SetBlock(area, blockCluster << _clusterBits);
+        Span<byte> raw = stackalloc byte[sizeof(ulong)];
+        _table.EntryToDisk(area, raw);
+        _writer.Metadata(MetadataKind.RefcountTable, raw, _table.Offset + area * sizeof(ulong));
+        _blocks.Add(blockCluster << _clusterBits, block);
+    }
+
+    /// <summary>
+    /// Writes a new refcount block for an area at the area's first cluster, counting itself and
+    /// <paramref name="more"/> clusters of the area from <paramref name="from"/> (a new table's).
+    /// </summary>
+    private byte[] NewBlock(long area, long from = 0, long more = 0)
+    {
+        long blockCluster = _table.FirstCluster(area);
         _writer.Map.Add(blockCluster << _clusterBits, _clusterSize, MetadataKind.RefcountBlock, $"new refcount block {area}");
         var block = new byte[_clusterSize];
-        SetEntry(block, 0, 1); // it counts itself
+        _format.Set(block, 0, 1); // it counts itself
+        for (long c = from; c < from + more; c++) _format.Set(block, _table.IndexOf(c), 1);
         _writer.Metadata(MetadataKind.RefcountBlock, block, blockCluster << _clusterBits);
         _end = Math.Max(_end, blockCluster + 1);
         Written(blockCluster, 1);
-        Barrier(); // the block is on disk before the table points at it
-        _table[area] = RefcountTableEntry.Create(blockCluster << _clusterBits).Raw;
-        WriteTableEntry(area);
-        _blocks[blockCluster << _clusterBits] = block;
-    }
-
-    private void WriteTableEntry(long area)
-    {
-        Span<byte> raw = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64BigEndian(raw, _table[area]);
-        _writer.Metadata(MetadataKind.RefcountTable, raw, _tableOffset + area * 8);
+        return block;
     }
 
     private ImageFullException Full() =>
@@ -215,65 +201,66 @@ internal sealed class Refcounts
     /// </summary>
     private void GrowTable(long minEntries)
     {
-        long entries = Math.Max(minEntries, Math.Max(_table.Length * 2L, _clusterSize / 8));
+        long entries = Math.Max(minEntries, Math.Max(_table.Areas * 2L, _clusterSize / 8));
         long start;
         int clusters;
         while (true)
         {
             clusters = (int)((entries * 8 + _clusterSize - 1) >> _clusterBits);
-            start = _end;
-            // Keep the table off the first clusters of block-less areas: their blocks go there.
-            for (long c = start; c < start + clusters; c++)
-            {
-                if ((c & (EntriesPerBlock - 1)) == 0 && (c >> _blockBits >= _table.Length || BlockMissing(c >> _blockBits)))
-                {
-                    start = c + 1;
-                    c = start - 1;
-                }
-            }
-            long needed = ((start + clusters - 1) >> _blockBits) + 1;
+            start = RunOutsideKeptClusters(_end, clusters);
+            long needed = _table.AreaOf(start + clusters - 1) + 1;
             if (needed <= entries) break;
             entries = needed * 2;
         }
         if (start + clusters > _maxClusters) throw Full();
         _writer.Map.Add(start << _clusterBits, (long)clusters << _clusterBits, MetadataKind.RefcountTable, "the new refcount table");
-        var table = new ulong[(long)clusters * _clusterSize / 8];
-        _table.CopyTo(table, 0);
-        var oldTable = (_tableOffset, _tableClusters);
-        long firstArea = start >> _blockBits, lastArea = (start + clusters - 1) >> _blockBits;
-        for (long area = firstArea; area <= lastArea; area++)
+        var old = _table;
+        var table = old.MovedTo(start << _clusterBits, clusters);
+        for (long area = old.AreaOf(start), last = old.AreaOf(start + clusters - 1); area <= last; area++)
         {
-            long from = Math.Max(start, area << _blockBits), to = Math.Min(start + clusters, (area + 1) << _blockBits);
-            if (area < _table.Length && !BlockMissing(area))
+            long from = Math.Max(start, old.FirstCluster(area)), to = Math.Min(start + clusters, old.FirstCluster(area + 1));
+            if (!BlockMissing(area))
             {
                 SetRun(from, to - from, 1); // an existing block, written in place
                 continue;
             }
-            long blockCluster = area << _blockBits;
-            _writer.Map.Add(blockCluster << _clusterBits, _clusterSize, MetadataKind.RefcountBlock, $"new refcount block {area}");
-            var block = new byte[_clusterSize];
-            SetEntry(block, 0, 1);
-            for (long c = from; c < to; c++) SetEntry(block, c - blockCluster, 1);
-            _writer.Metadata(MetadataKind.RefcountBlock, block, blockCluster << _clusterBits);
-            _blocks[blockCluster << _clusterBits] = block;
-            table[area] = RefcountTableEntry.Create(blockCluster << _clusterBits).Raw;
-            _end = Math.Max(_end, blockCluster + 1);
-            Written(blockCluster, 1);
+            _blocks.Add(old.FirstCluster(area) << _clusterBits, NewBlock(area, from, to - from));
+            table.SetBlock(area, old.FirstCluster(area) << _clusterBits);
         }
-        var bytes = new ulong[table.Length];
-        BigEndian.ToDisk(table, bytes);
-        _writer.Metadata(MetadataKind.RefcountTable, MemoryMarshal.AsBytes(bytes.AsSpan()), start << _clusterBits);
+        _writer.Metadata(MetadataKind.RefcountTable, table.ToDisk(), table.Offset);
         _end = Math.Max(_end, start + clusters);
         Written(start, clusters);
         Barrier(); // the new table and its blocks are on disk before the header names them
-        _writeTableLocation(start << _clusterBits, clusters);
+        Span<byte> location = stackalloc byte[RefcountTable.HeaderLocationLength];
+        table.HeaderLocation(location);
+        _writer.Metadata(MetadataKind.Header, location, HeaderField.RefcountTableOffset);
         Barrier();
         _table = table;
-        _tableOffset = start << _clusterBits;
-        _tableClusters = clusters;
         // Nothing refers to the old table any more.
-        long oldFirst = oldTable._tableOffset >> _clusterBits;
-        for (long c = oldFirst; c < oldFirst + oldTable._tableClusters; c++) Decrement(c, MetadataKind.RefcountTable);
+        long oldFirst = old.Offset >> _clusterBits;
+        for (long c = oldFirst; c < oldFirst + old.Clusters; c++) Decrement(c, MetadataKind.RefcountTable);
+    }
+
+    /// <summary>
+    /// The first run of <paramref name="clusters"/> clusters from <paramref name="from"/> on that
+    /// holds no first cluster of an area without a block (kept for that block).
+    /// </summary>
+    private long RunOutsideKeptClusters(long from, int clusters)
+    {
+        long start = from;
+        for (long run = 0; run < clusters;)
+        {
+            if (KeptForBlock(start + run))
+            {
+                start += run + 1;
+                run = 0;
+            }
+            else
+            {
+                run++;
+            }
+        }
+        return start;
     }
 
     // ---- allocation ----
@@ -304,7 +291,7 @@ internal sealed class Refcounts
         if (_reserveValue > 1) SetRun(first, 1, 1);
         bool zero = first >= _virginFrom || _punched.Contains(first);
         Written(first, 1);
-        return new NewCluster(first << _clusterBits, zero, zero && first < _durableClusters);
+        return new NewCluster(first << _clusterBits, zero, zero && first < _writer.DurableLength >> _clusterBits);
     }
 
     /// <summary>Clusters about to hold written bytes no longer read as zeros.</summary>
@@ -459,7 +446,7 @@ internal sealed class Refcounts
     /// Drops one reference to a cluster once the change that removed it is on disk.
     /// <paramref name="kind"/> is what the reference said the cluster holds (null: guest data).
     /// </summary>
-    public void Free(long cluster, MetadataKind? kind = null) => _pendingFrees.Add((cluster, kind));
+    public void Free(long cluster, MetadataKind? kind = null) => _writer.FreeAfterSync(cluster, kind);
 
     /// <summary>Frees every cluster a host byte range touches (a compressed cluster's bytes).</summary>
     public void FreeBytes(long offset, long length)
@@ -467,7 +454,7 @@ internal sealed class Refcounts
         for (long c = offset >> _clusterBits; c <= (offset + length - 1) >> _clusterBits; c++) Free(c);
     }
 
-    public int PendingFrees => _pendingFrees.Count;
+    public int PendingFrees => _writer.WaitingFrees;
 
     /// <summary>
     /// Makes every completed write durable (with the L1 and L2 entries that waited for a barrier),
@@ -476,13 +463,11 @@ internal sealed class Refcounts
     /// </summary>
     public void Flush()
     {
-        long length = _file.Length;
         _writer.Sync();
-        _durableClusters = length >> _clusterBits;
-        if (_pendingFrees.Count == 0) return;
-        Interlocked.Add(ref _freedClusters, _pendingFrees.Count);
-        foreach (var (c, kind) in _pendingFrees) Decrement(c, kind);
-        _pendingFrees.Clear();
+        var frees = _writer.TakeDurableFrees();
+        if (frees.Length == 0) return;
+        Interlocked.Add(ref _freedClusters, frees.Length);
+        foreach (var (c, kind) in frees) Decrement(c, kind);
         PunchFreed();
     }
 
@@ -548,10 +533,5 @@ internal sealed class Refcounts
     }
 
     // Write order alone keeps a killed process safe; barriers add power-loss safety.
-    private void Barrier()
-    {
-        long length = _file.Length; // all that is written or extended now is durable after the barrier
-        _writer.Barrier();
-        _durableClusters = length >> _clusterBits;
-    }
+    private void Barrier() => _writer.Barrier();
 }
