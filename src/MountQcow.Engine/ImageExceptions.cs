@@ -61,3 +61,14 @@ public sealed class CorruptFileSystemException(string where, string kind, string
     /// <summary>What is wrong, without the partition's name.</summary>
     public string Detail { get; } = detail;
 }
+
+/// <summary>
+/// A check this program, like qemu-img, does not do: a format with no structure to check (VHD,
+/// raw), or a repair of a format that is only checked. qemu-img exits 63 ("This image format does
+/// not support checks"), and so does <c>mountqcow check</c>.
+/// </summary>
+public sealed class UncheckableImageException(string message) : ImageException(message)
+{
+    /// <summary>qemu-img check's exit status for a format it cannot check.</summary>
+    public const int ExitStatus = 63;
+}

@@ -1,12 +1,16 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using MountQcow.Formats;
 using MountQcow.Qcow2;
 using MountQcow.Storage;
 
 namespace MountQcow.Host;
 
-/// <summary>`mountqcow check IMAGE [--json] [--repair leaks|all]`: qemu-img check's verdict, with its exit codes.</summary>
+/// <summary>
+/// `mountqcow check IMAGE [--json] [--repair leaks|all]`: qemu-img check's verdict, with its exit
+/// codes, for every format qemu-img checks (qcow2, VDI, VHDX, VMDK; repairs for qcow2 only).
+/// </summary>
 internal static class CheckCommand
 {
     public static int Run(CheckOptions o)
@@ -21,8 +25,23 @@ internal static class CheckCommand
         // The check reads only the image's own structures, but it refuses an image whose names the
         // other verbs would refuse to follow, so that a refusal is the same on every verb.
         if (Refused(o) is { } refused) throw new ReferenceRefusedException(refused);
-        var report = ImageChecker.Check(o.Image, mode, o.ForceShare, o.References());
+        CheckReport report;
+        try
+        {
+            report = DiskImages.Check(o.Image, mode, new ImageOptions { ShareWrites = o.ForceShare, References = o.References(), Warn = Cli.Warn });
+        }
+        catch (UncheckableImageException e)
+        {
+            Cli.Error(e.Message);
+            return UncheckableImageException.ExitStatus; // as qemu-img: "This image format does not support checks"
+        }
         foreach (string m in report.Messages) Console.Error.WriteLine(Cli.Printable(m));
+        if (report.Failure is { } failure)
+        {
+            // As qemu-img: the findings, then why the check ended; no summary, no JSON.
+            Cli.Error(failure);
+            return report.ExitCode;
+        }
         if (o.Json) Console.WriteLine(JsonSerializer.Serialize(CheckJson.From(ImageLocation.Display(o.Image), report), CheckJsonContext.Default.CheckJson));
         else Print(report);
         if (report.CheckErrors > 0) Console.Error.WriteLine("mountqcow: the check could not be completed");
@@ -76,7 +95,7 @@ internal sealed record CheckJson(
     [property: JsonPropertyName("fragmented-clusters")] long FragmentedClusters,
     [property: JsonPropertyName("compressed-clusters")] long CompressedClusters)
 {
-    public static CheckJson From(string file, CheckReport r) => new(file, "qcow2", r.CheckErrors, r.Corruptions, r.Leaks,
+    public static CheckJson From(string file, CheckReport r) => new(file, r.Format, r.CheckErrors, r.Corruptions, r.Leaks,
         r.CorruptionsFixed, r.LeaksFixed, r.ImageEndOffset, r.TotalClusters, r.AllocatedClusters, r.FragmentedClusters, r.CompressedClusters);
 }
 

@@ -93,7 +93,7 @@ internal sealed class InfoOptions : ImageReadingOptions
     public bool Json { get; set; }
 }
 
-[Verb("check", HelpText = "Check an image's consistency as qemu-img check does; optionally repair it.")]
+[Verb("check", HelpText = "Check an image's consistency as qemu-img check does (qcow2, VDI, VHDX, VMDK); optionally repair a qcow2 image.")]
 internal sealed class CheckOptions : ReferenceOptions
 {
     [Value(1, Hidden = true)]
@@ -108,7 +108,7 @@ internal sealed class CheckOptions : ReferenceOptions
     [Option('U', "force-share", HelpText = "Check even while another process writes the image (the verdict may then be wrong).")]
     public bool ForceShare { get; set; }
 
-    [Option('r', "repair", MetaValue = "leaks|all", HelpText = "Repair: 'leaks' frees leaked clusters (always safe); 'all' also fixes refcounts that are too low, rebuilds broken refcount structures, fixes COPIED flags and clears the dirty and corrupt bits.")]
+    [Option('r', "repair", MetaValue = "leaks|all", HelpText = "Repair a qcow2 image (other formats are only checked): 'leaks' frees leaked clusters (always safe); 'all' also fixes refcounts that are too low, rebuilds broken refcount structures, fixes COPIED flags and clears the dirty and corrupt bits.")]
     public string? Repair { get; set; }
 }
 

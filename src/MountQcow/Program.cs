@@ -356,8 +356,11 @@ internal static class Program
         [
             "  mountqcow check vm.qcow2                      is it consistent?",
             "  mountqcow check --repair leaks vm.qcow2       free leaked clusters",
+            "  mountqcow check disk.vmdk                     VDI, VHDX and VMDK too: checked, not repaired",
             "",
-            "Exit status, as qemu-img check: 0 clean, 2 corruptions, 3 leaks only, 1 could not check.",
+            "Exit status, as qemu-img check: 0 clean, 2 corruptions, 3 leaks only, 1 could not check",
+            "(VMDK: stopped at a grain past the end of its file), 63 nothing to check (VHD, raw) or",
+            "a repair asked of a format only checked.",
         ],
         [typeof(ExportOptions)] =
         [

@@ -51,6 +51,43 @@ public static class QemuAssert
         return ours;
     }
 
+    /// <summary>
+    /// Our check of an image of a format other than qcow2 says what qemu-img check says: the same
+    /// exit code and, where both could check it, as many corruptions and one line of ours for each
+    /// of QEMU's findings (the words differ: ours name where). Returns our report (null where we
+    /// refused the image, or found no structure to check).
+    /// </summary>
+    public static CheckReport? CheckAgrees(string image)
+    {
+        var q = Run.Capture("qemu-img", ["check", image], workingDirectory: Path.GetDirectoryName(image));
+        CheckReport? ours = null;
+        int ourExit;
+        string ourText;
+        try
+        {
+            ours = MountQcow.Formats.DiskImages.Check(image);
+            ourExit = ours.ExitCode;
+            ourText = string.Join('\n', ours.Messages);
+        }
+        catch (UncheckableImageException e)
+        {
+            (ourExit, ourText) = (UncheckableImageException.ExitStatus, e.Message);
+        }
+        catch (ImageException e)
+        {
+            (ourExit, ourText) = (1, e.Message); // could not be opened: qemu-img's exit 1
+        }
+        string context = $"{image}\nqemu-img check exited {q.ExitCode}:\n{q.Stderr}{q.Stdout}\nours exited {ourExit}:\n{ourText}";
+        Assert.True(q.ExitCode == ourExit, context);
+        if (ours is null || ours.CheckErrors > 0) return ours; // QEMU could not open it: the exit code is all it says
+        var findings = q.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.StartsWith("qemu-img: Check failed")).ToList();
+        Assert.True(findings.Count == ours.Messages.Count, context);
+        int errors = Regex.Match(q.Stdout, @"(\d+) errors were found") is { Success: true } m ? int.Parse(m.Groups[1].Value) : 0;
+        // A check that failed (VMDK's, at its first finding) prints no summary: its findings are its count.
+        Assert.True((ours.Failure is null ? errors : findings.Count) == ours.Corruptions, context);
+        return ours;
+    }
+
     /// <summary>qemu-img compare: the same guest bytes (allocation may differ).</summary>
     public static void SameContent(string a, string b)
     {

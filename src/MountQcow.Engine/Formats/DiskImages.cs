@@ -48,6 +48,40 @@ public static class DiskImages
     }
 
     /// <summary>
+    /// Checks a file or URL as <c>qemu-img check</c> does, whatever its format: qcow2 through its
+    /// own checker (which also repairs), VDI, VHDX and VMDK through their drivers (read only).
+    /// </summary>
+    /// <exception cref="UncheckableImageException">The format has no structure qemu-img checks (VHD, raw), or a repair was asked of a format only checked.</exception>
+    /// <exception cref="ImageException">The image cannot be opened for a check.</exception>
+    public static CheckReport Check(string location, RepairMode mode = RepairMode.None, ImageOptions? options = null)
+    {
+        options ??= new ImageOptions();
+        string path = ImageLocation.Display(location);
+        var chain = new BackingChain(options.MaxChainDepth, options.References);
+        var file = ImageLocation.Open(location, writable: false, options.Remote, chain.Gate);
+        try
+        {
+            string format = FormatOf(file, path, named: null);
+            if (format == "qcow2")
+            {
+                file.Dispose(); // the qcow2 checker opens the file itself, writable for a repair
+                return ImageChecker.Check(location, mode, options.ShareWrites, options.References);
+            }
+            if (s_drivers.GetValueOrDefault(format) is not ICheckableFormat checkable)
+                throw new UncheckableImageException(format == "raw" ? "a raw disk has no structure qemu-img checks" : $"{format.ToUpperInvariant()} has no structure qemu-img checks");
+            // QEMU's VDI and VMDK checks refuse to repair; its VHDX repair is a log replay, which a
+            // read-only program leaves to QEMU.
+            if (mode != RepairMode.None)
+                throw new UncheckableImageException($"{path}: {ImageFormat.Describe(format)} images are checked, not repaired (--repair is for qcow2)");
+            return checkable.Check(file, path, options, chain);
+        }
+        finally
+        {
+            file.Dispose(); // a driver that opened an image over it disposed it too: disposing twice is harmless
+        }
+    }
+
+    /// <summary>
     /// Opens the image on <paramref name="file"/> (owned from now on) as one layer of a chain.
     /// <paramref name="named"/> is the format the layer above names for it, if any: raw is taken
     /// at its word (a raw disk's bytes may look like any format: that is what naming it is for);

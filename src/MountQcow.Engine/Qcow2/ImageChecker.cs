@@ -40,13 +40,30 @@ public sealed class CheckReport
     public long FragmentedClusters { get; internal set; }
     public long CompressedClusters { get; internal set; }
 
+    /// <summary>The image's format, as qemu-img check's JSON names it ("qcow2", "vdi", "vhdx", "vmdk").</summary>
+    public string Format { get; internal init; } = "qcow2";
+
+    /// <summary>
+    /// Why the check stopped before the end of the image, or null when it went through. VMDK's
+    /// check stops at the first grain it finds past the end of its file and fails, as qemu-img's
+    /// does ("Check failed"): the findings are then all there is, with no summary.
+    /// </summary>
+    public string? Failure { get; internal set; }
+
     /// <summary>One line per finding or repair, in qemu-img check's words.</summary>
     public IReadOnlyList<string> Messages => _messages;
 
     internal readonly List<string> _messages = new();
 
     /// <summary>qemu-img check's exit status: 0 clean, 1 the check failed, 2 corruptions, 3 leaks only.</summary>
-    public int ExitCode => CheckErrors > 0 ? 1 : Corruptions > 0 ? 2 : Leaks > 0 ? 3 : 0;
+    public int ExitCode => CheckErrors > 0 || Failure is not null ? 1 : Corruptions > 0 ? 2 : Leaks > 0 ? 3 : 0;
+
+    /// <summary>Counts one corruption, and says where it is.</summary>
+    internal void Corruption(string message)
+    {
+        Corruptions++;
+        _messages.Add(message);
+    }
 }
 
 /// <summary>

@@ -34,10 +34,18 @@ internal sealed class VhdxBat
     private readonly bool _hasParent;
     private readonly ulong[]? _whole;
     private readonly Page?[]? _pages;
+    private readonly bool _checkEntries;
 
+    /// <param name="file">The file (as replayed).</param>
+    /// <param name="path">The image, as messages name it.</param>
+    /// <param name="region">Where the BAT lies.</param>
+    /// <param name="metadata">The disk's size, block size and sector size.</param>
+    /// <param name="structures">What no block may overlap.</param>
+    /// <param name="checkEntries">Throw at an entry that contradicts the format (false for a check, which judges entries itself).</param>
     /// <exception cref="CorruptImageException">The BAT region is too short for the disk, or an entry contradicts the format.</exception>
-    public VhdxBat(IBlockDevice file, string path, FileRange region, VhdxMetadata metadata, (string Name, FileRange Range)[] structures)
+    public VhdxBat(IBlockDevice file, string path, FileRange region, VhdxMetadata metadata, (string Name, FileRange Range)[] structures, bool checkEntries = true)
     {
+        _checkEntries = checkEntries;
         _file = file;
         _path = path;
         _region = region;
@@ -59,7 +67,8 @@ internal sealed class VhdxBat
             _whole = new ulong[Entries];
             file.ReadAt(MemoryMarshal.AsBytes(_whole.AsSpan()), region.Offset);
             ToHost(_whole);
-            for (long i = 0; i < _whole.LongLength; i++) Check(i, _whole[i]);
+            if (checkEntries)
+                for (long i = 0; i < _whole.LongLength; i++) Check(i, _whole[i]);
         }
         else _pages = new Page?[Slots];
     }
@@ -87,6 +96,15 @@ internal sealed class VhdxBat
     /// <summary>The entry of the sector bitmap block of the chunk that holds payload block <paramref name="block"/>.</summary>
     public VhdxBatEntry SectorBitmap(long block) => new(Entry(((block >> ChunkRatioBits) + 1) * (ChunkRatio + 1) - 1));
 
+    /// <summary>Entry <paramref name="index"/> of the table (0 ≤ index &lt; <see cref="Entries"/>), payload or sector bitmap.</summary>
+    public VhdxBatEntry At(long index) => new(Entry(index));
+
+    /// <summary>Whether entry <paramref name="index"/> is a sector bitmap block's (the last of each chunk).</summary>
+    public bool IsSectorBitmap(long index) => index % (ChunkRatio + 1) == ChunkRatio;
+
+    /// <summary>The payload block entry <paramref name="index"/> serves (not a sector bitmap's).</summary>
+    public long BlockOf(long index) => index - index / (ChunkRatio + 1);
+
     private ulong Entry(long index)
     {
         if (_whole is not null) return _whole[index];
@@ -98,7 +116,8 @@ internal sealed class VhdxBat
             var entries = new ulong[count];
             VhdxBytes.Read(_file, MemoryMarshal.AsBytes(entries.AsSpan()), _region.Offset + page * EntriesPerPage * 8);
             ToHost(entries);
-            for (int i = 0; i < count; i++) Check(page * EntriesPerPage + i, entries[i]);
+            if (_checkEntries)
+                for (int i = 0; i < count; i++) Check(page * EntriesPerPage + i, entries[i]);
             cached = new Page(page, entries);
             Volatile.Write(ref _pages[page % Slots], cached);
         }
@@ -114,8 +133,7 @@ internal sealed class VhdxBat
     private void Check(long index, ulong raw)
     {
         var entry = new VhdxBatEntry(raw);
-        bool bitmap = index % (ChunkRatio + 1) == ChunkRatio;
-        if (bitmap)
+        if (IsSectorBitmap(index))
         {
             // Fixed and dynamic images have no use for sector bitmaps; QEMU before 8.0 wrote shifted
             // garbage into these entries (its issue 727), so they are not judged there.
@@ -126,7 +144,7 @@ internal sealed class VhdxBat
             CheckPlace(index, $"sector bitmap of chunk {index / (ChunkRatio + 1)}", entry.Offset, SectorBitmapBlockLength);
             return;
         }
-        long block = index - index / (ChunkRatio + 1);
+        long block = BlockOf(index);
         switch (entry.State)
         {
             case VhdxBlockState.Reserved4:

@@ -113,18 +113,8 @@ public sealed class VhdxImage : IDiskImage
         {
             if (options.Writable)
                 throw new UnsupportedFeatureException(path, "writing VHDX images in place is not supported; mount with --rw --overlay NEW.qcow2 to write into an overlay");
-            var id = new byte[Signature.File.Length];
-            VhdxBytes.Read(file, id, FileIdentifierOffset);
-            if (!id.AsSpan().SequenceEqual(Signature.File))
-                throw new CorruptImageException(path, "no VHDX file identifier ('vhdxfile' at offset 0)");
             chain.Enter(path);
-            var header = VhdxHeader.ReadCurrent(file, path);
-            if (header.LogOffset % Alignment != 0 || header.LogOffset < HeaderSectionLength || header.LogLength % Alignment != 0)
-                throw new CorruptImageException(path, $"the log at 0x{header.LogOffset:x} (0x{header.LogLength:x} bytes) is not aligned to 1 MiB past the header section");
-            var log = new FileRange(header.LogOffset, header.LogLength);
-            view = VhdxLog.Replay(file, path, header, options.Warn, out int replayed);
-            var regions = VhdxRegionTable.Read(view, path, log);
-            var metadata = VhdxMetadata.Read(view, path, regions.Metadata);
+            var (header, log, replayed, regions, metadata) = ReadStructures(file, path, options.Warn, out view);
             var bat = new VhdxBat(view, path, regions.Bat, metadata,
                 [("the log", log), ("the BAT region", regions.Bat), ("the metadata region", regions.Metadata)]);
             ImageReference? reference = null;
@@ -146,6 +136,30 @@ public sealed class VhdxImage : IDiskImage
             view.Dispose(); // the file itself, or the replayed file, which disposes the file under it
             throw;
         }
+    }
+
+    /// <summary>
+    /// What an open reads before the BAT, each part checked: the file identifier, the current
+    /// header, the log (replayed in memory into <paramref name="view"/>, the file as replayed), the
+    /// region table and the metadata.
+    /// </summary>
+    /// <exception cref="ImageException">A structure is damaged or unsupported.</exception>
+    internal static (VhdxHeader Header, FileRange Log, int Replayed, VhdxRegionTable Regions, VhdxMetadata Metadata) ReadStructures(
+        IBlockDevice file, string path, Action<string>? warn, out IBlockDevice view)
+    {
+        view = file;
+        var id = new byte[Signature.File.Length];
+        VhdxBytes.Read(file, id, FileIdentifierOffset);
+        if (!id.AsSpan().SequenceEqual(Signature.File))
+            throw new CorruptImageException(path, "no VHDX file identifier ('vhdxfile' at offset 0)");
+        var header = VhdxHeader.ReadCurrent(file, path);
+        if (header.LogOffset % Alignment != 0 || header.LogOffset < HeaderSectionLength || header.LogLength % Alignment != 0)
+            throw new CorruptImageException(path, $"the log at 0x{header.LogOffset:x} (0x{header.LogLength:x} bytes) is not aligned to 1 MiB past the header section");
+        var log = new FileRange(header.LogOffset, header.LogLength);
+        view = VhdxLog.Replay(file, path, header, warn, out int replayed);
+        var regions = VhdxRegionTable.Read(view, path, log);
+        var metadata = VhdxMetadata.Read(view, path, regions.Metadata);
+        return (header, log, replayed, regions, metadata);
     }
 
     /// <summary>

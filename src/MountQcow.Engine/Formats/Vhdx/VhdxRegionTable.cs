@@ -8,9 +8,10 @@ namespace MountQcow.Formats.Vhdx;
 /// The region table ([MS-VHDX] 2.2.3): where the BAT and the metadata region lie. The first copy
 /// that is valid (signature, CRC-32C) is read; every entry is checked for 1 MiB alignment and for
 /// overlapping the header section, the log or another region; a required region this program does
-/// not know refuses the image, as the format demands.
+/// not know refuses the image, as the format demands. <see cref="All"/> is every region, in the
+/// table's order.
 /// </summary>
-internal sealed record VhdxRegionTable(FileRange Bat, FileRange Metadata)
+internal sealed record VhdxRegionTable(FileRange Bat, FileRange Metadata, IReadOnlyList<(string Name, FileRange Range)> All)
 {
     /// <exception cref="CorruptImageException">Neither copy is valid, or an entry contradicts the format.</exception>
     /// <exception cref="UnsupportedFeatureException">A required region this program does not know.</exception>
@@ -56,7 +57,7 @@ internal sealed record VhdxRegionTable(FileRange Bat, FileRange Metadata)
         }
         if (bat is null) throw new CorruptImageException(path, "the region table names no BAT region");
         if (metadata is null) throw new CorruptImageException(path, "the region table names no metadata region");
-        return new VhdxRegionTable(bat.Value, metadata.Value);
+        return new VhdxRegionTable(bat.Value, metadata.Value, [.. seen.Skip(log.Length > 0 ? 1 : 0)]);
     }
 
     private static bool IsValid(ReadOnlySpan<byte> t) =>

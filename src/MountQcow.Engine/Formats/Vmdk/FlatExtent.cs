@@ -7,6 +7,9 @@ internal sealed class FlatExtent(IBlockDevice file, long start, long length) : V
 {
     public override bool IsFlat => true;
 
+    /// <summary>Where the extent's bytes start in its file.</summary>
+    public long Start => start;
+
     public override GrainRun Map(long offset, long maxLength) =>
         new(GrainKind.Data, Math.Min(maxLength, Length - offset), start + offset);
 }

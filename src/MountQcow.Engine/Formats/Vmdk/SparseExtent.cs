@@ -162,6 +162,49 @@ internal sealed class SparseExtent : VmdkExtent
     }
 
     /// <summary>
+    /// What QEMU's check finds first in this extent, walking its grains in order, or null: an
+    /// allocated grain at or past the end of the file, or an entry no grain can have. Tables are
+    /// read as QEMU reads them, zeros past the end of the file (a table there maps nothing), and
+    /// nothing else is judged: grains that overlap tables or one another, as QEMU does not judge them.
+    /// </summary>
+    /// <param name="diskOffset">Where the extent starts in the disk (QEMU names a grain by its disk sector).</param>
+    public string? FirstGrainPastEnd(long diskOffset)
+    {
+        long fileLength = File!.Length;
+        long grains = (Length + _grainBytes - 1) / _grainBytes;
+        int bytes = _g.TableBytes;
+        byte[] raw = ArrayPool<byte>.Shared.Rent(bytes);
+        try
+        {
+            for (long gdIndex = 0; gdIndex < _directory.Length && gdIndex * _gtes < grains; gdIndex++)
+            {
+                long offset = _directory[gdIndex], first = gdIndex * _gtes;
+                long SectorOf(long grain) => (diskOffset + grain * _grainBytes) / Sector;
+                if (offset == 0) continue;
+                if (offset == GrainTable.Invalid)
+                    return $"ERROR: could not get cluster_offset for sector {SectorOf(first)} (grain directory entry {gdIndex} of {_path} is invalid)";
+                int inside = (int)Math.Clamp(fileLength - offset, 0, bytes);
+                if (inside > 0) File.ReadAt(raw.AsSpan(0, inside), offset);
+                raw.AsSpan(inside, bytes - inside).Clear();
+                for (int gtIndex = 0; gtIndex < _gtes && first + gtIndex < grains; gtIndex++)
+                {
+                    long entry = Decode(raw.AsSpan(gtIndex * _g.EntryBytes));
+                    if (entry is GrainTable.Unallocated or GrainTable.Zero) continue;
+                    if (entry == GrainTable.Invalid)
+                        return $"ERROR: could not get cluster_offset for sector {SectorOf(first + gtIndex)} (grain table {gdIndex}, entry {gtIndex} of {_path} is invalid)";
+                    if (entry >= fileLength)
+                        return $"ERROR: cluster offset for sector {SectorOf(first + gtIndex)} points after EOF (grain table {gdIndex}, entry {gtIndex} of {_path}: a grain at 0x{entry:x}, the file ends at 0x{fileLength:x})";
+                }
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(raw);
+        }
+        return null;
+    }
+
+    /// <summary>
     /// Decompresses grain <paramref name="grain"/> into the first grain's worth of
     /// <paramref name="output"/>: the zlib stream after its grain marker (or, without markers, at the
     /// grain's offset). The extent's last grain may hold less than a grain (the rest reads as zeros);
