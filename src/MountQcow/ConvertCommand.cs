@@ -6,15 +6,17 @@ using MountQcow.Storage;
 namespace MountQcow.Host;
 
 /// <summary>
-/// `mountqcow convert SOURCE IMAGE [--compress deflate|zstd]`: a raw file, device or qcow2 image
-/// into a new qcow2 image. Holes (SEEK_HOLE, or unallocated clusters) are never read, and
-/// all-zero clusters are never written.
+/// `mountqcow convert SOURCE IMAGE [-O FORMAT] [-o OPTIONS] [--compress deflate|zstd]`: an image
+/// of any format, a raw file or a device into a new qcow2 image, or (through the engine's
+/// <see cref="ImageWriters"/>) a raw, VHD, VDI or VMDK image. Holes (SEEK_HOLE, or unallocated
+/// clusters) are never read, and all-zero clusters are never written.
 /// </summary>
 internal static class ConvertCommand
 {
     public static int Run(ConvertOptions o)
     {
         if (ImageLocation.Full(o.Source) == Path.GetFullPath(o.Image)) throw new UserError("SOURCE and IMAGE are the same file");
+        var target = TargetOf(o);
         // Any format this program reads; a file whose content names another disk format is
         // refused, never copied as if it were a raw disk.
         using var source = DiskImages.Open(o.Source, o.ReadingOptions());
@@ -22,6 +24,7 @@ internal static class ConvertCommand
         Cli.WarnIfInUse(source);
         if (source.Chain().Any(l => l.Device is Qcow2Image { Encryption: not null }))
             Cli.Info($"{source.Path} is encrypted; {o.Image} will hold its data decrypted, as qemu-img convert writes it");
+        if (target is not null) return Write(o, source, target);
         var compression = o.Compress is null ? CompressionType.Deflate : CreateCommand.CompressionOf(o.Compress);
         int clusterBits = CreateCommand.ClusterBits(o.ClusterSize);
         CreateCommand.Replace(o.Image, o.Force);
@@ -47,6 +50,87 @@ internal static class ConvertCommand
             File.Delete(o.Image); // never leave a half-made image behind
             throw;
         }
+        return Program.Ok;
+    }
+
+    /// <summary>
+    /// The new image's format and options from -O and -o, as qemu-img spells them; null for qcow2
+    /// (written here, with --compress and --cluster-size).
+    /// </summary>
+    private static WriteTarget? TargetOf(ConvertOptions o)
+    {
+        string format = o.OutputFormat.ToLowerInvariant() switch { "vhd" => "vpc", var f => f };
+        if (format == "qcow2")
+        {
+            if (o.FormatOptions is not null) throw new UsageError("-o is for the other formats; a qcow2 image takes --cluster-size and --compress");
+            return null;
+        }
+        if (!ImageWriters.Subformats.ContainsKey(format))
+            throw new UsageError($"-O {o.OutputFormat}: mountqcow writes qcow2, {string.Join(", ", ImageWriters.Subformats.Keys)}");
+        if (o.Compress is not null || o.ClusterSize != "64K")
+            throw new UsageError($"--compress and --cluster-size are for qcow2 output, not {format}");
+        string? subformat = null;
+        bool forceSize = false;
+        foreach (string option in (o.FormatOptions ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries))
+        {
+            int equals = option.IndexOf('=');
+            string key = equals < 0 ? option : option[..equals], value = equals < 0 ? "on" : option[(equals + 1)..];
+            switch (key)
+            {
+                case "subformat" when format is not ("vdi" or "raw"):
+                    subformat = value;
+                    break;
+                case "force_size" when format == "vpc":
+                    forceSize = Switch(key, value);
+                    break;
+                case "static" when format == "vdi":
+                    subformat = Switch(key, value) ? "static" : "dynamic";
+                    break;
+                default:
+                    string takes = format switch
+                    {
+                        "vpc" => "it takes subformat=dynamic|fixed and force_size",
+                        "vdi" => "it takes static=on",
+                        "raw" => "it takes none",
+                        _ => "it takes subformat=" + string.Join("|", ImageWriters.Subformats[format]),
+                    };
+                    throw new UsageError($"-o {option}: not an option mountqcow takes for {format} ({takes})");
+            }
+        }
+        if (subformat is not null && !ImageWriters.Subformats[format].Contains(subformat))
+            throw new UsageError($"-o subformat={subformat}: mountqcow writes {format} as {string.Join(", ", ImageWriters.Subformats[format])}");
+        return new WriteTarget(format, subformat, forceSize);
+    }
+
+    // A qemu-img boolean option: on or off (yes/no, true/false as QEMU also takes).
+    private static bool Switch(string key, string value) => value.ToLowerInvariant() switch
+    {
+        "on" or "yes" or "true" => true,
+        "off" or "no" or "false" => false,
+        _ => throw new UsageError($"-o {key}={value}: give on or off"),
+    };
+
+    /// <summary>A raw, VHD, VDI or VMDK image, written by the engine.</summary>
+    private static int Write(ConvertOptions o, IDiskImage source, WriteTarget target)
+    {
+        ImageWriter writer;
+        try
+        {
+            writer = ImageWriters.Create(source, o.Image, target);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageError(e.Message);
+        }
+        if (writer.DiskSize != source.Length)
+            Cli.Info($"{o.Image} will hold {Units.Bytes(writer.DiskSize)} ({writer.DiskSize} bytes), the disk's {source.Length} bytes rounded up as {writer.Description} must hold them{(target.ForceSize ? " (a whole MiB, as Azure requires)" : "")}; the bytes added read as zeros");
+        foreach (string file in writer.Outputs) CreateCommand.Replace(file, o.Force);
+        var clock = Stopwatch.StartNew();
+        using var cancel = Cli.CancelOnCtrlC();
+        ProgressView.Run("converting", writer.Total, () => writer.Done, () => writer.Run(cancel.Token), !o.NoProgress);
+        long onDisk = writer.Outputs.Sum(f => new FileInfo(f).Length);
+        Console.Error.WriteLine($"converted {Units.Bytes(source.Length)} ({Units.Bytes(writer.Data)} of data) into {o.Image} " +
+                                $"({writer.Description}, {Units.Bytes(onDisk)}) in {clock.Elapsed.TotalSeconds:0.0} s");
         return Program.Ok;
     }
 }

@@ -261,22 +261,28 @@ internal sealed class CreateVerbOptions : ReferenceOptions
     public bool Force { get; set; }
 }
 
-[Verb("convert", HelpText = "Turn a raw disk, a block device or a qcow2 image into a new qcow2 image.")]
+[Verb("convert", HelpText = "Turn a disk image of any format, a raw disk or a block device into a new image: qcow2, raw, VMDK, VHD or VDI.")]
 internal sealed class ConvertOptions : ImageReadingOptions
 {
     [Value(2, Hidden = true)]
     public IEnumerable<string> Extra { get; set; } = [];
 
-    [Needed, Value(0, MetaName = "SOURCE", HelpText = "A raw file, a block device, or a qcow2 image.")]
+    [Needed, Value(0, MetaName = "SOURCE", HelpText = "A disk image (qcow2, VMDK, VHD, VHDX, VDI), a raw file or a block device.")]
     public string Source { get; set; } = "";
 
-    [Needed, Value(1, MetaName = "IMAGE", HelpText = "The new qcow2 image.")]
+    [Needed, Value(1, MetaName = "IMAGE", HelpText = "The new image.")]
     public string Image { get; set; } = "";
 
-    [Option('c', "compress", MetaValue = "deflate|zstd", HelpText = "Compress clusters: deflate or zstd.")]
+    [Option('O', "output-format", Default = "qcow2", MetaValue = "FORMAT", HelpText = "Format of the new image, as qemu-img -O: qcow2, raw (a sparse file), vmdk, vpc (VHD) or vdi.")]
+    public string OutputFormat { get; set; } = "qcow2";
+
+    [Option('o', "options", MetaValue = "OPTIONS", HelpText = "Options of the new image's format, as qemu-img -o: vpc subformat=dynamic|fixed and force_size (keep the disk's size instead of rounding it up to a CHS geometry; a fixed VHD is then rounded up to a whole MiB, as Azure requires); vmdk subformat=monolithicSparse|streamOptimized|monolithicFlat; vdi static=on.")]
+    public string? FormatOptions { get; set; }
+
+    [Option('c', "compress", MetaValue = "deflate|zstd", HelpText = "Compress clusters of a qcow2 image: deflate or zstd.")]
     public string? Compress { get; set; }
 
-    [Option("cluster-size", MetaValue = "SIZE", Default = "64K", HelpText = "Cluster size of the new image.")]
+    [Option("cluster-size", MetaValue = "SIZE", Default = "64K", HelpText = "Cluster size of a new qcow2 image.")]
     public string ClusterSize { get; set; } = "64K";
 
     [Option('f', "force", HelpText = "Overwrite IMAGE if it exists.")]

@@ -323,7 +323,7 @@ internal static class Program
         [typeof(CheckOptions)] = "mountqcow check IMAGE [--json] [--repair leaks|all]",
         [typeof(ExportOptions)] = "mountqcow export IMAGE OUTPUT|- [--partition N] [--snapshot ID|NAME] [--force]\n       mountqcow export IMAGE --partition N:TARGET [--partition N:TARGET ...]",
         [typeof(CreateVerbOptions)] = "mountqcow create IMAGE [SIZE] [--cluster-size N] [--backing FILE]",
-        [typeof(ConvertOptions)] = "mountqcow convert SOURCE IMAGE [--compress deflate|zstd] [--cluster-size N]",
+        [typeof(ConvertOptions)] = "mountqcow convert SOURCE IMAGE [-O qcow2|raw|vmdk|vpc|vdi] [-o OPTIONS] [--compress deflate|zstd] [--cluster-size N]",
         [typeof(StatsOptions)] = "mountqcow stats MOUNTPOINT [--json] [--watch SECONDS]",
         [typeof(SnapshotOptions)] = "mountqcow snapshot IMAGE --list | --create NAME | --apply ID|NAME | --delete ID|NAME",
     };
@@ -380,6 +380,8 @@ internal static class Program
         [
             "  mountqcow convert disk.raw vm.qcow2 -c zstd   a raw disk into a compressed image",
             "  mountqcow convert /dev/sdX vm.qcow2           a block device into an image",
+            "  mountqcow convert vm.qcow2 vm.vmdk -O vmdk -o subformat=streamOptimized   for VMware (OVA)",
+            "  mountqcow convert vm.qcow2 vm.vhd -O vpc -o subformat=fixed,force_size    for Azure",
         ],
         [typeof(SnapshotOptions)] =
         [

@@ -142,4 +142,50 @@ public sealed class CreateConvertTests : IDisposable
         Assert.Contains("no such file", r.Stderr);
         Assert.False(File.Exists(image));
     }
+
+    /// <summary>
+    /// -O and -o as qemu-img spells them: a fixed VHD for Azure from a raw disk of an odd size
+    /// (rounded up to a whole MiB, and convert says so), judged by qemu-img; a streamOptimized
+    /// VMDK from that VHD.
+    /// </summary>
+    [QemuFact]
+    public void ConvertWritesOtherFormatsAsQemuImgNamesThem()
+    {
+        string raw = _b.Raw("azure.raw", 10_000_001, (4097, 300_000, Fill.Random, 1), (9_990_000, 10_001, Fill.Text, 2));
+        string vhd = _b.PathOf("azure.vhd");
+        var r = MountqcowProgram.Run("convert", raw, vhd, "-O", "vpc", "-o", "subformat=fixed,force_size", "--no-progress");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("10 MiB (10485760 bytes), the disk's 10000001 bytes rounded up", r.Stderr);
+        Assert.Contains("a whole MiB, as Azure requires", r.Stderr);
+        Assert.Equal((10L << 20) + 512, new FileInfo(vhd).Length);
+        Assert.Contains("\"virtual-size\": 10485760", Run.Checked("qemu-img", "info", "-f", "vpc", "--output=json", vhd));
+        var compare = Run.Capture("qemu-img", ["compare", "-f", "raw", "-F", "vpc", raw, vhd]);
+        Assert.True(compare.ExitCode == 0, compare.Stdout + compare.Stderr);
+
+        string vmdk = _b.PathOf("azure.vmdk");
+        r = MountqcowProgram.Run("convert", vhd, vmdk, "-O", "vmdk", "-o", "subformat=streamOptimized", "--no-progress");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("vmdk (streamOptimized)", r.Stderr);
+        QemuAssert.CheckClean(vmdk);
+        // Named: QEMU probes a fixed VHD as raw (its footer would then be disk bytes).
+        compare = Run.Capture("qemu-img", ["compare", "-f", "vpc", "-F", "vmdk", vhd, vmdk]);
+        Assert.True(compare.ExitCode == 0, compare.Stdout + compare.Stderr);
+    }
+
+    [Theory]
+    [InlineData("-O", "qed", "mountqcow writes qcow2, raw")]
+    [InlineData("-o", "subformat=fixed", "-o is for the other formats")]
+    [InlineData("-O vpc -o", "subformat=twoGbMaxExtentFlat", "mountqcow writes vpc as dynamic, fixed")]
+    [InlineData("-O vdi -o", "force_size", "it takes static=on")]
+    [InlineData("-O vpc -o", "force_size=maybe", "give on or off")]
+    [InlineData("-O raw --compress", "zstd", "are for qcow2 output")]
+    public void ConvertRefusesOptionsItDoesNotTake(string options, string value, string expected)
+    {
+        string raw = _b.Raw("small.raw", 1 << 20, (0, 4096, Fill.Text, 1));
+        string image = _b.PathOf("refused.img");
+        var r = MountqcowProgram.Run(["convert", raw, image, .. options.Split(' '), value]);
+        Assert.True(r.ExitCode == 2, r.Stderr); // a wrong command line
+        Assert.Contains(expected, r.Stderr);
+        Assert.False(File.Exists(image));
+    }
 }

@@ -38,6 +38,18 @@ internal static class VdiLayout
 
     public const uint Signature = 0xBEDA107F;
 
+    /// <summary>The pre-header's text in a new image (VirtualBox's; nothing reads it).</summary>
+    public static ReadOnlySpan<byte> Text => "<<< Oracle VM VirtualBox Disk Image >>>\n"u8;
+
+    /// <summary>The header size a new version 1.1 image gives: VDIHEADER1, through the parent UUID.</summary>
+    public const int NewHeaderSize = Header.MinHeaderSize;
+
+    /// <summary>Where a new image's block map starts: after the header's sector.</summary>
+    public const int NewBlockMapOffset = Header.Size;
+
+    /// <summary>The block size QEMU and VirtualBox write: 1 MiB.</summary>
+    public const int DefaultBlockSize = 1 << 20;
+
     /// <summary>Version 1.1, the one QEMU and VirtualBox write.</summary>
     public const uint Version1_1 = 0x00010001;
 

@@ -81,6 +81,28 @@ internal static class VhdLayout
     /// <summary>The largest CHS geometry (65535 x 16 x 255): a footer with it means "use the current size".</summary>
     public const long MaxGeometrySectors = 65535L * 16 * 255;
 
+    /// <summary>What QEMU writes, and so this program: features (reserved bit 1 set, as the specification asks), creator, version and host.</summary>
+    public const uint Features = 0x00000002;
+    public static ReadOnlySpan<byte> CreatorQemu => "qemu"u8;    // a disk sized by its CHS geometry
+    public static ReadOnlySpan<byte> CreatorForceSize => "qem2"u8; // a disk sized by its current size (QEMU's force_size)
+    public const uint CreatorVersion = 0x00050003;                  // Virtual PC 2007's, as QEMU writes it
+    public static ReadOnlySpan<byte> CreatorHostOs => "Wi2k"u8;
+
+    /// <summary>The footer's time stamps count seconds from 2000-01-01 00:00:00 UTC.</summary>
+    public static readonly DateTime TimeStampBase = new(2000, 1, 1, 0, 0, 0, DateTimeKind.Utc);
+
+    /// <summary>A fixed disk's data offset: none.</summary>
+    public const ulong NoDataOffset = ulong.MaxValue;
+
+    /// <summary>The block size QEMU writes (and Hyper-V and Virtual PC): 2 MiB.</summary>
+    public const int DefaultBlockSize = 2 << 20;
+
+    /// <summary>Where QEMU places a new dynamic disk's BAT: after the footer copy and the dynamic header.</summary>
+    public const int NewTableOffset = Footer.Size + DynamicHeader.Size;
+
+    /// <summary>The largest CHS geometry, 65535 x 16 x 255 (the specification's limit, about 127 GiB).</summary>
+    public const int MaxCylinders = 65535, MaxHeads = 16, MaxSectorsPerTrack = 255;
+
     /// <summary>Block sizes: a power of two, at least a sector (QEMU), at most what the u32 field holds.</summary>
     public const long MinBlockSize = SectorSize, MaxBlockSize = 1L << 31;
 }

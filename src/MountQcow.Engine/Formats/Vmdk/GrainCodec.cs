@@ -2,7 +2,7 @@ using System.IO.Compression;
 
 namespace MountQcow.Formats.Vmdk;
 
-/// <summary>Decompresses stream-optimized grains: zlib streams (RFC 1950), as QEMU's compress() and VMware write them.</summary>
+/// <summary>Compresses and decompresses stream-optimized grains: zlib streams (RFC 1950), as QEMU's compress() and VMware write them.</summary>
 internal static class GrainCodec
 {
     /// <summary>
@@ -35,5 +35,14 @@ internal static class GrainCodec
             error = "invalid zlib data: " + e.Message;
             return filled;
         }
+    }
+
+    /// <summary>Deflates a grain into a zlib stream (what a grain marker's size counts).</summary>
+    /// <remarks>Allocates the stream objects and the output, once per grain compressed (convert only).</remarks>
+    public static MemoryStream Deflate(ReadOnlySpan<byte> grain)
+    {
+        var output = new MemoryStream(grain.Length / 2);
+        using (var deflater = new ZLibStream(output, CompressionLevel.Optimal, leaveOpen: true)) deflater.Write(grain);
+        return output;
     }
 }

@@ -1,0 +1,240 @@
+using System.Buffers.Binary;
+using System.Text;
+using MountQcow.Storage;
+using Marker = MountQcow.Formats.Vmdk.VmdkLayout.Marker;
+using S = MountQcow.Formats.Vmdk.VmdkLayout.Sparse;
+
+namespace MountQcow.Formats.Vmdk;
+
+/// <summary>
+/// A new VMDK with its descriptor, of 64 KiB grains and 512-entry grain tables.
+/// monolithicSparse, as <c>qemu-img convert -O vmdk</c> lays it out: the header, the embedded
+/// descriptor, the redundant and the main grain directory each followed by every grain table,
+/// then the grains that hold anything but zeros. streamOptimized, as VMware writes it (and reads
+/// it for an OVA): the header leaves the grain directory to the footer; each grain deflated
+/// behind its marker; then the grain tables that name grains, the directory, the footer and the
+/// end-of-stream marker, each behind its own. monolithicFlat: a descriptor naming one flat extent,
+/// NAME-flat.vmdk, the disk's bytes (sparse).
+/// </summary>
+internal sealed class VmdkWriter : ImageWriter
+{
+    private const int GrainSectors = 128;
+    private const int GrainBytes = GrainSectors * Sector;
+    private const int GtesPerGt = S.MaxGtesPerGt;
+    private const int GtSectors = GtesPerGt * 4 / Sector;
+    private const int DescriptorOffset = 1;
+    private const int DescriptorSectors = 20; // QEMU's room for the embedded descriptor
+
+    private readonly string _subformat;
+
+    public VmdkWriter(IBlockDevice source, string path, string subformat) : base(source, path)
+    {
+        _subformat = subformat;
+        // The descriptor names the extent in quotes, on one line.
+        if (System.IO.Path.GetFileName(path).Any(c => c == '"' || char.IsControl(c)))
+            throw new UnsupportedFeatureException(path, "a VMDK's file name cannot hold a quote or a control character (its descriptor names it in quotes)");
+        if (SourceSectors > (long)uint.MaxValue * GrainSectors)
+            throw new UnsupportedFeatureException(path, $"a disk of {Source.Length} bytes is larger than a VMDK grain directory holds");
+    }
+
+    public override long DiskSize => SourceSectors * Sector;
+
+    public override string Description => $"vmdk ({_subformat})";
+
+    private string FlatPath => System.IO.Path.Combine(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(Path))!,
+        System.IO.Path.GetFileNameWithoutExtension(Path) + "-flat.vmdk");
+
+    public override IReadOnlyList<string> Outputs => _subformat == "monolithicFlat" ? [Path, FlatPath] : [Path];
+
+    private long GdEntries => (SourceSectors + (long)GtesPerGt * GrainSectors - 1) / ((long)GtesPerGt * GrainSectors);
+
+    private long GdSectors => (GdEntries * 4 + Sector - 1) / Sector;
+
+    private protected override void Write(CancellationToken cancel)
+    {
+        switch (_subformat)
+        {
+            case "monolithicSparse":
+                WriteSparse(cancel);
+                break;
+            case "streamOptimized":
+                WriteStream(cancel);
+                break;
+            default:
+                WriteFlat(cancel);
+                break;
+        }
+    }
+
+    private void WriteSparse(CancellationToken cancel)
+    {
+        long rgd = DescriptorOffset + DescriptorSectors, rgts = rgd + GdSectors;
+        long gd = rgts + GdEntries * GtSectors, gts = gd + GdSectors;
+        long overhead = (gts + GdEntries * GtSectors + GrainSectors - 1) / GrainSectors * GrainSectors;
+        var table = new uint[GdEntries * GtesPerGt];
+        long next = overhead;
+        var gate = new Lock();
+        using var file = CreateFile(Path);
+        CopyUnits(GrainBytes, (index, data) =>
+        {
+            long sector;
+            lock (gate)
+            {
+                sector = next;
+                next += GrainSectors;
+                table[index] = checked((uint)sector);
+            }
+            UnitCopy.WriteSparse(file, data, sector * Sector);
+        }, cancel);
+        file.SetLength(next * Sector); // every grain wholly inside the file
+        var tables = new byte[table.Length * 4];
+        for (int i = 0; i < table.Length; i++) BinaryPrimitives.WriteUInt32LittleEndian(tables.AsSpan(i * 4), table[i]);
+        foreach (var (directory, first) in new[] { (rgd, rgts), (gd, gts) })
+        {
+            file.WriteAt(tables, first * Sector);
+            var entries = new byte[GdSectors * Sector];
+            for (int i = 0; i < GdEntries; i++)
+                BinaryPrimitives.WriteUInt32LittleEndian(entries.AsSpan(i * 4), checked((uint)(first + i * GtSectors)));
+            file.WriteAt(entries, directory * Sector);
+        }
+        file.WriteAt(Descriptor("SPARSE", System.IO.Path.GetFileName(Path), ""), DescriptorOffset * Sector);
+        file.WriteAt(Header(version: 1, S.FlagNewlineCheck | S.FlagRedundantGd, rgd, gd, overhead, S.CompressionNone), 0);
+        file.Flush();
+    }
+
+    private void WriteStream(CancellationToken cancel)
+    {
+        const long overhead = GrainSectors; // the header and descriptor, then the first grain at 64 KiB, as VMware places it
+        var table = new uint[GdEntries * GtesPerGt];
+        long next = overhead;
+        var gate = new Lock();
+        using var file = CreateFile(Path);
+        CopyUnits(GrainBytes, (index, data) =>
+        {
+            using var compressed = GrainCodec.Deflate(data);
+            int length = (int)compressed.Length;
+            var grain = new byte[(Marker.GrainHeader + length + Sector - 1) / Sector * Sector];
+            BinaryPrimitives.WriteUInt64LittleEndian(grain.AsSpan(Marker.Lba), (ulong)(index * GrainSectors));
+            BinaryPrimitives.WriteUInt32LittleEndian(grain.AsSpan(Marker.Size), (uint)length);
+            compressed.GetBuffer().AsSpan(0, length).CopyTo(grain.AsSpan(Marker.GrainHeader));
+            long sector;
+            lock (gate)
+            {
+                sector = next;
+                next += grain.Length / Sector;
+                table[index] = checked((uint)sector);
+            }
+            file.WriteAt(grain, sector * Sector);
+        }, cancel);
+        // The metadata follows the grains, in the order a stream reader meets it.
+        var directory = new byte[GdSectors * Sector];
+        var gt = new byte[GtSectors * Sector];
+        for (long t = 0; t < GdEntries; t++)
+        {
+            var entries = table.AsSpan((int)(t * GtesPerGt), GtesPerGt);
+            if (!entries.ContainsAnyExcept(0u)) continue; // a directory entry of 0: no grain table, nothing allocated
+            file.WriteAt(MetadataMarker(GtSectors, Marker.GrainTable), next++ * Sector);
+            for (int i = 0; i < GtesPerGt; i++) BinaryPrimitives.WriteUInt32LittleEndian(gt.AsSpan(i * 4), entries[i]);
+            file.WriteAt(gt, next * Sector);
+            BinaryPrimitives.WriteUInt32LittleEndian(directory.AsSpan((int)t * 4), checked((uint)next));
+            next += GtSectors;
+        }
+        file.WriteAt(MetadataMarker(GdSectors, Marker.GrainDirectory), next++ * Sector);
+        long gd = next;
+        file.WriteAt(directory, gd * Sector);
+        next += GdSectors;
+        const uint flags = S.FlagNewlineCheck | S.FlagCompressed | S.FlagMarkers;
+        file.WriteAt(MetadataMarker(1, Marker.Footer), next++ * Sector);
+        file.WriteAt(Header(version: 3, flags, 0, gd, overhead, S.CompressionDeflate), next++ * Sector);
+        file.WriteAt(new byte[Sector], next++ * Sector); // end of stream
+        file.WriteAt(Descriptor("SPARSE", System.IO.Path.GetFileName(Path), ""), DescriptorOffset * Sector);
+        file.WriteAt(Header(version: 3, flags, 0, S.GdAtEnd, overhead, S.CompressionDeflate), 0);
+        file.Flush();
+    }
+
+    private void WriteFlat(CancellationToken cancel)
+    {
+        const int unit = 1 << 20;
+        using (var descriptor = CreateFile(Path))
+        {
+            descriptor.WriteAt(Encoding.UTF8.GetBytes(DescriptorText("FLAT", System.IO.Path.GetFileName(FlatPath), " 0")), 0);
+            descriptor.Flush();
+        }
+        using var flat = CreateFile(FlatPath);
+        flat.SetLength(DiskSize);
+        CopyUnits(unit, (index, data) =>
+        {
+            long offset = index * unit;
+            UnitCopy.WriteSparse(flat, data[..(int)Math.Min(data.Length, DiskSize - offset)], offset);
+        }, cancel);
+        flat.Flush();
+    }
+
+    private byte[] Header(uint version, uint flags, long rgd, ulong gd, long overhead, ushort compression)
+    {
+        var b = new byte[Sector];
+        S.Magic.CopyTo(b);
+        BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(S.Version), version);
+        BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(S.Flags), flags);
+        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(S.Capacity), (ulong)SourceSectors);
+        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(S.GrainSize), GrainSectors);
+        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(S.DescriptorOffset), DescriptorOffset);
+        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(S.DescriptorSize), DescriptorSectors);
+        BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(S.GtesPerGt), GtesPerGt);
+        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(S.RgdOffset), (ulong)rgd);
+        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(S.GdOffset), gd);
+        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(S.Overhead), (ulong)overhead);
+        "\n \r\n"u8.CopyTo(b.AsSpan(S.NewlineCheck));
+        BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(S.CompressAlgorithm), compression);
+        return b;
+    }
+
+    private byte[] Header(uint version, uint flags, long rgd, long gd, long overhead, ushort compression) =>
+        Header(version, flags, rgd, (ulong)gd, overhead, compression);
+
+    private static byte[] MetadataMarker(long sectors, uint type)
+    {
+        var b = new byte[Sector];
+        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(Marker.Lba), (ulong)sectors);
+        BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(Marker.Type), type);
+        return b;
+    }
+
+    /// <summary>The descriptor in the sectors reserved for it inside a sparse extent (zero-padded).</summary>
+    private byte[] Descriptor(string extentType, string extentName, string extentOffset)
+    {
+        var text = Encoding.UTF8.GetBytes(DescriptorText(extentType, extentName, extentOffset));
+        if (text.Length >= DescriptorSectors * Sector)
+            throw new UnsupportedFeatureException(Path, "the file name is too long for the descriptor's sectors");
+        var b = new byte[DescriptorSectors * Sector];
+        text.CopyTo(b, 0);
+        return b;
+    }
+
+    /// <summary>The descriptor, as QEMU writes it.</summary>
+    private string DescriptorText(string extentType, string extentName, string extentOffset)
+    {
+        // The legacy geometry QEMU gives an IDE disk: 16 heads, 63 sectors, the cylinders that fit (at most 16383).
+        long cylinders = Math.Min(16383, SourceSectors / (16 * 63));
+        string text =
+            "# Disk DescriptorFile\n" +
+            "version=1\n" +
+            $"CID={Random.Shared.Next():x8}\n" +
+            "parentCID=ffffffff\n" +
+            $"createType=\"{_subformat}\"\n" +
+            "\n" +
+            "# Extent description\n" +
+            $"RW {SourceSectors} {extentType} \"{extentName}\"{extentOffset}\n" +
+            "\n" +
+            "# The Disk Data Base\n" +
+            "#DDB\n" +
+            "\n" +
+            "ddb.virtualHWVersion = \"4\"\n" +
+            $"ddb.geometry.cylinders = \"{cylinders}\"\n" +
+            "ddb.geometry.heads = \"16\"\n" +
+            "ddb.geometry.sectors = \"63\"\n" +
+            "ddb.adapterType = \"ide\"\n" +
+            "ddb.toolsVersion = \"2147483647\"\n";
+        return text;
+    }
+}

@@ -1,0 +1,248 @@
+using System.Buffers.Binary;
+using System.Text.Json;
+using MountQcow.Formats;
+using MountQcow.Storage;
+using Xunit;
+
+namespace MountQcow.Tests;
+
+/// <summary>A qcow2 source, made once: data at odd offsets across every format's block sizes, holes, zeros written as data, its last bytes written.</summary>
+public sealed class WriterSourceFixture : IDisposable
+{
+    public const long Size = (29L << 20) + 7 * 512;
+
+    public ImageBuilder Builder { get; } = new();
+
+    public string Source { get; }
+
+    public WriterSourceFixture()
+    {
+        Source = Builder.Create("source.qcow2", Size.ToString());
+        Builder.Write(Source, 0, 3001, Fill.Random, 1);
+        Builder.Write(Source, (1L << 20) - 700, 5000, Fill.Text, 2);           // across a VDI block
+        Builder.Write(Source, (2L << 20) - 3, 70_000, Fill.Random, 3);        // across a VHD block and VMDK grains
+        Builder.Write(Source, (11L << 20) - 1, 3 << 20, Fill.Text, 4);       // several blocks
+        Builder.Write(Source, Size - 4107, 4107, Fill.Random, 5);             // the last bytes
+        // Zeros written as data (allocated in the qcow2 image): never written into the new image.
+        Builder.QemuIo(Source, "qcow2", $"write -P 0 {20L << 20} {2L << 20}");
+    }
+
+    public void Dispose() => Builder.Dispose();
+}
+
+/// <summary>
+/// convert's writers (raw, VHD, VDI, VMDK), each output judged by QEMU (<c>qemu-img check</c>
+/// where the format has one, <c>qemu-img compare</c> with the source, <c>qemu-img info</c>'s
+/// format and size), laid out as qemu-img lays it out (headers compared field by field), read
+/// back byte for byte by our own drivers, sparse, and never left half-made.
+/// </summary>
+public sealed class ImageWriterTests(WriterSourceFixture fixture) : IClassFixture<WriterSourceFixture>
+{
+    private readonly ImageBuilder _b = fixture.Builder;
+
+    public static TheoryData<string, string?, bool, string, string> Targets => new()
+    {
+        // format, subformat, force_size, our format name, our subformat name
+        { "raw", null, false, "raw", "" },
+        { "vpc", "dynamic", false, "vhd", "dynamic" },
+        { "vpc", "fixed", false, "vhd", "fixed" },
+        { "vpc", "dynamic", true, "vhd", "dynamic" },
+        { "vpc", "fixed", true, "vhd", "fixed" },
+        { "vdi", "dynamic", false, "vdi", "dynamic" },
+        { "vdi", "static", false, "vdi", "static" },
+        { "vmdk", "monolithicSparse", false, "vmdk", "monolithicSparse" },
+        { "vmdk", "streamOptimized", false, "vmdk", "streamOptimized" },
+        { "vmdk", "monolithicFlat", false, "vmdk", "monolithicFlat" },
+    };
+
+    [QemuTheory]
+    [MemberData(nameof(Targets))]
+    public void EveryOutputIsWhatQemuReadsAsTheSource(string format, string? subformat, bool forceSize, string ourFormat, string ourSubformat)
+    {
+        string image = _b.PathOf($"out-{format}-{subformat}-{forceSize}.{format}");
+        long diskSize;
+        using (var source = DiskImages.Open(fixture.Source))
+        {
+            var writer = ImageWriters.Create(source, image, new WriteTarget(format, subformat, forceSize));
+            writer.Run();
+            diskSize = writer.DiskSize;
+            Assert.Equal(source.Length, writer.Done);
+        }
+        Assert.Equal(ExpectedSize(format, subformat, forceSize), diskSize);
+        // QEMU's judgement: consistent, the source's bytes (what lies past the source's end reads as zeros), the format and size.
+        if (format == "vdi" || subformat is "monolithicSparse" or "streamOptimized") QemuAssert.CheckClean(image);
+        var compare = Run.Capture("qemu-img", ["compare", "-f", "qcow2", "-F", format, fixture.Source, image]);
+        Assert.True(compare.ExitCode == 0, $"qemu-img compare:\n{compare.Stdout}{compare.Stderr}");
+        using var info = JsonDocument.Parse(Run.Checked("qemu-img", "info", "-f", format, "--output=json", image));
+        Assert.Equal(format, info.RootElement.GetProperty("format").GetString());
+        Assert.Equal(diskSize, info.RootElement.GetProperty("virtual-size").GetInt64());
+        if (format == "vmdk")
+            Assert.Equal(subformat, info.RootElement.GetProperty("format-specific").GetProperty("data").GetProperty("create-type").GetString());
+        // Our own drivers read it, probed from the content, as QEMU reads it.
+        string raw = FormatAssert.QemuRaw(image, format);
+        using (var ours = DiskImages.Open(image))
+        {
+            Assert.Equal(ourFormat, ours.Format);
+            Assert.Equal(ourSubformat, ours.Subformat ?? "");
+            Assert.Equal(diskSize, ours.Length);
+            DeviceAssert.SameAsRawWhole(ours, raw);
+            DeviceAssert.SameAsRawGrid(ours, raw, 64 << 10);
+        }
+        // Sparse: holes and zeros were never written (about 7.3 MiB of data, of which 2 MiB zeros, in a 29 MiB disk).
+        long allocated = AllocatedBytes(subformat == "monolithicFlat" ? _b.PathOf($"out-{format}-{subformat}-{forceSize}-flat.vmdk") : image);
+        Assert.True(allocated < 8L << 20, $"{image} holds {allocated} bytes");
+    }
+
+    /// <summary>
+    /// The disk size each format gives the 29 MiB + 3.5 KiB source: as <c>qemu-img create</c>
+    /// gives a VHD of that size (rounded up to a CHS geometry, or with force_size its own size),
+    /// a fixed VHD with force_size rounded up to a whole MiB (Azure's rule), the others the source's.
+    /// </summary>
+    private long ExpectedSize(string format, string? subformat, bool forceSize)
+    {
+        if (format != "vpc") return WriterSourceFixture.Size;
+        if (subformat == "fixed" && forceSize) return 30L << 20;
+        string probe = _b.PathOf($"size-{forceSize}.vhd");
+        _b.Img("create", "-q", "-f", "vpc", "-o", $"force_size={(forceSize ? "on" : "off")}", probe, WriterSourceFixture.Size.ToString());
+        using var info = JsonDocument.Parse(Run.Checked("qemu-img", "info", "--output=json", probe));
+        return info.RootElement.GetProperty("virtual-size").GetInt64();
+    }
+
+    /// <summary>
+    /// The metadata is what qemu-img writes for the same source: a VHD's footer (but its time
+    /// stamp, unique id and checksum) and dynamic header; a VDI's header (but its UUIDs and the
+    /// pre-header's text) and block map's place; a monolithicSparse VMDK's header whole. (Where
+    /// blocks land may differ: ours are written by parallel workers.)
+    /// </summary>
+    [QemuTheory]
+    [InlineData("vpc", "subformat=dynamic")]
+    [InlineData("vpc", "subformat=fixed")]
+    [InlineData("vpc", "subformat=dynamic,force_size=on")]
+    [InlineData("vdi", "static=off")]
+    [InlineData("vdi", "static=on")]
+    [InlineData("vmdk", "subformat=monolithicSparse")]
+    public void MetadataIsLaidOutAsQemuLaysItOut(string format, string options)
+    {
+        string name = $"layout-{format}-{options.Replace(',', '-').Replace('=', '-')}";
+        string qemu = _b.PathOf(name + ".qemu"), ours = _b.PathOf(name + ".ours");
+        _b.Img("convert", "-q", "-f", "qcow2", "-O", format, "-o", options, fixture.Source, qemu);
+        var target = new WriteTarget(format,
+            options.Contains("static") ? (options.Contains("=on") ? "static" : "dynamic") : options.Split(',')[0]["subformat=".Length..],
+            options.Contains("force_size"));
+        using (var source = DiskImages.Open(fixture.Source)) ImageWriters.Create(source, ours, target).Run();
+        byte[] q = File.ReadAllBytes(qemu), o = File.ReadAllBytes(ours);
+        switch (format)
+        {
+            case "vpc":
+                AssertSame(q.AsSpan(q.Length - 512), o.AsSpan(o.Length - 512), "footer", (24, 4), (64, 4 + 16));
+                if (options.Contains("dynamic"))
+                {
+                    AssertSame(q.AsSpan(0, 512), o.AsSpan(0, 512), "footer copy", (24, 4), (64, 4 + 16));
+                    AssertSame(q.AsSpan(512, 1024), o.AsSpan(512, 1024), "dynamic header");
+                }
+                break;
+            case "vdi":
+                AssertSame(q.AsSpan(0, 512), o.AsSpan(0, 512), "header", (0, 64), (0x188, 32));
+                break;
+            default:
+                AssertSame(q.AsSpan(0, 512), o.AsSpan(0, 512), "header");
+                break;
+        }
+        Assert.Equal(q.Length, o.Length); // the same blocks or grains, the same metadata
+    }
+
+    // Byte for byte, but for the (offset, length) ranges that differ between any two images.
+    private static void AssertSame(ReadOnlySpan<byte> qemu, ReadOnlySpan<byte> ours, string what, params (int Offset, int Length)[] except)
+    {
+        for (int i = 0; i < qemu.Length; i++)
+        {
+            if (except.Any(e => i >= e.Offset && i < e.Offset + e.Length)) continue;
+            Assert.True(qemu[i] == ours[i], $"{what}: byte 0x{i:x} is 0x{ours[i]:x2}, qemu-img writes 0x{qemu[i]:x2}");
+        }
+    }
+
+    /// <summary>
+    /// A VHD's CHS geometry and size, for sizes around each branch of the specification's
+    /// algorithm and past the largest geometry: the footer qemu-img create writes for the same size.
+    /// </summary>
+    [QemuTheory]
+    [InlineData(512, false)]
+    [InlineData(10_000_001, false)]
+    [InlineData(65535L * 16 * 17 * 512 + 4096, false)]
+    [InlineData(65535L * 16 * 31 * 512 - 512, false)]
+    [InlineData(65535L * 16 * 63 * 512 + 512, false)]
+    [InlineData(65535L * 16 * 255 * 512 - 512, false)]
+    [InlineData(65535L * 16 * 255 * 512 + 512, false)]
+    [InlineData(2040L << 30, false)]
+    [InlineData(10_000_001, true)]
+    public void VhdGeometryIsQemus(long size, bool forceSize)
+    {
+        string qemu = _b.PathOf($"geometry-{size}-{forceSize}.qemu.vhd"), ours = _b.PathOf($"geometry-{size}-{forceSize}.vhd");
+        _b.Img("create", "-q", "-f", "vpc", "-o", $"force_size={(forceSize ? "on" : "off")}", qemu, size.ToString());
+        using (var zeros = new ZeroDevice(size)) ImageWriters.Create(zeros, ours, new WriteTarget("vpc", "dynamic", forceSize)).Run();
+        byte[] q = File.ReadAllBytes(qemu), o = File.ReadAllBytes(ours);
+        Assert.Equal(q.Length, o.Length);
+        AssertSame(q.AsSpan(q.Length - 512), o.AsSpan(o.Length - 512), "footer", (24, 4), (64, 4 + 16));
+    }
+
+    /// <summary>A read that fails half-way leaves nothing behind: no image, no flat extent.</summary>
+    [Theory]
+    [InlineData("raw", null)]
+    [InlineData("vpc", "fixed")]
+    [InlineData("vpc", "dynamic")]
+    [InlineData("vdi", "static")]
+    [InlineData("vmdk", "streamOptimized")]
+    [InlineData("vmdk", "monolithicFlat")]
+    public void AFailedWriteLeavesNoFile(string format, string? subformat)
+    {
+        string image = _b.PathOf($"failed-{format}-{subformat}.img");
+        var data = new byte[24 << 20];
+        Random.Shared.NextBytes(data);
+        using var source = new FailingDevice(data, failAt: 13L << 20);
+        var writer = ImageWriters.Create(source, image, new WriteTarget(format, subformat));
+        var e = Assert.Throws<ImageIOException>(() => writer.Run());
+        Assert.Contains("the test's read failure", e.Message);
+        Assert.Equal(subformat == "monolithicFlat" ? 2 : 1, writer.Outputs.Count);
+        foreach (string file in writer.Outputs) Assert.False(File.Exists(file), $"{file} was left behind");
+    }
+
+    /// <summary>Formats, subformats and options not written are refused before anything is made.</summary>
+    [Fact]
+    public void UnknownTargetsAreRefused()
+    {
+        using var source = new ZeroDevice(1 << 20);
+        Assert.Contains("does not write", Assert.Throws<ArgumentException>(() => ImageWriters.Create(source, _b.PathOf("x"), new WriteTarget("qed"))).Message);
+        Assert.Contains("monolithicSparse", Assert.Throws<ArgumentException>(() => ImageWriters.Create(source, _b.PathOf("x"), new WriteTarget("vmdk", "twoGbMaxExtentFlat"))).Message);
+        Assert.Contains("force_size", Assert.Throws<ArgumentException>(() => ImageWriters.Create(source, _b.PathOf("x"), new WriteTarget("vdi", null, ForceSize: true))).Message);
+        Assert.False(File.Exists(_b.PathOf("x")));
+    }
+
+    /// <summary>A disk of zeros: every extent a hole (nothing to write).</summary>
+    private sealed class ZeroDevice(long length) : IBlockDevice
+    {
+        public long Length => length;
+        public bool CanWrite => false;
+        public void ReadAt(Span<byte> buffer, long offset) => buffer.Clear();
+        public void WriteAt(ReadOnlySpan<byte> buffer, long offset) => throw new NotSupportedException();
+        public void Flush() { }
+        public Extent GetExtent(long offset, long maxLength) => new(ExtentKind.Zero, maxLength);
+        public void Dispose() { }
+    }
+
+    /// <summary>Memory whose reads fail from <paramref name="failAt"/> on, as a disk's read error would.</summary>
+    private sealed class FailingDevice(byte[] data, long failAt) : IBlockDevice
+    {
+        public long Length => data.Length;
+        public bool CanWrite => false;
+        public void ReadAt(Span<byte> buffer, long offset)
+        {
+            if (offset + buffer.Length > failAt) throw new ImageIOException("the test's read failure");
+            data.AsSpan((int)offset, buffer.Length).CopyTo(buffer);
+        }
+        public void WriteAt(ReadOnlySpan<byte> buffer, long offset) => throw new NotSupportedException();
+        public void Flush() { }
+        public void Dispose() { }
+    }
+
+    private static long AllocatedBytes(string path) => long.Parse(Run.Checked("stat", "-c", "%b", path).Trim()) * 512;
+}
