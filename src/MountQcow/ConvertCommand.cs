@@ -8,7 +8,7 @@ namespace MountQcow.Host;
 /// <summary>
 /// `mountqcow convert SOURCE IMAGE [-O FORMAT] [-o OPTIONS] [--compress deflate|zstd]`: an image
 /// of any format, a raw file or a device into a new qcow2 image, or (through the engine's
-/// <see cref="ImageWriters"/>) a raw, VHD, VDI or VMDK image. Holes (SEEK_HOLE, or unallocated
+/// <see cref="FormatWriters"/>) a raw, VHD, VDI or VMDK image. Holes (SEEK_HOLE, or unallocated
 /// clusters) are never read, and all-zero clusters are never written.
 /// </summary>
 internal static class ConvertCommand
@@ -65,8 +65,8 @@ internal static class ConvertCommand
             if (o.FormatOptions is not null) throw new UsageError("-o is for the other formats; a qcow2 image takes --cluster-size and --compress");
             return null;
         }
-        if (!ImageWriters.Subformats.ContainsKey(format))
-            throw new UsageError($"-O {o.OutputFormat}: mountqcow writes qcow2, {string.Join(", ", ImageWriters.Subformats.Keys)}");
+        if (!FormatWriters.Subformats.ContainsKey(format))
+            throw new UsageError($"-O {o.OutputFormat}: mountqcow writes qcow2, {string.Join(", ", FormatWriters.Subformats.Keys)}");
         if (o.Compress is not null || o.ClusterSize != "64K")
             throw new UsageError($"--compress and --cluster-size are for qcow2 output, not {format}");
         string? subformat = null;
@@ -92,13 +92,13 @@ internal static class ConvertCommand
                         "vpc" => "it takes subformat=dynamic|fixed and force_size",
                         "vdi" => "it takes static=on",
                         "raw" => "it takes none",
-                        _ => "it takes subformat=" + string.Join("|", ImageWriters.Subformats[format]),
+                        _ => "it takes subformat=" + string.Join("|", FormatWriters.Subformats[format]),
                     };
                     throw new UsageError($"-o {option}: not an option mountqcow takes for {format} ({takes})");
             }
         }
-        if (subformat is not null && !ImageWriters.Subformats[format].Contains(subformat))
-            throw new UsageError($"-o subformat={subformat}: mountqcow writes {format} as {string.Join(", ", ImageWriters.Subformats[format])}");
+        if (subformat is not null && !FormatWriters.Subformats[format].Contains(subformat))
+            throw new UsageError($"-o subformat={subformat}: mountqcow writes {format} as {string.Join(", ", FormatWriters.Subformats[format])}");
         return new WriteTarget(format, subformat, forceSize);
     }
 
@@ -113,10 +113,10 @@ internal static class ConvertCommand
     /// <summary>A raw, VHD, VDI or VMDK image, written by the engine.</summary>
     private static int Write(ConvertOptions o, IDiskImage source, WriteTarget target)
     {
-        ImageWriter writer;
+        FormatWriter writer;
         try
         {
-            writer = ImageWriters.Create(source, o.Image, target);
+            writer = FormatWriters.Create(source, o.Image, target);
         }
         catch (ArgumentException e)
         {

@@ -276,7 +276,7 @@ internal sealed class ConvertOptions : ImageReadingOptions
     [Option('O', "output-format", Default = "qcow2", MetaValue = "FORMAT", HelpText = "Format of the new image, as qemu-img -O: qcow2, raw (a sparse file), vmdk, vpc (VHD) or vdi.")]
     public string OutputFormat { get; set; } = "qcow2";
 
-    [Option('o', "options", MetaValue = "OPTIONS", HelpText = "Options of the new image's format, as qemu-img -o: vpc subformat=dynamic|fixed and force_size (keep the disk's size instead of rounding it up to a CHS geometry; a fixed VHD is then rounded up to a whole MiB, as Azure requires); vmdk subformat=monolithicSparse|streamOptimized|monolithicFlat; vdi static=on.")]
+    [Option('o', "options", MetaValue = "OPTIONS", HelpText = "Options of the new image's format, as qemu-img -o: for vpc, subformat=dynamic or fixed, and force_size (keep the disk's size instead of rounding it up to a CHS geometry; a fixed VHD is then rounded up to a whole MiB, as Azure requires); for vmdk, subformat=monolithicSparse, streamOptimized or monolithicFlat; for vdi, static=on.")]
     public string? FormatOptions { get; set; }
 
     [Option('c', "compress", MetaValue = "deflate|zstd", HelpText = "Compress clusters of a qcow2 image: deflate or zstd.")]

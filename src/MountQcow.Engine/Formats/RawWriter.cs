@@ -3,7 +3,7 @@ using MountQcow.Storage;
 namespace MountQcow.Formats;
 
 /// <summary>A raw image: the disk's bytes, a sparse file of the source's exact length whose holes are never written.</summary>
-internal sealed class RawWriter(IBlockDevice source, string path) : ImageWriter(source, path)
+internal sealed class RawWriter(IBlockDevice source, string path) : FormatWriter(source, path)
 {
     // A megabyte stays in the processor's cache between the read and the write (as BlockCopy's chunks).
     private const int Unit = 1 << 20;

@@ -10,7 +10,7 @@ namespace MountQcow.Formats.Vdi;
 /// block for every MiB of the source holding anything but zeros, in the order they were written.
 /// Static: every block, in disk order (the file sparse where the source has none).
 /// </summary>
-internal sealed class VdiWriter(IBlockDevice source, string path, bool isStatic) : ImageWriter(source, path)
+internal sealed class VdiWriter(IBlockDevice source, string path, bool isStatic) : FormatWriter(source, path)
 {
     private const int BlockSize = VdiLayout.DefaultBlockSize;
 

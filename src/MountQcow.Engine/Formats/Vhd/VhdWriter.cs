@@ -13,7 +13,7 @@ namespace MountQcow.Formats.Vhd;
 /// force_size: then it is the source's (creator "qem2"), and for a fixed disk
 /// rounded up to a whole MiB, as Azure requires.
 /// </summary>
-internal sealed class VhdWriter : ImageWriter
+internal sealed class VhdWriter : FormatWriter
 {
     private const long Azure = 1 << 20;
     private readonly bool _fixed;

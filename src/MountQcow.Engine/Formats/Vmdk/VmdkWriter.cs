@@ -16,7 +16,7 @@ namespace MountQcow.Formats.Vmdk;
 /// end-of-stream marker, each behind its own. monolithicFlat: a descriptor naming one flat extent,
 /// NAME-flat.vmdk, the disk's bytes (sparse).
 /// </summary>
-internal sealed class VmdkWriter : ImageWriter
+internal sealed class VmdkWriter : FormatWriter
 {
     private const int GrainSectors = 128;
     private const int GrainBytes = GrainSectors * Sector;

@@ -15,12 +15,12 @@ public sealed record WriteTarget(string Format, string? Subformat = null, bool F
 /// zeros of the source are never read or written, so the new file is sparse. Never leaves a
 /// half-made image: every file it made is deleted when writing fails or is cancelled.
 /// </summary>
-public abstract class ImageWriter
+public abstract class FormatWriter
 {
     private readonly List<string> _made = [];
     private UnitCopy? _copy;
 
-    private protected ImageWriter(IBlockDevice source, string path)
+    private protected FormatWriter(IBlockDevice source, string path)
     {
         Source = source;
         Path = path;
@@ -100,7 +100,7 @@ public abstract class ImageWriter
 }
 
 /// <summary>The formats convert writes besides qcow2, and their subformats, as qemu-img names them.</summary>
-public static class ImageWriters
+public static class FormatWriters
 {
     /// <summary>Each format's subformats, the default first (raw has none).</summary>
     public static IReadOnlyDictionary<string, IReadOnlyList<string>> Subformats { get; } = new Dictionary<string, IReadOnlyList<string>>
@@ -113,11 +113,11 @@ public static class ImageWriters
 
     /// <summary>
     /// A writer of <paramref name="target"/> from <paramref name="source"/> into <paramref name="path"/>
-    /// (which must not exist). Nothing is made until <see cref="ImageWriter.Run"/>.
+    /// (which must not exist). Nothing is made until <see cref="FormatWriter.Run"/>.
     /// </summary>
     /// <exception cref="ArgumentException">A format or subformat not written here, or an option the format does not take.</exception>
     /// <exception cref="UnsupportedFeatureException">The source is larger than the format can hold.</exception>
-    public static ImageWriter Create(IBlockDevice source, string path, WriteTarget target)
+    public static FormatWriter Create(IBlockDevice source, string path, WriteTarget target)
     {
         if (!Subformats.TryGetValue(target.Format, out var subformats))
             throw new ArgumentException($"mountqcow does not write {target.Format} images (it writes qcow2, {string.Join(", ", Subformats.Keys)})");

@@ -36,7 +36,7 @@ public sealed class WriterSourceFixture : IDisposable
 /// format and size), laid out as qemu-img lays it out (headers compared field by field), read
 /// back byte for byte by our own drivers, sparse, and never left half-made.
 /// </summary>
-public sealed class ImageWriterTests(WriterSourceFixture fixture) : IClassFixture<WriterSourceFixture>
+public sealed class FormatWriterTests(WriterSourceFixture fixture) : IClassFixture<WriterSourceFixture>
 {
     private readonly ImageBuilder _b = fixture.Builder;
 
@@ -63,7 +63,7 @@ public sealed class ImageWriterTests(WriterSourceFixture fixture) : IClassFixtur
         long diskSize;
         using (var source = DiskImages.Open(fixture.Source))
         {
-            var writer = ImageWriters.Create(source, image, new WriteTarget(format, subformat, forceSize));
+            var writer = FormatWriters.Create(source, image, new WriteTarget(format, subformat, forceSize));
             writer.Run();
             diskSize = writer.DiskSize;
             Assert.Equal(source.Length, writer.Done);
@@ -129,7 +129,7 @@ public sealed class ImageWriterTests(WriterSourceFixture fixture) : IClassFixtur
         var target = new WriteTarget(format,
             options.Contains("static") ? (options.Contains("=on") ? "static" : "dynamic") : options.Split(',')[0]["subformat=".Length..],
             options.Contains("force_size"));
-        using (var source = DiskImages.Open(fixture.Source)) ImageWriters.Create(source, ours, target).Run();
+        using (var source = DiskImages.Open(fixture.Source)) FormatWriters.Create(source, ours, target).Run();
         byte[] q = File.ReadAllBytes(qemu), o = File.ReadAllBytes(ours);
         switch (format)
         {
@@ -179,7 +179,7 @@ public sealed class ImageWriterTests(WriterSourceFixture fixture) : IClassFixtur
     {
         string qemu = _b.PathOf($"geometry-{size}-{forceSize}.qemu.vhd"), ours = _b.PathOf($"geometry-{size}-{forceSize}.vhd");
         _b.Img("create", "-q", "-f", "vpc", "-o", $"force_size={(forceSize ? "on" : "off")}", qemu, size.ToString());
-        using (var zeros = new ZeroDevice(size)) ImageWriters.Create(zeros, ours, new WriteTarget("vpc", "dynamic", forceSize)).Run();
+        using (var zeros = new ZeroDevice(size)) FormatWriters.Create(zeros, ours, new WriteTarget("vpc", "dynamic", forceSize)).Run();
         byte[] q = File.ReadAllBytes(qemu), o = File.ReadAllBytes(ours);
         Assert.Equal(q.Length, o.Length);
         AssertSame(q.AsSpan(q.Length - 512), o.AsSpan(o.Length - 512), "footer", (24, 4), (64, 4 + 16));
@@ -199,7 +199,7 @@ public sealed class ImageWriterTests(WriterSourceFixture fixture) : IClassFixtur
         var data = new byte[24 << 20];
         Random.Shared.NextBytes(data);
         using var source = new FailingDevice(data, failAt: 13L << 20);
-        var writer = ImageWriters.Create(source, image, new WriteTarget(format, subformat));
+        var writer = FormatWriters.Create(source, image, new WriteTarget(format, subformat));
         var e = Assert.Throws<ImageIOException>(() => writer.Run());
         Assert.Contains("the test's read failure", e.Message);
         Assert.Equal(subformat == "monolithicFlat" ? 2 : 1, writer.Outputs.Count);
@@ -211,9 +211,9 @@ public sealed class ImageWriterTests(WriterSourceFixture fixture) : IClassFixtur
     public void UnknownTargetsAreRefused()
     {
         using var source = new ZeroDevice(1 << 20);
-        Assert.Contains("does not write", Assert.Throws<ArgumentException>(() => ImageWriters.Create(source, _b.PathOf("x"), new WriteTarget("qed"))).Message);
-        Assert.Contains("monolithicSparse", Assert.Throws<ArgumentException>(() => ImageWriters.Create(source, _b.PathOf("x"), new WriteTarget("vmdk", "twoGbMaxExtentFlat"))).Message);
-        Assert.Contains("force_size", Assert.Throws<ArgumentException>(() => ImageWriters.Create(source, _b.PathOf("x"), new WriteTarget("vdi", null, ForceSize: true))).Message);
+        Assert.Contains("does not write", Assert.Throws<ArgumentException>(() => FormatWriters.Create(source, _b.PathOf("x"), new WriteTarget("qed"))).Message);
+        Assert.Contains("monolithicSparse", Assert.Throws<ArgumentException>(() => FormatWriters.Create(source, _b.PathOf("x"), new WriteTarget("vmdk", "twoGbMaxExtentFlat"))).Message);
+        Assert.Contains("force_size", Assert.Throws<ArgumentException>(() => FormatWriters.Create(source, _b.PathOf("x"), new WriteTarget("vdi", null, ForceSize: true))).Message);
         Assert.False(File.Exists(_b.PathOf("x")));
     }
 
