@@ -61,23 +61,7 @@ public sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOpti
     {
         if (target.Length < source.Length)
             throw new ArgumentException($"the target ({target.Length} bytes) is smaller than the source ({source.Length} bytes)");
-        var failures = new List<Exception>();
-        var threads = Enumerable.Range(0, options.Workers).Select(_ => new Thread(() =>
-        {
-            try
-            {
-                Work(cancel);
-            }
-            catch (Exception e)
-            {
-                lock (failures) failures.Add(e);
-                Interlocked.Exchange(ref _nextChunk, long.MaxValue / 2); // stop the others
-            }
-        }) { IsBackground = true, Name = "copy worker" }).ToList();
-        threads.ForEach(t => t.Start());
-        threads.ForEach(t => t.Join());
-        if (failures.Count > 0) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failures[0]).Throw();
-        cancel.ThrowIfCancellationRequested();
+        Workers.Run(options.Workers, "copy worker", () => Work(cancel), () => Interlocked.Exchange(ref _nextChunk, long.MaxValue / 2), cancel);
         if (options.FlushTarget) target.Flush();
     }
 

@@ -35,23 +35,7 @@ public sealed class UnitCopy(IBlockDevice source, int unit, UnitCopy.Writer writ
     public void Run(CancellationToken cancel = default, int workers = 0)
     {
         if (workers <= 0) workers = Math.Max(2, Environment.ProcessorCount);
-        var failures = new List<Exception>();
-        var threads = Enumerable.Range(0, workers).Select(_ => new Thread(() =>
-        {
-            try
-            {
-                Work(cancel);
-            }
-            catch (Exception e)
-            {
-                lock (failures) failures.Add(e);
-                Interlocked.Exchange(ref _nextUnit, long.MaxValue / 2); // stop the others
-            }
-        }) { IsBackground = true, Name = "unit copy worker" }).ToList();
-        threads.ForEach(t => t.Start());
-        threads.ForEach(t => t.Join());
-        if (failures.Count > 0) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failures[0]).Throw();
-        cancel.ThrowIfCancellationRequested();
+        Workers.Run(workers, "unit copy worker", () => Work(cancel), () => Interlocked.Exchange(ref _nextUnit, long.MaxValue / 2), cancel);
     }
 
     private void Work(CancellationToken cancel)
