@@ -47,7 +47,7 @@ internal abstract class ReferenceOptions : CommonOptions
 internal abstract class ImageReadingOptions : ReferenceOptions
 {
     /// <summary>What IMAGE may be, for every verb that reads one.</summary>
-    internal const string ImageHelp = "The qcow2 image: a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).";
+    internal const string ImageHelp = "The disk image (qcow2, VMDK, VHD, VHDX, VDI or raw, found from its content): a file, an http(s) URL or s3://bucket/key (read with range requests, read-only).";
 
     [Option("key-file", MetaValue = "FILE", HelpText = "The passphrase of an encrypted image (LUKS or legacy AES), as a file's contents (a trailing newline dropped). Without it, a terminal asks.")]
     public string? KeyFile { get; set; }
