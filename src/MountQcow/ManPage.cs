@@ -22,7 +22,7 @@ internal static partial class ManPage
         m.AppendLine(".nh"); // options and paths are never hyphenated
         m.AppendLine(".ad l");
         m.AppendLine(".SH NAME");
-        m.AppendLine("mountqcow \\- mount QCOW2 disk images as ordinary files");
+        m.AppendLine($"mountqcow \\- {Program.Summary}");
         m.AppendLine(".SH SYNOPSIS");
         m.AppendLine(".nf");
         foreach (var verb in verbs)

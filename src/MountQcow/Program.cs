@@ -264,10 +264,13 @@ internal static class Program
 
     private static string Name(NameInfo n) => n.LongName.Length > 0 ? "--" + n.LongName : "-" + n.ShortName;
 
+    /// <summary>What mountqcow is, in one line: the overview's first line and the man page's NAME.</summary>
+    internal const string Summary = "mount virtual disk images (qcow2, VMDK, VHD, VHDX, VDI) as ordinary files";
+
     /// <summary>The overview: what mountqcow is, its verbs, a few examples.</summary>
     private static int Overview(TextWriter to, int exit)
     {
-        to.WriteLine("mountqcow: mount QCOW2 disk images as ordinary files");
+        to.WriteLine($"mountqcow: {Summary}");
         to.WriteLine();
         to.WriteLine("usage: mountqcow [mount] IMAGE MOUNTPOINT [options]");
         to.WriteLine("       mountqcow VERB ARGUMENTS [options]");

@@ -105,7 +105,7 @@ public sealed class DebPackageTests : IClassFixture<DebPackageTests.Installed>, 
         var env = new Dictionary<string, string> { ["MANWIDTH"] = "4000", ["MANPAGER"] = "cat", ["LC_ALL"] = "C.UTF-8" };
         var r = Run.Capture("man", ["mountqcow"], env: env);
         Assert.True(r.ExitCode == 0, $"man mountqcow: {r.Stderr}");
-        Assert.Contains("mountqcow - mount QCOW2 disk images as ordinary files", r.Stdout);
+        Assert.Contains("mountqcow - mount virtual disk images (qcow2, VMDK, VHD, VHDX, VDI) as ordinary files", r.Stdout);
         Assert.Contains("mount -t fuse.mountqcow /images/vm.qcow2 /mnt/vm -o ro,files", r.Stdout);
         Assert.Equal("/usr/share/man/man1/mountqcow.1.gz", Run.Checked("man", "-w", "mountqcow").Trim());
         // The page is the program's own, but for the date in its first line (the commit's).
