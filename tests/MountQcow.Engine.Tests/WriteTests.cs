@@ -257,6 +257,29 @@ public sealed class WriteTests : IDisposable
     }
 
     [QemuFact]
+    public void MetadataInTwoRolesIsRefusedEvenWithRefcountsThatAgree()
+    {
+        // A hostile image: L1 entry 1 names the L1 table itself as an L2 table, and the refcounts
+        // are raised to match every reference, so counting finds nothing wrong. Only the inventory
+        // of metadata sees one cluster as both the active L1 table and an L2 table: a write through
+        // the one would rewrite the other.
+        string image = _b.Create("overlap.qcow2", "1G");
+        _b.Write(image, 0, 65536, Fill.Random, 10);
+        int bits = Poke.ClusterBits(image);
+        long l1 = Poke.L1Offset(image), l2 = Poke.L2Offset(image, 0);
+        ImageBuilder.PokeU64(image, l1, (ulong)l2);     // L1[0]: the L2 table, COPIED clear (shared)
+        ImageBuilder.PokeU64(image, l1 + 8, (ulong)l1); // L1[1]: the L1 table, as an L2 table
+        Poke.Refcount16(image, l2 >> bits, 2);          // an L2 table, and guest data through the L1 read as an L2 table
+        Poke.Refcount16(image, l1 >> bits, 3);          // the L1 table, an L2 table, and guest data
+        Assert.Equal(0, ImageChecker.Check(image).ExitCode); // the counts agree: nothing for a check to find
+        var before = File.ReadAllBytes(image);
+        var e = Assert.Throws<CorruptImageException>(() => Writable(image));
+        Assert.Contains($"the L2 table at 0x{l1:x} overlaps the active L1 table in cluster 0x{l1:x}", e.Message);
+        Assert.Contains("refusing to write", e.Message);
+        Assert.Equal(before, File.ReadAllBytes(image));
+    }
+
+    [QemuFact]
     public void WritesOutsideTheDiskAreRefused()
     {
         string image = _b.Create("bounds.qcow2", "1M");

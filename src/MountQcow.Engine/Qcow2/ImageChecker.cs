@@ -58,6 +58,16 @@ public sealed class CheckReport
     /// <summary>qemu-img check's exit status: 0 clean, 1 the check failed, 2 corruptions, 3 leaks only.</summary>
     public int ExitCode => CheckErrors > 0 || Failure is not null ? 1 : Corruptions > 0 ? 2 : Leaks > 0 ? 3 : 0;
 
+    /// <summary>
+    /// Every cluster that holds metadata, and of what kind, as the count found them: the
+    /// inventory a read-write open keeps (and keeps up to date) for the overlap check. Null when
+    /// the count did not go through, or when two kinds of metadata claim one cluster.
+    /// </summary>
+    internal MetadataMap? Metadata { get; set; }
+
+    /// <summary>Where two kinds of metadata claim one cluster (the first such place), or null.</summary>
+    internal string? MetadataOverlap { get; set; }
+
     /// <summary>Counts one corruption, and says where it is.</summary>
     internal void Corruption(string message)
     {
@@ -258,6 +268,8 @@ public sealed class ImageChecker
         _counts = new ClusterCounts(_fileClusters);
         _report.AllocatedClusters = _report.FragmentedClusters = _report.CompressedClusters = 0;
         _contested.Clear();
+        _report.Metadata = null;
+        _report.MetadataOverlap = null;
         var claims = new MetadataMap(_path, _bits);
         Claim(claims, 0, _clusterSize, MetadataKind.Header);
         Reference(0, _clusterSize);
@@ -291,6 +303,7 @@ public sealed class ImageChecker
         Reference(_table.Offset, _table.Areas * sizeof(ulong));
         if (!CountBitmaps(bitmaps, claims)) return false;
         CountRefcountBlocks(claims);
+        _report.Metadata = _report.MetadataOverlap is null ? claims : null;
         return true;
     }
 
@@ -481,8 +494,10 @@ public sealed class ImageChecker
 
     private void Claim(MetadataMap claims, long offset, long length, MetadataKind kind)
     {
-        if (offset >= 0 && offset < _file.Length && claims.TryAdd(offset, Math.Min(length, _file.Length - offset), kind) is not null)
-            for (long c = offset >> _bits; length > 0 && c <= (offset + length - 1) >> _bits; c++) _contested.Add(c);
+        if (offset < 0 || offset >= _file.Length || claims.TryAdd(offset, Math.Min(length, _file.Length - offset), kind) is not { } conflict)
+            return;
+        _report.MetadataOverlap ??= $"the {MetadataMap.Describe(kind)} at 0x{offset:x} overlaps the {MetadataMap.Describe(conflict.Kind)} in cluster 0x{conflict.Cluster << _bits:x}";
+        for (long c = offset >> _bits; length > 0 && c <= (offset + length - 1) >> _bits; c++) _contested.Add(c);
     }
 
     // QEMU measures a file in whole 512-byte sectors, its length rounded up.

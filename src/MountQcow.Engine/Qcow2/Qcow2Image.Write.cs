@@ -53,14 +53,16 @@ public sealed partial class Qcow2Image
             string first = check.Messages.FirstOrDefault(m => m.StartsWith("ERROR", StringComparison.Ordinal) || m.StartsWith("Can't", StringComparison.Ordinal)) ?? "";
             throw RefuseWriting($"{check.Corruptions + check.CheckErrors} errors, the first: {first}");
         }
-        var map = new MetadataMap(Path, h.ClusterBits);
+        // The check named every cluster that holds metadata: that inventory is the one the write
+        // path keeps (and updates as metadata moves) for its overlap check.
+        if (check.MetadataOverlap is not null) throw RefuseWriting(check.MetadataOverlap);
+        var map = check.Metadata ?? throw RefuseWriting("the check could not name every metadata cluster");
         _writer = new ImageWriter(_file, map, _map, h.L1TableOffset, _flushBarriers);
         long maxBytes = _file is FileBlockDevice { IsBlockDevice: true } device ? device.Length : MaxHostBytes;
         _refcounts = new Refcounts(_writer, Path, h, maxBytes >> h.ClusterBits, _reservations);
         IReadOnlyList<Bitmap> bitmaps;
         try
         {
-            RegisterMetadata(map);
             bitmaps = BitmapDirectory.Read(_file, h, Path); // the check read them already
         }
         catch (CorruptImageException e)
@@ -85,39 +87,6 @@ public sealed partial class Qcow2Image
 
     private CorruptImageException RefuseWriting(string detail) =>
         new(Path, $"{detail}; refusing to write to it (it still mounts read-only; 'mountqcow check --repair all' repairs what can be repaired)");
-
-    /// <summary>Names every cluster that holds metadata: header, L1 tables, L2 tables, refcount structures, snapshot table, bitmap directory.</summary>
-    private void RegisterMetadata(MetadataMap map)
-    {
-        var h = Header;
-        map.Add(0, _clusterSize, MetadataKind.Header, "the header");
-        if (h.CryptMethod == CryptMethod.Luks) map.Add(h.EncryptionHeaderOffset, h.EncryptionHeaderLength, MetadataKind.Header, "the LUKS header");
-        if (h.L1Size > 0) map.Add(h.L1TableOffset, h.L1Size * 8L, MetadataKind.ActiveL1, "the active L1 table");
-        _refcounts!.RegisterMetadata(map);
-        if (h.SnapshotCount > 0) map.Add(h.SnapshotsOffset, _snapshotTableBytes, MetadataKind.SnapshotTable, "the snapshot table");
-        // A stale directory (autoclear bit clear) is no metadata any more: QEMU drops it, and its clusters leak.
-        if (h.HasConsistentBitmaps) map.Add(h.BitmapDirectoryOffset, h.BitmapDirectorySize, MetadataKind.BitmapDirectory, "the bitmap directory");
-        RegisterL2Tables(map, _map.L1, "active");
-        foreach (var s in Snapshots)
-        {
-            if (s.L1Size == 0) continue;
-            map.Add(s.L1TableOffset, s.L1Size * 8L, MetadataKind.SnapshotL1, $"the L1 table of snapshot {s.Id}");
-            var l1 = BigEndian.ReadTable(_file, s.L1TableOffset, s.L1Size);
-            RegisterL2Tables(map, l1, $"snapshot {s.Id}");
-        }
-    }
-
-    private void RegisterL2Tables(MetadataMap map, ulong[] l1, string owner)
-    {
-        for (int i = 0; i < l1.Length; i++)
-        {
-            long l2 = new L1Entry(l1[i]).L2Offset;
-            if (l2 == 0) continue;
-            if ((l2 & _clusterMask) != 0 || l2 > _file.Length - _clusterSize)
-                throw new CorruptImageException(Path, $"L2 table offset 0x{l2:x} {((l2 & _clusterMask) != 0 ? "unaligned" : "lies past the end of the file")} ({owner} L1 index {i})");
-            map.Add(l2, _clusterSize, MetadataKind.L2Table, $"the L2 table of {owner} L1 index {i}");
-        }
-    }
 
     // Each flags field is 4 bytes at a multiple of 4, inside one sector: a crash keeps it whole, old or new.
     private void MarkInUse(IReadOnlyList<Bitmap> bitmaps)

@@ -83,17 +83,6 @@ internal sealed class Refcounts
         _sparse = _file as ISparseDevice;
     }
 
-    /// <summary>Names the refcount table and every refcount block in the metadata map.</summary>
-    public void RegisterMetadata(MetadataMap map)
-    {
-        map.Add(_table.Offset, (long)_table.Clusters << _clusterBits, MetadataKind.RefcountTable, "the refcount table");
-        for (long area = 0; area < _table.Areas; area++)
-        {
-            long block = BlockOffset(area);
-            if (block != 0) map.Add(block, _clusterSize, MetadataKind.RefcountBlock, $"refcount block {area}");
-        }
-    }
-
     // ---- blocks and the table ----
 
     private long BlockOffset(long area) => _table.BlockOffset(area, _path);
