@@ -225,7 +225,7 @@ public sealed partial class Qcow2Image
         long first;
         while (true)
         {
-            var (start, n) = _refcounts!.Allocate(clusters);
+            var (start, n) = _refcounts!.AllocateRun(clusters);
             if (n == clusters)
             {
                 first = start;

@@ -369,7 +369,7 @@ public sealed partial class Qcow2Image
         // as zeros even after a crash, the entry need not wait for them (lost, they read as zeros).
         // Not on an encrypted image: storage of zeros decrypts to garbage, so the cluster is
         // written whole and its entry waits for it, as for copied data.
-        var fresh = _refcounts!.AllocateNew();
+        var fresh = _refcounts!.AllocateDataCluster();
         bool zerosNow = !entry.IsCompressed && (entry.ZeroFlagSet || (entry.HostOffset == 0 && !BackingUnder(cluster)));
         bool zeroStorageSuffices = zerosNow && _cipher is null;
         if (zeroStorageSuffices && fresh.ReadsZero) WriteData(data, fresh.Offset + inCluster);
@@ -455,7 +455,7 @@ public sealed partial class Qcow2Image
         if (entry.IsCompressed || (entry.HostOffset != 0 && !entry.Copied))
         {
             // Shared or compressed: copy the whole cluster as it reads now.
-            long copy = _refcounts!.AllocateCluster();
+            long copy = _refcounts!.AllocateClusterToFill();
             WriteMerged(cluster, inCluster, data, copy, zerosBelow: false);
             SetL2Extended(table, l2Index, L2Entry.Standard(copy, copied: true), SubclusterBitmap.Create(uint.MaxValue, 0));
             Release(entry, cluster);
@@ -464,7 +464,7 @@ public sealed partial class Qcow2Image
         if ((bitmap.Allocated & bitmap.Zero) != 0)
             throw new CorruptImageException(Path, $"L2 entry {l2Index} (L1 index {l1Index}) marks subclusters both allocated and zero");
         long host = entry.HostOffset;
-        if (host == 0) host = _refcounts!.AllocateCluster();
+        if (host == 0) host = _refcounts!.AllocateClusterToFill();
         else _map.CheckDataOffset(host, l1Index, l2Index, checkEnd: false);
         int start = first * sub, length = (last + 1) * sub - start;
         byte[] buffer = ArrayPool<byte>.Shared.Rent(length);
@@ -496,7 +496,7 @@ public sealed partial class Qcow2Image
         if (new L1Entry(_map.L1[l1Index]).L2Offset == 0 && !below) return; // already reads as zeros
         if (Header.Version < 3 && below)
         {
-            long host = _refcounts!.AllocateCluster();
+            long host = _refcounts!.AllocateClusterToFill();
             var table2 = WritableL2(l1Index);
             var old = table2.Slot(l2Index).Entry;
             WriteData(s_zeroCluster.AsSpan(0, _clusterSize), host);
@@ -576,7 +576,7 @@ public sealed partial class Qcow2Image
         if (l1.L2Offset != 0 && l1.Copied) return _map.GetTable(l1Index)!;
         var entries = new ulong[_clusterSize / 8];
         if (l1.L2Offset != 0) _map.GetTable(l1Index)!.Entries.CopyTo(entries, 0);
-        long offset = _refcounts!.AllocateCluster();
+        long offset = _refcounts!.AllocateClusterToFill();
         _writer!.Map.Add(offset, _clusterSize, MetadataKind.L2Table, $"the new L2 table of L1 index {l1Index}");
         ulong[] disk = ArrayPool<ulong>.Shared.Rent(entries.Length);
         try

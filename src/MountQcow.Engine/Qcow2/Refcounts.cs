@@ -254,13 +254,24 @@ internal sealed class Refcounts
 
     // ---- allocation ----
 
+    // Four ways to allocate, by what the caller will put there:
+    //  AllocateRun           a table of several clusters (snapshot tables, L1 tables): as many
+    //                        contiguous clusters as the reservation holds, up to what was asked;
+    //  AllocateClusterToFill a cluster every byte of which the caller writes, or whose unwritten
+    //                        bytes nothing reads (an L2 table, a copied cluster, new subclusters);
+    //  AllocateDataCluster   a cluster a guest write may fill only in part: says whether its
+    //                        storage reads as zeros, so no zeros need writing around the data;
+    //  AllocateCompressed    bytes for a compressed cluster, packed with others.
+    // All four take from the reservation, whose refcounts a flush made durable before any entry
+    // names one of its clusters.
+
     /// <summary>
-    /// Hands out up to <paramref name="count"/> contiguous clusters whose refcount (1) is already
+    /// Hands out up to <paramref name="most"/> contiguous clusters whose refcount (1) is already
     /// on disk. Returns the first cluster and how many were given (at least one).
     /// </summary>
-    public (long First, int Count) Allocate(int count)
+    public (long First, int Count) AllocateRun(int most)
     {
-        var (first, n) = TakeReserved(count);
+        var (first, n) = TakeReserved(most);
         if (_reserveValue > 1) SetRun(first, n, 1);
         Written(first, n);
         return (first, n);
@@ -273,8 +284,8 @@ internal sealed class Refcounts
     /// an L2 entry may name it before its data is durable (the guest then reads zeros, not old bytes).</param>
     public readonly record struct NewCluster(long Offset, bool ReadsZero, bool Durable);
 
-    /// <summary>One cluster, with what its storage holds.</summary>
-    public NewCluster AllocateNew()
+    /// <summary>One cluster for guest data written into it in part, with what its storage holds.</summary>
+    public NewCluster AllocateDataCluster()
     {
         var (first, _) = TakeReserved(1);
         if (_reserveValue > 1) SetRun(first, 1, 1);
@@ -315,8 +326,8 @@ internal sealed class Refcounts
         _reserveValue = PackCapacity;
     }
 
-    /// <summary>One cluster, as a host byte offset.</summary>
-    public long AllocateCluster() => Allocate(1).First << _clusterBits;
+    /// <summary>One cluster the caller fills (or whose unwritten bytes nothing reads), as a host byte offset.</summary>
+    public long AllocateClusterToFill() => AllocateRun(1).First << _clusterBits;
 
     /// <summary>
     /// Finds a run of free clusters, gives them their reserved refcount, and extends a file to
