@@ -191,7 +191,7 @@ public sealed partial class Qcow2Image
                 // A flag set claims the refcount of one that a drop just wrote: it waits for the
                 // flush that makes that durable (QEMU flushes between the drop and the flags), or a
                 // crash could leave it claiming a cluster still counted twice. A flag cleared claims less.
-                if (entry.Copied != single) SetL2(table, j, entry.WithCopied(single), waitsForFlush: single);
+                if (entry.Copied != single) _clusterWrites!.SetL2(table, j, entry.WithCopied(single), waitsForFlush: single);
             }
         }
     }
