@@ -141,8 +141,6 @@ public sealed record Qcow2Header
     /// <summary>Parses a header from the image's first cluster (zero-padded past the end of a short file).</summary>
     internal static Qcow2Header Parse(ReadOnlySpan<byte> first, long fileLength, string path, bool forCheck = false)
     {
-        void Corrupt(string what) => throw new CorruptImageException(path, what);
-
         uint version = BigEndian.U32(first, HeaderField.Version);
         if (version is not (2 or 3))
         {
@@ -152,88 +150,11 @@ public sealed record Qcow2Header
         int clusterBits = (int)BigEndian.U32(first, HeaderField.ClusterBits);
         int clusterSize = 1 << clusterBits;
         if (first.Length < clusterSize) throw new ArgumentException("the first cluster must be given whole", nameof(first));
-
-        ulong incompatible = 0, compatible = 0, autoclear = 0;
-        int refcountOrder = 4, headerLength = HeaderField.V2HeaderLength;
-        var compression = CompressionType.Deflate;
-        if (version >= 3)
-        {
-            incompatible = BigEndian.U64(first, HeaderField.IncompatibleFeatures);
-            compatible = BigEndian.U64(first, HeaderField.CompatibleFeatures);
-            autoclear = BigEndian.U64(first, HeaderField.AutoclearFeatures);
-            uint order = BigEndian.U32(first, HeaderField.RefcountOrder);
-            if (order > 6) Corrupt($"refcount_order {order} is above 6");
-            refcountOrder = (int)order;
-            uint length = BigEndian.U32(first, HeaderField.HeaderLength);
-            if (length < HeaderField.V3MinHeaderLength) Corrupt($"header_length {length} is below 104");
-            // qcow2.txt asks writers for a multiple of 8, but a header of another length is still
-            // unambiguous (the extensions start right after it), and QEMU opens, checks and writes
-            // such images: refusing them would lock a user out of an image every QEMU tool reads.
-            if (length > clusterSize) Corrupt($"header_length {length} exceeds the cluster size {clusterSize}");
-            headerLength = (int)length;
-            if (headerLength > HeaderField.CompressionType)
-            {
-                byte type = first[HeaderField.CompressionType];
-                if (type > (byte)CompressionType.Zstd)
-                    throw new UnsupportedFeatureException(path, $"compression type {type}");
-                compression = (CompressionType)type;
-            }
-        }
-
+        var v3 = version >= 3 ? VersionThreeFields.Parse(first, clusterSize, path) : VersionThreeFields.OfVersionTwo;
         // Extensions come first: the feature name table names unknown incompatible bits.
         long backingOffset = (long)BigEndian.U64(first, HeaderField.BackingFileOffset);
         int extensionEnd = backingOffset > 0 && backingOffset < clusterSize ? (int)backingOffset : clusterSize;
-        var names = new List<FeatureName>();
-        var unknown = new List<uint>();
-        string? backingFormat = null, dataFile = null;
-        BitmapsExtension? bitmaps = null;
-        bool encryptionHeader = false;
-        long encryptionOffset = 0, encryptionLength = 0;
-        int at = headerLength;
-        while (at + ExtensionField.Data <= extensionEnd)
-        {
-            uint type = BigEndian.U32(first, at + ExtensionField.Type);
-            uint len = BigEndian.U32(first, at + ExtensionField.Length);
-            if (type == ExtensionType.End) break;
-            if (len > extensionEnd - at - ExtensionField.Data) Corrupt($"header extension 0x{type:x8} at offset {at} is {len} bytes, past the end of the extension area");
-            ReadOnlySpan<byte> data = first.Slice(at + ExtensionField.Data, (int)len);
-            switch (type)
-            {
-                case ExtensionType.BackingFormat:
-                    backingFormat = Encoding.UTF8.GetString(data);
-                    break;
-                case ExtensionType.ExternalDataFile:
-                    dataFile = Encoding.UTF8.GetString(data);
-                    break;
-                case ExtensionType.FeatureNameTable:
-                    for (int e = 0; e + FeatureNameField.EntryLength <= data.Length; e += FeatureNameField.EntryLength)
-                    {
-                        var entry = data.Slice(e, FeatureNameField.EntryLength);
-                        var name = entry.Slice(FeatureNameField.Name, FeatureNameField.NameLength);
-                        int nul = name.IndexOf((byte)0);
-                        names.Add(new((FeatureKind)entry[FeatureNameField.Kind], entry[FeatureNameField.Bit], Encoding.UTF8.GetString(nul < 0 ? name : name[..nul])));
-                    }
-                    break;
-                case ExtensionType.Bitmaps:
-                    // Kept as stored, even when too short to hold its fields: the check reports it.
-                    bitmaps = len < BitmapsExtensionField.DataLength
-                        ? new BitmapsExtension((int)len, 0, 0, 0, 0)
-                        : new BitmapsExtension((int)len, BigEndian.U32(data, BitmapsExtensionField.Count), BigEndian.U32(data, BitmapsExtensionField.Reserved),
-                            BigEndian.U64(data, BitmapsExtensionField.DirectorySize), BigEndian.U64(data, BitmapsExtensionField.DirectoryOffset));
-                    break;
-                case ExtensionType.FullDiskEncryption:
-                    if (len < EncryptionExtensionField.DataLength) Corrupt($"full disk encryption extension is {len} bytes, expected {EncryptionExtensionField.DataLength}");
-                    encryptionHeader = true;
-                    encryptionOffset = (long)Math.Min(BigEndian.U64(data, EncryptionExtensionField.Offset), long.MaxValue);
-                    encryptionLength = (long)Math.Min(BigEndian.U64(data, EncryptionExtensionField.Length), long.MaxValue);
-                    break;
-                default:
-                    unknown.Add(type);
-                    break;
-            }
-            at += ExtensionField.Data + (int)((len + 7) & ~7u);
-        }
-
+        var extensions = HeaderExtensions.Parse(first[..extensionEnd], v3.HeaderLength, path);
         var header = new Qcow2Header
         {
             Version = (int)version,
@@ -246,24 +167,122 @@ public sealed record Qcow2Header
             RefcountTableClusters = (int)Math.Min(BigEndian.U32(first, HeaderField.RefcountTableClusters), int.MaxValue),
             SnapshotCount = (int)Math.Min(BigEndian.U32(first, HeaderField.NbSnapshots), int.MaxValue),
             SnapshotsOffset = (long)BigEndian.U64(first, HeaderField.SnapshotsOffset),
-            Incompatible = (IncompatibleFeatures)incompatible,
-            Compatible = (CompatibleFeatures)compatible,
-            Autoclear = (AutoclearFeatures)autoclear,
-            RefcountOrder = refcountOrder,
-            HeaderLength = headerLength,
-            CompressionType = compression,
-            BackingFormat = backingFormat,
-            DataFile = dataFile,
-            FeatureNames = names,
-            Bitmaps = bitmaps,
-            HasEncryptionHeader = encryptionHeader,
-            EncryptionHeaderOffset = encryptionOffset,
-            EncryptionHeaderLength = encryptionLength,
-            UnknownExtensions = unknown,
+            Incompatible = v3.Incompatible,
+            Compatible = v3.Compatible,
+            Autoclear = v3.Autoclear,
+            RefcountOrder = v3.RefcountOrder,
+            HeaderLength = v3.HeaderLength,
+            CompressionType = v3.Compression,
+            BackingFormat = extensions.BackingFormat,
+            DataFile = extensions.DataFile,
+            FeatureNames = extensions.FeatureNames,
+            Bitmaps = extensions.Bitmaps,
+            HasEncryptionHeader = extensions.HasEncryptionHeader,
+            EncryptionHeaderOffset = extensions.EncryptionOffset,
+            EncryptionHeaderLength = extensions.EncryptionLength,
+            UnknownExtensions = extensions.Unknown,
             BackingFile = ReadBackingName(first, backingOffset, clusterSize, path),
         };
         header.Validate(fileLength, path, forCheck);
         return header;
+    }
+
+    /// <summary>The fields version 3 added after the 72 bytes of version 2; version 2's defaults for them.</summary>
+    private readonly record struct VersionThreeFields(IncompatibleFeatures Incompatible, CompatibleFeatures Compatible, AutoclearFeatures Autoclear,
+        int RefcountOrder, int HeaderLength, CompressionType Compression)
+    {
+        public static VersionThreeFields OfVersionTwo => new(0, 0, 0, 4, HeaderField.V2HeaderLength, CompressionType.Deflate);
+
+        public static VersionThreeFields Parse(ReadOnlySpan<byte> first, int clusterSize, string path)
+        {
+            uint order = BigEndian.U32(first, HeaderField.RefcountOrder);
+            if (order > 6) throw new CorruptImageException(path, $"refcount_order {order} is above 6");
+            uint length = BigEndian.U32(first, HeaderField.HeaderLength);
+            if (length < HeaderField.V3MinHeaderLength) throw new CorruptImageException(path, $"header_length {length} is below 104");
+            // qcow2.txt asks writers for a multiple of 8, but a header of another length is still
+            // unambiguous (the extensions start right after it), and QEMU opens, checks and writes
+            // such images: refusing them would lock a user out of an image every QEMU tool reads.
+            if (length > clusterSize) throw new CorruptImageException(path, $"header_length {length} exceeds the cluster size {clusterSize}");
+            var compression = CompressionType.Deflate;
+            if (length > HeaderField.CompressionType)
+            {
+                byte type = first[HeaderField.CompressionType];
+                if (type > (byte)CompressionType.Zstd) throw new UnsupportedFeatureException(path, $"compression type {type}");
+                compression = (CompressionType)type;
+            }
+            return new((IncompatibleFeatures)BigEndian.U64(first, HeaderField.IncompatibleFeatures), (CompatibleFeatures)BigEndian.U64(first, HeaderField.CompatibleFeatures),
+                (AutoclearFeatures)BigEndian.U64(first, HeaderField.AutoclearFeatures), (int)order, (int)length, compression);
+        }
+    }
+
+    /// <summary>What the header extensions say (those this program knows), and the types of the others.</summary>
+    private sealed class HeaderExtensions
+    {
+        public string? BackingFormat, DataFile;
+        public readonly List<FeatureName> FeatureNames = [];
+        public readonly List<uint> Unknown = [];
+        public BitmapsExtension? Bitmaps;
+        public bool HasEncryptionHeader;
+        public long EncryptionOffset, EncryptionLength;
+
+        /// <summary>Walks the extensions from <paramref name="at"/> to the end of <paramref name="area"/> (the backing file name, or the first cluster's end).</summary>
+        public static HeaderExtensions Parse(ReadOnlySpan<byte> area, int at, string path)
+        {
+            var found = new HeaderExtensions();
+            while (at + ExtensionField.Data <= area.Length)
+            {
+                uint type = BigEndian.U32(area, at + ExtensionField.Type);
+                uint len = BigEndian.U32(area, at + ExtensionField.Length);
+                if (type == ExtensionType.End) break;
+                if (len > area.Length - at - ExtensionField.Data)
+                    throw new CorruptImageException(path, $"header extension 0x{type:x8} at offset {at} is {len} bytes, past the end of the extension area");
+                found.Add(type, area.Slice(at + ExtensionField.Data, (int)len), path);
+                at += ExtensionField.Data + (int)((len + 7) & ~7u);
+            }
+            return found;
+        }
+
+        // One entry of the feature name table: kind, bit, a name zero-padded (unterminated at full length).
+        private static FeatureName ParseFeatureName(ReadOnlySpan<byte> entry)
+        {
+            var name = entry.Slice(FeatureNameField.Name, FeatureNameField.NameLength);
+            int nul = name.IndexOf((byte)0);
+            return new((FeatureKind)entry[FeatureNameField.Kind], entry[FeatureNameField.Bit], Encoding.UTF8.GetString(nul < 0 ? name : name[..nul]));
+        }
+
+        private void Add(uint type, ReadOnlySpan<byte> data, string path)
+        {
+            switch (type)
+            {
+                case ExtensionType.BackingFormat:
+                    BackingFormat = Encoding.UTF8.GetString(data);
+                    break;
+                case ExtensionType.ExternalDataFile:
+                    DataFile = Encoding.UTF8.GetString(data);
+                    break;
+                case ExtensionType.FeatureNameTable:
+                    for (int e = 0; e + FeatureNameField.EntryLength <= data.Length; e += FeatureNameField.EntryLength)
+                        FeatureNames.Add(ParseFeatureName(data.Slice(e, FeatureNameField.EntryLength)));
+                    break;
+                case ExtensionType.Bitmaps:
+                    // Kept as stored, even when too short to hold its fields: the check reports it.
+                    Bitmaps = data.Length < BitmapsExtensionField.DataLength
+                        ? new BitmapsExtension(data.Length, 0, 0, 0, 0)
+                        : new BitmapsExtension(data.Length, BigEndian.U32(data, BitmapsExtensionField.Count), BigEndian.U32(data, BitmapsExtensionField.Reserved),
+                            BigEndian.U64(data, BitmapsExtensionField.DirectorySize), BigEndian.U64(data, BitmapsExtensionField.DirectoryOffset));
+                    break;
+                case ExtensionType.FullDiskEncryption:
+                    if (data.Length < EncryptionExtensionField.DataLength)
+                        throw new CorruptImageException(path, $"full disk encryption extension is {data.Length} bytes, expected {EncryptionExtensionField.DataLength}");
+                    HasEncryptionHeader = true;
+                    EncryptionOffset = (long)Math.Min(BigEndian.U64(data, EncryptionExtensionField.Offset), long.MaxValue);
+                    EncryptionLength = (long)Math.Min(BigEndian.U64(data, EncryptionExtensionField.Length), long.MaxValue);
+                    break;
+                default:
+                    Unknown.Add(type);
+                    break;
+            }
+        }
     }
 
     private static string? ReadBackingName(ReadOnlySpan<byte> first, long offset, int clusterSize, string path)
