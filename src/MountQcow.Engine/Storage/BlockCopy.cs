@@ -136,12 +136,17 @@ public sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOpti
 
 /// <summary>
 /// Copies a device to a stream in order, from its first byte to its last, with its holes as
-/// zeros: for outputs that cannot seek (a pipe, standard output, a character device). Chunks
-/// are read ahead on the thread pool while earlier ones are written.
+/// zeros: for outputs that cannot seek (a pipe, standard output, a character device). Worker
+/// threads each read a piece (large, so a remote device fetches it with one request straight
+/// into the worker's buffer) and write it once the pieces before it are written: reads overlap
+/// each other and the writes, with no hand-off between threads but the turn to write.
 /// </summary>
-public sealed class StreamCopy(IBlockDevice source, Stream target)
+public sealed class StreamCopy(IBlockDevice source, Stream target, int pieceBytes = 4 << 20, int workers = 4)
 {
-    private const int Chunk = 1 << 20, Ahead = 8;
+    private readonly object _turn = new();
+    private long _nextPiece;
+    private long _written; // pieces written, under _turn
+    private bool _stopped;
     private long _done;
     private long _data;
 
@@ -155,79 +160,76 @@ public sealed class StreamCopy(IBlockDevice source, Stream target)
 
     public void Run(CancellationToken cancel = default)
     {
-        var window = new Queue<Task<(byte[]? Buffer, int Length)>>();
-        try
+        Workers.Run(workers, "export worker", () => Work(cancel), Stop, cancel);
+        target.Flush();
+    }
+
+    private void Stop()
+    {
+        lock (_turn)
         {
-            for (long next = 0; next < Total || window.Count > 0;)
-            {
-                while (window.Count < Ahead && next < Total)
-                {
-                    long at = next;
-                    window.Enqueue(Task.Run(() => Read(at, (int)Math.Min(Chunk, Total - at)), cancel));
-                    next += Chunk;
-                }
-                var (buffer, length) = window.Dequeue().GetAwaiter().GetResult();
-                try
-                {
-                    target.Write(buffer is null ? BlockDevices.Zeros(length) : buffer.AsSpan(0, length));
-                }
-                finally
-                {
-                    if (buffer is not null) ArrayPool<byte>.Shared.Return(buffer);
-                }
-                Interlocked.Add(ref _done, length);
-                cancel.ThrowIfCancellationRequested();
-            }
-            target.Flush();
-        }
-        finally
-        {
-            foreach (var pending in window)
-            {
-                try
-                {
-                    if (pending.GetAwaiter().GetResult().Buffer is { } left) ArrayPool<byte>.Shared.Return(left);
-                }
-                catch (Exception)
-                {
-                    // a chunk read after the first failure: that first failure is the one reported
-                }
-            }
+            _stopped = true;
+            Monitor.PulseAll(_turn);
         }
     }
 
-    // One chunk; null where it is all zeros (nothing read).
-    private (byte[]? Buffer, int Length) Read(long offset, int length)
+    private void Work(CancellationToken cancel)
     {
-        byte[]? buffer = null;
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(pieceBytes);
         try
         {
-            for (int done = 0; done < length;)
+            while (true)
             {
-                var extent = source.GetExtent(offset + done, length - done);
-                int n = (int)Math.Clamp(extent.Length, 1, length - done);
-                if (extent.Kind == ExtentKind.Data)
+                long piece = Interlocked.Increment(ref _nextPiece) - 1;
+                long offset = piece * pieceBytes;
+                if (offset >= Total) return;
+                int length = (int)Math.Min(pieceBytes, Total - offset);
+                bool data = Read(buffer.AsSpan(0, length), offset, cancel);
+                lock (_turn)
                 {
-                    if (buffer is null)
-                    {
-                        buffer = ArrayPool<byte>.Shared.Rent(Chunk);
-                        buffer.AsSpan(0, done).Clear();
-                    }
-                    source.ReadAt(buffer.AsSpan(done, n), offset + done);
-                    Interlocked.Add(ref _data, n);
+                    while (_written != piece && !_stopped) Monitor.Wait(_turn);
+                    if (_stopped) return;
                 }
-                else if (buffer is not null)
+                cancel.ThrowIfCancellationRequested();
+                if (data) target.Write(buffer, 0, length);
+                else
+                    for (int at = 0; at < length; at += 1 << 20) target.Write(BlockDevices.Zeros(Math.Min(1 << 20, length - at)));
+                Interlocked.Add(ref _done, length);
+                lock (_turn)
                 {
-                    buffer.AsSpan(done, n).Clear();
+                    _written++;
+                    Monitor.PulseAll(_turn);
                 }
-                done += n;
             }
-            return (buffer, length);
         }
-        catch
+        finally
         {
-            if (buffer is not null) ArrayPool<byte>.Shared.Return(buffer);
-            throw;
+            ArrayPool<byte>.Shared.Return(buffer);
         }
+    }
+
+    // One piece; false where it is all zeros (nothing read, the buffer left as it was).
+    private bool Read(Span<byte> buffer, long offset, CancellationToken cancel)
+    {
+        bool any = false;
+        for (int done = 0; done < buffer.Length;)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var extent = source.GetExtent(offset + done, buffer.Length - done);
+            int n = (int)Math.Clamp(extent.Length, 1, buffer.Length - done);
+            if (extent.Kind == ExtentKind.Data)
+            {
+                if (!any) buffer[..done].Clear();
+                any = true;
+                source.ReadAt(buffer.Slice(done, n), offset + done);
+                Interlocked.Add(ref _data, n);
+            }
+            else if (any)
+            {
+                buffer.Slice(done, n).Clear();
+            }
+            done += n;
+        }
+        return any;
     }
 }

@@ -75,6 +75,11 @@ public sealed class HttpBlockDevice : IBlockDevice
     private readonly long[] _streamNext = [-1, -1, -1, -1, -1, -1, -1, -1];
     private readonly int[] _streamWindow = new int[8];
     private int _streamVictim;
+    // Under _lock: runs fetched ahead, waiting for a fetch thread; the fetch threads, and how many of them are fetching.
+    private readonly Queue<Entry[]> _queued = new();
+    private int _fetchers;
+    private int _fetching;
+    private bool _disposed;
 
     /// <summary>A chunk being fetched (until <see cref="Ready"/>), then cached; readers pin it while they copy from it.</summary>
     private sealed class Entry(long chunk)
@@ -145,10 +150,10 @@ public sealed class HttpBlockDevice : IBlockDevice
         var client = new Client(http, url, credentials, mayRedirect ?? ((from, to) => SameServer(from, to)), name);
         try
         {
-            var (length, etag, modified) = pipeline.ExecuteAsync(async token =>
+            var (length, etag, modified) = pipeline.Execute(token =>
             {
                 counters.Requests.Increment();
-                using var response = await client.Send(0, 0, token);
+                using var response = client.Send(0, 0, token);
                 if (response.StatusCode == HttpStatusCode.OK)
                     throw new ImageIOException($"{name}: the server ignores range requests (it answered 200 with the whole object); mountqcow reads only from servers that answer ranges");
                 var range = response.Content.Headers.ContentRange;
@@ -156,11 +161,11 @@ public sealed class HttpBlockDevice : IBlockDevice
                     throw new ImageIOException($"{name}: the server's answer to a range request has no object size (Content-Range)");
                 if (total < 0) throw new ImageIOException($"{name}: the server gives a negative object size");
                 // The body should be the one byte asked for: read at most that, whatever the server sends.
-                await using var body = await response.Content.ReadAsStreamAsync(token);
+                using var body = response.Content.ReadAsStream(token);
                 // (Left unread, the rest is drained up to the handler's bound of 1 MiB, or the connection dropped.)
-                await body.ReadAtLeastAsync(new byte[1], 1, throwOnEndOfStream: false, token);
+                ReadBody(response, token, () => body.ReadAtLeast(new byte[1], 1, throwOnEndOfStream: false));
                 return (total, response.Headers.ETag, response.Content.Headers.LastModified);
-            }).AsTask().GetAwaiter().GetResult();
+            });
             return new HttpBlockDevice(client, name, options, pipeline, counters, length, etag, modified); // the pipeline counts into the device's counters
         }
         catch (Exception e) when (e is not ImageException)
@@ -201,7 +206,7 @@ public sealed class HttpBlockDevice : IBlockDevice
         public HttpClient Http => http;
 
         /// <summary>Sends a ranged GET; 5xx (and 408, 429) answers become retryable failures, other errors one line.</summary>
-        public async Task<HttpResponseMessage> Send(long first, long last, CancellationToken token)
+        public HttpResponseMessage Send(long first, long last, CancellationToken token)
         {
             var at = url;
             for (int hop = 0; ; hop++)
@@ -209,7 +214,7 @@ public sealed class HttpBlockDevice : IBlockDevice
                 using var request = new HttpRequestMessage(HttpMethod.Get, at);
                 request.Headers.Range = new RangeHeaderValue(first, last);
                 if (credentials is not null && SameServer(at, url)) request.Headers.Authorization = credentials;
-                var response = await HttpBlockDevice.Send(http, request, name, token);
+                var response = HttpBlockDevice.Send(http, request, name, token);
                 int code = (int)response.StatusCode;
                 if (code is not (301 or 302 or 303 or 307 or 308)) return response;
                 var location = response.Headers.Location;
@@ -234,13 +239,17 @@ public sealed class HttpBlockDevice : IBlockDevice
         _ => e.Message,
     };
 
-    /// <summary>Sends a request; 5xx (and 408, 429) answers become retryable failures, other errors one line.</summary>
-    private static async Task<HttpResponseMessage> Send(HttpClient http, HttpRequestMessage request, string name, CancellationToken token)
+    /// <summary>
+    /// Sends a request, synchronously (HTTP/1.1 over SocketsHttpHandler blocks on the socket
+    /// itself: no hand-off to the thread pool and back); 5xx (and 408, 429) answers become
+    /// retryable failures, other errors one line.
+    /// </summary>
+    private static HttpResponseMessage Send(HttpClient http, HttpRequestMessage request, string name, CancellationToken token)
     {
         HttpResponseMessage response;
         try
         {
-            response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, token);
+            response = http.Send(request, HttpCompletionOption.ResponseHeadersRead, token);
         }
         catch (HttpRequestException e) when (e.InnerException is System.Security.Authentication.AuthenticationException)
         {
@@ -258,6 +267,24 @@ public sealed class HttpBlockDevice : IBlockDevice
             throw new ImageIOException($"{name}: HTTP {code} {response.ReasonPhrase}");
         }
         return response;
+    }
+
+    /// <summary>
+    /// Reads a response's body: a synchronous read takes no token, so when the attempt's time runs
+    /// out the response is disposed under it (which closes the connection and ends the blocked
+    /// read), and what that read throws becomes the cancellation the timeout strategy expects.
+    /// </summary>
+    private static void ReadBody(HttpResponseMessage response, CancellationToken token, Action read)
+    {
+        using var stall = token.Register(static r => ((HttpResponseMessage)r!).Dispose(), response);
+        try
+        {
+            read();
+        }
+        catch (Exception e) when (token.IsCancellationRequested && e is not OperationCanceledException)
+        {
+            throw new OperationCanceledException("no answer in time", e, token);
+        }
     }
 
     private sealed class RetryableHttpException(string message) : Exception(message);
@@ -298,16 +325,22 @@ public sealed class HttpBlockDevice : IBlockDevice
             buffer[inside..].Clear();
             buffer = buffer[..inside];
         }
+        if (buffer.Length >= 2L * _options.ChunksPerRequest * _options.ChunkBytes && NoneCached(offset, buffer.Length))
+        {
+            FetchInto(buffer, offset);
+            return;
+        }
         int chunkBytes = _options.ChunkBytes;
         while (!buffer.IsEmpty)
         {
             long chunk = offset / chunkBytes;
             int inChunk = (int)(offset % chunkBytes);
             int needed = (int)Math.Min(_options.ChunksPerRequest, (inChunk + (long)buffer.Length + chunkBytes - 1) / chunkBytes);
-            var entry = Pin(chunk, needed);
+            var (entry, run) = Pin(chunk, needed);
             int n;
             try
             {
+                if (run is not null) Fetch(run); // on this thread: the reader waits for it anyway
                 entry.Ready.Task.GetAwaiter().GetResult();
                 n = Math.Min(buffer.Length, entry.Length - inChunk);
                 if (n <= 0) throw new ImageIOException($"{_name}: the object is shorter than it was at open");
@@ -315,7 +348,7 @@ public sealed class HttpBlockDevice : IBlockDevice
             }
             catch (Exception e) when (e is not ImageIOException)
             {
-                throw new ImageIOException($"{_name}: reading failed after {_options.Retries} retries: {Reason(e)}", e);
+                throw Failed(e);
             }
             finally
             {
@@ -326,16 +359,38 @@ public sealed class HttpBlockDevice : IBlockDevice
         }
     }
 
+    private ImageIOException Failed(Exception e) => new($"{_name}: reading failed after {_options.Retries} retries: {Reason(e)}", e);
+
+    /// <summary>
+    /// Whether no byte of a range is cached or being fetched: a read that large (two requests'
+    /// worth or more, as an export's copy reads) is then fetched straight into the caller's buffer
+    /// by one request, neither cached nor copied, and counts toward no read-ahead.
+    /// </summary>
+    private bool NoneCached(long offset, int length)
+    {
+        long first = offset / _options.ChunkBytes, last = (offset + length - 1) / _options.ChunkBytes;
+        lock (_lock)
+        {
+            if (_disposed) throw new ObjectDisposedException(_name);
+            for (long chunk = first; chunk <= last; chunk++)
+                if (_entries.ContainsKey(chunk)) return false;
+        }
+        return true;
+    }
+
     /// <summary>
     /// A chunk, pinned for the caller to copy from once it is ready: cached, being fetched, or
-    /// fetched now together with the chunks the read still needs after it (<paramref name="needed"/>);
-    /// once reads go in order, the requests after it are started too, in parallel.
+    /// to be fetched by the caller (the run returned) together with the chunks the read still
+    /// needs after it (<paramref name="needed"/>); once reads go in order, the requests after it
+    /// are queued for the fetch threads, which run them in parallel.
     /// </summary>
-    private Entry Pin(long chunk, int needed)
+    private (Entry Entry, Entry[]? Run) Pin(long chunk, int needed)
     {
         lock (_lock)
         {
+            if (_disposed) throw new ObjectDisposedException(_name);
             int window = AheadFor(chunk);
+            Entry[]? run = null;
             if (_entries.TryGetValue(chunk, out var entry))
             {
                 if (entry.Node is { } node)
@@ -347,7 +402,8 @@ public sealed class HttpBlockDevice : IBlockDevice
             }
             else
             {
-                entry = StartRun(chunk, Math.Max(needed, window > 0 ? _options.ChunksPerRequest : 1));
+                run = StartRun(chunk, Math.Max(needed, window > 0 ? _options.ChunksPerRequest : 1));
+                entry = run[0];
             }
             entry.Users++;
             // In order: keep the next requests in flight.
@@ -357,10 +413,10 @@ public sealed class HttpBlockDevice : IBlockDevice
                 while (next <= last && _entries.ContainsKey(next)) next++;
                 if (next > last || next > chunk + (long)window * _options.ChunksPerRequest) break;
                 if (_inFlight + _options.ChunksPerRequest > _maxChunks / 2) break;
-                StartRun(next, _options.ChunksPerRequest);
+                Ahead(StartRun(next, _options.ChunksPerRequest));
                 next += _options.ChunksPerRequest;
             }
-            return entry;
+            return (entry, run);
         }
     }
 
@@ -372,7 +428,7 @@ public sealed class HttpBlockDevice : IBlockDevice
     /// </summary>
     private int AheadFor(long chunk)
     {
-        int most = Math.Max(1, Math.Min(_options.ReadAhead, _maxChunks / (2 * _options.ChunksPerRequest)));
+        int most = MostAhead;
         for (int i = 0; i < _streamNext.Length; i++)
         {
             if (chunk == _streamNext[i] - 1) return _streamWindow[i]; // the same chunk again changes nothing
@@ -386,13 +442,15 @@ public sealed class HttpBlockDevice : IBlockDevice
         return _streamWindow[victim] = 0;
     }
 
+    private int MostAhead => Math.Max(1, Math.Min(_options.ReadAhead, _maxChunks / (2 * _options.ChunksPerRequest)));
+
     /// <summary>
-    /// Starts one request for up to <paramref name="count"/> chunks from <paramref name="first"/>
+    /// Claims one request's run of up to <paramref name="count"/> chunks from <paramref name="first"/>
     /// (stopping at one already cached or being fetched, or the end): each chunk is known as being
-    /// fetched until it arrives, so a chunk several readers want is fetched once. The caller holds
-    /// the lock. Returns the first chunk's entry.
+    /// fetched until it arrives, so a chunk several readers want is fetched once. Whoever claims a
+    /// run fetches it (<see cref="Fetch"/>). The caller holds the lock.
     /// </summary>
-    private Entry StartRun(long first, int count)
+    private Entry[] StartRun(long first, int count)
     {
         long last = (Length - 1) / _options.ChunkBytes;
         int n = 1;
@@ -400,9 +458,53 @@ public sealed class HttpBlockDevice : IBlockDevice
         var run = new Entry[n];
         for (int i = 0; i < n; i++) _entries[first + i] = run[i] = new Entry(first + i);
         _inFlight += n;
-        _ = Task.Run(() => Fetch(run));
-        return run[0];
+        return run;
     }
+
+    /// <summary>
+    /// Queues a run fetched ahead of a reader for the fetch threads: one more is started while
+    /// fewer wait than runs are queued (up to the read-ahead); idle ones end after a while. The
+    /// caller holds the lock.
+    /// </summary>
+    private void Ahead(Entry[] run)
+    {
+        _queued.Enqueue(run);
+        if (_fetchers - _fetching < _queued.Count && _fetchers < MostAhead)
+        {
+            _fetchers++;
+            new Thread(FetchAhead) { IsBackground = true, Name = "http fetch" }.Start();
+        }
+        else
+        {
+            Monitor.Pulse(_lock);
+        }
+    }
+
+    /// <summary>A fetch thread: runs queued runs, each with one synchronous request, until none has come for a while.</summary>
+    private void FetchAhead()
+    {
+        while (true)
+        {
+            Entry[] run;
+            lock (_lock)
+            {
+                while (_queued.Count == 0)
+                {
+                    if (_disposed || (!Monitor.Wait(_lock, IdleFetcher) && _queued.Count == 0))
+                    {
+                        _fetchers--;
+                        return;
+                    }
+                }
+                run = _queued.Dequeue();
+                _fetching++;
+            }
+            Fetch(run);
+            lock (_lock) _fetching--;
+        }
+    }
+
+    private static readonly TimeSpan IdleFetcher = TimeSpan.FromSeconds(5);
 
     private void Unpin(Entry entry)
     {
@@ -452,61 +554,110 @@ public sealed class HttpBlockDevice : IBlockDevice
     }
 
     /// <summary>
+    /// One range request in an attempt, its answer checked (206, the version pinned at open, the
+    /// bytes asked for) and its body handed to <paramref name="read"/>, on the calling thread.
+    /// </summary>
+    private void Request(long first, long last, CancellationToken token, Action<Stream> read)
+    {
+        Counters.Requests.Increment();
+        using var response = _client.Send(first, last, token);
+        if (response.StatusCode != HttpStatusCode.PartialContent)
+            throw new ImageIOException($"{_name}: the server answered a range request with HTTP {(int)response.StatusCode}, not 206");
+        var etag = response.Headers.ETag;
+        var modified = response.Content.Headers.LastModified;
+        if ((_etag is not null && etag is not null && etag.Tag != _etag.Tag) || (_etag is null && _modified is not null && modified is not null && modified != _modified))
+            throw new ImageIOException($"{_name} changed since it was opened ({(_etag is not null ? $"ETag {_etag.Tag}, now {etag?.Tag}" : $"modified {_modified:u}, now {modified:u}")}); reads stop rather than mix two versions");
+        var range = response.Content.Headers.ContentRange;
+        if (range is null || range.From != first || range.To != last)
+            throw new ImageIOException($"{_name}: the server sent bytes {range?.From}-{range?.To} for a request of {first}-{last}");
+        using var body = response.Content.ReadAsStream(token);
+        ReadBody(response, token, () => read(body)); // a cut connection ends early: an IOException, retried
+    }
+
+    /// <summary>
     /// One range request for a run of chunks, each read straight into its own array and handed to
     /// its readers as it arrives; a retry asks only for the chunks not yet arrived. After the last
-    /// retry, the chunks that did not arrive fail their readers and are forgotten (a later read tries again).
+    /// retry, the chunks that did not arrive fail their readers and are forgotten (a later read
+    /// tries again). Never throws: the run's readers get the failure.
     /// </summary>
-    private async Task Fetch(Entry[] run)
+    private void Fetch(Entry[] run)
     {
         int done = 0;
         try
         {
-            await _pipeline.ExecuteAsync(async token =>
+            _pipeline.Execute(token =>
             {
                 int chunkBytes = _options.ChunkBytes;
                 long first = run[done].Chunk * chunkBytes;
                 long last = Math.Min(Length, (run[^1].Chunk + 1) * chunkBytes) - 1;
-                Counters.Requests.Increment();
-                using var response = await _client.Send(first, last, token);
-                if (response.StatusCode != HttpStatusCode.PartialContent)
-                    throw new ImageIOException($"{_name}: the server answered a range request with HTTP {(int)response.StatusCode}, not 206");
-                var etag = response.Headers.ETag;
-                var modified = response.Content.Headers.LastModified;
-                if ((_etag is not null && etag is not null && etag.Tag != _etag.Tag) || (_etag is null && _modified is not null && modified is not null && modified != _modified))
-                    throw new ImageIOException($"{_name} changed since it was opened ({(_etag is not null ? $"ETag {_etag.Tag}, now {etag?.Tag}" : $"modified {_modified:u}, now {modified:u}")}); reads stop rather than mix two versions");
-                var range = response.Content.Headers.ContentRange;
-                if (range is null || range.From != first || range.To != last)
-                    throw new ImageIOException($"{_name}: the server sent bytes {range?.From}-{range?.To} for a request of {first}-{last}");
-                await using var body = await response.Content.ReadAsStreamAsync(token);
-                while (done < run.Length)
+                Request(first, last, token, body =>
                 {
-                    var entry = run[done];
-                    int length = (int)(Math.Min(Length, (entry.Chunk + 1) * chunkBytes) - entry.Chunk * chunkBytes);
-                    byte[] bytes = Rent();
-                    try
+                    while (done < run.Length)
                     {
-                        await body.ReadExactlyAsync(bytes.AsMemory(0, length), token); // a cut connection ends early: an IOException, retried
+                        var entry = run[done];
+                        int length = (int)(Math.Min(Length, (entry.Chunk + 1) * chunkBytes) - entry.Chunk * chunkBytes);
+                        byte[] bytes = Rent();
+                        try
+                        {
+                            body.ReadExactly(bytes, 0, length);
+                        }
+                        catch
+                        {
+                            lock (_lock) _free.Push(bytes);
+                            throw;
+                        }
+                        Counters.BytesFetched.Add(length);
+                        Arrived(entry, bytes, length);
+                        done++;
                     }
-                    catch
-                    {
-                        lock (_lock) _free.Push(bytes);
-                        throw;
-                    }
-                    Counters.BytesFetched.Add(length);
-                    Arrived(entry, bytes, length);
-                    done++;
-                }
+                });
             });
         }
         catch (Exception e)
         {
-            lock (_lock)
+            Forget(run, done, e);
+        }
+    }
+
+    /// <summary>The chunks of a run from <paramref name="from"/> on did not arrive: their readers fail, and a later read tries again.</summary>
+    private void Forget(Entry[] run, int from, Exception e)
+    {
+        lock (_lock)
+        {
+            _inFlight -= run.Length - from;
+            for (int i = from; i < run.Length; i++)
+                if (_entries.TryGetValue(run[i].Chunk, out var entry) && entry == run[i]) _entries.Remove(run[i].Chunk);
+        }
+        for (int i = from; i < run.Length; i++) run[i].Ready.TrySetException(e);
+    }
+
+    /// <summary>
+    /// One range request for a whole read, its body read straight into the caller's buffer on the
+    /// calling thread; a retry asks only for the bytes not yet arrived.
+    /// </summary>
+    private unsafe void FetchInto(Span<byte> buffer, long offset)
+    {
+        fixed (byte* start = buffer)
+        {
+            nint at = (nint)start; // the buffer, for the attempts (a lambda cannot hold a span)
+            int length = buffer.Length, done = 0;
+            try
             {
-                _inFlight -= run.Length - done;
-                for (int i = done; i < run.Length; i++)
-                    if (_entries.TryGetValue(run[i].Chunk, out var entry) && entry == run[i]) _entries.Remove(run[i].Chunk);
+                _pipeline.Execute(token => Request(offset + done, offset + length - 1, token, body =>
+                {
+                    while (done < length)
+                    {
+                        int n = body.Read(new Span<byte>((byte*)at + done, length - done));
+                        if (n == 0) throw new EndOfStreamException($"{_name}: the answer ended early"); // retried, as a cut connection
+                        Counters.BytesFetched.Add(n);
+                        done += n;
+                    }
+                }));
             }
-            for (int i = done; i < run.Length; i++) run[i].Ready.TrySetException(e);
+            catch (Exception e) when (e is not ImageIOException)
+            {
+                throw Failed(e);
+            }
         }
     }
 
@@ -514,5 +665,19 @@ public sealed class HttpBlockDevice : IBlockDevice
 
     public void Flush() { }
 
-    public void Dispose() => _client.Http.Dispose();
+    /// <summary>Ends the fetch threads (the runs still queued fail their readers) and the connections.</summary>
+    public void Dispose()
+    {
+        List<Entry[]> left;
+        lock (_lock)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            left = [.. _queued];
+            _queued.Clear();
+            Monitor.PulseAll(_lock);
+        }
+        foreach (var run in left) Forget(run, 0, new ObjectDisposedException(_name));
+        _client.Http.Dispose();
+    }
 }
