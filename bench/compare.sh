@@ -2,7 +2,11 @@
 # compare.sh: measures mountqcow against the other ways to read a qcow2 image as a file on
 # this machine, in one interleaved run, and prints medians.
 #
-#   bench/compare.sh [-r ROUNDS] [-t SECONDS] [-x] [-w] [-c RAW] [IMAGE.qcow2...]
+#   [QEMU_BIN=DIR] bench/compare.sh [-r ROUNDS] [-t SECONDS] [-x] [-w] [-f] [-c RAW] [IMAGE.qcow2...]
+#
+# QEMU_BIN: the folder of the QEMU to compare with (its qemu-storage-daemon and qemu-img); the
+# anchor is QEMU 10: ../shared/bench/get-qemu10.sh unpacks it and prints the folder. Without it,
+# the QEMU on the PATH.
 #
 # For each image and round, every mounter that can open it is measured in turn:
 #   seq_MB/s     dd of the whole disk, 1 MiB reads, after dropping the page cache and reading
@@ -17,19 +21,22 @@
 # FUSE export, on fresh 4 GiB images with 64 KiB clusters (fio): seq (1 MiB writes of 1 GiB,
 # end_fsync, MB/s), rand (4 KiB O_DIRECT, 2 jobs, IOPS), sync (4 KiB, fsync every 32, IOPS),
 # back (rand over a fully written backing file, IOPS).
+# With -f it converts each image (uncompressed, please) to VMDK, VHD, VHDX and VDI with qemu-img
+# and measures mountqcow on each against the qcow2 with the same bytes (target: >= 0.9 x).
 # With -c RAW it times `mountqcow convert --compress` against `qemu-img convert -c` (zstd and
 # deflate) on that raw disk, and compares the output sizes.
 # Needs root (to drop caches), fuse3, fio; apt-get install qemu-system-common libqcow-utils fio
 # brings the peers. Compare ratios from one run: shared machines drift between runs.
 set -u
-rounds=3 secs=5 exports=0 writes=0 convert_src=""
-usage() { sed -n '2,27p' "$0"; exit 2; }
-while getopts "r:t:xwc:" opt; do
+rounds=3 secs=5 exports=0 writes=0 formats=0 convert_src=""
+usage() { sed -n '2,29p' "$0"; exit 2; }
+while getopts "r:t:xwfc:" opt; do
   case $opt in
     r) rounds=$OPTARG ;;
     t) secs=$OPTARG ;;
     x) exports=1 ;;
     w) writes=1 ;;
+    f) formats=1 ;;
     c) convert_src=$(readlink -f "$OPTARG") ;;
     *) usage ;;
   esac
@@ -41,6 +48,11 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 mountqcow=$here/artifacts/mountqcow/mountqcow
 [ -x "$mountqcow" ] || { echo "compare.sh: build first: ./build.sh"; exit 2; }
 command -v fio >/dev/null || { echo "compare.sh: apt-get install fio"; exit 2; }
+if [ -n "${QEMU_BIN:-}" ]; then
+  [ -x "$QEMU_BIN/qemu-storage-daemon" ] || { echo "compare.sh: no qemu-storage-daemon in QEMU_BIN=$QEMU_BIN"; exit 2; }
+  PATH=$QEMU_BIN:$PATH
+fi
+command -v qemu-storage-daemon >/dev/null && echo "peer: $(qemu-storage-daemon --version | head -1)"
 
 scratch=$(mktemp -d /tmp/mountqcow-compare.XXXXXX)
 mounted=()
@@ -116,7 +128,21 @@ for image in "$@"; do
     single=$(zstd -b3 -B"$cluster" -i3 "$scratch/plain.raw" 2>&1 | tr '\r' '\n' | grep -oE '[0-9.]+ MB/s' | tail -1 | cut -d' ' -f1)
     rm -f "$scratch/plain.raw"
     limit=$(awk -v s="$single" -v c="$(nproc)" 'BEGIN { printf "%.0f", s * c }')
-    echo "zstd decoder limit: $(nproc) cores x $single MB/s = $limit MB/s; mountqcow reads at $(ratio "${mseq[mountqcow]:-0}" "$limit") of it"
+    echo "zstd decoder limit: $(nproc) cores x $single MB/s = $limit MB/s; mountqcow reads at $(ratio "${mseq[mountqcow]:-0}" "$limit") of it (target >= 0.75 x)"
+  fi
+  if [ "$formats" = 1 ]; then
+    echo "-- the same bytes in other formats, through mountqcow (target >= 0.9 x the qcow2)"
+    printf '%-8s %10s %12s %14s %14s\n' format seq_MB/s rand4k_IOPS "seq: /qcow2" "rand: /qcow2"
+    for fmt in vmdk vpc vhdx vdi; do
+      out=$scratch/$name.$fmt; m=$scratch/fmt-$fmt; mkdir -p "$m"
+      qemu-img convert -U -O $fmt "$image" "$out" || continue
+      "$mountqcow" "$out" "$m" >/dev/null || { rm -f "$out"; continue; }
+      fs=() fi=()
+      for _ in $(seq "$rounds"); do fs+=("$(seq_mbs "$out" "$m/disk.raw")"); fi+=("$(rand_iops "$m/disk.raw")"); done
+      fusermount3 -u "$m"; rm -f "$out"
+      a=$(printf '%s\n' "${fs[@]}" | median); b=$(printf '%s\n' "${fi[@]}" | median)
+      printf '%-8s %10s %12s %14s %14s\n' $fmt "$a" "$b" "$(ratio "$a" "${mseq[mountqcow]:-0}")" "$(ratio "$b" "${miops[mountqcow]:-0}")"
+    done
   fi
   unset mseq miops
   if [ "$exports" = 1 ] && command -v qemu-img >/dev/null; then
@@ -173,10 +199,11 @@ if [ "$writes" = 1 ]; then
     done
   done
   echo "== writes ($rounds rounds, medians; seq in MB/s, the others in IOPS)"
-  printf '%-6s %12s %12s %10s\n' load mountqcow qemu us/them
+  printf '%-6s %12s %12s %10s %8s\n' load mountqcow qemu us/them target
+  declare -A wtarget=([seq]=">= 1.5 x" [back]=">= 1.5 x" [rand]="" [sync]="")
   for kind in seq rand sync back; do
     a=$(tr ' ' '\n' <<< "${wr[mountqcow.$kind]:-}" | median); b=$(tr ' ' '\n' <<< "${wr[qemu.$kind]:-}" | median)
-    printf '%-6s %12s %12s %10s\n' $kind "$a" "$b" "$(ratio "$a" "$b")"
+    printf '%-6s %12s %12s %10s %8s\n' $kind "$a" "$b" "$(ratio "$a" "$b")" "${wtarget[$kind]}"
   done
 fi
 
