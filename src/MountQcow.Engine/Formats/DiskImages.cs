@@ -143,5 +143,6 @@ internal static class DiskImages
 public sealed class UnreadableFormatException(string path, string format)
     : ImageException($"{path} is {ImageFormat.Describe(format)}, not a disk format mountqcow reads (it reads {string.Join(", ", DiskImages.Readable)})")
 {
+    /// <summary>The format the content names ("qed", "parallels", "bochs").</summary>
     public string Format { get; } = format;
 }
