@@ -17,7 +17,7 @@ namespace MountQcow.Dokan;
 /// Names are found ignoring case, as Windows finds them; reads and writes go straight between
 /// DokanNet's native buffers and the tree. Safe from many of Dokan's threads at once.
 /// </summary>
-public sealed class DokanFileSystem : IDokanOperations2
+internal sealed class DokanFileSystem : IDokanOperations2
 {
     // NTSTATUS values DokanNet's NtStatus does not name (ntstatus.h).
     public const NtStatus StatusFileIsADirectory = (NtStatus)0xC00000BA;

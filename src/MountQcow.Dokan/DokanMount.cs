@@ -9,10 +9,10 @@ using DokanLibrary = DokanNet.Dokan;
 namespace MountQcow.Dokan;
 
 /// <summary>Dokan cannot be used, or refused the mount; the message says why in one line.</summary>
-public sealed class DokanException(string message) : Exception(message);
+internal sealed class DokanException(string message) : Exception(message);
 
 /// <summary>How to mount.</summary>
-public sealed record DokanMountOptions
+internal sealed record DokanMountOptions
 {
     /// <summary>Dokan's debug output on standard error (the library's and the driver's).</summary>
     public bool Debug { get; init; }
@@ -28,7 +28,7 @@ public sealed record DokanMountOptions
 /// waits for that. Each mount has its own <see cref="DokanFileSystem"/>. dokan2.dll is loaded
 /// only when a mount or unmount needs it, so nothing here needs it on Linux.
 /// </summary>
-public sealed class DokanMount : IMount
+internal sealed class DokanMount : IMount
 {
     /// <summary>What a Windows without Dokany is told, in one line.</summary>
     public const string NotInstalled = "Dokany 2.x is not installed (https://github.com/dokan-dev/dokany/releases)";

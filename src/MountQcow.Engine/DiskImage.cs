@@ -43,6 +43,9 @@ public sealed record DiskImageOptions
 }
 
 /// <summary>A run of a disk that holds data, or reads as zeros (a hole, a zero cluster, unallocated with nothing below).</summary>
+/// <param name="Offset">Where the run starts on the disk, in bytes.</param>
+/// <param name="Length">The run's length in bytes.</param>
+/// <param name="IsData">Whether the run holds data (which may still be zeros); false where it reads as zeros without being stored.</param>
 public readonly record struct DiskExtent(long Offset, long Length, bool IsData);
 
 /// <summary>A partition of a disk, numbered as Linux numbers it (GPT entry N; MBR 1-4, logical from 5).</summary>
@@ -60,11 +63,13 @@ public sealed class DiskPartition
         Name = partition.Name;
     }
 
+    /// <summary>The partition's number, as Linux numbers it (sda1 is 1).</summary>
     public int Number { get; }
 
     /// <summary>Where the partition starts on the disk, in bytes.</summary>
     public long Offset { get; }
 
+    /// <summary>The partition's length in bytes.</summary>
     public long Length { get; }
 
     /// <summary>The partition type as <c>fdisk</c> names it ("Linux filesystem", "EFI System").</summary>
@@ -85,13 +90,24 @@ public sealed class DiskPartition
 }
 
 /// <summary>An internal snapshot of a qcow2 image.</summary>
+/// <param name="Id">The snapshot's id, as <c>qemu-img snapshot -l</c> lists it.</param>
+/// <param name="Name">The snapshot's name.</param>
+/// <param name="Date">When the snapshot was taken.</param>
+/// <param name="DiskSize">The virtual disk's size when the snapshot was taken, in bytes.</param>
 public sealed record DiskSnapshot(string Id, string Name, DateTimeOffset Date, long DiskSize);
 
 /// <summary>What a check found, as <c>qemu-img check</c> reports it.</summary>
+/// <param name="ExitCode">qemu-img check's exit status: 0 clean, 1 the check failed, 2 corruptions, 3 leaks only.</param>
+/// <param name="Corruptions">Errors in the image's structure.</param>
+/// <param name="Leaks">Clusters allocated but used by nothing: wasted space, no harm.</param>
+/// <param name="CheckErrors">Failures of the check itself (a table that could not be read).</param>
+/// <param name="CorruptionsFixed">Corruptions a repair fixed.</param>
+/// <param name="LeaksFixed">Leaked clusters a repair freed.</param>
+/// <param name="Messages">One line per finding or repair, in qemu-img check's words.</param>
 public sealed record DiskCheckResult(int ExitCode, int Corruptions, int Leaks, int CheckErrors, int CorruptionsFixed, int LeaksFixed, IReadOnlyList<string> Messages);
 
 /// <summary>
-/// A disk image of any format this library reads (qcow2, and the formats of <see cref="DiskImages.Readable"/>),
+/// A disk image of any format this library reads (<see cref="ReadableFormats"/>: qcow2, VMDK, VHD, VHDX, VDI, raw),
 /// local or remote: the virtual disk, read (and, for qcow2 opened writable, written) at explicit
 /// offsets, safely from many threads at once; its partitions; its extents; its snapshots.
 /// </summary>
@@ -125,6 +141,13 @@ public sealed class DiskImage : IDisposable
         return new DiskImage(image, image, null);
     }
 
+    /// <summary>The formats <see cref="Open"/> reads, as <see cref="Format"/> names them ("qcow2", "vhdx", "vmdk", "vhd", "vdi", "raw"), raw last: the one read when the content has no other's signature.</summary>
+    public static IReadOnlyList<string> ReadableFormats => DiskImages.Readable;
+
+    /// <summary>The formats <see cref="Convert"/> writes, as <c>qemu-img convert -O</c> names them ("vpc" is VHD), each with its subformats (the default first; none for qcow2 and raw).</summary>
+    public static IReadOnlyDictionary<string, IReadOnlyList<string>> ConvertFormats { get; } =
+        new Dictionary<string, IReadOnlyList<string>>(FormatWriters.Subformats.Prepend(new("qcow2", [])));
+
     /// <summary>Where the image is (a URL without its query string).</summary>
     public string Path => _image.Path;
 
@@ -137,6 +160,7 @@ public sealed class DiskImage : IDisposable
     /// <summary>The virtual disk's size in bytes.</summary>
     public long Length => _disk.Length;
 
+    /// <summary>Whether <see cref="WriteAt"/> may be called: a qcow2 image opened <see cref="DiskImageOptions.Writable"/> (never a snapshot view).</summary>
     public bool CanWrite => _disk.CanWrite;
 
     /// <summary>Fills <paramref name="buffer"/> with the disk's bytes at <paramref name="offset"/>; the range must lie inside the disk.</summary>
@@ -218,12 +242,25 @@ public sealed class DiskImage : IDisposable
         });
 
     /// <summary>
-    /// Copies any image this library reads into a new qcow2 image: holes are not read, zero
-    /// clusters not written; with <paramref name="compress"/> ("deflate" or "zstd") clusters are compressed.
+    /// Copies any image this library reads into a new image of <paramref name="format"/> (one of
+    /// <see cref="ConvertFormats"/>, or "vhd" as <see cref="Format"/> names VHD, in its
+    /// <paramref name="subformat"/> or the default one): holes
+    /// are not read, zeros not written. With <paramref name="compress"/> ("deflate" or "zstd"), a
+    /// qcow2 target's clusters are compressed. A target that fails half-made is deleted.
     /// </summary>
-    public static void Convert(string source, string target, string? compress = null, DiskImageOptions? sourceOptions = null, CancellationToken cancel = default)
+    /// <exception cref="ArgumentException">A format, subformat or compression not written here, or compression for a format other than qcow2.</exception>
+    /// <exception cref="ImageException">The source cannot be read, or the target cannot be made or hold the disk.</exception>
+    public static void Convert(string source, string target, string format = "qcow2", string? subformat = null, string? compress = null,
+                               DiskImageOptions? sourceOptions = null, CancellationToken cancel = default)
     {
         using var from = Open(source, sourceOptions);
+        if (format != "qcow2")
+        {
+            if (compress is not null) throw new ArgumentException($"compression is for qcow2, not {format}", nameof(compress));
+            FormatWriters.Create(from._disk, target, new WriteTarget(format == "vhd" ? "vpc" : format, subformat)).Run(cancel);
+            return;
+        }
+        if (subformat is not null) throw new ArgumentException("qcow2 has no subformats", nameof(subformat));
         var compression = compress switch
         {
             null or "deflate" => CompressionType.Deflate,
@@ -243,10 +280,15 @@ public sealed class DiskImage : IDisposable
         }
     }
 
-    /// <summary>Checks a qcow2 image as <c>qemu-img check</c> does; <paramref name="repairLeaks"/> frees leaked clusters.</summary>
+    /// <summary>
+    /// Checks an image as <c>qemu-img check</c> does, whatever its format (qcow2, VMDK, VHDX, VDI);
+    /// <paramref name="repairLeaks"/> frees a qcow2 image's leaked clusters.
+    /// </summary>
+    /// <exception cref="UncheckableImageException">The format has no structure to check (VHD, raw; qemu-img exits 63), or a repair was asked of a format other than qcow2.</exception>
+    /// <exception cref="ImageException">The image cannot be opened for a check.</exception>
     public static DiskCheckResult Check(string path, bool repairLeaks = false, ReferencePolicy? references = null)
     {
-        var r = ImageChecker.Check(path, repairLeaks ? RepairMode.Leaks : RepairMode.None, share: false, references);
+        var r = DiskImages.Check(path, repairLeaks ? RepairMode.Leaks : RepairMode.None, new ImageOptions { References = references ?? ReferencePolicy.Default });
         return new DiskCheckResult(r.ExitCode, r.Corruptions, r.Leaks, r.CheckErrors, r.CorruptionsFixed, r.LeaksFixed, r.Messages);
     }
 

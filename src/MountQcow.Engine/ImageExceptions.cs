@@ -6,6 +6,7 @@ namespace MountQcow;
 /// </summary>
 public abstract class ImageException : Exception
 {
+    /// <summary>An error about an image, told in <paramref name="message"/> (one line), with the failure that caused it if any.</summary>
     protected ImageException(string message, Exception? inner = null) : base(message, inner) { }
 }
 

@@ -6,10 +6,10 @@ using MountQcow.FileTree;
 namespace MountQcow.Fuse;
 
 /// <summary>FUSE cannot be used, or refused the mount; the message says why.</summary>
-public sealed class FuseException(string message) : Exception(message);
+internal sealed class FuseException(string message) : Exception(message);
 
 /// <summary>How to mount.</summary>
-public sealed record FuseOptions
+internal sealed record FuseOptions
 {
     /// <summary>Options for the kernel and libfuse, as in <c>-o a,b=c</c>.</summary>
     public IReadOnlyList<string> MountOptions { get; init; } = [];
@@ -41,7 +41,7 @@ public sealed record FuseOptions
 /// until the kernel ends the session (after <see cref="TryUnmount"/>, fusermount3 -u or umount,
 /// or once everything a <see cref="Detach"/> left in use has let go), then disposed.
 /// </summary>
-public sealed unsafe class FuseMount : IMount
+internal sealed unsafe class FuseMount : IMount
 {
     private nint _fuse;
     private fuse_operations* _ops;

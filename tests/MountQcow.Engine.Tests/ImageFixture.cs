@@ -19,7 +19,7 @@ public sealed class ImageFixture : IDisposable
         }
     }
 
-    public (Qcow2Image Image, string Expected) Open(string caseName)
+    internal (Qcow2Image Image, string Expected) Open(string caseName)
     {
         string path = Image(caseName);
         string expected;

@@ -29,7 +29,7 @@ public sealed record WriteOp(OpKind Kind, long Offset, int Length, int Seed)
     };
 
     /// <summary>Does the operation on an image, and mirrors it in <paramref name="shadow"/>.</summary>
-    public void Apply(Qcow2Image image, byte[] shadow)
+    internal void Apply(Qcow2Image image, byte[] shadow)
     {
         switch (Kind)
         {

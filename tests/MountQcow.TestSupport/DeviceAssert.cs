@@ -4,7 +4,7 @@ using Xunit;
 namespace MountQcow.Tests;
 
 /// <summary>Compares what a device returns with a raw file QEMU produced.</summary>
-public static class DeviceAssert
+internal static class DeviceAssert
 {
     /// <summary>The whole device, a megabyte at a time.</summary>
     public static void SameAsRawWhole(IBlockDevice device, string raw)

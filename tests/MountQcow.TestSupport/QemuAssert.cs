@@ -5,7 +5,7 @@ using Xunit;
 namespace MountQcow.Tests;
 
 /// <summary>QEMU's judgement of images the project wrote.</summary>
-public static class QemuAssert
+internal static class QemuAssert
 {
     /// <summary>qemu-img check finds nothing at all: no corruption, no leaked cluster.</summary>
     public static void CheckClean(string image)

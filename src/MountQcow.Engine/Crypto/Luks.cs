@@ -11,7 +11,7 @@ namespace MountQcow.Crypto;
 /// into stripes (anti-forensic split), encrypted under a key derived from a passphrase with
 /// PBKDF2. Every number in it is checked against the header's area before it is used.
 /// </summary>
-public sealed class LuksHeader
+internal sealed class LuksHeader
 {
     private const int HeaderBytes = 592, SlotCount = 8, SlotEnabled = 0x00AC71F3, SlotDisabled = 0x0000DEAD, DigestBytes = 20;
     private static readonly byte[] s_magic = [(byte)'L', (byte)'U', (byte)'K', (byte)'S', 0xBA, 0xBE];
@@ -212,7 +212,7 @@ public sealed class LuksHeader
 }
 
 /// <summary>QEMU's legacy qcow2 AES encryption: AES-128-CBC, the key the passphrase's first 16 bytes (zero-padded), plain64 IVs from guest offsets.</summary>
-public static class LegacyAes
+internal static class LegacyAes
 {
     public static SectorCipher Key(ReadOnlySpan<byte> passphrase)
     {

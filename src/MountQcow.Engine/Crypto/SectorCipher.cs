@@ -8,7 +8,7 @@ namespace MountQcow.Crypto;
 /// payloads and LUKS key material: AES in XTS with the plain64 tweak, or CBC with a plain64 or
 /// ESSIV IV. Safe from many threads at once (each thread has its own AES objects).
 /// </summary>
-public abstract class SectorCipher : IDisposable
+internal abstract class SectorCipher : IDisposable
 {
     public const int SectorSize = 512;
 

@@ -7,7 +7,7 @@ namespace MountQcow.FileTree;
 /// reads have their own access and creation times; everything else shows its modification time
 /// for both.
 /// </summary>
-public readonly record struct FileFacts(long Id, bool IsDirectory, bool Writable, long Length, long AllocatedBytes, DateTimeOffset Modified, bool IsLink = false,
+internal readonly record struct FileFacts(long Id, bool IsDirectory, bool Writable, long Length, long AllocatedBytes, DateTimeOffset Modified, bool IsLink = false,
     DateTimeOffset? Accessed = null, DateTimeOffset? Created = null, bool OthersMayRead = false)
 {
     /// <summary>When it was last read (the modification time where nothing else is known).</summary>

@@ -12,7 +12,7 @@ namespace MountQcow.FileTree;
 /// read, and kept (a volume's entries are at most <see cref="FatVolume.MaxEntries"/>: more would
 /// mean directories that share clusters, refused as damage).
 /// </summary>
-public sealed class FileSystemView
+internal sealed class FileSystemView
 {
     private readonly ConcurrentDictionary<long, ViewNode> _nodes = new(); // by ViewNode.Key, for handles
     private long _made;

@@ -4,7 +4,7 @@ namespace MountQcow.FileTree;
 /// The outcome of a file operation, in words every backend understands; FUSE maps it to an
 /// errno, Dokan to an NTSTATUS.
 /// </summary>
-public enum FsStatus
+internal enum FsStatus
 {
     Ok,
     NotFound,
@@ -23,7 +23,7 @@ public enum FsStatus
 }
 
 /// <summary>A refusal with a status (reading past the end of the data for SEEK_DATA, a size change, ...).</summary>
-public sealed class FileTreeException(FsStatus status, string message) : Exception(message)
+internal sealed class FileTreeException(FsStatus status, string message) : Exception(message)
 {
     public FsStatus Status { get; } = status;
 }

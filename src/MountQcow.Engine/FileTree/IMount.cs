@@ -5,7 +5,7 @@ namespace MountQcow.FileTree;
 /// one view of either. Created mounted; <see cref="Run"/> serves until the mount ends;
 /// disposing releases what the backend holds.
 /// </summary>
-public interface IMount : IDisposable
+internal interface IMount : IDisposable
 {
     /// <summary>Where the files are.</summary>
     string Mountpoint { get; }

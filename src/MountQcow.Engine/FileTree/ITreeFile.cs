@@ -6,7 +6,7 @@ namespace MountQcow.FileTree;
 /// refusal; a backend maps its exceptions (<see cref="VirtualFileTree.StatusOf"/>). Safe from many
 /// threads at once.
 /// </summary>
-public interface ITreeFile
+internal interface ITreeFile
 {
     string Name { get; }
 

@@ -8,7 +8,7 @@ namespace MountQcow.FileTree;
 /// copying them through this process, or bytes to compute with <see cref="ITreeFile.ReadPlanned"/>
 /// at <see cref="Offset"/> of the file.
 /// </summary>
-public readonly record struct ReadPiece(long Offset, long Length, Microsoft.Win32.SafeHandles.SafeFileHandle? Host, long HostOffset);
+internal readonly record struct ReadPiece(long Offset, long Length, Microsoft.Win32.SafeHandles.SafeFileHandle? Host, long HostOffset);
 
 /// <summary>Where a file's bytes lie, run by run (<see cref="IBlockDevice.GetHostRun"/> for a file of the tree).</summary>
 internal interface IHostRunSource

@@ -4,7 +4,7 @@ namespace MountQcow.FileTree;
 /// What a path names: a folder, a file, a link, a file or folder inside a file system the tree
 /// reads (<see cref="Node"/>), or nothing (then whether its parent folder exists, for "path not found").
 /// </summary>
-public readonly record struct TreeEntry(VirtualFolder? Folder, VirtualFile? File, bool ParentExists, VirtualLink? Link = null, ViewNode? Node = null)
+internal readonly record struct TreeEntry(VirtualFolder? Folder, VirtualFile? File, bool ParentExists, VirtualLink? Link = null, ViewNode? Node = null)
 {
     public bool Found => Folder is not null || File is not null || Link is not null || Node is not null;
 

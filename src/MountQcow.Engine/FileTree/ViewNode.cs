@@ -9,7 +9,7 @@ namespace MountQcow.FileTree;
 /// names it (names a mount could not show, or a second entry whose name differs only in case,
 /// are left out), found ignoring case as FAT compares names. Safe from many threads at once.
 /// </summary>
-public sealed class ViewNode : ITreeFile, IHostRunSource
+internal sealed class ViewNode : ITreeFile, IHostRunSource
 {
     private readonly FatEntry _entry;
     private readonly object _reading = new();

@@ -8,7 +8,7 @@ namespace MountQcow.FileTree;
 /// One file of a mount: the whole disk or one partition, a window on a block device.
 /// Every operation is safe from many threads at once.
 /// </summary>
-public sealed class VirtualFile : ITreeFile, IHostRunSource
+internal sealed class VirtualFile : ITreeFile, IHostRunSource
 {
     private long _allocated = -1;
 

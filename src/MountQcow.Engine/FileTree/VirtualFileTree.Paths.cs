@@ -1,7 +1,7 @@
 namespace MountQcow.FileTree;
 
 // Paths: what a path names, and what may change there.
-public sealed partial class VirtualFileTree
+internal sealed partial class VirtualFileTree
 {
     /// <summary>
     /// What a "/"-separated UTF-8 path names (a leading "/" is allowed): the tree's names compared

@@ -6,7 +6,7 @@ using MountQcow.Storage;
 namespace MountQcow.FileTree;
 
 /// <summary>An internal snapshot's disk for the tree to show: its id, its name and its bytes (read-only).</summary>
-public sealed record SnapshotDisk(string Id, string Name, IBlockDevice Disk);
+internal sealed record SnapshotDisk(string Id, string Name, IBlockDevice Disk);
 
 /// <summary>
 /// What a mount shows, independent of FUSE or Dokan: <c>disk.raw</c> (the whole virtual disk)
@@ -14,7 +14,7 @@ public sealed record SnapshotDisk(string Id, string Name, IBlockDevice Disk);
 /// internal snapshots, <c>snapshots/NAME/</c> with each snapshot's own <c>disk.raw</c> and
 /// <c>pN.raw</c>, read-only.
 /// </summary>
-public sealed partial class VirtualFileTree : IDisposable
+internal sealed partial class VirtualFileTree : IDisposable
 {
     private readonly CancellationTokenSource _stop = new();
     private readonly List<VirtualFile> _files = [];

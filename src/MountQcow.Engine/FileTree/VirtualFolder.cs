@@ -3,7 +3,7 @@ using System.Text;
 namespace MountQcow.FileTree;
 
 /// <summary>A folder of the tree: the root, <c>snapshots</c>, one snapshot's folder, the hidden ones. Read-only but for the root of a writable tree.</summary>
-public sealed class VirtualFolder
+internal sealed class VirtualFolder
 {
     private readonly VirtualFileTree _tree;
     internal readonly List<VirtualFolder> FolderList = [];

@@ -6,7 +6,7 @@ namespace MountQcow.FileTree;
 /// A symbolic link in a folder, to a path outside the mount: where a partition's file system is
 /// mounted by its driver (<c>pN</c> beside <c>pN.raw</c>). Backends without links leave it out.
 /// </summary>
-public sealed class VirtualLink
+internal sealed class VirtualLink
 {
     private readonly VirtualFileTree _tree;
 

@@ -7,7 +7,7 @@ namespace MountQcow.Formats;
 /// Opens a disk image of any format this program reads: the format told from the content (never
 /// the name), each layer of a chain opened by its format's driver.
 /// </summary>
-public static class DiskImages
+internal static class DiskImages
 {
     // The drivers, by the name QEMU gives each format (raw needs none).
     private static readonly Dictionary<string, IImageFormat> s_drivers = new IImageFormat[]
@@ -143,5 +143,6 @@ public static class DiskImages
 public sealed class UnreadableFormatException(string path, string format)
     : ImageException($"{path} is {ImageFormat.Describe(format)}, not a disk format mountqcow reads (it reads {string.Join(", ", DiskImages.Readable)})")
 {
+    /// <summary>The format the content names ("qed", "parallels", "bochs").</summary>
     public string Format { get; } = format;
 }

@@ -8,14 +8,14 @@ namespace MountQcow.Formats;
 /// <param name="Format">"raw", "vpc" (VHD), "vdi" or "vmdk".</param>
 /// <param name="Subformat">The format's own kind ("fixed", "static", "streamOptimized"); null for its default.</param>
 /// <param name="ForceSize">VHD: keep the disk's own size instead of rounding it up to a CHS geometry (QEMU's force_size); a fixed disk is then rounded up to a whole MiB, as Azure requires.</param>
-public sealed record WriteTarget(string Format, string? Subformat = null, bool ForceSize = false);
+internal sealed record WriteTarget(string Format, string? Subformat = null, bool ForceSize = false);
 
 /// <summary>
 /// Writes one new image file (or a descriptor and its extent) from a source device: holes and
 /// zeros of the source are never read or written, so the new file is sparse. Never leaves a
 /// half-made image: every file it made is deleted when writing fails or is cancelled.
 /// </summary>
-public abstract class FormatWriter
+internal abstract class FormatWriter
 {
     private readonly List<string> _made = [];
     private UnitCopy? _copy;
@@ -100,7 +100,7 @@ public abstract class FormatWriter
 }
 
 /// <summary>The formats convert writes besides qcow2, and their subformats, as qemu-img names them.</summary>
-public static class FormatWriters
+internal static class FormatWriters
 {
     /// <summary>Each format's subformats, the default first (raw has none).</summary>
     public static IReadOnlyDictionary<string, IReadOnlyList<string>> Subformats { get; } = new Dictionary<string, IReadOnlyList<string>>

@@ -7,7 +7,7 @@ namespace MountQcow.Formats;
 /// extents for holes and zeros, host runs where bytes lie unchanged in a file), and what it is:
 /// its format, the files it names, the layer below it.
 /// </summary>
-public interface IDiskImage : IBlockDevice
+internal interface IDiskImage : IBlockDevice
 {
     /// <summary>Where the image is, as messages show it (a URL without its query string).</summary>
     string Path { get; }

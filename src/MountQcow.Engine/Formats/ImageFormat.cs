@@ -8,7 +8,7 @@ namespace MountQcow.Formats;
 /// a format's magic number (or a VMDK descriptor's first line), and raw only when nothing else
 /// matches.
 /// </summary>
-public static class ImageFormat
+internal static class ImageFormat
 {
     /// <summary>The formats this program reads.</summary>
     public static IReadOnlyList<string> Readable { get; } = ["qcow2", "raw"];

@@ -3,7 +3,7 @@ using MountQcow.Storage;
 namespace MountQcow.Formats;
 
 /// <summary>A raw disk: the file's bytes are the disk's, as they lie.</summary>
-public sealed class RawImage(IBlockDevice file, string path) : IDiskImage
+internal sealed class RawImage(IBlockDevice file, string path) : IDiskImage
 {
     public string Path => path;
 

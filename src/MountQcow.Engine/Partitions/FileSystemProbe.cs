@@ -6,14 +6,14 @@ using MountQcow.Storage;
 namespace MountQcow.Partitions;
 
 /// <summary>What a partition holds, by its superblock: the type as blkid names it, and its label and UUID where the superblock has them.</summary>
-public sealed record DetectedFileSystem(string Type, string? Label, string? Uuid);
+internal sealed record DetectedFileSystem(string Type, string? Label, string? Uuid);
 
 /// <summary>
 /// Tells which file system (or volume format) a partition holds from its superblock, as blkid
 /// does for the kinds a VM disk usually has: ext2/3/4, xfs, btrfs, FAT, NTFS, swap, an LVM2
 /// physical volume, LUKS. Reads a few sectors; never throws for unknown or damaged contents.
 /// </summary>
-public static class FileSystemProbe
+internal static class FileSystemProbe
 {
     private const int Probe = 68 * 1024; // up to btrfs's superblock at 64 KiB and its label
 

@@ -10,7 +10,7 @@ namespace MountQcow.Partitions;
 /// extended partition's chain of EBRs). Numbers partitions as the Linux kernel does.
 /// Damage never throws: it gives fewer partitions and a warning.
 /// </summary>
-public static class PartitionReader
+internal static class PartitionReader
 {
     private const int MbrSize = 512;
     private const int MbrEntries = 446;    // four 16-byte entries

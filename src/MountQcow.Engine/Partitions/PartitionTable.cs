@@ -1,7 +1,7 @@
 namespace MountQcow.Partitions;
 
 /// <summary>How a disk is partitioned.</summary>
-public enum PartitionScheme
+internal enum PartitionScheme
 {
     None,
     Mbr,
@@ -17,7 +17,7 @@ public enum PartitionScheme
 /// <param name="GptType">The GPT type GUID (empty for MBR).</param>
 /// <param name="Name">The GPT partition name (empty for MBR).</param>
 /// <param name="Bootable">MBR active flag.</param>
-public sealed record Partition(
+internal sealed record Partition(
     int Number,
     long Start,
     long Length,
@@ -35,7 +35,7 @@ public sealed record Partition(
 }
 
 /// <summary>The partitions found on a disk, and what was odd about them.</summary>
-public sealed record PartitionTable(PartitionScheme Scheme, int SectorSize, IReadOnlyList<Partition> Partitions, IReadOnlyList<string> Warnings)
+internal sealed record PartitionTable(PartitionScheme Scheme, int SectorSize, IReadOnlyList<Partition> Partitions, IReadOnlyList<string> Warnings)
 {
     public static PartitionTable Empty(IReadOnlyList<string> warnings) => new(PartitionScheme.None, 512, [], warnings);
 }

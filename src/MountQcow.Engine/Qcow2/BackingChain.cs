@@ -64,7 +64,7 @@ internal sealed class BackingChain(int maxDepth, ReferencePolicy policy)
 /// Stands for a backing or data file that is missing or was refused, so an image can still be
 /// described: every read fails with the error that opening it gave.
 /// </summary>
-public sealed class UnreachableFile(ImageException error) : IBlockDevice
+internal sealed class UnreachableFile(ImageException error) : IBlockDevice
 {
     /// <summary>Why it cannot be read.</summary>
     public ImageException Error => error;

@@ -6,7 +6,7 @@ using MountQcow.Storage;
 namespace MountQcow.Qcow2;
 
 /// <summary>What <see cref="ImageChecker"/> may change.</summary>
-public enum RepairMode
+internal enum RepairMode
 {
     /// <summary>Only look.</summary>
     None,
@@ -17,7 +17,7 @@ public enum RepairMode
 }
 
 /// <summary>What a check found and fixed, counted as qemu-img check counts.</summary>
-public sealed class CheckReport
+internal sealed class CheckReport
 {
     /// <summary>Errors in the image: a refcount lower than the references, a table or cluster where none may be.</summary>
     public int Corruptions { get; internal set; }
@@ -87,7 +87,7 @@ public sealed class CheckReport
 /// A crash during a repair leaves leaked clusters at most.
 /// </summary>
 /// <remarks>Memory: four bytes per host cluster of the image file (64 MiB for a 1 TiB file with 64 KiB clusters).</remarks>
-public sealed class ImageChecker
+internal sealed class ImageChecker
 {
     private const int MaxL1Entries = (int)(Qcow2Limits.MaxL1Bytes / 8);
 

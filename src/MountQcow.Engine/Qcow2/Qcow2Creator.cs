@@ -4,7 +4,7 @@ using MountQcow.Storage;
 namespace MountQcow.Qcow2;
 
 /// <summary>What a new image looks like.</summary>
-public sealed record CreateOptions
+internal sealed record CreateOptions
 {
     /// <summary>Virtual size in bytes; rounded up to whole 512-byte sectors, as QEMU sees disks.</summary>
     public required long Size { get; init; }
@@ -29,7 +29,7 @@ public sealed record CreateOptions
 /// Writes a new, empty version 3 image: the header with its extensions (backing format, the
 /// feature name table QEMU also writes), the refcount table and blocks, and a zeroed L1 table.
 /// </summary>
-public static class Qcow2Creator
+internal static class Qcow2Creator
 {
     /// <summary>Creates the image file; it must not exist yet.</summary>
     public static void Create(string path, CreateOptions options)

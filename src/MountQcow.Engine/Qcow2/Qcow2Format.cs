@@ -54,7 +54,7 @@ internal static class Qcow2Limits
 
 /// <summary>incompatible_features (header bytes 72-79). An unknown bit means the image cannot be opened.</summary>
 [Flags]
-public enum IncompatibleFeatures : ulong
+internal enum IncompatibleFeatures : ulong
 {
     None = 0,
     Dirty = 1UL << 0,
@@ -66,7 +66,7 @@ public enum IncompatibleFeatures : ulong
 
 /// <summary>compatible_features (header bytes 80-87). Unknown bits may be ignored.</summary>
 [Flags]
-public enum CompatibleFeatures : ulong
+internal enum CompatibleFeatures : ulong
 {
     None = 0,
     LazyRefcounts = 1UL << 0,
@@ -74,7 +74,7 @@ public enum CompatibleFeatures : ulong
 
 /// <summary>autoclear_features (header bytes 88-95). A writer clears the bits it does not maintain.</summary>
 [Flags]
-public enum AutoclearFeatures : ulong
+internal enum AutoclearFeatures : ulong
 {
     None = 0,
     Bitmaps = 1UL << 0,
@@ -82,7 +82,7 @@ public enum AutoclearFeatures : ulong
 }
 
 /// <summary>The feature bitmaps, as numbered in the feature name table.</summary>
-public enum FeatureKind : byte
+internal enum FeatureKind : byte
 {
     Incompatible = 0,
     Compatible = 1,
@@ -109,7 +109,7 @@ internal static class KnownFeatures
 }
 
 /// <summary>compression_type (header byte 104).</summary>
-public enum CompressionType : byte
+internal enum CompressionType : byte
 {
     /// <summary>Raw deflate ("zlib" in QEMU's words), the default.</summary>
     Deflate = 0,
@@ -117,7 +117,7 @@ public enum CompressionType : byte
 }
 
 /// <summary>crypt_method (header bytes 32-35).</summary>
-public enum CryptMethod : uint
+internal enum CryptMethod : uint
 {
     None = 0,
     Aes = 1,

@@ -4,7 +4,7 @@ using MountQcow.Storage;
 namespace MountQcow.Qcow2;
 
 /// <summary>A name the image gives one feature bit (the feature name table extension).</summary>
-public readonly record struct FeatureName(FeatureKind Kind, int Bit, string Name);
+internal readonly record struct FeatureName(FeatureKind Kind, int Bit, string Name);
 
 /// <summary>The bitmaps header extension's fields as stored (zeros where its data is too short to hold them).</summary>
 internal readonly record struct BitmapsExtension(int DataLength, uint Count, uint Reserved, ulong DirectorySize, ulong DirectoryOffset);
@@ -13,7 +13,7 @@ internal readonly record struct BitmapsExtension(int DataLength, uint Count, uin
 /// The parsed and checked header of a qcow2 image, with its header extensions. Every number
 /// is validated against the format and the file's size before anything else uses it.
 /// </summary>
-public sealed record Qcow2Header
+internal sealed record Qcow2Header
 {
     private Qcow2Header() { }
 

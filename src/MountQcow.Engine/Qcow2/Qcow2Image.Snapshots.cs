@@ -17,7 +17,7 @@ namespace MountQcow.Qcow2;
 // right: still set where create raised a refcount, still clear where delete or apply lowered one
 // to one, never set where a dropped refcount is not yet durable; never a reference without its
 // refcount.
-public sealed partial class Qcow2Image
+internal sealed partial class Qcow2Image
 {
     /// <summary>Creates an internal snapshot of the current disk, as qemu-img snapshot -c does.</summary>
     /// <exception cref="ArgumentException">The name is empty, too long, or taken.</exception>

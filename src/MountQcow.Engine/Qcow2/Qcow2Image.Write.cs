@@ -14,7 +14,7 @@ namespace MountQcow.Qcow2;
 // cluster's old refcount is dropped only after a flush has made the new reference durable.
 // Every write is checked against the metadata map first. A crash, even a power loss, at any
 // moment leaves leaked clusters at most.
-public sealed partial class Qcow2Image
+internal sealed partial class Qcow2Image
 {
     private readonly WriteLock _lock; // used only where CanWrite
     private ImageWriter? _writer;

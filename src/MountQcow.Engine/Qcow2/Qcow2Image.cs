@@ -7,7 +7,7 @@ using MountQcow.Storage;
 namespace MountQcow.Qcow2;
 
 /// <summary>How to open an image.</summary>
-public sealed record ImageOptions
+internal sealed record ImageOptions
 {
     /// <summary>Open the top image for writing (backing files are never written).</summary>
     public bool Writable { get; init; }
@@ -78,7 +78,7 @@ public sealed record ImageOptions
 /// figures are the image file's (and data file's) own requests; writes, copy-on-write clusters,
 /// allocated and freed clusters and flushes are those of a writable image.
 /// </summary>
-public sealed record ImageStatistics(
+internal sealed record ImageStatistics(
     string Path, string? Snapshot,
     long Reads, long UnallocatedBytes, long ZeroBytes, long DataBytes, long CompressedBytes,
     long L2Hits, long L2Misses, long L2Evictions,
@@ -93,7 +93,7 @@ public sealed record ImageStatistics(
 /// A qcow2 image as a block device: the virtual disk, read (and, when opened writable,
 /// written) at guest offsets. Safe for concurrent use from many threads.
 /// </summary>
-public sealed partial class Qcow2Image : IDiskImage
+internal sealed partial class Qcow2Image : IDiskImage
 {
     private readonly IBlockDevice _file;
     private readonly IBlockDevice _data;

@@ -4,7 +4,7 @@ using MountQcow.Storage;
 namespace MountQcow.Qcow2;
 
 /// <summary>One internal snapshot, as the snapshot table describes it.</summary>
-public sealed record Snapshot(
+internal sealed record Snapshot(
     string Id,
     string Name,
     DateTimeOffset Date,

@@ -3,7 +3,7 @@ using System.Buffers;
 namespace MountQcow.Storage;
 
 /// <summary>How <see cref="BlockCopy"/> copies.</summary>
-public sealed record CopyOptions
+internal sealed record CopyOptions
 {
     /// <summary>
     /// The target already reads as zeros everywhere (a new sparse file, a new image): zero runs
@@ -34,7 +34,7 @@ public sealed record CopyOptions
 /// Copies one device onto another in parallel chunks, skipping what reads as zeros where the
 /// target is already zeroed. Used by export (qcow2 to raw) and convert (raw to qcow2).
 /// </summary>
-public sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOptions options)
+internal sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOptions options)
 {
     // Whole zero blocks (a target's clusters) must fit in a chunk, or a target that compresses
     // whole clusters would never see one.
@@ -141,7 +141,7 @@ public sealed class BlockCopy(IBlockDevice source, IBlockDevice target, CopyOpti
 /// into the worker's buffer) and write it once the pieces before it are written: reads overlap
 /// each other and the writes, with no hand-off between threads but the turn to write.
 /// </summary>
-public sealed class StreamCopy(IBlockDevice source, Stream target, int pieceBytes = 4 << 20, int workers = 4)
+internal sealed class StreamCopy(IBlockDevice source, Stream target, int pieceBytes = 4 << 20, int workers = 4)
 {
     private readonly object _turn = new();
     private long _nextPiece;

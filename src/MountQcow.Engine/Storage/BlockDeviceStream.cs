@@ -5,7 +5,7 @@ namespace MountQcow.Storage;
 /// is this stream's own; the device underneath is read and written at explicit offsets, so many
 /// streams (and other readers) may use one device at once.
 /// </summary>
-public sealed class BlockDeviceStream(IBlockDevice device, bool ownsDevice) : Stream
+internal sealed class BlockDeviceStream(IBlockDevice device, bool ownsDevice) : Stream
 {
     private long _position;
 

@@ -7,7 +7,7 @@ namespace MountQcow.Storage;
 /// offsets. Reads past the end of the file return zeros, as QEMU's file driver does, so a
 /// cluster at the file's tail that was never written in full still reads.
 /// </summary>
-public sealed class FileBlockDevice : IBlockDevice, ISparseDevice
+internal sealed class FileBlockDevice : IBlockDevice, ISparseDevice
 {
     private readonly SafeFileHandle _handle;
     private long _length;

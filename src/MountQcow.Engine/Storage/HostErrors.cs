@@ -6,7 +6,7 @@ namespace MountQcow.Storage;
 /// Errors of the operating system in the words a user of a command line knows ("PATH: no such
 /// file or directory"), never .NET's ("Could not find a part of the path '...'").
 /// </summary>
-public static partial class HostErrors
+internal static partial class HostErrors
 {
     /// <summary>One line for an I/O failure: the path (<paramref name="path"/>, or the one .NET's message names) and what went wrong.</summary>
     public static string Describe(Exception e, string? path = null)

@@ -93,10 +93,10 @@ internal static class HostFile
 }
 
 /// <summary>The kinds of file Unix tells apart (S_IFMT).</summary>
-public enum FileKind { Fifo = 0x1000, CharacterDevice = 0x2000, Directory = 0x4000, BlockDevice = 0x6000, Regular = 0x8000, Link = 0xA000, Socket = 0xC000 }
+internal enum FileKind { Fifo = 0x1000, CharacterDevice = 0x2000, Directory = 0x4000, BlockDevice = 0x6000, Regular = 0x8000, Link = 0xA000, Socket = 0xC000 }
 
 /// <summary>Words for kinds of file, and the pseudo file systems whose files are never images.</summary>
-public static class FileKinds
+internal static class FileKinds
 {
     /// <summary>"a FIFO", "a directory", ...: how a message names a kind of file.</summary>
     public static string Describe(FileKind kind) => kind switch

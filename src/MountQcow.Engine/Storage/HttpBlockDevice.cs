@@ -7,7 +7,7 @@ using Polly.Timeout;
 namespace MountQcow.Storage;
 
 /// <summary>How a remote image is read: the chunk cache and the retries.</summary>
-public sealed record RemoteOptions
+internal sealed record RemoteOptions
 {
     /// <summary>The unit of the cache: a random read fetches one chunk (a cluster's worth, 64 KiB).</summary>
     public int ChunkBytes { get; init; } = 64 << 10;
@@ -35,7 +35,7 @@ public sealed record RemoteOptions
 }
 
 /// <summary>What a remote device has done: requests, bytes fetched, retries, cache hits.</summary>
-public sealed class RemoteCounters
+internal sealed class RemoteCounters
 {
     public StripedCounter Requests { get; } = new();
     public StripedCounter BytesFetched { get; } = new();
@@ -53,7 +53,7 @@ public sealed class RemoteCounters
 /// (Polly); 4xx answers are not. Messages name the URL without its query string (which may hold a
 /// signature).
 /// </summary>
-public sealed class HttpBlockDevice : IBlockDevice
+internal sealed class HttpBlockDevice : IBlockDevice
 {
     private readonly Client _client;
     private readonly RemoteOptions _options;

@@ -5,7 +5,7 @@ namespace MountQcow.Storage;
 /// or a qcow2 image. Every call names its offset, and there is no shared position,
 /// so implementations are safe to call from many threads at once.
 /// </summary>
-public interface IBlockDevice : IDisposable
+internal interface IBlockDevice : IDisposable
 {
     /// <summary>Length of the device in bytes.</summary>
     long Length { get; }
@@ -54,7 +54,7 @@ public interface IBlockDevice : IDisposable
 /// uses it to give new clusters storage that reads as zeros, and to hand freed clusters'
 /// storage back to the file system.
 /// </summary>
-public interface ISparseDevice
+internal interface ISparseDevice
 {
     /// <summary>Grows the device to at least <paramref name="length"/> bytes; the new bytes read as zeros.</summary>
     void Extend(long length);
@@ -64,7 +64,7 @@ public interface ISparseDevice
 }
 
 /// <summary>What a run of a device holds.</summary>
-public enum ExtentKind
+internal enum ExtentKind
 {
     /// <summary>Bytes that must be read.</summary>
     Data,
@@ -73,19 +73,19 @@ public enum ExtentKind
 }
 
 /// <summary>A run of <paramref name="Length"/> bytes of one <paramref name="Kind"/>.</summary>
-public readonly record struct Extent(ExtentKind Kind, long Length);
+internal readonly record struct Extent(ExtentKind Kind, long Length);
 
 /// <summary>
 /// <paramref name="Length"/> bytes at <paramref name="Offset"/> of an open host file; with no
 /// <paramref name="File"/>, bytes that must be read through the device.
 /// </summary>
-public readonly record struct HostRun(Microsoft.Win32.SafeHandles.SafeFileHandle? File, long Offset, long Length)
+internal readonly record struct HostRun(Microsoft.Win32.SafeHandles.SafeFileHandle? File, long Offset, long Length)
 {
     public static HostRun Computed(long length) => new(null, 0, length);
 }
 
 /// <summary>Checks and helpers shared by every device.</summary>
-public static class BlockDevices
+internal static class BlockDevices
 {
     private static readonly byte[] s_zeros = new byte[1 << 20];
 

@@ -4,7 +4,7 @@ namespace MountQcow.Storage;
 /// Where an image (or its backing or data file) is: a local path, or an http(s) URL read with
 /// range requests. One place opens either and resolves a name one image gives for another.
 /// </summary>
-public static class ImageLocation
+internal static class ImageLocation
 {
     public static bool IsRemote(string location) => HttpBlockDevice.IsRemote(location) || S3Location.IsS3(location);
 

@@ -1,7 +1,7 @@
 namespace MountQcow.Storage;
 
 /// <summary>A device held in an array: for tests, and for small synthesised disks.</summary>
-public sealed class MemoryBlockDevice(byte[] data, bool writable = true) : IBlockDevice
+internal sealed class MemoryBlockDevice(byte[] data, bool writable = true) : IBlockDevice
 {
     /// <summary>The bytes behind the device.</summary>
     public byte[] Data { get; } = data;

@@ -10,7 +10,7 @@ namespace MountQcow.Storage;
 /// wants and 100+i for each it will not share. The locks are open-file-description locks,
 /// released when the file is closed.
 /// </summary>
-public static class QemuLock
+internal static class QemuLock
 {
     private const int PermBase = 100;
     private const int SharedBase = 200;

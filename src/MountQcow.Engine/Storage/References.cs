@@ -31,6 +31,11 @@ public sealed record ReferencePolicy
 /// file"), the name as stored, where it leads (<see cref="Location"/>: an absolute path or a
 /// URL), and why it is not followed (<see cref="Refusal"/>; null when it is).
 /// </summary>
+/// <param name="Image">The image that gives the name.</param>
+/// <param name="What">What the name is for ("backing file", "data file", "extent file").</param>
+/// <param name="Name">The name as the image stores it.</param>
+/// <param name="Location">Where the name leads: an absolute path or a URL.</param>
+/// <param name="Refusal">Why it is not followed; null when it is.</param>
 public sealed record ImageReference(string Image, string What, string Name, string Location, string? Refusal)
 {
     /// <summary>Whether the policy lets it be opened.</summary>
@@ -45,6 +50,7 @@ public sealed class ReferenceRefusedException(ImageReference reference)
     : ImageException($"{reference.Image}: not opening the {reference.What} it names, '{reference.Name}'" +
                      (reference.Name == reference.Location ? "" : $" ({ImageLocation.Display(reference.Location)})") + $": {reference.Refusal}")
 {
+    /// <summary>The name refused, and why.</summary>
     public ImageReference Reference { get; } = reference;
 }
 

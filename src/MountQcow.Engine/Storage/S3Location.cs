@@ -12,7 +12,7 @@ namespace MountQcow.Storage;
 /// region, <c>AWS_ENDPOINT_URL</c> for S3-compatible stores), then read as any URL is. Signing
 /// happens here, locally; no request is made until the ranged reads.
 /// </summary>
-public static class S3Location
+internal static class S3Location
 {
     public static bool IsS3(string location) => location.StartsWith("s3://", StringComparison.OrdinalIgnoreCase);
 

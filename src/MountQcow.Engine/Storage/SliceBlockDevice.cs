@@ -4,7 +4,7 @@ namespace MountQcow.Storage;
 /// A window of another device: a partition of a disk. It does not own the device below
 /// and does not dispose it.
 /// </summary>
-public sealed class SliceBlockDevice : IBlockDevice
+internal sealed class SliceBlockDevice : IBlockDevice
 {
     private readonly IBlockDevice _inner;
 

@@ -11,7 +11,7 @@ namespace MountQcow.Storage;
 /// same instant (a thread moved to another core between reading its processor id and adding)
 /// can lose one of their adds, so these are statistics, not exact counts.
 /// </summary>
-public sealed class StripedCounter
+internal sealed class StripedCounter
 {
     private const int Spacing = 8; // longs per 64-byte line
     private static readonly int s_mask = (int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(2, Environment.ProcessorCount)) - 1;
@@ -34,7 +34,7 @@ public sealed class StripedCounter
 }
 
 /// <summary>The requests a host file was given.</summary>
-public sealed class IoCounters
+internal sealed class IoCounters
 {
     public StripedCounter Reads { get; } = new();
     public StripedCounter BytesRead { get; } = new();

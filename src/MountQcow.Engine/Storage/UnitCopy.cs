@@ -8,7 +8,7 @@ namespace MountQcow.Storage;
 /// (<see cref="IBlockDevice.GetExtent"/>) are never read; a unit that reads as zeros is never
 /// handed on. The writer is called from several threads at once.
 /// </summary>
-public sealed class UnitCopy(IBlockDevice source, int unit, UnitCopy.Writer write)
+internal sealed class UnitCopy(IBlockDevice source, int unit, UnitCopy.Writer write)
 {
     /// <summary>
     /// Writes unit <paramref name="index"/> (bytes from <c>index * unit</c>); <paramref name="data"/>

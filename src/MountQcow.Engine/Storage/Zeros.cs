@@ -7,7 +7,7 @@ namespace MountQcow.Storage;
 /// (Linux). A run of zeros can then be handed to the kernel like image data (a backend splices
 /// it) instead of being copied through the process; its pages are the kernel's zero page.
 /// </summary>
-public static class Zeros
+internal static class Zeros
 {
     public const int Size = 1 << 20;
 

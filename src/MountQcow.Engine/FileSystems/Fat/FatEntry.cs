@@ -4,7 +4,7 @@ namespace MountQcow.FileSystems.Fat;
 /// A file or directory of a FAT volume, as its directory entry describes it. Immutable, but for
 /// its cluster runs, worked out on first use and kept (see <see cref="FatVolume"/>).
 /// </summary>
-public sealed class FatEntry
+internal sealed class FatEntry
 {
     internal FatEntry(FatEntry? parent, string name, string shortName, bool isDirectory, uint firstCluster, uint size,
         long entryOffset, DateTimeOffset modified, DateTimeOffset accessed, DateTimeOffset created)

@@ -1,7 +1,7 @@
 namespace MountQcow.FileSystems.Fat;
 
 /// <summary>Which FAT a volume has, by the width of its entries.</summary>
-public enum FatType
+internal enum FatType
 {
     Fat12,
     Fat16,

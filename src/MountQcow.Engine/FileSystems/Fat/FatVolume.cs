@@ -19,7 +19,7 @@ namespace MountQcow.FileSystems.Fat;
 /// to itself or an ancestor, or lies deeper than 2,048 levels, fails to read. Each failure is one
 /// <see cref="CorruptFileSystemException"/> naming the path.
 /// </remarks>
-public sealed class FatVolume
+internal sealed class FatVolume
 {
     private const int FatWindow = 64 * 1024; // bytes of the FAT read at a time while walking a chain
 

@@ -12,7 +12,7 @@ namespace MountQcow.Formats.Vhdx;
 /// go block by block through the BAT, blocks contiguous in the file in one read; nothing is
 /// allocated per block. Safe for concurrent use from many threads.
 /// </summary>
-public sealed class VhdxImage : IDiskImage
+internal sealed class VhdxImage : IDiskImage
 {
     private readonly IBlockDevice _file;   // the file as replayed (the file itself when the log was empty)
     private readonly IBlockDevice _own;    // the file as opened: its length, its locks

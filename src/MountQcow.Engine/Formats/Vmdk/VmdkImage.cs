@@ -9,7 +9,7 @@ namespace MountQcow.Formats.Vmdk;
 /// extent files a descriptor names), over its parent where a delta's grains are unallocated.
 /// Safe for concurrent use from many threads.
 /// </summary>
-public sealed class VmdkImage : IDiskImage
+internal sealed class VmdkImage : IDiskImage
 {
     private readonly IBlockDevice _file;
     private readonly VmdkExtent[] _extents;
