@@ -212,7 +212,7 @@ public sealed class FormatWriterTests(WriterSourceFixture fixture) : IClassFixtu
     {
         using var source = new ZeroDevice(1 << 20);
         Assert.Contains("does not write", Assert.Throws<ArgumentException>(() => FormatWriters.Create(source, _b.PathOf("x"), new WriteTarget("qed"))).Message);
-        Assert.Contains("monolithicSparse", Assert.Throws<ArgumentException>(() => FormatWriters.Create(source, _b.PathOf("x"), new WriteTarget("vmdk", "twoGbMaxExtentFlat"))).Message);
+        Assert.Contains("monolithicSparse", Assert.Throws<ArgumentException>(() => FormatWriters.Create(source, _b.PathOf("x"), new WriteTarget("vmdk", "vmfs"))).Message);
         Assert.Contains("force_size", Assert.Throws<ArgumentException>(() => FormatWriters.Create(source, _b.PathOf("x"), new WriteTarget("vdi", null, ForceSize: true))).Message);
         Assert.False(File.Exists(_b.PathOf("x")));
     }

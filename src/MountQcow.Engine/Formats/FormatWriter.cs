@@ -19,6 +19,7 @@ public abstract class FormatWriter
 {
     private readonly List<string> _made = [];
     private UnitCopy? _copy;
+    private long _doneBefore, _dataBefore; // by the copies of earlier parts of the source (one per extent file)
 
     private protected FormatWriter(IBlockDevice source, string path)
     {
@@ -29,7 +30,7 @@ public abstract class FormatWriter
     /// <summary>The device whose bytes the image will hold.</summary>
     public IBlockDevice Source { get; }
 
-    /// <summary>The new image (for VMDK monolithicFlat, its descriptor).</summary>
+    /// <summary>The new image (for a VMDK of extent files, its descriptor).</summary>
     public string Path { get; }
 
     /// <summary>The new image's disk size: the source's, rounded up as the format must round it (whole sectors, a CHS geometry, a MiB).</summary>
@@ -38,14 +39,14 @@ public abstract class FormatWriter
     /// <summary>The format and subformat written, as <c>qemu-img info</c> names them.</summary>
     public abstract string Description { get; }
 
-    /// <summary>The files the image will be made of: the image, and for VMDK monolithicFlat its extent. None may exist.</summary>
+    /// <summary>The files the image will be made of: the image, and for a VMDK of extent files (monolithicFlat, twoGbMaxExtent*) each extent. None may exist.</summary>
     public virtual IReadOnlyList<string> Outputs => [Path];
 
     /// <summary>Bytes of the source handled so far (for progress).</summary>
-    public long Done => _copy?.Done ?? 0;
+    public long Done => _doneBefore + (_copy?.Done ?? 0);
 
     /// <summary>Bytes of the source's data read so far.</summary>
-    public long Data => _copy?.Data ?? 0;
+    public long Data => _dataBefore + (_copy?.Data ?? 0);
 
     /// <summary>Bytes of the source.</summary>
     public long Total => Source.Length;
@@ -75,7 +76,7 @@ public abstract class FormatWriter
         }
     }
 
-    /// <summary>The format's work: make its files through <see cref="CreateFile"/>, copy through <see cref="CopyUnits"/>.</summary>
+    /// <summary>The format's work: make its files through <see cref="CreateFile"/>, copy through <see cref="CopyUnits(int, UnitCopy.Writer, CancellationToken)"/>.</summary>
     private protected abstract void Write(CancellationToken cancel);
 
     /// <summary>Creates a new file (never one that exists), remembered for deletion on failure.</summary>
@@ -87,9 +88,25 @@ public abstract class FormatWriter
     }
 
     /// <summary>Hands every unit of the source that holds data to <paramref name="write"/>, in parallel.</summary>
-    private protected void CopyUnits(int unit, UnitCopy.Writer write, CancellationToken cancel)
+    private protected void CopyUnits(int unit, UnitCopy.Writer write, CancellationToken cancel) =>
+        CopyUnits(unit, write, 0, Source.Length, cancel);
+
+    /// <summary>
+    /// Hands every unit of the source's bytes [<paramref name="offset"/>, offset + <paramref name="length"/>)
+    /// that holds data to <paramref name="write"/>, in parallel, numbered from that offset; the
+    /// parts of the source are copied one after another (an image split into files, one at a time).
+    /// </summary>
+    private protected void CopyUnits(int unit, UnitCopy.Writer write, long offset, long length, CancellationToken cancel)
     {
-        _copy = new UnitCopy(Source, unit, write);
+        var part = offset == 0 && length == Source.Length ? Source : new SliceBlockDevice(Source, offset, length, writable: false);
+        // Progress read meanwhile may lag a moment behind, never run ahead.
+        var earlier = _copy;
+        _copy = new UnitCopy(part, unit, write);
+        if (earlier is not null)
+        {
+            _doneBefore += earlier.Done;
+            _dataBefore += earlier.Data;
+        }
         _copy.Run(cancel);
     }
 
@@ -108,7 +125,7 @@ public static class FormatWriters
         ["raw"] = [],
         ["vpc"] = ["dynamic", "fixed"],
         ["vdi"] = ["dynamic", "static"],
-        ["vmdk"] = ["monolithicSparse", "streamOptimized", "monolithicFlat"],
+        ["vmdk"] = ["monolithicSparse", "streamOptimized", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat"],
     };
 
     /// <summary>
