@@ -5,10 +5,11 @@ namespace MountQcow.Formats;
 /// <summary>
 /// What a new image is to be, as <c>qemu-img convert -O FORMAT -o ...</c> names it.
 /// </summary>
-/// <param name="Format">"raw", "vpc" (VHD), "vdi" or "vmdk".</param>
+/// <param name="Format">"raw", "vpc" (VHD), "vdi", "vmdk" or "vhdx".</param>
 /// <param name="Subformat">The format's own kind ("fixed", "static", "streamOptimized"); null for its default.</param>
 /// <param name="ForceSize">VHD: keep the disk's own size instead of rounding it up to a CHS geometry (QEMU's force_size); a fixed disk is then rounded up to a whole MiB, as Azure requires.</param>
-public sealed record WriteTarget(string Format, string? Subformat = null, bool ForceSize = false);
+/// <param name="BlockSize">VHDX: the payload block size (QEMU's block_size), a power of two from 1 MiB to 256 MiB; 0 for QEMU's choice by the disk's size.</param>
+public sealed record WriteTarget(string Format, string? Subformat = null, bool ForceSize = false, int BlockSize = 0);
 
 /// <summary>
 /// Writes one new image file (or a descriptor and its extent) from a source device: holes and
@@ -126,6 +127,7 @@ public static class FormatWriters
         ["vpc"] = ["dynamic", "fixed"],
         ["vdi"] = ["dynamic", "static"],
         ["vmdk"] = ["monolithicSparse", "streamOptimized", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat"],
+        ["vhdx"] = ["dynamic", "fixed"],
     };
 
     /// <summary>
@@ -144,12 +146,14 @@ public static class FormatWriters
                 ? $"{target.Format} has no subformats"
                 : $"subformat {target.Subformat} is not one mountqcow writes for {target.Format} (it writes {string.Join(", ", subformats)})");
         if (target.ForceSize && target.Format != "vpc") throw new ArgumentException($"force_size applies to vpc only, not {target.Format}");
+        if (target.BlockSize != 0 && target.Format != "vhdx") throw new ArgumentException($"block_size applies to vhdx only, not {target.Format}");
         return target.Format switch
         {
             "raw" => new RawWriter(source, path),
             "vpc" => new Vhd.VhdWriter(source, path, subformat == "fixed", target.ForceSize),
             "vdi" => new Vdi.VdiWriter(source, path, subformat == "static"),
             "vmdk" => new Vmdk.VmdkWriter(source, path, subformat!),
+            "vhdx" => new Vhdx.VhdxWriter(source, path, subformat == "fixed", target.BlockSize),
             _ => throw new ArgumentException($"mountqcow does not write {target.Format} images"),
         };
     }
