@@ -31,11 +31,12 @@ public sealed class LargeWriterSourceFixture : IDisposable
 }
 
 /// <summary>
-/// convert's twoGbMaxExtentSparse and twoGbMaxExtentFlat VMDKs: a descriptor and an extent file
-/// for every 2 GiB of the disk, laid out as qemu-img lays them out, judged by QEMU, read back by
-/// our own driver, and never left half-made.
+/// convert's writers on a disk of gigabytes: twoGbMaxExtentSparse and twoGbMaxExtentFlat VMDKs (a
+/// descriptor and an extent file for every 2 GiB of the disk) laid out as qemu-img lays them out,
+/// and a VHDX of 1 MiB blocks past its first chunk; judged by QEMU, read back by our own drivers,
+/// and never left half-made.
 /// </summary>
-public sealed class VmdkSplitWriterTests(LargeWriterSourceFixture fixture) : IClassFixture<LargeWriterSourceFixture>
+public sealed class LargeDiskWriterTests(LargeWriterSourceFixture fixture) : IClassFixture<LargeWriterSourceFixture>
 {
     private readonly ImageBuilder _b = fixture.Builder;
 
@@ -88,6 +89,28 @@ public sealed class VmdkSplitWriterTests(LargeWriterSourceFixture fixture) : ICl
         // Sparse: of 4.5 GiB, a few KiB of data, in whole grains.
         long allocated = Directory.GetFiles(_b.Folder, $"ours-{subformat}*").Sum(AllocatedBytes);
         Assert.True(allocated < 4L << 20, $"the image's files hold {allocated} bytes");
+    }
+
+    /// <summary>
+    /// A dynamic VHDX of 1 MiB blocks: a chunk is 4096 blocks (4 GiB), so the blocks past it have
+    /// their BAT entries after the first chunk's sector bitmap entry.
+    /// </summary>
+    [QemuFact]
+    public void VhdxPastItsFirstChunkIsTheSource()
+    {
+        string image = _b.PathOf("large.vhdx");
+        using (var source = DiskImages.Open(fixture.Source))
+            FormatWriters.Create(source, image, new WriteTarget("vhdx", "dynamic", BlockSize: 1 << 20)).Run();
+        QemuAssert.CheckClean(image);
+        var compare = Run.Capture("qemu-img", ["compare", "-f", "qcow2", "-F", "vhdx", fixture.Source, image]);
+        Assert.True(compare.ExitCode == 0, $"qemu-img compare:\n{compare.Stdout}{compare.Stderr}");
+        using (var source = DiskImages.Open(fixture.Source))
+        using (var ours = DiskImages.Open(image))
+        {
+            Assert.Equal("vhdx", ours.Format);
+            SameBytes(source, ours);
+        }
+        Assert.True(AllocatedBytes(image) < 16L << 20, $"{image} holds {AllocatedBytes(image)} bytes");
     }
 
     /// <summary>
