@@ -8,7 +8,7 @@ namespace MountQcow.Host;
 /// <summary>
 /// `mountqcow convert SOURCE IMAGE [-O FORMAT] [-o OPTIONS] [--compress deflate|zstd]`: an image
 /// of any format, a raw file or a device into a new qcow2 image, or (through the engine's
-/// <see cref="FormatWriters"/>) a raw, VHD, VDI or VMDK image. Holes (SEEK_HOLE, or unallocated
+/// <see cref="FormatWriters"/>) a raw, VHD, VHDX, VDI or VMDK image. Holes (SEEK_HOLE, or unallocated
 /// clusters) are never read, and all-zero clusters are never written.
 /// </summary>
 internal static class ConvertCommand
@@ -71,6 +71,7 @@ internal static class ConvertCommand
             throw new UsageError($"--compress and --cluster-size are for qcow2 output, not {format}");
         string? subformat = null;
         bool forceSize = false;
+        int blockSize = 0;
         foreach (string option in (o.FormatOptions ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries))
         {
             int equals = option.IndexOf('=');
@@ -86,11 +87,15 @@ internal static class ConvertCommand
                 case "static" when format == "vdi":
                     subformat = Switch(key, value) ? "static" : "dynamic";
                     break;
+                case "block_size" when format == "vhdx":
+                    blockSize = BlockSize(value);
+                    break;
                 default:
                     string takes = format switch
                     {
                         "vpc" => "it takes subformat=dynamic|fixed and force_size",
                         "vdi" => "it takes static=on",
+                        "vhdx" => "it takes subformat=dynamic|fixed and block_size",
                         "raw" => "it takes none",
                         _ => "it takes subformat=" + string.Join("|", FormatWriters.Subformats[format]),
                     };
@@ -99,7 +104,24 @@ internal static class ConvertCommand
         }
         if (subformat is not null && !FormatWriters.Subformats[format].Contains(subformat))
             throw new UsageError($"-o subformat={subformat}: mountqcow writes {format} as {string.Join(", ", FormatWriters.Subformats[format])}");
-        return new WriteTarget(format, subformat, forceSize);
+        return new WriteTarget(format, subformat, forceSize, blockSize);
+    }
+
+    // A VHDX block size, as qemu-img takes it (1M, 8M, 32M...): a power of two from 1 MiB to 256 MiB.
+    private static int BlockSize(string value)
+    {
+        long bytes;
+        try
+        {
+            bytes = Units.ParseSize(value);
+        }
+        catch (UsageError)
+        {
+            bytes = 0;
+        }
+        if (bytes < 1 << 20 || bytes > 256 << 20 || !System.Numerics.BitOperations.IsPow2(bytes))
+            throw new UsageError($"-o block_size={value}: a VHDX block is a power of two from 1M to 256M");
+        return (int)bytes;
     }
 
     // A qemu-img boolean option: on or off (yes/no, true/false as QEMU also takes).
@@ -110,7 +132,7 @@ internal static class ConvertCommand
         _ => throw new UsageError($"-o {key}={value}: give on or off"),
     };
 
-    /// <summary>A raw, VHD, VDI or VMDK image, written by the engine.</summary>
+    /// <summary>A raw, VHD, VHDX, VDI or VMDK image, written by the engine.</summary>
     private static int Write(ConvertOptions o, IDiskImage source, WriteTarget target)
     {
         FormatWriter writer;

@@ -261,7 +261,7 @@ internal sealed class CreateVerbOptions : ReferenceOptions
     public bool Force { get; set; }
 }
 
-[Verb("convert", HelpText = "Turn a disk image of any format, a raw disk or a block device into a new image: qcow2, raw, VMDK, VHD or VDI.")]
+[Verb("convert", HelpText = "Turn a disk image of any format, a raw disk or a block device into a new image: qcow2, raw, VMDK, VHD, VHDX or VDI.")]
 internal sealed class ConvertOptions : ImageReadingOptions
 {
     [Value(2, Hidden = true)]
@@ -273,10 +273,10 @@ internal sealed class ConvertOptions : ImageReadingOptions
     [Needed, Value(1, MetaName = "IMAGE", HelpText = "The new image.")]
     public string Image { get; set; } = "";
 
-    [Option('O', "output-format", Default = "qcow2", MetaValue = "FORMAT", HelpText = "Format of the new image, as qemu-img -O: qcow2, raw (a sparse file), vmdk, vpc (VHD) or vdi.")]
+    [Option('O', "output-format", Default = "qcow2", MetaValue = "FORMAT", HelpText = "Format of the new image, as qemu-img -O: qcow2, raw (a sparse file), vmdk, vpc (VHD), vhdx or vdi.")]
     public string OutputFormat { get; set; } = "qcow2";
 
-    [Option('o', "options", MetaValue = "OPTIONS", HelpText = "Options of the new image's format, as qemu-img -o: for vpc, subformat=dynamic or fixed, and force_size (keep the disk's size instead of rounding it up to a CHS geometry; a fixed VHD is then rounded up to a whole MiB, as Azure requires); for vmdk, subformat=monolithicSparse, streamOptimized or monolithicFlat; for vdi, static=on.")]
+    [Option('o', "options", MetaValue = "OPTIONS", HelpText = "Options of the new image's format, as qemu-img -o: for vpc, subformat=dynamic or fixed, and force_size (keep the disk's size instead of rounding it up to a CHS geometry; a fixed VHD is then rounded up to a whole MiB, as Azure requires); for vmdk, subformat=monolithicSparse, streamOptimized, monolithicFlat, twoGbMaxExtentSparse or twoGbMaxExtentFlat; for vhdx, subformat=dynamic or fixed, and block_size (a power of two from 1M to 256M; by default QEMU's, by the disk's size); for vdi, static=on.")]
     public string? FormatOptions { get; set; }
 
     [Option('c', "compress", MetaValue = "deflate|zstd", HelpText = "Compress clusters of a qcow2 image: deflate or zstd.")]

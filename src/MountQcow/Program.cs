@@ -326,7 +326,7 @@ internal static class Program
         [typeof(CheckOptions)] = "mountqcow check IMAGE [--json] [--repair leaks|all]",
         [typeof(ExportOptions)] = "mountqcow export IMAGE OUTPUT|- [--partition N] [--snapshot ID|NAME] [--force]\n       mountqcow export IMAGE --partition N:TARGET [--partition N:TARGET ...]",
         [typeof(CreateVerbOptions)] = "mountqcow create IMAGE [SIZE] [--cluster-size N] [--backing FILE]",
-        [typeof(ConvertOptions)] = "mountqcow convert SOURCE IMAGE [-O qcow2|raw|vmdk|vpc|vdi] [-o OPTIONS] [--compress deflate|zstd] [--cluster-size N]",
+        [typeof(ConvertOptions)] = "mountqcow convert SOURCE IMAGE [-O qcow2|raw|vmdk|vpc|vhdx|vdi] [-o OPTIONS] [--compress deflate|zstd] [--cluster-size N]",
         [typeof(StatsOptions)] = "mountqcow stats MOUNTPOINT [--json] [--watch SECONDS]",
         [typeof(SnapshotOptions)] = "mountqcow snapshot IMAGE --list | --create NAME | --apply ID|NAME | --delete ID|NAME",
     };

@@ -172,11 +172,40 @@ public sealed class CreateConvertTests : IDisposable
         Assert.True(compare.ExitCode == 0, compare.Stdout + compare.Stderr);
     }
 
+    /// <summary>
+    /// -O vhdx with its subformat and block_size, and a VMDK split into extent files, as qemu-img
+    /// names them, judged by qemu-img.
+    /// </summary>
+    [QemuFact]
+    public void ConvertWritesVhdxAndSplitVmdk()
+    {
+        string raw = _b.Raw("disk.raw", 10_000_384, (4097, 300_000, Fill.Random, 1), (9_990_000, 10_001, Fill.Text, 2));
+        string vhdx = _b.PathOf("disk.vhdx");
+        var r = MountqcowProgram.Run("convert", raw, vhdx, "-O", "vhdx", "-o", "subformat=fixed,block_size=2M", "--no-progress");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("vhdx (fixed)", r.Stderr);
+        QemuAssert.CheckClean(vhdx);
+        Assert.Contains("\"cluster-size\": 2097152", Run.Checked("qemu-img", "info", "-f", "vhdx", "--output=json", vhdx));
+        var compare = Run.Capture("qemu-img", ["compare", "-f", "raw", "-F", "vhdx", raw, vhdx]);
+        Assert.True(compare.ExitCode == 0, compare.Stdout + compare.Stderr);
+
+        string vmdk = _b.PathOf("split.vmdk");
+        r = MountqcowProgram.Run("convert", vhdx, vmdk, "-O", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", "--no-progress");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.True(File.Exists(_b.PathOf("split-s001.vmdk")));
+        QemuAssert.CheckClean(vmdk);
+        compare = Run.Capture("qemu-img", ["compare", "-f", "vhdx", "-F", "vmdk", vhdx, vmdk]);
+        Assert.True(compare.ExitCode == 0, compare.Stdout + compare.Stderr);
+    }
+
     [Theory]
     [InlineData("-O", "qed", "mountqcow writes qcow2, raw")]
     [InlineData("-o", "subformat=fixed", "-o is for the other formats")]
     [InlineData("-O vpc -o", "subformat=twoGbMaxExtentFlat", "mountqcow writes vpc as dynamic, fixed")]
     [InlineData("-O vdi -o", "force_size", "it takes static=on")]
+    [InlineData("-O vhdx -o", "force_size", "it takes subformat=dynamic|fixed and block_size")]
+    [InlineData("-O vhdx -o", "block_size=3M", "a VHDX block is a power of two from 1M to 256M")]
+    [InlineData("-O vdi -o", "block_size=1M", "it takes static=on")]
     [InlineData("-O vpc -o", "force_size=maybe", "give on or off")]
     [InlineData("-O raw --compress", "zstd", "are for qcow2 output")]
     public void ConvertRefusesOptionsItDoesNotTake(string options, string value, string expected)

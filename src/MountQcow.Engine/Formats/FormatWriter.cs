@@ -5,10 +5,11 @@ namespace MountQcow.Formats;
 /// <summary>
 /// What a new image is to be, as <c>qemu-img convert -O FORMAT -o ...</c> names it.
 /// </summary>
-/// <param name="Format">"raw", "vpc" (VHD), "vdi" or "vmdk".</param>
+/// <param name="Format">"raw", "vpc" (VHD), "vdi", "vmdk" or "vhdx".</param>
 /// <param name="Subformat">The format's own kind ("fixed", "static", "streamOptimized"); null for its default.</param>
 /// <param name="ForceSize">VHD: keep the disk's own size instead of rounding it up to a CHS geometry (QEMU's force_size); a fixed disk is then rounded up to a whole MiB, as Azure requires.</param>
-internal sealed record WriteTarget(string Format, string? Subformat = null, bool ForceSize = false);
+/// <param name="BlockSize">VHDX: the payload block size (QEMU's block_size), a power of two from 1 MiB to 256 MiB; 0 for QEMU's choice by the disk's size.</param>
+internal sealed record WriteTarget(string Format, string? Subformat = null, bool ForceSize = false, int BlockSize = 0);
 
 /// <summary>
 /// Writes one new image file (or a descriptor and its extent) from a source device: holes and
@@ -19,6 +20,7 @@ internal abstract class FormatWriter
 {
     private readonly List<string> _made = [];
     private UnitCopy? _copy;
+    private long _doneBefore, _dataBefore; // by the copies of earlier parts of the source (one per extent file)
 
     private protected FormatWriter(IBlockDevice source, string path)
     {
@@ -29,7 +31,7 @@ internal abstract class FormatWriter
     /// <summary>The device whose bytes the image will hold.</summary>
     public IBlockDevice Source { get; }
 
-    /// <summary>The new image (for VMDK monolithicFlat, its descriptor).</summary>
+    /// <summary>The new image (for a VMDK of extent files, its descriptor).</summary>
     public string Path { get; }
 
     /// <summary>The new image's disk size: the source's, rounded up as the format must round it (whole sectors, a CHS geometry, a MiB).</summary>
@@ -38,14 +40,14 @@ internal abstract class FormatWriter
     /// <summary>The format and subformat written, as <c>qemu-img info</c> names them.</summary>
     public abstract string Description { get; }
 
-    /// <summary>The files the image will be made of: the image, and for VMDK monolithicFlat its extent. None may exist.</summary>
+    /// <summary>The files the image will be made of: the image, and for a VMDK of extent files (monolithicFlat, twoGbMaxExtent*) each extent. None may exist.</summary>
     public virtual IReadOnlyList<string> Outputs => [Path];
 
     /// <summary>Bytes of the source handled so far (for progress).</summary>
-    public long Done => _copy?.Done ?? 0;
+    public long Done => _doneBefore + (_copy?.Done ?? 0);
 
     /// <summary>Bytes of the source's data read so far.</summary>
-    public long Data => _copy?.Data ?? 0;
+    public long Data => _dataBefore + (_copy?.Data ?? 0);
 
     /// <summary>Bytes of the source.</summary>
     public long Total => Source.Length;
@@ -75,7 +77,7 @@ internal abstract class FormatWriter
         }
     }
 
-    /// <summary>The format's work: make its files through <see cref="CreateFile"/>, copy through <see cref="CopyUnits"/>.</summary>
+    /// <summary>The format's work: make its files through <see cref="CreateFile"/>, copy through <see cref="CopyUnits(int, UnitCopy.Writer, CancellationToken)"/>.</summary>
     private protected abstract void Write(CancellationToken cancel);
 
     /// <summary>Creates a new file (never one that exists), remembered for deletion on failure.</summary>
@@ -87,9 +89,25 @@ internal abstract class FormatWriter
     }
 
     /// <summary>Hands every unit of the source that holds data to <paramref name="write"/>, in parallel.</summary>
-    private protected void CopyUnits(int unit, UnitCopy.Writer write, CancellationToken cancel)
+    private protected void CopyUnits(int unit, UnitCopy.Writer write, CancellationToken cancel) =>
+        CopyUnits(unit, write, 0, Source.Length, cancel);
+
+    /// <summary>
+    /// Hands every unit of the source's bytes [<paramref name="offset"/>, offset + <paramref name="length"/>)
+    /// that holds data to <paramref name="write"/>, in parallel, numbered from that offset; the
+    /// parts of the source are copied one after another (an image split into files, one at a time).
+    /// </summary>
+    private protected void CopyUnits(int unit, UnitCopy.Writer write, long offset, long length, CancellationToken cancel)
     {
-        _copy = new UnitCopy(Source, unit, write);
+        var part = offset == 0 && length == Source.Length ? Source : new SliceBlockDevice(Source, offset, length, writable: false);
+        // Progress read meanwhile may lag a moment behind, never run ahead.
+        var earlier = _copy;
+        _copy = new UnitCopy(part, unit, write);
+        if (earlier is not null)
+        {
+            _doneBefore += earlier.Done;
+            _dataBefore += earlier.Data;
+        }
         _copy.Run(cancel);
     }
 
@@ -108,7 +126,8 @@ internal static class FormatWriters
         ["raw"] = [],
         ["vpc"] = ["dynamic", "fixed"],
         ["vdi"] = ["dynamic", "static"],
-        ["vmdk"] = ["monolithicSparse", "streamOptimized", "monolithicFlat"],
+        ["vmdk"] = ["monolithicSparse", "streamOptimized", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat"],
+        ["vhdx"] = ["dynamic", "fixed"],
     };
 
     /// <summary>
@@ -127,12 +146,14 @@ internal static class FormatWriters
                 ? $"{target.Format} has no subformats"
                 : $"subformat {target.Subformat} is not one mountqcow writes for {target.Format} (it writes {string.Join(", ", subformats)})");
         if (target.ForceSize && target.Format != "vpc") throw new ArgumentException($"force_size applies to vpc only, not {target.Format}");
+        if (target.BlockSize != 0 && target.Format != "vhdx") throw new ArgumentException($"block_size applies to vhdx only, not {target.Format}");
         return target.Format switch
         {
             "raw" => new RawWriter(source, path),
             "vpc" => new Vhd.VhdWriter(source, path, subformat == "fixed", target.ForceSize),
             "vdi" => new Vdi.VdiWriter(source, path, subformat == "static"),
             "vmdk" => new Vmdk.VmdkWriter(source, path, subformat!),
+            "vhdx" => new Vhdx.VhdxWriter(source, path, subformat == "fixed", target.BlockSize),
             _ => throw new ArgumentException($"mountqcow does not write {target.Format} images"),
         };
     }

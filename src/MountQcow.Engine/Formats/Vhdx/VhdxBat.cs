@@ -54,11 +54,9 @@ internal sealed class VhdxBat
         _hasParent = metadata.HasParent;
         BlockBits = BitOperations.Log2((uint)metadata.BlockSize);
         // Both are powers of two: 2^23 sectors of 512 or 4096 bytes over blocks of 2^20 to 2^28.
-        ChunkRatioBits = 23 + BitOperations.Log2((uint)metadata.LogicalSectorSize) - BlockBits;
+        ChunkRatioBits = ChunkRatioBitsFor(BlockBits, metadata.LogicalSectorSize);
         Blocks = (_virtualSize + metadata.BlockSize - 1) >> BlockBits;
-        long chunks = (Blocks + ChunkRatio - 1) >> ChunkRatioBits;
-        // A differencing image has every chunk's sector bitmap entry; the others need none after the last block.
-        Entries = _hasParent ? chunks * (ChunkRatio + 1) : Blocks == 0 ? 0 : Blocks + ((Blocks - 1) >> ChunkRatioBits);
+        Entries = EntriesFor(Blocks, ChunkRatioBits, _hasParent);
         if (Entries * 8 > region.Length)
             throw new CorruptImageException(path, $"the BAT region holds {region.Length / 8} entries, but a disk of {_virtualSize} bytes in blocks of {metadata.BlockSize} needs {Entries}");
         long bytes = Entries * 8;
@@ -91,7 +89,23 @@ internal sealed class VhdxBat
     public bool IsWhole => _whole is not null;
 
     /// <summary>The entry of payload block <paramref name="block"/> (0 ≤ block &lt; <see cref="Blocks"/>).</summary>
-    public VhdxBatEntry Payload(long block) => new(Entry(block + (block >> ChunkRatioBits)));
+    public VhdxBatEntry Payload(long block) => new(Entry(PayloadIndex(block, ChunkRatioBits)));
+
+    /// <summary>The index in the table of payload block <paramref name="block"/>'s entry: after every chunk of them, a sector bitmap's.</summary>
+    public static long PayloadIndex(long block, int chunkRatioBits) => block + (block >> chunkRatioBits);
+
+    /// <summary>The table's entries for a disk of <paramref name="blocks"/> payload blocks.</summary>
+    public static long EntriesFor(long blocks, int chunkRatioBits, bool hasParent)
+    {
+        long chunkRatio = 1L << chunkRatioBits;
+        // A differencing image has every chunk's sector bitmap entry; the others need none after the last block.
+        return hasParent ? ((blocks + chunkRatio - 1) >> chunkRatioBits) * (chunkRatio + 1)
+            : blocks == 0 ? 0 : blocks + ((blocks - 1) >> chunkRatioBits);
+    }
+
+    /// <summary>log2 of the chunk ratio of blocks of 2^<paramref name="blockBits"/> bytes: 2^23 sectors of the logical sector size over the block size (both powers of two).</summary>
+    public static int ChunkRatioBitsFor(int blockBits, int logicalSectorSize) =>
+        BitOperations.Log2((ulong)SectorsPerBitmapBlock) + BitOperations.Log2((uint)logicalSectorSize) - blockBits;
 
     /// <summary>The entry of the sector bitmap block of the chunk that holds payload block <paramref name="block"/>.</summary>
     public VhdxBatEntry SectorBitmap(long block) => new(Entry(((block >> ChunkRatioBits) + 1) * (ChunkRatio + 1) - 1));

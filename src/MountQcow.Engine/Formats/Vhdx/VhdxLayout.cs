@@ -11,6 +11,8 @@ namespace MountQcow.Formats.Vhdx;
 internal static class VhdxLayout
 {
     public const long FileIdentifierOffset = 0;     // 2.2.1
+    public const int CreatorOffset = 8;             // 2.2.1: UTF-16, after the signature
+    public const int CreatorLength = 512;
     public const long Header1Offset = 64 << 10;     // 2.2.2
     public const long Header2Offset = 128 << 10;
     public const long RegionTable1Offset = 192 << 10; // 2.2.3
@@ -107,6 +109,7 @@ internal static class VhdxLayout
         public const int EntryOffset = 16; // u32, from the region's start, at least 64 KiB
         public const int EntryLengthField = 20; // u32, at most 1 MiB
         public const int EntryFlags = 24;  // u32: bit 0 IsUser, bit 1 IsVirtualDisk, bit 2 IsRequired
+        public const uint FlagIsVirtualDisk = 1u << 1;
         public const uint FlagIsRequired = 1u << 2;
     }
 
@@ -118,6 +121,9 @@ internal static class VhdxLayout
         public const uint LeaveBlocksAllocated = 1u << 0;
         public const uint HasParent = 1u << 1;
         public const int FileParametersLength = 8;
+        public const int VirtualDiskSizeLength = 8;    // u64
+        public const int Page83DataLength = 16;        // GUID
+        public const int SectorSizeLength = 4;         // logical or physical: u32
 
         public const int LocatorType = 0;      // parent locator header: GUID
         public const int KeyValueCount = 18;   // u16

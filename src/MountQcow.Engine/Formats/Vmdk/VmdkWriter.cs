@@ -14,7 +14,10 @@ namespace MountQcow.Formats.Vmdk;
 /// it for an OVA): the header leaves the grain directory to the footer; each grain deflated
 /// behind its marker; then the grain tables that name grains, the directory, the footer and the
 /// end-of-stream marker, each behind its own. monolithicFlat: a descriptor naming one flat extent,
-/// NAME-flat.vmdk, the disk's bytes (sparse).
+/// NAME-flat.vmdk, the disk's bytes (sparse). twoGbMaxExtentSparse and twoGbMaxExtentFlat: a
+/// descriptor naming an extent for every 2 GiB of the disk (the last holds the rest),
+/// NAME-s001.vmdk ... laid out as a monolithicSparse file of its own (its descriptor sectors
+/// left empty), or NAME-f001.vmdk ... flat.
 /// </summary>
 internal sealed class VmdkWriter : FormatWriter
 {
@@ -24,6 +27,7 @@ internal sealed class VmdkWriter : FormatWriter
     private const int GtSectors = GtesPerGt * 4 / Sector;
     private const int DescriptorOffset = 1;
     private const int DescriptorSectors = 20; // QEMU's room for the embedded descriptor
+    private const long SplitSectors = (2L << 30) / Sector; // a twoGbMaxExtent file holds at most 2 GiB of the disk (a whole number of grains)
 
     private readonly string _subformat;
 
@@ -41,40 +45,87 @@ internal sealed class VmdkWriter : FormatWriter
 
     public override string Description => $"vmdk ({_subformat})";
 
-    private string FlatPath => System.IO.Path.Combine(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(Path))!,
-        System.IO.Path.GetFileNameWithoutExtension(Path) + "-flat.vmdk");
+    private bool IsFlat => _subformat is "monolithicFlat" or "twoGbMaxExtentFlat";
 
-    public override IReadOnlyList<string> Outputs => _subformat == "monolithicFlat" ? [Path, FlatPath] : [Path];
+    /// <summary>
+    /// The extent files a descriptor file names: where each starts on the disk, the sectors it
+    /// holds, its path (named as QEMU names it: the descriptor's name, a suffix, its extension).
+    /// None for the formats whose one file holds the descriptor.
+    /// </summary>
+    private (long FirstSector, long Sectors, string Path)[] Extents
+    {
+        get
+        {
+            if (_subformat == "monolithicFlat") return [(0, SourceSectors, ExtentPath("-flat"))];
+            if (!_subformat.StartsWith("twoGbMaxExtent", StringComparison.Ordinal)) return [];
+            char kind = IsFlat ? 'f' : 's';
+            long count = (SourceSectors + SplitSectors - 1) / SplitSectors;
+            return [.. Enumerable.Range(0, checked((int)count)).Select(i =>
+                (i * SplitSectors, Math.Min(SplitSectors, SourceSectors - i * SplitSectors), ExtentPath($"-{kind}{i + 1:d3}")))];
+        }
+    }
 
-    private long GdEntries => (SourceSectors + (long)GtesPerGt * GrainSectors - 1) / ((long)GtesPerGt * GrainSectors);
+    private string ExtentPath(string suffix) => System.IO.Path.Combine(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(Path))!,
+        System.IO.Path.GetFileNameWithoutExtension(Path) + suffix + System.IO.Path.GetExtension(Path));
 
-    private long GdSectors => (GdEntries * 4 + Sector - 1) / Sector;
+    public override IReadOnlyList<string> Outputs => [Path, .. Extents.Select(e => e.Path)];
+
+    private static long GdEntries(long capacity) => (capacity + (long)GtesPerGt * GrainSectors - 1) / ((long)GtesPerGt * GrainSectors);
+
+    private static long GdSectors(long capacity) => (GdEntries(capacity) * 4 + Sector - 1) / Sector;
 
     private protected override void Write(CancellationToken cancel)
     {
         switch (_subformat)
         {
             case "monolithicSparse":
-                WriteSparse(cancel);
+                using (var file = CreateFile(Path))
+                    WriteSparse(file, 0, SourceSectors, EmbeddedDescriptor(), cancel);
                 break;
             case "streamOptimized":
                 WriteStream(cancel);
                 break;
             default:
-                WriteFlat(cancel);
+                WriteExtentFiles(cancel);
                 break;
         }
     }
 
-    private void WriteSparse(CancellationToken cancel)
+    /// <summary>A descriptor file, then its extent files one after another, each with its part of the disk.</summary>
+    private void WriteExtentFiles(CancellationToken cancel)
     {
-        long rgd = DescriptorOffset + DescriptorSectors, rgts = rgd + GdSectors;
-        long gd = rgts + GdEntries * GtSectors, gts = gd + GdSectors;
-        long overhead = (gts + GdEntries * GtSectors + GrainSectors - 1) / GrainSectors * GrainSectors;
-        var table = new uint[GdEntries * GtesPerGt];
+        var extents = Extents;
+        string type = IsFlat ? "FLAT" : "SPARSE", offset = IsFlat ? " 0" : "";
+        var text = Encoding.UTF8.GetBytes(DescriptorText(string.Concat(extents.Select(e =>
+            $"RW {e.Sectors} {type} \"{System.IO.Path.GetFileName(e.Path)}\"{offset}\n"))));
+        using (var descriptor = CreateFile(Path))
+        {
+            var sectors = new byte[(text.Length + Sector - 1) / Sector * Sector]; // zero-padded to a sector, as QEMU writes it
+            text.CopyTo(sectors, 0);
+            descriptor.WriteAt(sectors, 0);
+            descriptor.Flush();
+        }
+        foreach (var (first, sectors, path) in extents)
+        {
+            using var file = CreateFile(path);
+            if (IsFlat) WriteFlat(file, first, sectors, cancel);
+            else WriteSparse(file, first, sectors, new byte[DescriptorSectors * Sector], cancel);
+        }
+    }
+
+    /// <summary>
+    /// A sparse extent of <paramref name="capacity"/> sectors holding the disk from sector
+    /// <paramref name="first"/>, with <paramref name="descriptor"/> in its descriptor sectors.
+    /// </summary>
+    private void WriteSparse(FileBlockDevice file, long first, long capacity, byte[] descriptor, CancellationToken cancel)
+    {
+        long gdEntries = GdEntries(capacity), gdSectors = GdSectors(capacity);
+        long rgd = DescriptorOffset + DescriptorSectors, rgts = rgd + gdSectors;
+        long gd = rgts + gdEntries * GtSectors, gts = gd + gdSectors;
+        long overhead = (gts + gdEntries * GtSectors + GrainSectors - 1) / GrainSectors * GrainSectors;
+        var table = new uint[gdEntries * GtesPerGt];
         long next = overhead;
         var gate = new Lock();
-        using var file = CreateFile(Path);
         CopyUnits(GrainBytes, (index, data) =>
         {
             long sector;
@@ -85,27 +136,28 @@ internal sealed class VmdkWriter : FormatWriter
                 table[index] = checked((uint)sector);
             }
             UnitCopy.WriteSparse(file, data, sector * Sector);
-        }, cancel);
+        }, first * Sector, Math.Min(capacity * Sector, Source.Length - first * Sector), cancel);
         file.SetLength(next * Sector); // every grain wholly inside the file
         var tables = new byte[table.Length * 4];
         for (int i = 0; i < table.Length; i++) BinaryPrimitives.WriteUInt32LittleEndian(tables.AsSpan(i * 4), table[i]);
-        foreach (var (directory, first) in new[] { (rgd, rgts), (gd, gts) })
+        foreach (var (directory, tablesAt) in new[] { (rgd, rgts), (gd, gts) })
         {
-            file.WriteAt(tables, first * Sector);
-            var entries = new byte[GdSectors * Sector];
-            for (int i = 0; i < GdEntries; i++)
-                BinaryPrimitives.WriteUInt32LittleEndian(entries.AsSpan(i * 4), checked((uint)(first + i * GtSectors)));
+            file.WriteAt(tables, tablesAt * Sector);
+            var entries = new byte[gdSectors * Sector];
+            for (int i = 0; i < gdEntries; i++)
+                BinaryPrimitives.WriteUInt32LittleEndian(entries.AsSpan(i * 4), checked((uint)(tablesAt + i * GtSectors)));
             file.WriteAt(entries, directory * Sector);
         }
-        file.WriteAt(Descriptor("SPARSE", System.IO.Path.GetFileName(Path), ""), DescriptorOffset * Sector);
-        file.WriteAt(Header(version: 1, S.FlagNewlineCheck | S.FlagRedundantGd, rgd, gd, overhead, S.CompressionNone), 0);
+        file.WriteAt(descriptor, DescriptorOffset * Sector);
+        file.WriteAt(Header(version: 1, S.FlagNewlineCheck | S.FlagRedundantGd, capacity, rgd, (ulong)gd, overhead, S.CompressionNone), 0);
         file.Flush();
     }
 
     private void WriteStream(CancellationToken cancel)
     {
         const long overhead = GrainSectors; // the header and descriptor, then the first grain at 64 KiB, as VMware places it
-        var table = new uint[GdEntries * GtesPerGt];
+        long gdEntries = GdEntries(SourceSectors), gdSectors = GdSectors(SourceSectors);
+        var table = new uint[gdEntries * GtesPerGt];
         long next = overhead;
         var gate = new Lock();
         using var file = CreateFile(Path);
@@ -127,9 +179,9 @@ internal sealed class VmdkWriter : FormatWriter
             file.WriteAt(grain, sector * Sector);
         }, cancel);
         // The metadata follows the grains, in the order a stream reader meets it.
-        var directory = new byte[GdSectors * Sector];
+        var directory = new byte[gdSectors * Sector];
         var gt = new byte[GtSectors * Sector];
-        for (long t = 0; t < GdEntries; t++)
+        for (long t = 0; t < gdEntries; t++)
         {
             var entries = table.AsSpan((int)(t * GtesPerGt), GtesPerGt);
             if (!entries.ContainsAnyExcept(0u)) continue; // a directory entry of 0: no grain table, nothing allocated
@@ -139,44 +191,40 @@ internal sealed class VmdkWriter : FormatWriter
             BinaryPrimitives.WriteUInt32LittleEndian(directory.AsSpan((int)t * 4), checked((uint)next));
             next += GtSectors;
         }
-        file.WriteAt(MetadataMarker(GdSectors, Marker.GrainDirectory), next++ * Sector);
+        file.WriteAt(MetadataMarker(gdSectors, Marker.GrainDirectory), next++ * Sector);
         long gd = next;
         file.WriteAt(directory, gd * Sector);
-        next += GdSectors;
+        next += gdSectors;
         const uint flags = S.FlagNewlineCheck | S.FlagCompressed | S.FlagMarkers;
         file.WriteAt(MetadataMarker(1, Marker.Footer), next++ * Sector);
-        file.WriteAt(Header(version: 3, flags, 0, gd, overhead, S.CompressionDeflate), next++ * Sector);
+        file.WriteAt(Header(version: 3, flags, SourceSectors, 0, (ulong)gd, overhead, S.CompressionDeflate), next++ * Sector);
         file.WriteAt(new byte[Sector], next++ * Sector); // end of stream
-        file.WriteAt(Descriptor("SPARSE", System.IO.Path.GetFileName(Path), ""), DescriptorOffset * Sector);
-        file.WriteAt(Header(version: 3, flags, 0, S.GdAtEnd, overhead, S.CompressionDeflate), 0);
+        file.WriteAt(EmbeddedDescriptor(), DescriptorOffset * Sector);
+        file.WriteAt(Header(version: 3, flags, SourceSectors, 0, S.GdAtEnd, overhead, S.CompressionDeflate), 0);
         file.Flush();
     }
 
-    private void WriteFlat(CancellationToken cancel)
+    /// <summary>A flat extent of <paramref name="sectors"/> sectors holding the disk from sector <paramref name="first"/> (sparse).</summary>
+    private void WriteFlat(FileBlockDevice file, long first, long sectors, CancellationToken cancel)
     {
         const int unit = 1 << 20;
-        using (var descriptor = CreateFile(Path))
-        {
-            descriptor.WriteAt(Encoding.UTF8.GetBytes(DescriptorText("FLAT", System.IO.Path.GetFileName(FlatPath), " 0")), 0);
-            descriptor.Flush();
-        }
-        using var flat = CreateFile(FlatPath);
-        flat.SetLength(DiskSize);
+        long length = Math.Min(sectors * Sector, Source.Length - first * Sector);
+        file.SetLength(sectors * Sector);
         CopyUnits(unit, (index, data) =>
         {
             long offset = index * unit;
-            UnitCopy.WriteSparse(flat, data[..(int)Math.Min(data.Length, DiskSize - offset)], offset);
-        }, cancel);
-        flat.Flush();
+            UnitCopy.WriteSparse(file, data[..(int)Math.Min(data.Length, length - offset)], offset);
+        }, first * Sector, length, cancel);
+        file.Flush();
     }
 
-    private byte[] Header(uint version, uint flags, long rgd, ulong gd, long overhead, ushort compression)
+    private static byte[] Header(uint version, uint flags, long capacity, long rgd, ulong gd, long overhead, ushort compression)
     {
         var b = new byte[Sector];
         S.Magic.CopyTo(b);
         BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(S.Version), version);
         BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(S.Flags), flags);
-        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(S.Capacity), (ulong)SourceSectors);
+        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(S.Capacity), (ulong)capacity);
         BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(S.GrainSize), GrainSectors);
         BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(S.DescriptorOffset), DescriptorOffset);
         BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(S.DescriptorSize), DescriptorSectors);
@@ -189,9 +237,6 @@ internal sealed class VmdkWriter : FormatWriter
         return b;
     }
 
-    private byte[] Header(uint version, uint flags, long rgd, long gd, long overhead, ushort compression) =>
-        Header(version, flags, rgd, (ulong)gd, overhead, compression);
-
     private static byte[] MetadataMarker(long sectors, uint type)
     {
         var b = new byte[Sector];
@@ -201,9 +246,9 @@ internal sealed class VmdkWriter : FormatWriter
     }
 
     /// <summary>The descriptor in the sectors reserved for it inside a sparse extent (zero-padded).</summary>
-    private byte[] Descriptor(string extentType, string extentName, string extentOffset)
+    private byte[] EmbeddedDescriptor()
     {
-        var text = Encoding.UTF8.GetBytes(DescriptorText(extentType, extentName, extentOffset));
+        var text = Encoding.UTF8.GetBytes(DescriptorText($"RW {SourceSectors} SPARSE \"{System.IO.Path.GetFileName(Path)}\"\n"));
         if (text.Length >= DescriptorSectors * Sector)
             throw new UnsupportedFeatureException(Path, "the file name is too long for the descriptor's sectors");
         var b = new byte[DescriptorSectors * Sector];
@@ -211,8 +256,8 @@ internal sealed class VmdkWriter : FormatWriter
         return b;
     }
 
-    /// <summary>The descriptor, as QEMU writes it.</summary>
-    private string DescriptorText(string extentType, string extentName, string extentOffset)
+    /// <summary>The descriptor, as QEMU writes it, with <paramref name="extentLines"/> (each ending in a newline).</summary>
+    private string DescriptorText(string extentLines)
     {
         // The legacy geometry QEMU gives an IDE disk: 16 heads, 63 sectors, the cylinders that fit (at most 16383).
         long cylinders = Math.Min(16383, SourceSectors / (16 * 63));
@@ -224,7 +269,7 @@ internal sealed class VmdkWriter : FormatWriter
             $"createType=\"{_subformat}\"\n" +
             "\n" +
             "# Extent description\n" +
-            $"RW {SourceSectors} {extentType} \"{extentName}\"{extentOffset}\n" +
+            extentLines +
             "\n" +
             "# The Disk Data Base\n" +
             "#DDB\n" +
