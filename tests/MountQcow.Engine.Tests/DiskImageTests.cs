@@ -106,12 +106,13 @@ public sealed class DiskImageTests : IDisposable
         string raw = _b.Raw("disk.raw", 3 << 20, (4096, 70_000, Fill.Random, 7), (2 << 20, 5000, Fill.Text, 8));
         string vdi = _b.PathOf("disk.vdi");
         _b.Img("convert", "-f", "raw", "-O", "vdi", raw, vdi);
-        Assert.Equal(["qcow2", "raw", "vdi", "vmdk", "vpc"], DiskImage.ConvertFormats.Keys.Order());
+        Assert.Equal(["qcow2", "raw", "vdi", "vhdx", "vmdk", "vpc"], DiskImage.ConvertFormats.Keys.Order());
         Assert.Contains("vhdx", DiskImage.ReadableFormats);
         foreach (var (format, subformat, name, read) in new[]
                  {
                      ("qcow2", null, "out.qcow2", "qcow2"), ("vmdk", "streamOptimized", "out.vmdk", "vmdk"),
                      ("vpc", "fixed", "out.vhd", "vhd"), ("vhd", null, "dynamic.vhd", "vhd"), ("raw", null, "out.raw", "raw"),
+                     ("vhdx", "fixed", "out.vhdx", "vhdx"),
                  })
         {
             string converted = _b.PathOf(name);
