@@ -27,7 +27,8 @@ namespace MountQcow.Qcow2;
 internal sealed class ImageWriter
 {
     private readonly IBlockDevice _file;
-    private readonly ClusterMap _clusters;
+    private readonly L2Cache _l2Tables; // its dirty set: the L2 tables whose changed entries wait
+    private readonly ulong[] _l1;       // the active L1 table; _l1DirtyFirst.._l1DirtyEnd wait
     private readonly long _l1Offset;
     private readonly bool _barriers;
     private long _l1DirtyFirst = long.MaxValue, _l1DirtyEnd;
@@ -39,18 +40,20 @@ internal sealed class ImageWriter
 
     /// <param name="file">The image file.</param>
     /// <param name="map">The metadata clusters every write is checked against.</param>
-    /// <param name="clusters">The cluster map, whose L1 table and write-back L2 cache hold the changed entries.</param>
+    /// <param name="l2Tables">The L2 cache, made write-back: a changed table stays in it, pinned, until written here.</param>
+    /// <param name="l1">The active L1 table in memory, whose changed entries (<see cref="L1Changed"/>) are written here.</param>
     /// <param name="l1Offset">Where the active L1 table lies in the file.</param>
     /// <param name="barriers">Whether a barrier flushes (off only for a new image nobody can rely on until it is closed).</param>
-    public ImageWriter(IBlockDevice file, MetadataMap map, ClusterMap clusters, long l1Offset, bool barriers)
+    public ImageWriter(IBlockDevice file, MetadataMap map, L2Cache l2Tables, ulong[] l1, long l1Offset, bool barriers)
     {
         _file = file;
         Map = map;
-        _clusters = clusters;
+        _l2Tables = l2Tables;
+        _l1 = l1;
         _l1Offset = l1Offset;
         _barriers = barriers;
         DurableLength = file.Length;
-        clusters.Cache.EnableWriteBack();
+        l2Tables.EnableWriteBack();
     }
 
     public MetadataMap Map { get; }
@@ -59,7 +62,7 @@ internal sealed class ImageWriter
     public IBlockDevice File => _file;
 
     /// <summary>Number of L2 tables whose changed entries wait for the next barrier.</summary>
-    public int WaitingTables => _clusters.Cache.DirtyCount;
+    public int WaitingTables => _l2Tables.DirtyCount;
 
     /// <summary>Dropped references waiting for a <see cref="Sync"/> (and then <see cref="TakeDurableFrees"/>).</summary>
     public int WaitingFrees => _frees.Count;
@@ -125,7 +128,7 @@ internal sealed class ImageWriter
     public void L2Changed(L2Cache.Table table, L2Slot slot, bool waitsForFlush)
     {
         var (first, count) = slot.Words;
-        _clusters.Cache.MarkDirty(table, first, count, waitsForFlush);
+        _l2Tables.MarkDirty(table, first, count, waitsForFlush);
     }
 
     /// <summary>
@@ -149,7 +152,7 @@ internal sealed class ImageWriter
     {
         long length = _file.Length;
         int dropped = _frees.Count; // their entries changed before now, and are written below
-        if (_l1DirtyEnd > 0 || _clusters.Cache.AnyWaitsForFlush || _refcountsRaised) Barrier(); // what they name is durable first
+        if (_l1DirtyEnd > 0 || _l2Tables.AnyWaitsForFlush || _refcountsRaised) Barrier(); // what they name is durable first
         else WriteWaiting();
         if (_barriers) _file.Flush();
         DurableLength = length;
@@ -158,7 +161,7 @@ internal sealed class ImageWriter
 
     private void WriteWaiting()
     {
-        foreach (var table in _clusters.Cache.TakeDirty())
+        foreach (var table in _l2Tables.TakeDirty())
         {
             WriteEntries(MetadataKind.L2Table, table.Entries.AsSpan(table.DirtyFirst, table.DirtyEnd - table.DirtyFirst), table.Offset + table.DirtyFirst * 8L);
             table.MarkClean();
@@ -168,7 +171,7 @@ internal sealed class ImageWriter
             long first = _l1DirtyFirst, end = _l1DirtyEnd;
             _l1DirtyFirst = long.MaxValue;
             _l1DirtyEnd = 0;
-            WriteEntries(MetadataKind.ActiveL1, _clusters.L1.AsSpan((int)first, (int)(end - first)), _l1Offset + first * 8);
+            WriteEntries(MetadataKind.ActiveL1, _l1.AsSpan((int)first, (int)(end - first)), _l1Offset + first * 8);
         }
     }
 

@@ -55,7 +55,7 @@ internal sealed partial class Qcow2Image
         // path keeps (and updates as metadata moves) for its overlap check.
         if (check.MetadataOverlap is not null) throw RefuseWriting(check.MetadataOverlap);
         var map = check.Metadata ?? throw RefuseWriting("the check could not name every metadata cluster");
-        _writer = new ImageWriter(_file, map, _map, h.L1TableOffset, _flushBarriers);
+        _writer = new ImageWriter(_file, map, _map.Cache, _map.L1, h.L1TableOffset, _flushBarriers);
         long maxBytes = _file is FileBlockDevice { IsBlockDevice: true } device ? device.Length : MaxHostBytes;
         _refcounts = new Refcounts(_writer, Path, h, maxBytes >> h.ClusterBits, _reservations);
         _clusterWrites = new ClusterWrites(this, _map, _refcounts, _writer, _cipher, _data, _compressed, _copyOnWrite);
