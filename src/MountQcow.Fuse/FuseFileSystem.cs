@@ -254,8 +254,9 @@ internal static unsafe class FuseFileSystem
     /// <summary>
     /// Reads for libfuse, which frees what is returned. The tree plans the pieces: ranges that lie
     /// unchanged in the image file (or a backing file) go back as file ranges, which libfuse
-    /// splices into /dev/fuse without a copy through this process; the rest (zeros, compressed
-    /// clusters, or everything on a writable mount) as bytes in malloc'ed memory.
+    /// splices into /dev/fuse without a copy through this process; the rest (compressed
+    /// clusters, tables) as ranges of the thread's <see cref="ReplyArea"/> it is computed in, or,
+    /// on a writable mount (no splice) or without memfd, as bytes in malloc'ed memory.
     /// </summary>
     [UnmanagedCallersOnly]
     private static int ReadBuf(byte* path, fuse_bufvec** result, nuint size, long offset, fuse_file_info* fi)
@@ -271,6 +272,10 @@ internal static unsafe class FuseFileSystem
             if (file is null) return -ENOENT;
             long length = (long)Math.Min(size, (nuint)MaxRequestFor(server.Tree.Writable));
             int planned = file.PlanRead(offset, length, plan, hostRanges: server.Splice);
+            // Spliced replies take computed bytes from this thread's memfd (see ReplyArea): one
+            // copy in the kernel instead of two. Without splice, libfuse writes memory straight.
+            var area = server.Splice ? ReplyArea.ForThisThread((int)length) : null;
+            int computed = 0;
             for (; count < planned; count++)
             {
                 var piece = plan[count];
@@ -283,6 +288,19 @@ internal static unsafe class FuseFileSystem
                         fd = (int)host.DangerousGetHandle(),
                         pos = piece.HostOffset,
                     };
+                    continue;
+                }
+                if (area is not null)
+                {
+                    int n = file.ReadPlanned(new Span<byte>(area.Memory + computed, (int)piece.Length), piece);
+                    pieces[count] = new fuse_buf
+                    {
+                        size = (nuint)n,
+                        flags = fuse_buf.FUSE_BUF_IS_FD | fuse_buf.FUSE_BUF_FD_SEEK,
+                        fd = (int)area.File.DangerousGetHandle(),
+                        pos = computed,
+                    };
+                    computed += n;
                     continue;
                 }
                 void* memory = NativeMemory.Alloc((nuint)piece.Length);
