@@ -278,6 +278,26 @@ public sealed class FormatWriterTests(WriterSourceFixture fixture) : IClassFixtu
         Assert.False(File.Exists(_b.PathOf("x")));
     }
 
+    /// <summary>
+    /// A monolithic VMDK addresses its grains and tables in 32-bit sectors: a disk it cannot hold
+    /// is refused before anything is made (not an overflow after the whole copy), naming the
+    /// subformat that holds it; 2 TiB less 1 GiB is still taken.
+    /// </summary>
+    [Theory]
+    [InlineData("monolithicSparse")]
+    [InlineData("streamOptimized")]
+    public void AMonolithicVmdkPastItsAddressesIsRefusedUpFront(string subformat)
+    {
+        using var huge = new ZeroDevice((2L << 40) - (1L << 30) + 512);
+        var e = Assert.Throws<UnsupportedFeatureException>(() => FormatWriters.Create(huge, _b.PathOf("huge.vmdk"), new WriteTarget("vmdk", subformat)));
+        Assert.Contains("twoGbMaxExtentSparse", e.Message);
+        Assert.False(File.Exists(_b.PathOf("huge.vmdk")));
+        using var largest = new ZeroDevice((2L << 40) - (1L << 30));
+        Assert.Equal(largest.Length, FormatWriters.Create(largest, _b.PathOf("largest.vmdk"), new WriteTarget("vmdk", subformat)).DiskSize);
+        using var split = new ZeroDevice(3L << 40);
+        Assert.Equal(split.Length, FormatWriters.Create(split, _b.PathOf("split.vmdk"), new WriteTarget("vmdk", "twoGbMaxExtentSparse")).DiskSize);
+    }
+
     /// <summary>A disk of zeros: every extent a hole (nothing to write).</summary>
     private sealed class ZeroDevice(long length) : IBlockDevice
     {

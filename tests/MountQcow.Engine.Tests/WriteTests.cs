@@ -280,6 +280,33 @@ public sealed class WriteTests : IDisposable
     }
 
     [QemuFact]
+    public void AnL2TableInTheFilesLastPartialClusterIsRefusedForWriting()
+    {
+        // A hostile image whose counts agree: the L2 table moved to a cluster the file ends inside
+        // (its second half missing, read as zeros). Reads may follow it; writes may not.
+        string image = _b.Create("partial.qcow2", "8M");
+        _b.Write(image, 0, 65536, Fill.Random, 11);
+        int bits = Poke.ClusterBits(image);
+        long cluster = 1L << bits, l1 = Poke.L1Offset(image), l2 = Poke.L2Offset(image, 0);
+        long moved = (new FileInfo(image).Length + cluster - 1) & ~(cluster - 1);
+        var table = new byte[cluster / 2];
+        using (var f = File.OpenHandle(image, FileMode.Open, FileAccess.ReadWrite))
+        {
+            RandomAccess.Read(f, table, l2);
+            RandomAccess.Write(f, table, moved);
+        }
+        ImageBuilder.PokeU64(image, l1, (ulong)moved | (1UL << 63));
+        Poke.Refcount16(image, moved >> bits, 1);
+        Poke.Refcount16(image, l2 >> bits, 0);
+        Assert.Equal(0, ImageChecker.Check(image).ExitCode);
+        var before = File.ReadAllBytes(image);
+        var e = Assert.Throws<CorruptImageException>(() => Writable(image));
+        Assert.Contains($"L2 table offset 0x{moved:x} lies past the end of the file (L1 index 0)", e.Message);
+        Assert.Contains("refusing to write", e.Message);
+        Assert.Equal(before, File.ReadAllBytes(image));
+    }
+
+    [QemuFact]
     public void WritesOutsideTheDiskAreRefused()
     {
         string image = _b.Create("bounds.qcow2", "1M");

@@ -65,8 +65,12 @@ internal sealed class CheckReport
     /// </summary>
     internal MetadataMap? Metadata { get; set; }
 
-    /// <summary>Where two kinds of metadata claim one cluster (the first such place), or null.</summary>
-    internal string? MetadataOverlap { get; set; }
+    /// <summary>
+    /// Why the image must not be written although its counts agree (the first reason), or null:
+    /// two kinds of metadata claim one cluster, or an L2 table lies in the file's last, partial
+    /// cluster (the cluster map refuses to read it).
+    /// </summary>
+    internal string? WriteRefusal { get; set; }
 
     /// <summary>Counts one corruption, and says where it is.</summary>
     internal void Corruption(string message)
@@ -269,7 +273,7 @@ internal sealed class ImageChecker
         _report.AllocatedClusters = _report.FragmentedClusters = _report.CompressedClusters = 0;
         _contested.Clear();
         _report.Metadata = null;
-        _report.MetadataOverlap = null;
+        _report.WriteRefusal = null;
         var claims = new MetadataMap(_path, _bits);
         Claim(claims, 0, _clusterSize, MetadataKind.Header);
         Reference(0, _clusterSize);
@@ -303,7 +307,7 @@ internal sealed class ImageChecker
         Reference(_table.Offset, _table.Areas * sizeof(ulong));
         if (!CountBitmaps(bitmaps, claims)) return false;
         CountRefcountBlocks(claims);
-        _report.Metadata = _report.MetadataOverlap is null ? claims : null;
+        _report.Metadata = _report.WriteRefusal is null ? claims : null;
         return true;
     }
 
@@ -325,6 +329,8 @@ internal sealed class ImageChecker
             Reference(l2Offset, _clusterSize);
             if ((l2Offset & (_clusterSize - 1)) != 0) Corrupt($"ERROR l2_offset={l2Offset:x}: Table is not cluster aligned; L1 entry corrupted");
             if (l2Offset >= _file.Length) continue; // reads as zeros: no references
+            if (l2Offset > _file.Length - _clusterSize)
+                _report.WriteRefusal ??= $"L2 table offset 0x{l2Offset:x} lies past the end of the file (L1 index {i})";
             // One L1 table names an L2 table once: one named again is counted, never walked again
             // (4M entries naming one 2 MiB table would be 8 TiB of walking).
             if (!walked.Add(l2Offset))
@@ -494,10 +500,14 @@ internal sealed class ImageChecker
 
     private void Claim(MetadataMap claims, long offset, long length, MetadataKind kind)
     {
-        if (offset < 0 || offset >= _file.Length || claims.TryAdd(offset, Math.Min(length, _file.Length - offset), kind) is not { } conflict)
-            return;
-        _report.MetadataOverlap ??= $"the {MetadataMap.Describe(kind)} at 0x{offset:x} overlaps the {MetadataMap.Describe(conflict.Kind)} in cluster 0x{conflict.Cluster << _bits:x}";
-        for (long c = offset >> _bits; length > 0 && c <= (offset + length - 1) >> _bits; c++) _contested.Add(c);
+        // Claimed as far as a reference may reach (past that, Reference reports corruption), so
+        // a table at or just past the file's end is in the inventory the write path keeps.
+        long limit = QemuFileLength + _clusterSize - 1;
+        if (offset < 0 || offset >= limit || length <= 0) return;
+        long n = Math.Min(length, limit - offset);
+        if (claims.TryAdd(offset, n, kind) is not { } conflict) return;
+        _report.WriteRefusal ??= $"the {MetadataMap.Describe(kind)} at 0x{offset:x} overlaps the {MetadataMap.Describe(conflict.Kind)} in cluster 0x{conflict.Cluster << _bits:x}";
+        for (long c = offset >> _bits; c <= (offset + n - 1) >> _bits; c++) _contested.Add(c);
     }
 
     // QEMU measures a file in whole 512-byte sectors, its length rounded up.

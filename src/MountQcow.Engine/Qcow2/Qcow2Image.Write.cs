@@ -53,7 +53,7 @@ internal sealed partial class Qcow2Image
         }
         // The check named every cluster that holds metadata: that inventory is the one the write
         // path keeps (and updates as metadata moves) for its overlap check.
-        if (check.MetadataOverlap is not null) throw RefuseWriting(check.MetadataOverlap);
+        if (check.WriteRefusal is not null) throw RefuseWriting(check.WriteRefusal);
         var map = check.Metadata ?? throw RefuseWriting("the check could not name every metadata cluster");
         _writer = new ImageWriter(_file, map, _map.Cache, _map.L1, h.L1TableOffset, _flushBarriers);
         long maxBytes = _file is FileBlockDevice { IsBlockDevice: true } device ? device.Length : MaxHostBytes;

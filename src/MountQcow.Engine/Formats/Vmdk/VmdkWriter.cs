@@ -29,6 +29,8 @@ internal sealed class VmdkWriter : FormatWriter
     private const int DescriptorSectors = 20; // QEMU's room for the embedded descriptor
     private const long SplitSectors = (2L << 30) / Sector; // a twoGbMaxExtent file holds at most 2 GiB of the disk (a whole number of grains)
 
+    private const long MonolithicSectors = ((2L << 40) - (1L << 30)) / Sector; // 2 TiB of 32-bit sector numbers, less room for the tables
+
     private readonly string _subformat;
 
     public VmdkWriter(IBlockDevice source, string path, string subformat) : base(source, path)
@@ -39,6 +41,10 @@ internal sealed class VmdkWriter : FormatWriter
             throw new UnsupportedFeatureException(path, "a VMDK's file name cannot hold a quote or a control character (its descriptor names it in quotes)");
         if (SourceSectors > (long)uint.MaxValue * GrainSectors)
             throw new UnsupportedFeatureException(path, $"a disk of {Source.Length} bytes is larger than a VMDK grain directory holds");
+        // One file addresses its grains in 32-bit sector numbers: 2 TiB. Larger disks go into
+        // extents of 2 GiB each (whose tables are also small enough to make in memory).
+        if (subformat is "monolithicSparse" or "streamOptimized" && SourceSectors > MonolithicSectors)
+            throw new UnsupportedFeatureException(path, $"a {subformat} VMDK holds at most 2 TiB less 1 GiB (its grains and tables are addressed in 32-bit sectors); a disk of {Source.Length} bytes needs -o subformat=twoGbMaxExtentSparse");
     }
 
     public override long DiskSize => SourceSectors * Sector;
