@@ -3,6 +3,8 @@
 #define FUSE_USE_VERSION 31
 #define _FILE_OFFSET_BITS 64
 #include <fuse.h>
+#include <fuse_lowlevel.h>
+#include <linux/fuse.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,7 +13,7 @@
 
 #define SIZE(t) printf("sizeof %s %zu\n", #t, sizeof(t))
 #define OFF(t, f) printf("offsetof %s.%s %zu\n", #t, #f, offsetof(t, f))
-#define OP(f) OFF(struct fuse_operations, f)
+#define OP(f) OFF(struct fuse_lowlevel_ops, f)
 
 /* The bit a one-bit field occupies in fuse_file_info's first flag word. */
 static int bit_of(void (*set)(struct fuse_file_info *))
@@ -47,37 +49,42 @@ int main(void)
     OFF(struct fuse_conn_info, want);
     OFF(struct fuse_conn_info, max_background);
 
-    OFF(struct fuse_config, entry_timeout);
-    OFF(struct fuse_config, negative_timeout);
-    OFF(struct fuse_config, attr_timeout);
-    OFF(struct fuse_config, use_ino);
-    OFF(struct fuse_config, direct_io);
-    OFF(struct fuse_config, kernel_cache);
-    OFF(struct fuse_config, auto_cache);
-    OFF(struct fuse_config, nullpath_ok);
+    /* Every slot, in the order of fuse_lowlevel.h: the test checks each one the C# struct declares. */
+    SIZE(struct fuse_lowlevel_ops);
+    OP(init); OP(destroy); OP(lookup); OP(forget); OP(getattr); OP(setattr); OP(readlink); OP(mknod);
+    OP(mkdir); OP(unlink); OP(rmdir); OP(symlink); OP(rename); OP(link); OP(open); OP(read); OP(write);
+    OP(flush); OP(release); OP(fsync); OP(opendir); OP(readdir); OP(releasedir); OP(fsyncdir); OP(statfs);
+    OP(setxattr); OP(getxattr); OP(listxattr); OP(removexattr); OP(access); OP(create); OP(getlk);
+    OP(setlk); OP(bmap); OP(ioctl); OP(poll); OP(write_buf); OP(retrieve_reply); OP(forget_multi);
+    OP(flock); OP(fallocate); OP(readdirplus); OP(copy_file_range); OP(lseek);
 
-    /* Every slot, in the order of fuse.h: the test checks each one the C# struct declares. */
-    SIZE(struct fuse_operations);
-    OP(getattr); OP(readlink); OP(mknod); OP(mkdir); OP(unlink); OP(rmdir); OP(symlink); OP(rename);
-    OP(link); OP(chmod); OP(chown); OP(truncate); OP(open); OP(read); OP(write); OP(statfs);
-    OP(flush); OP(release); OP(fsync); OP(setxattr); OP(getxattr); OP(listxattr); OP(removexattr);
-    OP(opendir); OP(readdir); OP(releasedir); OP(fsyncdir); OP(init); OP(destroy); OP(access);
-    OP(create); OP(lock); OP(utimens); OP(bmap); OP(ioctl); OP(poll); OP(write_buf); OP(read_buf);
-    OP(flock); OP(fallocate); OP(copy_file_range); OP(lseek);
+    SIZE(struct fuse_entry_param);
+    OFF(struct fuse_entry_param, ino);
+    OFF(struct fuse_entry_param, generation);
+    OFF(struct fuse_entry_param, attr);
+    OFF(struct fuse_entry_param, attr_timeout);
+    OFF(struct fuse_entry_param, entry_timeout);
 
-    SIZE(struct fuse_context);
-    OFF(struct fuse_context, fuse);
-    OFF(struct fuse_context, uid);
-    OFF(struct fuse_context, gid);
-    OFF(struct fuse_context, pid);
-    OFF(struct fuse_context, private_data);
-    OFF(struct fuse_context, umask);
+    SIZE(struct fuse_open_out);
+    OFF(struct fuse_open_out, fh);
+    OFF(struct fuse_open_out, open_flags);
+    OFF(struct fuse_open_out, padding);
+    printf("value FOPEN_DIRECT_IO %d\n", FOPEN_DIRECT_IO);
+    printf("value FOPEN_KEEP_CACHE %d\n", FOPEN_KEEP_CACHE);
+    printf("value FOPEN_PARALLEL_DIRECT_WRITES %d\n", FOPEN_PARALLEL_DIRECT_WRITES);
+    printf("value FUSE_CAP_READDIRPLUS %d\n", FUSE_CAP_READDIRPLUS);
+    printf("value FUSE_CAP_READDIRPLUS_AUTO %d\n", FUSE_CAP_READDIRPLUS_AUTO);
+    printf("value FUSE_BUF_SPLICE_MOVE %d\n", FUSE_BUF_SPLICE_MOVE);
+
+    SIZE(struct iovec);
+    OFF(struct iovec, iov_len);
 
     SIZE(struct fuse_args);
     SIZE(struct fuse_loop_config); /* the FUSE_3.2 layout: { int clone_fd; unsigned max_idle_threads; } */
     OFF(struct fuse_loop_config, max_idle_threads);
 
     SIZE(struct stat);
+    OFF(struct stat, st_ino);
     OFF(struct stat, st_mode);
     OFF(struct stat, st_nlink);
     OFF(struct stat, st_uid);

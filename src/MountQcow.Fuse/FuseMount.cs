@@ -43,15 +43,15 @@ internal sealed record FuseOptions
 /// </summary>
 internal sealed unsafe class FuseMount : IMount
 {
-    private nint _fuse;
-    private fuse_operations* _ops;
+    private nint _session;
+    private fuse_lowlevel_ops* _ops;
     private readonly FuseServer _server;
     private readonly FuseOptions _options;
 
-    private FuseMount(string mountpoint, nint fuse, fuse_operations* ops, FuseServer server, FuseOptions options)
+    private FuseMount(string mountpoint, nint session, fuse_lowlevel_ops* ops, FuseServer server, FuseOptions options)
     {
         Mountpoint = mountpoint;
-        _fuse = fuse;
+        _session = session;
         _ops = ops;
         _server = server;
         _options = options;
@@ -88,33 +88,33 @@ internal sealed unsafe class FuseMount : IMount
     {
         if (Unavailable() is { } reason) throw new FuseException(reason);
         var server = new FuseServer(tree, options.Log, options.ForHolders);
-        var ops = (fuse_operations*)NativeMemory.AllocZeroed((nuint)sizeof(fuse_operations));
+        var ops = (fuse_lowlevel_ops*)NativeMemory.AllocZeroed((nuint)sizeof(fuse_lowlevel_ops));
         *ops = FuseFileSystem.Operations();
         var argv = new List<string> { "mountqcow" };
         if (options.Debug) argv.Add("-d");
         if (options.MountOptions.Count > 0) argv.AddRange(["-o", string.Join(',', options.MountOptions)]);
-        nint fuse = 0;
+        nint session = 0;
         var native = argv.Select(a => Marshal.StringToCoTaskMemUTF8(a)).ToArray();
         try
         {
             fixed (nint* array = native)
             {
                 var args = new fuse_args { argc = native.Length, argv = (byte**)array };
-                fuse = LibFuse3.fuse_new(&args, ops, (nuint)sizeof(fuse_operations), (void*)server.UserData);
+                session = LibFuse3.fuse_session_new(&args, ops, (nuint)sizeof(fuse_lowlevel_ops), (void*)server.UserData);
                 if (LibFuse3.fuse_opt_free_args != null) LibFuse3.fuse_opt_free_args(&args);
             }
-            if (fuse == 0) throw new FuseException($"libfuse refused the mount options: {string.Join(',', options.MountOptions)}");
+            if (session == 0) throw new FuseException($"libfuse refused the mount options: {string.Join(',', options.MountOptions)}");
             byte[] path = Encoding.UTF8.GetBytes(mountpoint + "\0");
             fixed (byte* p = path)
             {
-                if (LibFuse3.fuse_mount(fuse, p) != 0)
+                if (LibFuse3.fuse_session_mount(session, p) != 0)
                     throw new FuseException($"cannot mount at {mountpoint} (libfuse's reason is above)");
             }
-            return new FuseMount(mountpoint, fuse, ops, server, options);
+            return new FuseMount(mountpoint, session, ops, server, options);
         }
         catch
         {
-            if (fuse != 0) LibFuse3.fuse_destroy(fuse);
+            if (session != 0) LibFuse3.fuse_session_destroy(session);
             NativeMemory.Free(ops);
             server.Dispose();
             throw;
@@ -134,14 +134,14 @@ internal sealed unsafe class FuseMount : IMount
             new Thread(SetReadahead) { IsBackground = true, Name = "readahead" }.Start();
         }
         int result;
-        if (LibFuse3.fuse_loop_mt_32 != null)
+        if (LibFuse3.fuse_session_loop_mt_32 != null)
         {
             var config = new fuse_loop_config { clone_fd = _options.CloneFd ? 1 : 0, max_idle_threads = 16 };
-            result = LibFuse3.fuse_loop_mt_32(_fuse, &config);
+            result = LibFuse3.fuse_session_loop_mt_32(_session, &config);
         }
         else
         {
-            result = LibFuse3.fuse_loop_mt_30(_fuse, _options.CloneFd ? 1 : 0);
+            result = LibFuse3.fuse_session_loop_mt_30(_session, _options.CloneFd ? 1 : 0);
         }
         return EndedByKernel(result) ? 0 : result;
     }
@@ -226,10 +226,10 @@ internal sealed unsafe class FuseMount : IMount
 
     public void Dispose()
     {
-        if (_fuse == 0) return;
-        LibFuse3.fuse_unmount(_fuse); // nothing to do once the kernel has ended the session
-        LibFuse3.fuse_destroy(_fuse);
-        _fuse = 0;
+        if (_session == 0) return;
+        LibFuse3.fuse_session_unmount(_session); // nothing to do once the kernel has ended the session
+        LibFuse3.fuse_session_destroy(_session);
+        _session = 0;
         NativeMemory.Free(_ops);
         _ops = null;
         _server.Dispose(); // libfuse calls back no more

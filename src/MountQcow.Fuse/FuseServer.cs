@@ -5,9 +5,10 @@ namespace MountQcow.Fuse;
 
 /// <summary>
 /// One FUSE mount's own state: the tree it serves, how (splice, who may open held files for
-/// writing), whose files it shows, and whether its first request has come. libfuse carries it as
-/// the mount's user data (fuse_new's last argument, then the context's private_data), so the
-/// static callbacks of <see cref="FuseFileSystem"/> find the mount each request came through;
+/// writing, how long the kernel may keep what it is told), whose files it shows, its mappings of
+/// host files, and whether its first request has come. libfuse carries it as the session's user
+/// data (fuse_session_new's last argument, then fuse_req_userdata), so the static callbacks of
+/// <see cref="FuseFileSystem"/> find the mount each request came through;
 /// two mounts of a process may serve different trees, or one tree with different policies.
 /// </summary>
 internal sealed class FuseServer : IDisposable
@@ -42,6 +43,15 @@ internal sealed class FuseServer : IDisposable
     /// <summary>Whether reads hand the kernel file ranges to splice (read-only mounts whose kernel can), decided at INIT.</summary>
     public bool Splice { get; set; }
 
+    /// <summary>How long, in seconds, the kernel may keep names and attributes (decided at INIT).</summary>
+    public double Timeout { get; set; } = 1;
+
+    /// <summary>How long the kernel may keep that a name is missing; 0: not at all (decided at INIT).</summary>
+    public double MissTimeout { get; set; }
+
+    /// <summary>Read-only mappings of the host files short reads are answered from.</summary>
+    public HostMaps HostMaps { get; } = new();
+
     /// <summary>Set once the first request after INIT has come (INIT's settings are in force from then on).</summary>
     public ManualResetEventSlim Serving { get; } = new();
 
@@ -51,10 +61,11 @@ internal sealed class FuseServer : IDisposable
     /// <summary>The server a request's context names.</summary>
     public static FuseServer Of(nint userData) => (FuseServer)GCHandle.FromIntPtr(userData).Target!;
 
-    /// <summary>Once libfuse no longer calls back (after fuse_destroy).</summary>
+    /// <summary>Once libfuse no longer calls back (after fuse_session_destroy).</summary>
     public void Dispose()
     {
         if (_handle.IsAllocated) _handle.Free();
         Serving.Dispose();
+        HostMaps.Dispose();
     }
 }

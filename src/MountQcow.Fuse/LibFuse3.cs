@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace MountQcow.Fuse;
 
-// A thin binding to libfuse3's high-level API (libfuse3.so.3, Debian package fuse3), with
+// A thin binding to libfuse3's low-level API (libfuse3.so.3, Debian package fuse3), with
 // FUSE_USE_VERSION 31 semantics. Structs keep their C names and layouts; a test compares
 // them with native/fuse-probe.c compiled against the installed headers.
 #pragma warning disable IDE1006, CS0649, CS8981 // C names; fields written by native code
@@ -50,57 +50,52 @@ internal unsafe struct fuse_conn_info
     public const uint FUSE_CAP_SPLICE_MOVE = 1 << 8;
     public const uint FUSE_CAP_AUTO_INVAL_DATA = 1 << 12;
     public const uint FUSE_CAP_ASYNC_DIO = 1 << 15;
+    public const uint FUSE_CAP_READDIRPLUS = 1 << 13;
+    public const uint FUSE_CAP_READDIRPLUS_AUTO = 1 << 14;
     public const uint FUSE_CAP_PARALLEL_DIROPS = 1 << 18;
 }
 
-/// <summary>The leading fields of struct fuse_config that are set in init (the rest is left as libfuse made it).</summary>
+/// <summary>struct fuse_lowlevel_ops: 44 function pointers, in order (libfuse 3.14; later versions only append).</summary>
 [StructLayout(LayoutKind.Sequential)]
-internal struct fuse_config
+internal struct fuse_lowlevel_ops
 {
-    public int set_gid;
-    public uint gid;
-    public int set_uid;
-    public uint uid;
-    public int set_mode;
-    public uint umask;
-    public double entry_timeout;
-    public double negative_timeout;
-    public double attr_timeout;
-    public int intr;
-    public int intr_signal;
-    public int remember;
-    public int hard_remove;
-    public int use_ino;
-    public int readdir_ino;
-    public int direct_io;
-    public int kernel_cache;
-    public int auto_cache;
-    public int no_rofd_flush;
-    public int ac_attr_timeout_set;
-    public double ac_attr_timeout;
-    public int nullpath_ok;
+    public nint init, destroy, lookup, forget, getattr, setattr, readlink, mknod, mkdir, unlink, rmdir, symlink,
+        rename, link, open, read, write, flush, release, fsync, opendir, readdir, releasedir, fsyncdir, statfs,
+        setxattr, getxattr, listxattr, removexattr, access, create, getlk, setlk, bmap, ioctl, poll, write_buf,
+        retrieve_reply, forget_multi, flock, fallocate, readdirplus, copy_file_range, lseek;
 }
 
-/// <summary>struct fuse_operations: 42 function pointers, in order.</summary>
+/// <summary>
+/// The head of struct fuse_entry_param (ino, generation); a struct stat follows, then the
+/// attribute and entry timeouts. The stat's size differs by architecture, so the whole is laid out
+/// by <see cref="LibFuse3.EntryParamSize"/>.
+/// </summary>
 [StructLayout(LayoutKind.Sequential)]
-internal struct fuse_operations
+internal struct fuse_entry_param
 {
-    public nint getattr, readlink, mknod, mkdir, unlink, rmdir, symlink, rename, link, chmod, chown, truncate,
-        open, read, write, statfs, flush, release, fsync, setxattr, getxattr, listxattr, removexattr,
-        opendir, readdir, releasedir, fsyncdir, init, destroy, access, create, @lock, utimens, bmap, ioctl,
-        poll, write_buf, read_buf, flock, fallocate, copy_file_range, lseek;
+    public ulong ino;
+    public ulong generation;
 }
 
-/// <summary>struct fuse_context: who made the request being served, and through which mount (<c>fuse_get_context</c>).</summary>
+/// <summary>struct fuse_open_out, the kernel's reply to OPEN (linux/fuse.h), for flags libfuse 3.14 cannot set.</summary>
 [StructLayout(LayoutKind.Sequential)]
-internal struct fuse_context
+internal struct fuse_open_out
 {
-    public nint fuse;
-    public uint uid;
-    public uint gid;
-    public int pid;
-    public nint private_data;
-    public uint umask;
+    public ulong fh;
+    public uint open_flags;
+    public uint padding;
+
+    public const uint FOPEN_DIRECT_IO = 1 << 0;
+    public const uint FOPEN_KEEP_CACHE = 1 << 1;
+    public const uint FOPEN_PARALLEL_DIRECT_WRITES = 1 << 6;
+}
+
+/// <summary>struct iovec.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct iovec
+{
+    public void* iov_base;
+    public nuint iov_len;
 }
 
 /// <summary>struct fuse_buf: memory, or a range of a file descriptor.</summary>
@@ -115,6 +110,9 @@ internal unsafe struct fuse_buf
 
     public const int FUSE_BUF_IS_FD = 1 << 1;
     public const int FUSE_BUF_FD_SEEK = 1 << 2;
+
+    /// <summary>enum fuse_buf_copy_flags: let the kernel move (not copy) spliced pages.</summary>
+    public const int FUSE_BUF_SPLICE_MOVE = 1 << 3;
 }
 
 /// <summary>struct fuse_bufvec with one buffer (the C struct ends in a one-element array).</summary>
@@ -157,6 +155,7 @@ internal unsafe struct statvfs
 [StructLayout(LayoutKind.Explicit, Size = 144)]
 internal struct stat_x64
 {
+    [FieldOffset(8)] public ulong st_ino;
     [FieldOffset(16)] public ulong st_nlink;
     [FieldOffset(24)] public uint st_mode;
     [FieldOffset(28)] public uint st_uid;
@@ -173,6 +172,7 @@ internal struct stat_x64
 [StructLayout(LayoutKind.Explicit, Size = 128)]
 internal struct stat_arm64
 {
+    [FieldOffset(8)] public ulong st_ino;
     [FieldOffset(16)] public uint st_mode;
     [FieldOffset(20)] public uint st_nlink;
     [FieldOffset(24)] public uint st_uid;
@@ -190,19 +190,36 @@ internal static unsafe partial class LibFuse3
 {
     public const string Library = "libfuse3.so.3";
 
-    public static delegate* unmanaged<fuse_args*, fuse_operations*, nuint, void*, nint> fuse_new;
-    public static delegate* unmanaged<nint, byte*, int> fuse_mount;
-    public static delegate* unmanaged<nint, void> fuse_unmount;
-    public static delegate* unmanaged<nint, void> fuse_destroy;
-    public static delegate* unmanaged<nint, nint> fuse_get_session;
-    public static delegate* unmanaged<nint, void> fuse_session_exit;
-
-    /// <summary>The calling request's struct fuse_context: its private_data is the mount's <see cref="FuseServer"/>.</summary>
-    public static delegate* unmanaged<nint> fuse_get_context;
-    // fuse_loop_mt@FUSE_3.2 takes a fuse_loop_config*; fuse_loop_mt@FUSE_3.0 an int clone_fd.
-    public static delegate* unmanaged<nint, fuse_loop_config*, int> fuse_loop_mt_32;
-    public static delegate* unmanaged<nint, int, int> fuse_loop_mt_30;
+    public static delegate* unmanaged<fuse_args*, fuse_lowlevel_ops*, nuint, void*, nint> fuse_session_new;
+    public static delegate* unmanaged<nint, byte*, int> fuse_session_mount;
+    public static delegate* unmanaged<nint, void> fuse_session_unmount;
+    public static delegate* unmanaged<nint, void> fuse_session_destroy;
+    // fuse_session_loop_mt@FUSE_3.2 takes a fuse_loop_config*; fuse_session_loop_mt@FUSE_3.0 an int clone_fd.
+    public static delegate* unmanaged<nint, fuse_loop_config*, int> fuse_session_loop_mt_32;
+    public static delegate* unmanaged<nint, int, int> fuse_session_loop_mt_30;
     public static delegate* unmanaged<fuse_args*, void> fuse_opt_free_args;
+
+    /// <summary>The session's user data: the mount's <see cref="FuseServer"/>.</summary>
+    public static delegate* unmanaged<nint, nint> fuse_req_userdata;
+    public static delegate* unmanaged<nint, int, int> fuse_reply_err;
+    public static delegate* unmanaged<nint, void> fuse_reply_none;
+    public static delegate* unmanaged<nint, void*, int> fuse_reply_entry;
+    public static delegate* unmanaged<nint, void*, double, int> fuse_reply_attr;
+    public static delegate* unmanaged<nint, byte*, int> fuse_reply_readlink;
+    public static delegate* unmanaged<nint, fuse_file_info*, int> fuse_reply_open;
+    public static delegate* unmanaged<nint, nuint, int> fuse_reply_write;
+    public static delegate* unmanaged<nint, void*, nuint, int> fuse_reply_buf;
+    public static delegate* unmanaged<nint, iovec*, int, int> fuse_reply_iov;
+    public static delegate* unmanaged<nint, fuse_bufvec*, int, int> fuse_reply_data;
+    public static delegate* unmanaged<nint, statvfs*, int> fuse_reply_statfs;
+    public static delegate* unmanaged<nint, long, int> fuse_reply_lseek;
+    public static delegate* unmanaged<nint, byte*, nuint, byte*, void*, long, nuint> fuse_add_direntry;
+
+    /// <summary>The size of struct stat here (x86-64: 144; arm64: 128).</summary>
+    public static int StatSize => RuntimeInformation.ProcessArchitecture == Architecture.Arm64 ? 128 : 144;
+
+    /// <summary>The size of struct fuse_entry_param: ino, generation, a stat, two timeouts.</summary>
+    public static int EntryParamSize => 16 + StatSize + 16;
 
     private static readonly object s_loadLock = new();
     private static string? s_loadError;
@@ -244,17 +261,30 @@ internal static unsafe partial class LibFuse3
                 nint p = version is null ? 0 : dlvsym(lib, name, version);
                 return p != 0 ? p : NativeLibrary.TryGetExport(lib, name, out nint any) ? any : 0;
             }
-            fuse_new = (delegate* unmanaged<fuse_args*, fuse_operations*, nuint, void*, nint>)Symbol("fuse_new", "FUSE_3.1");
-            fuse_mount = (delegate* unmanaged<nint, byte*, int>)Symbol("fuse_mount");
-            fuse_unmount = (delegate* unmanaged<nint, void>)Symbol("fuse_unmount");
-            fuse_destroy = (delegate* unmanaged<nint, void>)Symbol("fuse_destroy");
-            fuse_get_session = (delegate* unmanaged<nint, nint>)Symbol("fuse_get_session");
-            fuse_session_exit = (delegate* unmanaged<nint, void>)Symbol("fuse_session_exit");
-            fuse_get_context = (delegate* unmanaged<nint>)Symbol("fuse_get_context");
-            fuse_loop_mt_32 = (delegate* unmanaged<nint, fuse_loop_config*, int>)dlvsym(lib, "fuse_loop_mt", "FUSE_3.2");
-            fuse_loop_mt_30 = (delegate* unmanaged<nint, int, int>)dlvsym(lib, "fuse_loop_mt", "FUSE_3.0");
+            fuse_session_new = (delegate* unmanaged<fuse_args*, fuse_lowlevel_ops*, nuint, void*, nint>)Symbol("fuse_session_new");
+            fuse_session_mount = (delegate* unmanaged<nint, byte*, int>)Symbol("fuse_session_mount");
+            fuse_session_unmount = (delegate* unmanaged<nint, void>)Symbol("fuse_session_unmount");
+            fuse_session_destroy = (delegate* unmanaged<nint, void>)Symbol("fuse_session_destroy");
+            fuse_session_loop_mt_32 = (delegate* unmanaged<nint, fuse_loop_config*, int>)dlvsym(lib, "fuse_session_loop_mt", "FUSE_3.2");
+            fuse_session_loop_mt_30 = (delegate* unmanaged<nint, int, int>)dlvsym(lib, "fuse_session_loop_mt", "FUSE_3.0");
             fuse_opt_free_args = (delegate* unmanaged<fuse_args*, void>)Symbol("fuse_opt_free_args");
-            if (fuse_new == null || fuse_mount == null || fuse_destroy == null || fuse_get_context == null || (fuse_loop_mt_32 == null && fuse_loop_mt_30 == null))
+            fuse_req_userdata = (delegate* unmanaged<nint, nint>)Symbol("fuse_req_userdata");
+            fuse_reply_err = (delegate* unmanaged<nint, int, int>)Symbol("fuse_reply_err");
+            fuse_reply_none = (delegate* unmanaged<nint, void>)Symbol("fuse_reply_none");
+            fuse_reply_entry = (delegate* unmanaged<nint, void*, int>)Symbol("fuse_reply_entry");
+            fuse_reply_attr = (delegate* unmanaged<nint, void*, double, int>)Symbol("fuse_reply_attr");
+            fuse_reply_readlink = (delegate* unmanaged<nint, byte*, int>)Symbol("fuse_reply_readlink");
+            fuse_reply_open = (delegate* unmanaged<nint, fuse_file_info*, int>)Symbol("fuse_reply_open");
+            fuse_reply_write = (delegate* unmanaged<nint, nuint, int>)Symbol("fuse_reply_write");
+            fuse_reply_buf = (delegate* unmanaged<nint, void*, nuint, int>)Symbol("fuse_reply_buf");
+            fuse_reply_iov = (delegate* unmanaged<nint, iovec*, int, int>)Symbol("fuse_reply_iov");
+            fuse_reply_data = (delegate* unmanaged<nint, fuse_bufvec*, int, int>)Symbol("fuse_reply_data");
+            fuse_reply_statfs = (delegate* unmanaged<nint, statvfs*, int>)Symbol("fuse_reply_statfs");
+            fuse_reply_lseek = (delegate* unmanaged<nint, long, int>)Symbol("fuse_reply_lseek");
+            fuse_add_direntry = (delegate* unmanaged<nint, byte*, nuint, byte*, void*, long, nuint>)Symbol("fuse_add_direntry");
+            if (fuse_session_new == null || fuse_session_mount == null || fuse_session_destroy == null || fuse_req_userdata == null
+                || fuse_reply_iov == null || fuse_reply_data == null || fuse_add_direntry == null
+                || (fuse_session_loop_mt_32 == null && fuse_session_loop_mt_30 == null))
                 return s_loadError = $"{Library} lacks the functions of libfuse 3 (too old or not libfuse)";
             s_loaded = true;
             return null;

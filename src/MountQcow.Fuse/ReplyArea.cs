@@ -4,62 +4,63 @@ using Microsoft.Win32.SafeHandles;
 namespace MountQcow.Fuse;
 
 /// <summary>
-/// Where a libfuse thread computes the bytes of its read replies (decompressed clusters, tables)
-/// on a mount that splices: a memfd of one request's size, mapped into this process. Handed to
-/// libfuse as a file range, its pages go into the pipe by reference, so the kernel copies the
-/// bytes once (pipe to /dev/fuse). Malloc'ed memory would be written into the pipe first: a
-/// second copy of every computed byte, and a page allocated for each 4 KiB.
+/// Where a libfuse thread computes the bytes of its read replies (decompressed clusters, tables):
+/// a memfd of one request's size, mapped into this process. Handed to libfuse as a file range,
+/// its pages go into the pipe by reference, so the kernel copies the bytes once (pipe to
+/// /dev/fuse). Malloc'ed memory would be written into the pipe first: a second copy of every
+/// computed byte, and a page allocated for each 4 KiB. Replies that are not spliced go out from
+/// its memory in one writev. Where no memfd can be made, plain memory (no <see cref="File"/>).
 /// </summary>
 /// <remarks>
-/// One per thread, reused by each reply: libfuse sends a reply (and the pipe is drained) on the
-/// thread that computed it, before that thread takes its next request. When a thread ends, its
-/// area is collected: the finalizer unmaps it and the handle closes the memfd.
+/// One per thread, reused by each reply: a reply is sent (and the pipe drained) on the thread
+/// that computed it, before that thread takes its next request. When a thread ends, its area is
+/// collected: the finalizer unmaps or frees it and the handle closes the memfd.
 /// </remarks>
 internal sealed unsafe partial class ReplyArea
 {
     [ThreadStatic] private static ReplyArea? t_area;
-    [ThreadStatic] private static bool t_unavailable;
 
-    private ReplyArea(SafeFileHandle file, byte* memory, int size)
+    private ReplyArea(SafeFileHandle? file, byte* memory, int size)
     {
         File = file;
         Memory = memory;
         Size = size;
     }
 
-    /// <summary>The memfd libfuse splices from.</summary>
-    public SafeFileHandle File { get; }
+    /// <summary>The memfd libfuse splices from; null for plain memory.</summary>
+    public SafeFileHandle? File { get; }
 
     /// <summary>The memfd's bytes, mapped shared (what is written here is what splice reads).</summary>
     public byte* Memory { get; }
 
     public int Size { get; }
 
-    /// <summary>This thread's area of at least <paramref name="size"/> bytes; null where none can be made (the caller then uses memory).</summary>
-    public static ReplyArea? ForThisThread(int size)
+    /// <summary>This thread's area of at least <paramref name="size"/> bytes.</summary>
+    public static ReplyArea ForThisThread(int size)
     {
         if (t_area is { } area && area.Size >= size) return area;
-        if (t_unavailable || !OperatingSystem.IsLinux()) return null;
-        t_area = Create(size);
-        t_unavailable = t_area is null;
-        return t_area;
+        t_area = null;
+        return t_area = Create(size);
     }
 
-    private static ReplyArea? Create(int size)
+    private static ReplyArea Create(int size)
     {
-        int fd = memfd_create("mountqcow-reply", MFD_CLOEXEC);
-        if (fd < 0) return null;
-        var file = new SafeFileHandle(fd, ownsHandle: true);
-        void* memory = ftruncate(fd, size) == 0 ? mmap(null, (nuint)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
-        if (memory == MAP_FAILED)
+        int fd = OperatingSystem.IsLinux() ? memfd_create("mountqcow-reply", MFD_CLOEXEC) : -1;
+        if (fd >= 0)
         {
+            var file = new SafeFileHandle(fd, ownsHandle: true);
+            void* memory = ftruncate(fd, size) == 0 ? mmap(null, (nuint)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+            if (memory != MAP_FAILED) return new ReplyArea(file, (byte*)memory, size);
             file.Dispose();
-            return null;
         }
-        return new ReplyArea(file, (byte*)memory, size);
+        return new ReplyArea(null, (byte*)NativeMemory.Alloc((nuint)size), size);
     }
 
-    ~ReplyArea() => munmap(Memory, (nuint)Size);
+    ~ReplyArea()
+    {
+        if (File is null) NativeMemory.Free(Memory);
+        else munmap(Memory, (nuint)Size);
+    }
 
     private const uint MFD_CLOEXEC = 1;
     private const int PROT_READ = 1, PROT_WRITE = 2, MAP_SHARED = 1;

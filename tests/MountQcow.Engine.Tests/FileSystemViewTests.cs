@@ -93,6 +93,10 @@ public sealed class FileSystemViewTests : IDisposable
             var facts = node.Facts;
             Assert.True(ids.Add(facts.Id), $"{node.Name}: id {facts.Id} twice");
             Assert.Same(node, tree.EntryOfNode(facts.Id).Node);
+            Assert.Same(node, tree.EntryOf(facts.Id).Node); // FUSE's inode number
+            if (node.IsDirectory)
+                foreach (var c in node.Children) // a FUSE lookup: a name in the folder a number names, ignoring case
+                    Assert.Same(c, tree.Child(tree.EntryOf(facts.Id), Encoding.UTF8.GetBytes(c.Name.ToLowerInvariant())).Node);
             Assert.Equal(node.IsDirectory, facts.IsDirectory);
             Assert.False(facts.Writable);
             // One policy for every file the tree shows: a read-only folder's, a read-only file's.

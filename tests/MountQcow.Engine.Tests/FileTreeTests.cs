@@ -217,6 +217,59 @@ public sealed class FileTreeTests
         Assert.Equal([0, 1, 2], tree.Files.Select(f => f.Index));
     }
 
+    /// <summary>
+    /// Every entry is found again by its id (FUSE's inode number) and by its name in its folder
+    /// (FUSE's lookup); numbers no entry has, and names in what is not a folder, find nothing.
+    /// </summary>
+    [Fact]
+    public void EveryEntryIsFoundByItsIdAndByItsNameInItsFolder()
+    {
+        var disk = new byte[4 << 20];
+        var entry = disk.AsSpan(446, 16);
+        entry[4] = 0x83;
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(entry[8..], 2048);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(entry[12..], 2048);
+        disk[510] = 0x55;
+        disk[511] = 0xAA;
+        using var tree = Tree(disk, writable: false);
+        tree.AddLink(tree.Root, "p1", "/elsewhere/p1");
+        tree.AddLink(tree.Root, "p9", "/elsewhere/p9");
+        Assert.Equal(1, tree.Root.Id); // FUSE's root
+        var ids = new HashSet<long>();
+        void Walk(VirtualFolder folder)
+        {
+            var here = tree.EntryOf(folder.Id);
+            Assert.Same(folder, here.Folder);
+            Assert.Equal(folder.Id, here.Facts!.Value.Id);
+            Assert.True(ids.Add(folder.Id));
+            foreach (var file in folder.Files)
+            {
+                Assert.Same(file, tree.EntryOf(file.Id).File);
+                Assert.Same(file, tree.Child(here, file.NameUtf8).File);
+                Assert.Equal(file.Id, file.Facts.Id);
+                Assert.True(ids.Add(file.Id));
+                Assert.False(tree.Child(tree.EntryOf(file.Id), "x"u8).Found); // a file has nothing under it
+            }
+            foreach (var link in folder.Links)
+            {
+                Assert.Same(link, tree.EntryOf(link.Id).Link);
+                Assert.Same(link, tree.Child(here, link.NameUtf8).Link);
+                Assert.True(ids.Add(link.Id));
+            }
+            foreach (var sub in folder.Folders)
+            {
+                Assert.Same(sub, tree.Child(here, sub.NameUtf8).Folder);
+                Walk(sub);
+            }
+            Assert.False(tree.Child(here, "nothing"u8).Found);
+            Assert.True(tree.Child(here, "nothing"u8).ParentExists);
+        }
+        Walk(tree.Root);
+        Assert.Equal(tree.Files.Count + tree.Folders.Count + tree.Links.Count, ids.Count);
+        foreach (long none in new[] { 0, -1, 2L * tree.Folders.Count + 1, 2L * tree.Files.Count + 2, tree.Links[^1].Id + 1, (1L << 62) | 12345 })
+            Assert.False(tree.EntryOf(none).Found, $"id {none}");
+    }
+
     [Fact]
     public void FactsCarryModesSizesAndTimes()
     {

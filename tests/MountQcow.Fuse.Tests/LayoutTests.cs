@@ -58,20 +58,42 @@ public sealed class LayoutTests
     }
 
     [NeedsFact("cc", "pkg-config")]
-    public void ConnectionInfoAndConfigMatch()
+    public void ConnectionInfoMatches()
     {
         Size<fuse_conn_info>("fuse_conn_info");
         foreach (string f in new[] { "max_write", "max_read", "max_readahead", "capable", "want", "max_background" })
             Offset<fuse_conn_info>("fuse_conn_info", f);
-        foreach (string f in new[] { "entry_timeout", "negative_timeout", "attr_timeout", "use_ino", "direct_io", "kernel_cache", "auto_cache", "nullpath_ok" })
-            Offset<fuse_config>("fuse_config", f);
+        Assert.Equal((long)fuse_conn_info.FUSE_CAP_READDIRPLUS, C("value FUSE_CAP_READDIRPLUS"));
+        Assert.Equal((long)fuse_conn_info.FUSE_CAP_READDIRPLUS_AUTO, C("value FUSE_CAP_READDIRPLUS_AUTO"));
     }
 
     [NeedsFact("cc", "pkg-config")]
-    public void OperationsTableMatches() => EveryField<fuse_operations>("fuse_operations");
+    public void LowLevelOperationsTableMatches() => EveryField<fuse_lowlevel_ops>("fuse_lowlevel_ops");
+
+    /// <summary>fuse_entry_param is laid out by hand (its stat differs by architecture): ino, generation, the stat, the two timeouts.</summary>
+    [NeedsFact("cc", "pkg-config")]
+    public void EntryParamMatches()
+    {
+        Assert.Equal(C("sizeof struct fuse_entry_param"), LibFuse3.EntryParamSize);
+        Offset<fuse_entry_param>("fuse_entry_param", "ino");
+        Offset<fuse_entry_param>("fuse_entry_param", "generation");
+        Assert.Equal(C("offsetof struct fuse_entry_param.attr"), Marshal.SizeOf<fuse_entry_param>());
+        Assert.Equal(C("offsetof struct fuse_entry_param.attr_timeout"), Marshal.SizeOf<fuse_entry_param>() + LibFuse3.StatSize);
+        Assert.Equal(C("offsetof struct fuse_entry_param.entry_timeout"), Marshal.SizeOf<fuse_entry_param>() + LibFuse3.StatSize + 8);
+        Assert.Equal(C("sizeof struct stat"), LibFuse3.StatSize);
+    }
 
     [NeedsFact("cc", "pkg-config")]
-    public void ContextMatches() => EveryField<fuse_context>("fuse_context");
+    public void OpenReplyIovecAndFlagsMatch()
+    {
+        EveryField<fuse_open_out>("fuse_open_out");
+        Assert.Equal((long)fuse_open_out.FOPEN_DIRECT_IO, C("value FOPEN_DIRECT_IO"));
+        Assert.Equal((long)fuse_open_out.FOPEN_KEEP_CACHE, C("value FOPEN_KEEP_CACHE"));
+        Assert.Equal((long)fuse_open_out.FOPEN_PARALLEL_DIRECT_WRITES, C("value FOPEN_PARALLEL_DIRECT_WRITES"));
+        Assert.Equal((long)fuse_buf.FUSE_BUF_SPLICE_MOVE, C("value FUSE_BUF_SPLICE_MOVE"));
+        Size<iovec>("iovec");
+        Offset<iovec>("iovec", "iov_len");
+    }
 
     [NeedsFact("cc", "pkg-config")]
     public void ArgsLoopConfigStatAndStatvfsMatch()
@@ -85,13 +107,13 @@ public sealed class LayoutTests
         if (RuntimeInformation.ProcessArchitecture == Architecture.X64)
         {
             Size<stat_x64>("stat");
-            foreach (string f in new[] { "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks", "st_atim", "st_mtim", "st_ctim" })
+            foreach (string f in new[] { "st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks", "st_atim", "st_mtim", "st_ctim" })
                 Offset<stat_x64>("stat", f);
         }
         else
         {
             Size<stat_arm64>("stat");
-            foreach (string f in new[] { "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks", "st_atim", "st_mtim", "st_ctim" })
+            foreach (string f in new[] { "st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks", "st_atim", "st_mtim", "st_ctim" })
                 Offset<stat_arm64>("stat", f);
         }
     }

@@ -17,6 +17,9 @@ internal readonly record struct TreeEntry(VirtualFolder? Folder, VirtualFile? Fi
     /// <summary>What a backend shows for it; null when nothing is found.</summary>
     public FileFacts? Facts => File?.Facts ?? Folder?.Facts ?? Link?.Facts ?? Node?.Facts;
 
+    /// <summary>Its number for backends (0 when nothing is found): see <see cref="VirtualFileTree.EntryOf(long)"/>.</summary>
+    public long Id => File?.Id ?? Folder?.Id ?? Link?.Id ?? Node?.Id ?? 0;
+
     /// <summary>Its name (the root's is "").</summary>
     public string? Name => File?.Name ?? Folder?.Name ?? Link?.Name ?? Node?.Name;
 }

@@ -30,6 +30,9 @@ internal sealed class VirtualFile : ITreeFile, IHostRunSource
     /// <summary>Where the file is in <see cref="VirtualFileTree.Files"/>; backends keep it as their handle.</summary>
     public int Index { get; }
 
+    /// <summary>Its number for backends (even, from 2): see <see cref="VirtualFileTree.EntryOf(long)"/>.</summary>
+    public long Id => 2L * Index + 2;
+
     /// <summary>The name in UTF-8, for backends that compare native strings without allocating.</summary>
     public byte[] NameUtf8 { get; }
 
@@ -83,7 +86,7 @@ internal sealed class VirtualFile : ITreeFile, IHostRunSource
                 _tree.StartAllocationScan();
                 allocated = Length;
             }
-            return new FileFacts(2L * Index + 2, false, Writable, Length, allocated, _tree.Modified, OthersMayRead: _tree.OthersMayRead);
+            return new FileFacts(Id, false, Writable, Length, allocated, _tree.Modified, OthersMayRead: _tree.OthersMayRead);
         }
     }
 

@@ -10,50 +10,63 @@ internal sealed partial class VirtualFileTree
     /// <exception cref="CorruptFileSystemException">A directory on the way inside a file system is damaged.</exception>
     public TreeEntry Lookup(ReadOnlySpan<byte> utf8Path)
     {
-        var folder = Root;
+        var entry = new TreeEntry(Root, null, true);
         while (true)
         {
             while (!utf8Path.IsEmpty && utf8Path[0] == (byte)'/') utf8Path = utf8Path[1..];
-            if (utf8Path.IsEmpty) return new TreeEntry(folder, null, true);
+            if (utf8Path.IsEmpty) return entry;
+            if (!entry.IsFolder) return new TreeEntry(null, null, false); // a file has nothing under it
             int slash = utf8Path.IndexOf((byte)'/');
-            var name = slash < 0 ? utf8Path : utf8Path[..slash];
-            bool last = slash < 0 || utf8Path[slash..].TrimStart((byte)'/').IsEmpty;
-            var rest = slash < 0 ? default : utf8Path[slash..];
-            VirtualFolder? sub = null;
-            foreach (var f in folder.FolderList)
-                if (name.SequenceEqual(f.NameUtf8)) sub = f;
-            if (sub is null)
-            {
-                foreach (var v in Volatile.Read(ref folder.ViewArray))
-                    if (name.SequenceEqual(v.NameUtf8)) return Inside(v.Root, rest);
-                if (last)
-                {
-                    foreach (var f in folder.FileList)
-                        if (name.SequenceEqual(f.NameUtf8)) return new TreeEntry(null, f, true);
-                    foreach (var l in Volatile.Read(ref folder.LinkArray)) // an array: no enumerator to allocate
-                        if (name.SequenceEqual(l.NameUtf8)) return new TreeEntry(null, null, true, l);
-                }
-                return new TreeEntry(null, null, last);
-            }
-            folder = sub;
-            utf8Path = rest;
+            var child = Child(entry, slash < 0 ? utf8Path : utf8Path[..slash]);
+            if (!child.Found) return new TreeEntry(null, null, slash < 0 || utf8Path[slash..].TrimStart((byte)'/').IsEmpty);
+            entry = child;
+            utf8Path = slash < 0 ? default : utf8Path[slash..];
         }
     }
 
-    /// <summary>The rest of a UTF-8 path, from a folder inside a file system.</summary>
-    private static TreeEntry Inside(ViewNode node, ReadOnlySpan<byte> path)
+    /// <summary>
+    /// What <paramref name="name"/> (UTF-8, one part of a path) names in the folder
+    /// <paramref name="folder"/>: the tree's names compared exactly (a folder, a file system the
+    /// tree reads, a file, a link, in that order); inside a file system, ignoring case as that
+    /// file system does. Nothing, with its parent found, when there is no such name.
+    /// </summary>
+    /// <exception cref="CorruptFileSystemException">The directory inside a file system is damaged.</exception>
+    public TreeEntry Child(TreeEntry folder, ReadOnlySpan<byte> name)
     {
-        while (true)
+        if (folder.Node is { IsDirectory: true } node)
+            return node.Child(name) is { } child ? new TreeEntry(null, null, true, Node: child) : new TreeEntry(null, null, true);
+        if (folder.Folder is not { } parent) return new TreeEntry(null, null, false);
+        foreach (var f in parent.FolderList)
+            if (name.SequenceEqual(f.NameUtf8)) return new TreeEntry(f, null, true);
+        foreach (var v in Volatile.Read(ref parent.ViewArray))
+            if (name.SequenceEqual(v.NameUtf8)) return new TreeEntry(null, null, true, Node: v.Root);
+        foreach (var f in parent.FileList)
+            if (name.SequenceEqual(f.NameUtf8)) return new TreeEntry(null, f, true);
+        foreach (var l in Volatile.Read(ref parent.LinkArray)) // an array: no enumerator to allocate
+            if (name.SequenceEqual(l.NameUtf8)) return new TreeEntry(null, null, true, l);
+        return new TreeEntry(null, null, true);
+    }
+
+    /// <summary>The first link's <see cref="VirtualLink.Id"/>: folders and files have the numbers below it.</summary>
+    internal const long FirstLinkId = 1L << 40;
+
+    /// <summary>
+    /// What an entry's <see cref="TreeEntry.Id"/> names (a backend's handle or inode number):
+    /// folders are odd and files even below <see cref="FirstLinkId"/>, links from there, nodes
+    /// inside file systems have bit 62 set (<see cref="ViewNode.Id"/>). Nothing for a number no
+    /// entry has.
+    /// </summary>
+    public TreeEntry EntryOf(long id)
+    {
+        if (id <= 0) return default;
+        if ((id & (1L << 62)) != 0) return EntryOfNode(id);
+        if (id >= FirstLinkId)
         {
-            while (!path.IsEmpty && path[0] == (byte)'/') path = path[1..];
-            if (path.IsEmpty) return new TreeEntry(null, null, true, Node: node);
-            if (!node.IsDirectory) return new TreeEntry(null, null, false); // a file has nothing under it
-            int slash = path.IndexOf((byte)'/');
-            bool last = slash < 0 || path[slash..].TrimStart((byte)'/').IsEmpty;
-            if (node.Child(slash < 0 ? path : path[..slash]) is not { } child) return new TreeEntry(null, null, last);
-            node = child;
-            path = slash < 0 ? default : path[slash..];
+            var links = Links;
+            return id - FirstLinkId < links.Count ? new TreeEntry(null, null, true, links[(int)(id - FirstLinkId)]) : default;
         }
+        if (id % 2 == 1) return (id - 1) / 2 < _folders.Count ? new TreeEntry(_folders[(int)((id - 1) / 2)], null, true) : default;
+        return (id - 2) / 2 < _files.Count ? new TreeEntry(null, _files[(int)((id - 2) / 2)], true) : default;
     }
 
     /// <summary>
@@ -143,6 +156,16 @@ internal sealed partial class VirtualFileTree
             entry = Lookup(slash < 0 ? default : trimmed[..slash]);
         }
         RefuseChange(entry, what);
+    }
+
+    /// <summary>
+    /// Creating, deleting or renaming <paramref name="name"/> in <paramref name="folder"/>:
+    /// refused as <see cref="ChangeEntries(ReadOnlySpan{byte}, string)"/> refuses its path.
+    /// </summary>
+    public void ChangeEntries(TreeEntry folder, ReadOnlySpan<byte> name, string what)
+    {
+        var entry = Child(folder, name);
+        RefuseChange(entry.Found ? entry : folder, what);
     }
 
     /// <summary>

@@ -44,6 +44,9 @@ internal sealed class VirtualFolder
     /// <summary>The folder that holds it; null for the root.</summary>
     internal VirtualFolder? Parent { get; init; }
 
+    /// <summary>Its number for backends (odd; the root's is 1, FUSE's root): see <see cref="VirtualFileTree.EntryOf(long)"/>.</summary>
+    public long Id => 2L * Index + 1;
+
     /// <summary>What a backend shows for this folder.</summary>
-    public FileFacts Facts => new(2L * Index + 1, true, Writable, 0, 0, _tree.Modified, OthersMayRead: _tree.OthersMayRead);
+    public FileFacts Facts => new(Id, true, Writable, 0, 0, _tree.Modified, OthersMayRead: _tree.OthersMayRead);
 }

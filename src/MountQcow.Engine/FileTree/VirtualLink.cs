@@ -32,6 +32,9 @@ internal sealed class VirtualLink
     /// <summary>Where the link is in <see cref="VirtualFileTree.Links"/>.</summary>
     public int Index { get; }
 
-    /// <summary>What a backend shows for this link (ids after every file's and folder's).</summary>
-    public FileFacts Facts => new((1L << 40) + Index, false, false, TargetUtf8.Length, 0, _tree.Modified, IsLink: true);
+    /// <summary>Its number for backends, after every file's and folder's: see <see cref="VirtualFileTree.EntryOf(long)"/>.</summary>
+    public long Id => VirtualFileTree.FirstLinkId + Index;
+
+    /// <summary>What a backend shows for this link.</summary>
+    public FileFacts Facts => new(Id, false, false, TargetUtf8.Length, 0, _tree.Modified, IsLink: true);
 }
