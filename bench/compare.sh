@@ -2,7 +2,7 @@
 # compare.sh: measures mountqcow against the other ways to read a qcow2 image as a file on
 # this machine, in one interleaved run, and prints medians.
 #
-#   [QEMU_BIN=DIR] bench/compare.sh [-r ROUNDS] [-t SECONDS] [-x] [-w] [-f] [-c RAW] [IMAGE.qcow2...]
+#   [QEMU_BIN=DIR] bench/compare.sh [-r ROUNDS] [-t SECONDS] [-j "JOBS..."] [-C CEILING.c] [-x] [-w] [-f] [-c RAW] [IMAGE.qcow2...]
 #
 # QEMU_BIN: the folder of the QEMU to compare with (its qemu-storage-daemon and qemu-img); the
 # anchor is QEMU 10: ../shared/bench/get-qemu10.sh unpacks it and prints the folder. Without it,
@@ -11,16 +11,20 @@
 # For each image and round, every mounter that can open it is measured in turn:
 #   seq_MB/s     dd of the whole disk, 1 MiB reads, after dropping the page cache and reading
 #                the image's files once (so every mounter starts from the same warm image)
-#   rand4k_IOPS  fio, 4 KiB O_DIRECT random reads, 2 jobs, for SECONDS
+#   rand4k_IOPS  fio, 4 KiB O_DIRECT random reads, for SECONDS, once per number of jobs in -j
+#                (default "2 4": a column each)
 # Mounters: mountqcow (artifacts/mountqcow/mountqcow, built by ./build.sh), QEMU's
-# qemu-storage-daemon FUSE export, libqcow's qcowmount; each is skipped where missing.
+# qemu-storage-daemon FUSE export, libqcow's qcowmount; each is skipped where missing. With
+# -C (e.g. -C ../shared/bench/fuse-ceiling.c) also that C program's FUSE file, served from memory
+# with no image: the transport's ceiling, which mountqcow's random reads should reach (>= 1.0 x).
 # With -x it also times `mountqcow export` against `qemu-img convert -O raw`. For a zstd
 # image it prints the decoder's limit: cores x the single-core rate of `zstd -b3 -B<cluster>` on
 # the image's own data (needs zstd).
 # With -w it measures writes through `mountqcow --rw` against qemu-storage-daemon's writable
 # FUSE export, on fresh 4 GiB images with 64 KiB clusters (fio): seq (1 MiB writes of 1 GiB,
-# end_fsync, MB/s), rand (4 KiB O_DIRECT, 2 jobs, IOPS), sync (4 KiB, fsync every 32, IOPS),
-# back (rand over a fully written backing file, IOPS).
+# end_fsync, MB/s), rand (4 KiB O_DIRECT, 2 jobs, IOPS), rand4 (the same, 4 jobs: writers of one
+# file in parallel), sync (4 KiB, fsync every 32, IOPS), back (rand over a fully written backing
+# file, IOPS).
 # With -f it converts each image (uncompressed, please) to VMDK, VHD, VHDX and VDI with qemu-img
 # and measures mountqcow on each against the qcow2 with the same bytes (target: >= 0.9 x).
 # With -c RAW it times `mountqcow convert --compress` against `qemu-img convert -c` (zstd and
@@ -28,12 +32,14 @@
 # Needs root (to drop caches), fuse3, fio; apt-get install qemu-system-common libqcow-utils fio
 # brings the peers. Compare ratios from one run: shared machines drift between runs.
 set -u
-rounds=3 secs=5 exports=0 writes=0 formats=0 convert_src=""
-usage() { sed -n '2,29p' "$0"; exit 2; }
-while getopts "r:t:xwfc:" opt; do
+rounds=3 secs=5 exports=0 writes=0 formats=0 convert_src="" jobs="2 4" ceiling_src=""
+usage() { sed -n '2,34p' "$0"; exit 2; }
+while getopts "r:t:j:C:xwfc:" opt; do
   case $opt in
     r) rounds=$OPTARG ;;
     t) secs=$OPTARG ;;
+    j) jobs=$OPTARG ;;
+    C) ceiling_src=$(readlink -f "$OPTARG") ;;
     x) exports=1 ;;
     w) writes=1 ;;
     f) formats=1 ;;
@@ -80,8 +86,8 @@ seq_mbs() {
   dd if="$2" of=/dev/null bs=1M 2>&1 | awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") s = $(i - 1); printf "%.0f\n", $1 / s / 1e6 }'
 }
 
-rand_iops() {
-  fio --name=r --filename="$1" --readonly --rw=randread --bs=4k --direct=1 --ioengine=psync --numjobs=2 \
+rand_iops() { # target [jobs]
+  fio --name=r --filename="$1" --readonly --rw=randread --bs=4k --direct=1 --ioengine=psync --numjobs="${2:-2}" \
     --runtime="$secs" --time_based --group_reporting --output-format=terse 2>/dev/null | awk -F';' '{ print $8 }'
 }
 
@@ -96,6 +102,11 @@ for image in "$@"; do
   declare -A file=() seq=() iops=()
   m=$scratch/mountqcow-$name; mkdir -p "$m"
   "$mountqcow" "$image" "$m" >/dev/null && mounted+=("$m") && file[mountqcow]=$m/disk.raw
+  if [ -n "$ceiling_src" ] && { [ -x "$scratch/ceiling" ] || gcc -O2 "$ceiling_src" -o "$scratch/ceiling" $(pkg-config fuse3 --cflags --libs); }; then
+    m=$scratch/ceiling-$name; mkdir -p "$m"
+    SIZE=$(qemu-img info -U --output=json "$image" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])') \
+      "$scratch/ceiling" "$m" && mounted+=("$m") && file[fuse-ceiling]=$m/disk
+  fi
   if command -v qemu-storage-daemon >/dev/null; then
     m=$scratch/qsd-$name; mkdir -p "$m"; touch "$m/disk"
     # read-only: mountqcow's mount holds QEMU's reader locks, which keep writers out
@@ -110,18 +121,25 @@ for image in "$@"; do
   for _ in $(seq "$rounds"); do
     for who in "${!file[@]}"; do
       seq[$who]+="$(seq_mbs "$image" "${file[$who]}") "
-      iops[$who]+="$(rand_iops "${file[$who]}") "
+      for j in $jobs; do iops[$who.$j]+="$(rand_iops "${file[$who]}" "$j") "; done
     done
   done
-  echo "== $name ($rounds rounds, medians)"
-  printf '%-22s %10s %12s %14s %14s\n' mounter seq_MB/s rand4k_IOPS "seq: us/them" "rand: us/them"
+  echo "== $name ($rounds rounds, medians; us/them: mountqcow's figure over the row's)"
+  printf '%-22s %10s %14s' mounter seq_MB/s "seq: us/them"
+  for j in $jobs; do printf ' %14s %14s' "rand4k_IOPS_${j}j" "us/them"; done; echo
   declare -A mseq=() miops=()
-  for who in mountqcow qemu-storage-daemon qcowmount; do
+  for who in mountqcow fuse-ceiling qemu-storage-daemon qcowmount; do
     [ -n "${file[$who]:-}" ] || continue
-    mseq[$who]=$(tr ' ' '\n' <<< "${seq[$who]}" | median); miops[$who]=$(tr ' ' '\n' <<< "${iops[$who]}" | median)
-    printf '%-22s %10s %12s %14s %14s\n' "$who" "${mseq[$who]}" "${miops[$who]}" \
-      "$([ "$who" = mountqcow ] || ratio "${mseq[mountqcow]:-0}" "${mseq[$who]}")" "$([ "$who" = mountqcow ] || ratio "${miops[mountqcow]:-0}" "${miops[$who]}")"
+    mseq[$who]=$(tr ' ' '\n' <<< "${seq[$who]}" | median)
+    printf '%-22s %10s %14s' "$who" "${mseq[$who]}" "$([ "$who" = mountqcow ] || ratio "${mseq[mountqcow]:-0}" "${mseq[$who]}")"
+    for j in $jobs; do
+      miops[$who.$j]=$(tr ' ' '\n' <<< "${iops[$who.$j]}" | median)
+      printf ' %14s %14s' "${miops[$who.$j]}" "$([ "$who" = mountqcow ] || ratio "${miops[mountqcow.$j]:-0}" "${miops[$who.$j]}")"
+    done
+    echo
   done
+  [ -n "${file[fuse-ceiling]:-}" ] && echo "random reads against the FUSE ceiling: target >= 1.0 x at every number of jobs"
+  first=${jobs%% *}; miops[mountqcow]=${miops[mountqcow.$first]:-0}
   if command -v zstd >/dev/null && qemu-img info -U "$image" 2>/dev/null | grep -q "compression type: zstd"; then
     cluster=$(qemu-img info -U --output=json "$image" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cluster-size"])')
     qemu-img convert -U -O raw "$image" "$scratch/plain.raw"
@@ -138,7 +156,7 @@ for image in "$@"; do
       qemu-img convert -U -O $fmt "$image" "$out" || continue
       "$mountqcow" "$out" "$m" >/dev/null || { rm -f "$out"; continue; }
       fs=() fi=()
-      for _ in $(seq "$rounds"); do fs+=("$(seq_mbs "$out" "$m/disk.raw")"); fi+=("$(rand_iops "$m/disk.raw")"); done
+      for _ in $(seq "$rounds"); do fs+=("$(seq_mbs "$out" "$m/disk.raw")"); fi+=("$(rand_iops "$m/disk.raw" "$first")"); done
       fusermount3 -u "$m"; rm -f "$out"
       a=$(printf '%s\n' "${fs[@]}" | median); b=$(printf '%s\n' "${fi[@]}" | median)
       printf '%-8s %10s %12s %14s %14s\n' $fmt "$a" "$b" "$(ratio "$a" "${mseq[mountqcow]:-0}")" "$(ratio "$b" "${miops[mountqcow]:-0}")"
@@ -170,6 +188,7 @@ write_figure() { # kind target
   case $1 in
     seq)  fio --name=w --filename="$2" --rw=write --bs=1M --size=1G --ioengine=psync --end_fsync=1 --output-format=terse 2>/dev/null | awk -F';' '{printf "%.0f\n", $48*1.024/1000}' ;;
     rand|back) fio --name=w --filename="$2" --rw=randwrite --bs=4k --size=4G --direct=1 --ioengine=psync --numjobs=2 --runtime="$secs" --time_based --group_reporting --output-format=terse 2>/dev/null | awk -F';' '{print $49}' ;;
+    rand4) fio --name=w --filename="$2" --rw=randwrite --bs=4k --size=4G --direct=1 --ioengine=psync --numjobs=4 --runtime="$secs" --time_based --group_reporting --output-format=terse 2>/dev/null | awk -F';' '{print $49}' ;;
     sync) fio --name=w --filename="$2" --rw=randwrite --bs=4k --size=4G --ioengine=psync --fsync=32 --runtime="$secs" --time_based --output-format=terse 2>/dev/null | awk -F';' '{print $49}' ;;
   esac
 }
@@ -180,7 +199,7 @@ if [ "$writes" = 1 ]; then
   qemu-io -f qcow2 -c "write -P 0x5a 0 2G" -c "write -P 0x5a 2G 2G" "$w/base.qcow2" >/dev/null
   declare -A wr=()
   for _ in $(seq "$rounds"); do
-    for kind in seq rand sync back; do
+    for kind in seq rand rand4 sync back; do
       for who in mountqcow qemu; do
         img=$w/img-$who.qcow2; rm -f "$img"
         if [ $kind = back ]; then qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$img"; else qemu-img create -q -f qcow2 "$img" 4G; fi
@@ -200,8 +219,8 @@ if [ "$writes" = 1 ]; then
   done
   echo "== writes ($rounds rounds, medians; seq in MB/s, the others in IOPS)"
   printf '%-6s %12s %12s %10s %8s\n' load mountqcow qemu us/them target
-  declare -A wtarget=([seq]=">= 1.5 x" [back]=">= 1.5 x" [rand]="" [sync]="")
-  for kind in seq rand sync back; do
+  declare -A wtarget=([seq]=">= 1.5 x" [back]=">= 1.5 x" [rand]="" [rand4]=">= 3 x" [sync]="")
+  for kind in seq rand rand4 sync back; do
     a=$(tr ' ' '\n' <<< "${wr[mountqcow.$kind]:-}" | median); b=$(tr ' ' '\n' <<< "${wr[qemu.$kind]:-}" | median)
     printf '%-6s %12s %12s %10s %8s\n' $kind "$a" "$b" "$(ratio "$a" "$b")" "${wtarget[$kind]}"
   done
