@@ -68,7 +68,6 @@ int main(void)
     SIZE(struct fuse_open_out);
     OFF(struct fuse_open_out, fh);
     OFF(struct fuse_open_out, open_flags);
-    OFF(struct fuse_open_out, padding);
     printf("value FOPEN_DIRECT_IO %d\n", FOPEN_DIRECT_IO);
     printf("value FOPEN_KEEP_CACHE %d\n", FOPEN_KEEP_CACHE);
     printf("value FOPEN_PARALLEL_DIRECT_WRITES %d\n", FOPEN_PARALLEL_DIRECT_WRITES);

@@ -301,10 +301,12 @@ internal static unsafe class FuseFileSystem
             // Writers of one file are not serialised by the kernel (FOPEN_PARALLEL_DIRECT_WRITES,
             // which libfuse 3.14's fuse_file_info cannot carry, hence the reply written here): the
             // image takes concurrent writes (its write lock), as it does from two files of one disk.
+            // An image another process may change keeps no pages from one open to the next.
             var reply = new fuse_open_out
             {
                 open_flags = file.Writable ? fuse_open_out.FOPEN_DIRECT_IO | fuse_open_out.FOPEN_PARALLEL_DIRECT_WRITES
                     : file.NeverCached ? fuse_open_out.FOPEN_DIRECT_IO
+                    : server.Tree.MayChange ? 0
                     : fuse_open_out.FOPEN_KEEP_CACHE,
             };
             LibFuse3.fuse_reply_buf(req, &reply, (nuint)sizeof(fuse_open_out));
@@ -485,10 +487,11 @@ internal static unsafe class FuseFileSystem
     }
 
     /// <summary>
-    /// A folder's names from the <paramref name="offset"/>-th on, as many as fit in
-    /// <paramref name="size"/> bytes; each entry's offset is the number of the one after it. The
-    /// order is fixed: ".", "..", folders, files, file systems, links (links and file systems are
-    /// only ever added, at the end).
+    /// A folder's names after <paramref name="offset"/>, as many as fit in <paramref name="size"/>
+    /// bytes. Each entry's offset is a cookie of its kind and its place among that kind (".", "..",
+    /// folders, files, file systems, links, in that order, so cookies only grow): file systems
+    /// and links are added while the tree is served, at the end of their kind, and a listing read
+    /// in several requests neither repeats nor skips a name when one comes between them.
     /// </summary>
     [UnmanagedCallersOnly]
     private static void ReadDir(nint req, ulong ino, nuint size, long offset, fuse_file_info* fi)
@@ -505,12 +508,13 @@ internal static unsafe class FuseFileSystem
             buffer = (byte*)NativeMemory.Alloc(size);
             var names = new DirectoryFiller(req, buffer, size, offset);
             long self = entry.Id;
-            if (names.Add("."u8, self, S_IFDIR) && names.Add(".."u8, self, S_IFDIR))
+            if (names.Add("."u8, self, S_IFDIR, DirectoryFiller.Dots, 0) && names.Add(".."u8, self, S_IFDIR, DirectoryFiller.Dots, 1))
             {
                 if (entry.Node is { } node)
                 {
-                    foreach (var child in node.Children)
-                        if (!names.Add(child.NameUtf8, child.Id, child.IsDirectory ? S_IFDIR : S_IFREG)) break;
+                    var children = node.Children;
+                    for (int i = 0; i < children.Count; i++)
+                        if (!names.Add(children[i].NameUtf8, children[i].Id, children[i].IsDirectory ? S_IFDIR : S_IFREG, DirectoryFiller.Nodes, i)) break;
                 }
                 else
                 {
@@ -529,17 +533,19 @@ internal static unsafe class FuseFileSystem
         }
     }
 
-    /// <summary>Fills a readdir reply: skips the names before its offset, stops when the buffer is full.</summary>
+    /// <summary>Fills a readdir reply: skips the names up to its offset's cookie, stops when the buffer is full.</summary>
     private ref struct DirectoryFiller(nint req, byte* buffer, nuint size, long offset)
     {
-        private long _index;
+        /// <summary>The kinds of names, in listing order (a cookie's high bits).</summary>
+        public const int Dots = 0, Folders = 1, Files = 2, Views = 3, Links = 4, Nodes = 5;
 
         public nuint Used { get; private set; }
 
-        /// <summary>Adds a name (at most 255 bytes); false once the buffer is full.</summary>
-        public bool Add(ReadOnlySpan<byte> utf8, long id, uint type)
+        /// <summary>Adds the <paramref name="index"/>-th name of its <paramref name="kind"/> (at most 255 bytes); false once the buffer is full.</summary>
+        public bool Add(ReadOnlySpan<byte> utf8, long id, uint type, int kind, int index)
         {
-            if (_index++ < offset) return true;
+            long cookie = ((long)kind << 40) + index + 1;
+            if (cookie <= offset) return true;
             byte* name = stackalloc byte[VirtualFileTree.MaxNameBytes + 1];
             utf8.CopyTo(new Span<byte>(name, VirtualFileTree.MaxNameBytes));
             name[utf8.Length] = 0;
@@ -548,7 +554,7 @@ internal static unsafe class FuseFileSystem
             if (RuntimeInformation.ProcessArchitecture == Architecture.Arm64) *(stat_arm64*)stat = new stat_arm64 { st_ino = (ulong)id, st_mode = type };
             else *(stat_x64*)stat = new stat_x64 { st_ino = (ulong)id, st_mode = type };
             nuint room = size - Used;
-            nuint needed = LibFuse3.fuse_add_direntry(req, buffer + Used, room, name, stat, _index);
+            nuint needed = LibFuse3.fuse_add_direntry(req, buffer + Used, room, name, stat, cookie);
             if (needed > room) return false;
             Used += needed;
             return true;
@@ -556,14 +562,18 @@ internal static unsafe class FuseFileSystem
 
         public void AddFolderContents(VirtualFolder folder)
         {
-            foreach (var sub in folder.Folders)
-                if (!sub.Hidden && !Add(sub.NameUtf8, sub.Id, S_IFDIR)) return;
-            foreach (var file in folder.Files)
-                if (!Add(file.NameUtf8, file.Id, S_IFREG)) return;
-            foreach (var view in folder.Views)
-                if (!Add(view.NameUtf8, view.Root.Id, S_IFDIR)) return;
-            foreach (var link in folder.Links)
-                if (!Add(link.NameUtf8, link.Id, S_IFLNK)) return;
+            var folders = folder.Folders;
+            for (int i = 0; i < folders.Count; i++)
+                if (!folders[i].Hidden && !Add(folders[i].NameUtf8, folders[i].Id, S_IFDIR, Folders, i)) return;
+            var files = folder.Files;
+            for (int i = 0; i < files.Count; i++)
+                if (!Add(files[i].NameUtf8, files[i].Id, S_IFREG, Files, i)) return;
+            var views = folder.Views;
+            for (int i = 0; i < views.Count; i++)
+                if (!Add(views[i].NameUtf8, views[i].Root.Id, S_IFDIR, Views, i)) return;
+            var links = folder.Links;
+            for (int i = 0; i < links.Count; i++)
+                if (!Add(links[i].NameUtf8, links[i].Id, S_IFLNK, Links, i)) return;
         }
     }
 
@@ -666,7 +676,7 @@ internal static unsafe class FuseFileSystem
     /// <summary>A stat from the tree's facts: the change time is the modification time, as on Linux's vfat.</summary>
     private static void FillStat(FuseServer server, void* stat, in FileFacts facts)
     {
-        uint mode = (facts.IsLink ? S_IFLNK : facts.IsDirectory ? S_IFDIR : S_IFREG) | facts.Permissions;
+        uint mode = (facts.IsLink ? S_IFLNK : facts.IsDirectory ? S_IFDIR : S_IFREG) | (facts.Permissions & ~server.Umask);
         uint links = facts.Links;
         long size = facts.Length, blocks = (facts.AllocatedBytes + 511) / 512;
         long atime = facts.LastAccess.ToUnixTimeSeconds(), mtime = facts.Modified.ToUnixTimeSeconds();

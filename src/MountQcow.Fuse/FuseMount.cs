@@ -8,6 +8,56 @@ namespace MountQcow.Fuse;
 /// <summary>FUSE cannot be used, or refused the mount; the message says why.</summary>
 internal sealed class FuseException(string message) : Exception(message);
 
+/// <summary>Whose the files are, and the permission bits taken away: -o uid=, gid=, umask= (as libfuse's high-level API took them).</summary>
+internal readonly record struct FileOwner(uint? Uid, uint? Gid, uint Umask)
+{
+    /// <summary>
+    /// Options libfuse's high-level API took and its low-level API, which serves the mount, does
+    /// not: each is refused by name rather than by libfuse's "unknown option".
+    /// </summary>
+    private static readonly string[] HighLevelOnly = ["kernel_cache", "auto_cache", "noauto_cache", "entry_timeout", "attr_timeout",
+        "negative_timeout", "ac_attr_timeout", "remember", "noforget", "modules", "use_ino", "readdir_ino", "direct_io", "hard_remove",
+        "nopath", "intr", "intr_signal", "nullpath_ok", "auto_unmount_delay"];
+
+    /// <summary>Takes uid=, gid= and umask= out of <paramref name="options"/>; what is left goes to libfuse.</summary>
+    /// <exception cref="FuseException">A value is not a number, or an option only libfuse's high-level API knew.</exception>
+    public static FileOwner Take(IReadOnlyList<string> options, out List<string> rest)
+    {
+        uint? uid = null, gid = null;
+        uint umask = 0;
+        rest = [];
+        foreach (string option in options)
+        {
+            int equals = option.IndexOf('=');
+            string name = equals < 0 ? option : option[..equals], value = equals < 0 ? "" : option[(equals + 1)..];
+            switch (name)
+            {
+                case "uid": uid = Number(option, value, 10); break;
+                case "gid": gid = Number(option, value, 10); break;
+                case "umask": umask = Number(option, value, 8) & 0x1ff; break;
+                default:
+                    if (HighLevelOnly.Contains(name))
+                        throw new FuseException($"-o {option}: not an option of mountqcow's mounts (its FUSE server takes uid=, gid= and umask=, and decides caching itself)");
+                    rest.Add(option);
+                    break;
+            }
+        }
+        return new FileOwner(uid, gid, umask);
+    }
+
+    private static uint Number(string option, string value, int radix)
+    {
+        try
+        {
+            return value.Length > 0 ? Convert.ToUInt32(value, radix) : throw new FormatException();
+        }
+        catch (Exception e) when (e is FormatException or OverflowException)
+        {
+            throw new FuseException($"-o {option}: needs a number{(radix == 8 ? " in octal" : "")}");
+        }
+    }
+}
+
 /// <summary>How to mount.</summary>
 internal sealed record FuseOptions
 {
@@ -87,12 +137,13 @@ internal sealed unsafe class FuseMount : IMount
     public static FuseMount Mount(VirtualFileTree tree, string mountpoint, FuseOptions options)
     {
         if (Unavailable() is { } reason) throw new FuseException(reason);
-        var server = new FuseServer(tree, options.Log, options.ForHolders);
+        var owner = FileOwner.Take(options.MountOptions, out var libfuseOptions);
+        var server = new FuseServer(tree, options.Log, options.ForHolders, owner);
         var ops = (fuse_lowlevel_ops*)NativeMemory.AllocZeroed((nuint)sizeof(fuse_lowlevel_ops));
         *ops = FuseFileSystem.Operations();
         var argv = new List<string> { "mountqcow" };
         if (options.Debug) argv.Add("-d");
-        if (options.MountOptions.Count > 0) argv.AddRange(["-o", string.Join(',', options.MountOptions)]);
+        if (libfuseOptions.Count > 0) argv.AddRange(["-o", string.Join(',', libfuseOptions)]);
         nint session = 0;
         var native = argv.Select(a => Marshal.StringToCoTaskMemUTF8(a)).ToArray();
         try
@@ -103,7 +154,7 @@ internal sealed unsafe class FuseMount : IMount
                 session = LibFuse3.fuse_session_new(&args, ops, (nuint)sizeof(fuse_lowlevel_ops), (void*)server.UserData);
                 if (LibFuse3.fuse_opt_free_args != null) LibFuse3.fuse_opt_free_args(&args);
             }
-            if (session == 0) throw new FuseException($"libfuse refused the mount options: {string.Join(',', options.MountOptions)}");
+            if (session == 0) throw new FuseException($"libfuse refused the mount options: {string.Join(',', libfuseOptions)}");
             byte[] path = Encoding.UTF8.GetBytes(mountpoint + "\0");
             fixed (byte* p = path)
             {

@@ -15,13 +15,14 @@ internal sealed class FuseServer : IDisposable
 {
     private GCHandle _handle;
 
-    public FuseServer(VirtualFileTree tree, Action<string>? log, bool forHolders)
+    public FuseServer(VirtualFileTree tree, Action<string>? log, bool forHolders, FileOwner owner)
     {
         Tree = tree;
         Log = log;
         ForHolders = forHolders;
-        Uid = LibFuse3.getuid();
-        Gid = LibFuse3.getgid();
+        Uid = owner.Uid ?? LibFuse3.getuid();
+        Gid = owner.Gid ?? LibFuse3.getgid();
+        Umask = owner.Umask;
         _handle = GCHandle.Alloc(this);
     }
 
@@ -35,10 +36,13 @@ internal sealed class FuseServer : IDisposable
     /// </summary>
     public bool ForHolders { get; }
 
-    /// <summary>Who the files belong to: the user who mounted.</summary>
+    /// <summary>Who the files belong to: the user who mounted, or -o uid=, gid=.</summary>
     public uint Uid { get; }
 
     public uint Gid { get; }
+
+    /// <summary>Permission bits taken away from every file and folder (-o umask=).</summary>
+    public uint Umask { get; }
 
     /// <summary>Whether reads hand the kernel file ranges to splice (read-only mounts whose kernel can), decided at INIT.</summary>
     public bool Splice { get; set; }

@@ -20,11 +20,12 @@ namespace MountQcow.Fuse;
 /// </remarks>
 internal sealed unsafe partial class HostMaps : IDisposable
 {
-    // Larger files are not mapped (address space is 128 TiB; several such files fit).
+    // Address space is 128 TiB; a mount maps at most this much of it (the first files to be read).
     private const long MaxMapped = 16L << 40;
 
     private readonly ConcurrentDictionary<SafeFileHandle, Mapping> _maps = new(ReferenceEqualityComparer.Instance);
     private readonly object _mapping = new();
+    private long _mapped; // bytes, under _mapping
     private bool _disposed;
 
     private sealed record Mapping(nint Start, long Length);
@@ -49,18 +50,23 @@ internal sealed unsafe partial class HostMaps : IDisposable
                 {
                     length = RandomAccess.GetLength(file);
                 }
-                catch (IOException)
+                catch (Exception e) when (e is IOException or ObjectDisposedException)
                 {
-                    // not a file that can say its length: not mapped
+                    // not a file that can say its length, or closed meanwhile: not mapped
                 }
+                if (length == 0) return map; // empty so far: asked again at its next read
                 bool held = false;
                 try
                 {
                     file.DangerousAddRef(ref held); // the descriptor stays this file's while it is mapped
-                    void* start = length is > 0 and <= MaxMapped
+                    void* start = length > 0 && length <= MaxMapped - _mapped
                         ? mmap(null, (nuint)length, PROT_READ, MAP_SHARED, (int)file.DangerousGetHandle(), 0)
                         : MAP_FAILED;
-                    if (start != MAP_FAILED) map = new Mapping((nint)start, length);
+                    if (start != MAP_FAILED)
+                    {
+                        map = new Mapping((nint)start, length);
+                        _mapped += length;
+                    }
                 }
                 catch (ObjectDisposedException)
                 {

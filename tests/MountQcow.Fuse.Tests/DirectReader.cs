@@ -8,7 +8,8 @@ namespace MountQcow.Tests;
 /// </summary>
 internal sealed unsafe partial class DirectReader : IDisposable
 {
-    private const int O_RDONLY = 0, O_DIRECT = 0x4000, O_CLOEXEC = 0x80000;
+    private const int O_RDONLY = 0, O_CLOEXEC = 0x80000;
+    private static readonly int O_DIRECT = RuntimeInformation.ProcessArchitecture == Architecture.Arm64 ? 0x10000 : 0x4000;
     private readonly int _fd;
     private readonly byte* _buffer;
     private readonly int _size;
@@ -35,6 +36,44 @@ internal sealed unsafe partial class DirectReader : IDisposable
         close(_fd);
         NativeMemory.AlignedFree(_buffer);
     }
+
+    /// <summary>
+    /// A folder's names as getdents64 gives them into a buffer of <paramref name="bufferBytes"/>:
+    /// a small buffer takes a few names per call, and the kernel asks the server for the rest
+    /// from the offset of the last name it kept.
+    /// </summary>
+    public static List<string> Names(string folder, int bufferBytes)
+    {
+        const int O_DIRECTORY = 0x10000;
+        int directory = RuntimeInformation.ProcessArchitecture == Architecture.Arm64 ? 0x4000 : O_DIRECTORY;
+        int fd = open(folder, O_RDONLY | directory | O_CLOEXEC);
+        if (fd < 0) throw new IOException($"open {folder}: errno {Marshal.GetLastPInvokeError()}");
+        var names = new List<string>();
+        byte* buffer = (byte*)NativeMemory.Alloc((nuint)bufferBytes);
+        try
+        {
+            while (true)
+            {
+                nint n = getdents64(fd, buffer, bufferBytes);
+                if (n < 0) throw new IOException($"getdents64 {folder}: errno {Marshal.GetLastPInvokeError()}");
+                if (n == 0) return names;
+                for (nint at = 0; at < n;)
+                {
+                    ushort length = *(ushort*)(buffer + at + 16); // d_reclen, after d_ino and d_off
+                    names.Add(Marshal.PtrToStringUTF8((nint)(buffer + at + 19))!); // d_name, after d_type
+                    at += length;
+                }
+            }
+        }
+        finally
+        {
+            NativeMemory.Free(buffer);
+            close(fd);
+        }
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint getdents64(int fd, byte* buffer, nint count);
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int open(string path, int flags);

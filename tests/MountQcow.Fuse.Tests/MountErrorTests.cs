@@ -62,6 +62,18 @@ public sealed class MountErrorTests : IDisposable
         AssertFails(MountedImage.Host(image, mnt), "already a mount point");
     }
 
+    /// <summary>Options only libfuse's high-level API knew, and bad owner numbers: refused by name, nothing mounted.</summary>
+    [MountFact]
+    public void FuseOptionsTheServerDoesNotTakeAreRefusedByName()
+    {
+        string mnt = Directory.CreateDirectory(_b.PathOf("m")).FullName;
+        AssertFails(MountedImage.Host(Image(), mnt, "-o", "kernel_cache"), "-o kernel_cache: not an option of mountqcow's mounts");
+        AssertFails(MountedImage.Host(Image(), mnt, "-o", "entry_timeout=5"), "-o entry_timeout=5: not an option");
+        AssertFails(MountedImage.Host(Image(), mnt, "-o", "umask=99"), "-o umask=99: needs a number in octal");
+        AssertFails(MountedImage.Host(Image(), mnt, "-o", "uid=me"), "-o uid=me: needs a number");
+        Assert.False(MountedImage.IsMounted(mnt));
+    }
+
     [MountFact]
     public void NoFuseDevice()
     {

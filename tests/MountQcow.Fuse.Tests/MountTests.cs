@@ -105,6 +105,8 @@ public sealed partial class MountTests : IDisposable
         }
         byte[] expected = File.ReadAllBytes(_b.Expected(top));
         using var mount = MountedImage.Start(top, NewMountpoint("mnt"));
+        string Maps() => File.ReadAllText($"/proc/{mount.ServerPid}/maps");
+        Assert.DoesNotContain(top, Maps());
         Parallel.For(0, 2, reader =>
         {
             using var direct = new DirectReader(mount.PathOf("disk.raw"), 8192);
@@ -117,6 +119,38 @@ public sealed partial class MountTests : IDisposable
                 Assert.True(expected.AsSpan((int)offset, length).SequenceEqual(direct.Read(offset, length)), $"{length} bytes at {offset}");
             }
         });
+        // The short replies came from the server's mappings of both layers (else libfuse read them with pread).
+        Assert.Contains(top, Maps());
+        Assert.Contains(baseImage, Maps());
+    }
+
+    /// <summary>
+    /// A folder read a few names at a time (getdents64 into 256 bytes: the kernel asks the server
+    /// again from the offset of the last name it kept, many times), and all at once (ls): every
+    /// name once, each time.
+    /// </summary>
+    [MountFact]
+    public void AFolderListedInSeveralRequestsShowsEveryNameOnce()
+    {
+        string raw = _b.Raw("many.raw", 130L << 20);
+        DiskBuilder.Sfdisk(raw, "label: gpt\n" + string.Concat(Enumerable.Range(0, 120).Select(i => $"start={2048 + 2048 * i}, size=2048\n")));
+        using var mount = MountedImage.Start(raw, NewMountpoint("mnt"));
+        string[] expected = ["disk.raw", .. Enumerable.Range(1, 120).Select(i => $"p{i}.raw")];
+        Assert.Equal(expected.Order(StringComparer.Ordinal), Run.Checked("ls", "-1a", mount.Mountpoint).Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Where(n => n is not "." and not "..").Order(StringComparer.Ordinal));
+        Assert.Equal([".", "..", .. expected], DirectReader.Names(mount.Mountpoint, 256)); // in the server's order
+    }
+
+    /// <summary>-o uid=, gid= and umask= set every file's and folder's owner and take permission bits away.</summary>
+    [MountFact]
+    public void OwnerAndUmaskOptionsShowInEveryStat()
+    {
+        string image = _b.Create("owned.qcow2", "4M");
+        using var mount = MountedImage.Start(image, NewMountpoint("mnt"), "-o", "uid=1234,gid=2345,umask=077", "--others-may-read");
+        foreach (string path in new[] { mount.Mountpoint, mount.PathOf("disk.raw") })
+            Assert.Equal("1234:2345", Run.Checked("stat", "-c", "%u:%g", path).Trim());
+        Assert.Equal(UnixFileMode.UserRead, File.GetUnixFileMode(mount.PathOf("disk.raw"))); // 0444 less 077
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserExecute, File.GetUnixFileMode(mount.Mountpoint) & (UnixFileMode)0x1ff);
     }
 
     /// <summary>
