@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 
 namespace MountQcow.Fuse;
@@ -18,7 +17,7 @@ namespace MountQcow.Fuse;
 /// towards the process's resident size as file pages (RssFile), which the kernel reclaims as
 /// page cache, not as memory of its own.
 /// </remarks>
-internal sealed unsafe partial class HostMaps : IDisposable
+internal sealed unsafe class HostMaps : IDisposable
 {
     // Address space is 128 TiB; a mount maps at most this much of it (the first files to be read).
     private const long MaxMapped = 16L << 40;
@@ -60,9 +59,9 @@ internal sealed unsafe partial class HostMaps : IDisposable
                 {
                     file.DangerousAddRef(ref held); // the descriptor stays this file's while it is mapped
                     void* start = length > 0 && length <= MaxMapped - _mapped
-                        ? mmap(null, (nuint)length, PROT_READ, MAP_SHARED, (int)file.DangerousGetHandle(), 0)
-                        : MAP_FAILED;
-                    if (start != MAP_FAILED)
+                        ? LibFuse3.mmap(null, (nuint)length, LibFuse3.PROT_READ, LibFuse3.MAP_SHARED, (int)file.DangerousGetHandle(), 0)
+                        : LibFuse3.MAP_FAILED;
+                    if (start != LibFuse3.MAP_FAILED)
                     {
                         map = new Mapping((nint)start, length);
                         _mapped += length;
@@ -89,17 +88,8 @@ internal sealed unsafe partial class HostMaps : IDisposable
         {
             _disposed = true;
             foreach (var map in _maps.Values)
-                if (map.Length > 0) munmap((void*)map.Start, (nuint)map.Length);
+                if (map.Length > 0) LibFuse3.munmap((void*)map.Start, (nuint)map.Length);
             _maps.Clear();
         }
     }
-
-    private const int PROT_READ = 1, MAP_SHARED = 1;
-    private static readonly void* MAP_FAILED = (void*)-1;
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial void* mmap(void* address, nuint length, int protection, int flags, int fd, long offset);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int munmap(void* address, nuint length);
 }

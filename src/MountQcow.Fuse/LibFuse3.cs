@@ -244,6 +244,16 @@ internal static unsafe partial class LibFuse3
 
     public const int R_OK = 4, W_OK = 2;
 
+    // Shared mappings: the reply areas (ReplyArea) and the host files short reads answer from (HostMaps).
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial void* mmap(void* address, nuint length, int protection, int flags, int fd, long offset);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int munmap(void* address, nuint length);
+
+    public const int PROT_READ = 1, PROT_WRITE = 2, MAP_SHARED = 1;
+    public static readonly void* MAP_FAILED = (void*)-1;
+
     /// <summary>Loads libfuse3; returns null, or why it cannot be used (with the package to install).</summary>
     public static string? Load()
     {

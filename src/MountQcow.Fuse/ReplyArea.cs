@@ -49,8 +49,10 @@ internal sealed unsafe partial class ReplyArea
         if (fd >= 0)
         {
             var file = new SafeFileHandle(fd, ownsHandle: true);
-            void* memory = ftruncate(fd, size) == 0 ? mmap(null, (nuint)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
-            if (memory != MAP_FAILED) return new ReplyArea(file, (byte*)memory, size);
+            void* memory = ftruncate(fd, size) == 0
+                ? LibFuse3.mmap(null, (nuint)size, LibFuse3.PROT_READ | LibFuse3.PROT_WRITE, LibFuse3.MAP_SHARED, fd, 0)
+                : LibFuse3.MAP_FAILED;
+            if (memory != LibFuse3.MAP_FAILED) return new ReplyArea(file, (byte*)memory, size);
             file.Dispose();
         }
         return new ReplyArea(null, (byte*)NativeMemory.Alloc((nuint)size), size);
@@ -59,22 +61,14 @@ internal sealed unsafe partial class ReplyArea
     ~ReplyArea()
     {
         if (File is null) NativeMemory.Free(Memory);
-        else munmap(Memory, (nuint)Size);
+        else LibFuse3.munmap(Memory, (nuint)Size);
     }
 
     private const uint MFD_CLOEXEC = 1;
-    private const int PROT_READ = 1, PROT_WRITE = 2, MAP_SHARED = 1;
-    private static readonly void* MAP_FAILED = (void*)-1;
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int memfd_create(string name, uint flags);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ftruncate(int fd, long length);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial void* mmap(void* address, nuint length, int protection, int flags, int fd, long offset);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int munmap(void* address, nuint length);
 }

@@ -92,8 +92,7 @@ public sealed class FileSystemViewTests : IDisposable
         {
             var facts = node.Facts;
             Assert.True(ids.Add(facts.Id), $"{node.Name}: id {facts.Id} twice");
-            Assert.Same(node, tree.EntryOfNode(facts.Id).Node);
-            Assert.Same(node, tree.EntryOf(facts.Id).Node); // FUSE's inode number
+            Assert.Same(node, tree.EntryOf(facts.Id).Node); // a backend's handle, FUSE's inode number
             if (node.IsDirectory)
                 foreach (var c in node.Children) // a FUSE lookup: a name in the folder a number names, ignoring case
                     Assert.Same(c, tree.Child(tree.EntryOf(facts.Id), Encoding.UTF8.GetBytes(c.Name.ToLowerInvariant())).Node);
@@ -106,8 +105,8 @@ public sealed class FileSystemViewTests : IDisposable
             foreach (var c in node.Children) Check(c);
         }
         Check(view.Root);
-        Assert.False(tree.EntryOfNode(boot.Id + (1L << 40)).Found); // a view that does not exist
-        Assert.False(tree.EntryOfNode(12345).Found);
+        Assert.False(tree.EntryOf(boot.Id + (1L << 40)).Found); // a view that does not exist
+        Assert.False(tree.EntryOf((1L << 62) | 12345).Found); // a node its view never made
         Assert.Equal(DateTimeOffset.UnixEpoch, view.Root.Facts.Modified); // the root has no entry: the epoch, as Linux
         var bootFacts = boot.Facts;
         Assert.Equal(70_001, bootFacts.Length);

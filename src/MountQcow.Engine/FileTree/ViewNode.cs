@@ -43,7 +43,7 @@ internal sealed class ViewNode : ITreeFile, IHostRunSource
 
     /// <summary>
     /// Unique in the tree and the same at every mount: bit 62 set, bit 63 clear, the view's index
-    /// from bit 40, the key below (a backend may keep it as its handle: <see cref="VirtualFileTree.EntryOfNode"/>).
+    /// from bit 40, the key below (a backend may keep it as its handle: <see cref="VirtualFileTree.EntryOf"/>).
     /// </summary>
     public long Id => (1L << 62) | ((long)View.Index << 40) | Key;
 

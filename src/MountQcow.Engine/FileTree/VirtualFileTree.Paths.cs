@@ -120,8 +120,8 @@ internal sealed partial class VirtualFileTree
         }
     }
 
-    /// <summary>What a node's <see cref="ViewNode.Id"/> names (a backend's handle); nothing for a number no node has.</summary>
-    public TreeEntry EntryOfNode(long id)
+    /// <summary>What a node's <see cref="ViewNode.Id"/> names (see <see cref="EntryOf"/>); nothing for a number no node has.</summary>
+    private TreeEntry EntryOfNode(long id)
     {
         if ((id & (1L << 62)) == 0 || id < 0) return default;
         long index = (id >> 40) & (MaxViews - 1);
