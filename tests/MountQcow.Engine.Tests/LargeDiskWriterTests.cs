@@ -56,8 +56,7 @@ public sealed class LargeDiskWriterTests(LargeWriterSourceFixture fixture) : ICl
             foreach (string file in writer.Outputs) Assert.True(File.Exists(file), file);
         }
         QemuAssert.CheckClean(image);
-        var compare = Run.Capture("qemu-img", ["compare", "-f", "qcow2", "-F", "vmdk", fixture.Source, image]);
-        Assert.True(compare.ExitCode == 0, $"qemu-img compare:\n{compare.Stdout}{compare.Stderr}");
+        QemuAssert.SameContent("qcow2", fixture.Source, "vmdk", image);
         using (var info = JsonDocument.Parse(Run.Checked("qemu-img", "info", "-f", "vmdk", "--output=json", image)))
         {
             var data = info.RootElement.GetProperty("format-specific").GetProperty("data");
@@ -103,8 +102,7 @@ public sealed class LargeDiskWriterTests(LargeWriterSourceFixture fixture) : ICl
         using (var source = DiskImages.Open(fixture.Source))
             FormatWriters.Create(source, image, new WriteTarget("vhdx", "dynamic", BlockSize: 1 << 20)).Run();
         QemuAssert.CheckClean(image);
-        var compare = Run.Capture("qemu-img", ["compare", "-f", "qcow2", "-F", "vhdx", fixture.Source, image]);
-        Assert.True(compare.ExitCode == 0, $"qemu-img compare:\n{compare.Stdout}{compare.Stderr}");
+        QemuAssert.SameContent("qcow2", fixture.Source, "vhdx", image);
         using (var source = DiskImages.Open(fixture.Source))
         using (var ours = DiskImages.Open(image))
         {

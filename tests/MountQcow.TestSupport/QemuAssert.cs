@@ -94,6 +94,13 @@ internal static class QemuAssert
         var r = Run.Capture("qemu-img", ["compare", a, b]);
         Assert.True(r.ExitCode == 0, $"qemu-img compare {a} {b}:\n{r.Stdout}{r.Stderr}");
     }
+
+    /// <summary>qemu-img compare with both formats named (QEMU probes a fixed VHD as raw, say): the same guest bytes.</summary>
+    public static void SameContent(string formatA, string a, string formatB, string b)
+    {
+        var r = Run.Capture("qemu-img", ["compare", "-f", formatA, "-F", formatB, a, b]);
+        Assert.True(r.ExitCode == 0, $"qemu-img compare -f {formatA} -F {formatB} {a} {b}:\n{r.Stdout}{r.Stderr}");
+    }
 }
 
 /// <summary>The mountqcow program, run as a user runs it, from a test's output folder.</summary>
