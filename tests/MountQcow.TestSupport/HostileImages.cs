@@ -147,9 +147,7 @@ public static class HostileImages
     /// </summary>
     public static string LuksWithCostlySlots(ImageBuilder b, string name, string passphrase, int slots, uint iterations)
     {
-        string image = b.PathOf(name);
-        b.Img("create", "-q", "-f", "qcow2", "--object", $"secret,id=sec0,data={passphrase}",
-            "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", image, "16M");
+        string image = b.CreateEncrypted(name, "16M", passphrase, "encrypt.format=luks,encrypt.iter-time=10");
         const uint FullDiskEncryption = 0x0537be77, SlotEnabled = 0x00AC71F3;
         const int FirstSlot = 208, SlotLength = 48, SlotIterations = 4;
         long extension = Poke.Extension(image, FullDiskEncryption);

@@ -87,23 +87,32 @@ public sealed class ImageBuilder : IDisposable
     /// </summary>
     public (string Image, string Raw) Encrypted(string name, string size, string secret, string encryptOptions, params string[] commands)
     {
+        string image = CreateEncrypted(name, size, secret, encryptOptions);
+        if (commands.Length > 0) Run.Checked("qemu-io", [.. EncryptedImageArgs(image, secret), .. commands.SelectMany(c => new[] { "-c", c })]);
+        string raw = PathOf(name + ".raw");
+        Run.Checked("qemu-img", ["convert", .. EncryptedImageArgs(image, secret), "-O", "raw", raw]);
+        return (image, raw);
+    }
+
+    /// <summary>An empty encrypted qcow2 as qemu-img creates one (<paramref name="encryptOptions"/> as for <see cref="Encrypted"/>); its path.</summary>
+    public string CreateEncrypted(string name, string size, string secret, string encryptOptions)
+    {
         string image = PathOf(name);
         string secretObject = $"secret,id=s0,data={secret}";
         // QEMU times PBKDF2 on a thread's CPU clock before it writes a LUKS header, and gives up
         // ("Unable to get accurate CPU usage") when its first, short round measures 0 ms: a known
         // QEMU bug (qemu-devel, "crypto: fix bogus error benchmarking pbkdf on fast machines",
-        // January 2025), seen once in CI here. The oracle's flake, not ours: try again.
+        // January 2025). Debian 12's qemu-img 7.2 fails so 13 times in 30 here (sha1, the fastest
+        // hash), and once five tries in a row failed in CI: a failed try returns at once, so try up
+        // to 30 times (0.43^30 < 1e-10). The oracle's flake, not ours.
         for (int attempt = 1; ; attempt++)
         {
             var made = Run.Capture("qemu-img", ["create", "-q", "--object", secretObject, "-f", "qcow2", "-o", $"{encryptOptions},encrypt.key-secret=s0", image, size], workingDirectory: Folder);
             if (made.ExitCode == 0) break;
-            if (attempt == 5 || !made.Stderr.Contains("Unable to get accurate CPU usage"))
+            if (attempt == 30 || !made.Stderr.Contains("Unable to get accurate CPU usage"))
                 throw new InvalidOperationException($"qemu-img create {image} exited {made.ExitCode}: {made.Stderr}");
         }
-        if (commands.Length > 0) Run.Checked("qemu-io", [.. EncryptedImageArgs(image, secret), .. commands.SelectMany(c => new[] { "-c", c })]);
-        string raw = PathOf(name + ".raw");
-        Run.Checked("qemu-img", ["convert", .. EncryptedImageArgs(image, secret), "-O", "raw", raw]);
-        return (image, raw);
+        return image;
     }
 
     /// <summary>How qemu-img and qemu-io name an encrypted qcow2 image with its key (in place of the file name).</summary>
